@@ -1,0 +1,182 @@
+//! Building the application from a [`Config`] and running it until asked to stop.
+//!
+//! `App::build` does everything that can fail at startup — open and migrate the database,
+//! resolve the JWT key, bind the listeners (port 0 works, for tests) — so that `run_until_stopped`
+//! only serves.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use poem::{
+    Server,
+    listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    auth::{AuthService, PasswordHasher, TokenKeys, token},
+    config::Config,
+    http::{self, AppState},
+    ratelimit::KeyedLimiter,
+    store::Store,
+};
+
+/// The settings key under which a generated JWT key is kept.
+const JWT_SECRET_SETTING: &str = "jwt_secret";
+
+/// A built, bound, not yet serving confab node.
+pub struct App {
+    state: AppState,
+    acceptor: TcpAcceptor,
+    local_addr: SocketAddr,
+    metrics: Option<(TcpAcceptor, SocketAddr)>,
+}
+
+/// Opens the configured store, applying migrations if `migrate` is set.
+pub async fn open_store(config: &Config, migrate: bool) -> anyhow::Result<Store> {
+    let kind = config.database_kind()?;
+    let store = Store::connect(kind, config.database.url.expose(), config.database.max_connections)
+        .await
+        .with_context(|| format!("cannot open database {}", crate::config::redact_url(config.database.url.expose())))?;
+    if migrate {
+        let applied = store.migrate().await.context("cannot apply database migrations")?;
+        if applied > 0 {
+            tracing::info!(applied, backend = store.backend(), "database migrated");
+        }
+    }
+    Ok(store)
+}
+
+impl App {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        config.validate()?;
+        let store = open_store(&config, config.auto_migrate).await?;
+        let secret = match &config.auth.jwt_secret {
+            Some(secret) => secret.expose().to_owned(),
+            // Kept in the database so every node sharing it, and every restart, agree.
+            None => store
+                .setting_or_insert(JWT_SECRET_SETTING, &token::new_secret())
+                .await
+                .context("cannot read or store the generated JWT key")?,
+        };
+        let hasher = PasswordHasher::new(&config.auth.argon2)?;
+        let keys = TokenKeys::new(secret.as_bytes(), config.auth.access_token_ttl.0);
+        let auth = AuthService::new(store.clone(), hasher, keys, config.auth.refresh_token_ttl.0);
+
+        let listen = config.listen_addr()?;
+        let acceptor =
+            TcpListener::bind(listen).into_acceptor().await.with_context(|| format!("cannot listen on {listen}"))?;
+        let local_addr = first_addr(&acceptor).context("listener has no address")?;
+        let metrics = match &config.metrics_listen {
+            Some(addr) => {
+                let acceptor = TcpListener::bind(addr.as_str())
+                    .into_acceptor()
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (metrics_listen)"))?;
+                let addr = first_addr(&acceptor).context("metrics listener has no address")?;
+                Some((acceptor, addr))
+            }
+            None => None,
+        };
+        let node_id = config.node_id.clone().unwrap_or_else(|| format!("{}:{}", hostname(), local_addr.port()));
+        let trusted_proxies = config.trusted_proxies()?.into();
+        let state = AppState {
+            auth_limiter: KeyedLimiter::per_minute(config.limits.auth_per_minute),
+            config: Arc::new(config),
+            store,
+            auth,
+            trusted_proxies,
+            node_id: node_id.into(),
+        };
+        Ok(Self { state, acceptor, local_addr, metrics })
+    }
+
+    /// The address the HTTP server is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The address `/metrics` is served on, when it has its own listener.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(_, a)| *a)
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then drains for up to `shutdown.grace`.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Self { state, acceptor, local_addr, metrics } = self;
+        let stop = CancellationToken::new();
+        let grace = state.config.shutdown.grace.0;
+        tracing::info!(
+            addr = %local_addr,
+            node = %state.node_id,
+            database = state.store.backend(),
+            version = env!("CARGO_PKG_VERSION"),
+            "confab listening"
+        );
+
+        let sweeper = {
+            let limiter = state.auth_limiter.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    tokio::select! {
+                        _ = every.tick() => limiter.sweep(),
+                        () = stop.cancelled() => break,
+                    }
+                }
+            })
+        };
+        let metrics_server = metrics.map(|(acceptor, addr)| {
+            tracing::info!(%addr, "metrics listening");
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                Server::new_with_acceptor(acceptor)
+                    .run_with_graceful_shutdown(
+                        http::metrics_routes(),
+                        stop.cancelled_owned(),
+                        Some(Duration::from_secs(1)),
+                    )
+                    .await
+            })
+        });
+
+        let store = state.store.clone();
+        let signal = {
+            let stop = stop.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down");
+                stop.cancel();
+            }
+        };
+        let result = Server::new_with_acceptor(acceptor)
+            .run_with_graceful_shutdown(http::routes(state), signal, Some(grace))
+            .await;
+        stop.cancel();
+        let _ = sweeper.await;
+        if let Some(task) = metrics_server {
+            let _ = task.await;
+        }
+        store.close().await;
+        tracing::info!("stopped");
+        result.context("HTTP server failed")
+    }
+}
+
+fn first_addr(acceptor: &TcpAcceptor) -> Option<SocketAddr> {
+    acceptor.local_addr().into_iter().find_map(|a| a.as_socket_addr().copied())
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "confab".into())
+}

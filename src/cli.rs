@@ -1,0 +1,207 @@
+//! The command line: `serve`, `migrate`, `create-user`, `config` and `user …` admin commands.
+
+use std::{io::BufRead as _, path::PathBuf};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+use crate::{
+    app::{App, open_store},
+    auth::{self, AuthError, PasswordHasher},
+    config::Config,
+    domain::{Email, Password},
+};
+
+/// confab: a single-binary real-time chat server.
+#[derive(Debug, Parser)]
+#[command(name = "confab", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Configuration file (default: ./confab.toml, then /etc/confab/confab.toml, if present).
+    #[arg(long, short = 'c', global = true, env = "CONFAB_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the chat server (HTTP API, WebSocket, web UI, metrics).
+    Serve {
+        /// Address to listen on, overriding `listen` (e.g. 127.0.0.1:4000).
+        #[arg(long, value_name = "HOST:PORT")]
+        listen: Option<String>,
+    },
+    /// Apply pending database migrations and exit. Safe to run repeatedly.
+    Migrate,
+    /// Create an account. The password is read from a prompt (or stdin), never from arguments.
+    CreateUser {
+        /// Email address of the new account.
+        #[arg(long)]
+        email: String,
+        /// Read the password from the first line of standard input instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Print the effective configuration (secrets redacted) and exit; fails if it is invalid.
+    Config,
+    /// Manage accounts.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// List accounts.
+    List,
+    /// Disable an account: it can no longer sign in, and its sessions are refused.
+    Disable {
+        #[arg(long)]
+        email: String,
+    },
+    /// Re-enable a disabled account.
+    Enable {
+        #[arg(long)]
+        email: String,
+    },
+    /// Set a new password (and sign the account out everywhere).
+    SetPassword {
+        #[arg(long)]
+        email: String,
+        /// Read the password from the first line of standard input instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+/// Runs a parsed command with a loaded configuration.
+pub async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { listen } => {
+            if let Some(listen) = listen {
+                config.listen = listen;
+                config.validate()?;
+            }
+            let app = App::build(config).await?;
+            app.run_until_stopped(shutdown_signal()).await
+        }
+        Command::Migrate => {
+            let store = open_store(&config, false).await?;
+            let applied = store.migrate().await.context("cannot apply database migrations")?;
+            println!("database is up to date ({applied} migration(s) applied)");
+            store.close().await;
+            Ok(())
+        }
+        Command::CreateUser { email, password_stdin } => {
+            let email = Email::parse(&email).context("invalid --email")?;
+            let password = read_password(password_stdin)?;
+            let store = open_store(&config, config.auto_migrate).await?;
+            let hasher = PasswordHasher::new(&config.auth.argon2)?;
+            let result = auth::create_account(&store, &hasher, email.as_str(), password.expose()).await;
+            store.close().await;
+            match result {
+                Ok(user) => {
+                    println!("created user {} ({})", user.email, user.id);
+                    Ok(())
+                }
+                Err(AuthError::EmailTaken) => bail!("a user with email {email} already exists"),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Config => {
+            print!("{}", config.redacted_toml());
+            Ok(())
+        }
+        Command::User(cmd) => run_user(cmd, &config).await,
+    }
+}
+
+async fn run_user(cmd: UserCommand, config: &Config) -> anyhow::Result<()> {
+    let store = open_store(config, config.auto_migrate).await?;
+    let result = async {
+        match cmd {
+            UserCommand::List => {
+                for u in store.list_users().await? {
+                    let state = if u.disabled_at.is_some() { "disabled" } else { "active" };
+                    println!("{}\t{}\t{}\t{}", u.id, u.email, u.created_at.to_rfc3339(), state);
+                }
+                Ok(())
+            }
+            UserCommand::Disable { email } | UserCommand::Enable { email } if Email::parse(&email).is_err() => {
+                bail!("invalid --email")
+            }
+            UserCommand::Disable { email } => {
+                let email = Email::parse(&email).context("invalid --email")?;
+                if !store.set_user_disabled(email.as_str(), true).await? {
+                    bail!("no user with email {email}");
+                }
+                println!("disabled {email}");
+                Ok(())
+            }
+            UserCommand::Enable { email } => {
+                let email = Email::parse(&email).context("invalid --email")?;
+                if !store.set_user_disabled(email.as_str(), false).await? {
+                    bail!("no user with email {email}");
+                }
+                println!("enabled {email}");
+                Ok(())
+            }
+            UserCommand::SetPassword { email, password_stdin } => {
+                let email = Email::parse(&email).context("invalid --email")?;
+                let password = read_password(password_stdin)?;
+                let hash = PasswordHasher::new(&config.auth.argon2)?.hash(password.expose().to_owned()).await?;
+                if !store.set_password_hash(email.as_str(), &hash).await? {
+                    bail!("no user with email {email}");
+                }
+                println!("password changed for {email}; its sessions are signed out");
+                Ok(())
+            }
+        }
+    }
+    .await;
+    store.close().await;
+    result
+}
+
+/// The password from stdin's first line, or from a no-echo prompt (asked twice).
+fn read_password(from_stdin: bool) -> anyhow::Result<Password> {
+    let raw = if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).context("cannot read the password from stdin")?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    } else {
+        if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            bail!("no terminal to prompt for the password: pipe it in with --password-stdin");
+        }
+        let first = rpassword::prompt_password("Password: ").context("cannot read the password")?;
+        let again = rpassword::prompt_password("Repeat password: ").context("cannot read the password")?;
+        if first != again {
+            bail!("the passwords do not match");
+        }
+        first
+    };
+    Ok(Password::parse(&raw)?)
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C), logging which.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
+                    _ = int.recv() => tracing::info!(signal = "SIGINT", "signal received"),
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,601 @@
+//! Typed configuration: built-in defaults < config file < the original platform's variables
+//! (`PORT`, `DATABASE_URL`, …) < `CONFAB_*` environment < CLI flags.
+//!
+//! Everything an operator can set lives here, with its default, and `Config::validate` is the one
+//! place that decides whether a value is usable. Its errors name the key and the fix, because the
+//! person reading them is at a terminal during a deploy, not in a debugger.
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The configuration file looked for when `--config` is not given, in order.
+pub const DEFAULT_CONFIG_PATHS: [&str; 2] = ["confab.toml", "/etc/confab/confab.toml"];
+
+/// The original platform's environment variables and the key each one sets, so its `.env`
+/// files keep working. `PORT` is handled separately: it sets only the port of `listen`.
+const LEGACY_ENV: [(&str, &str); 5] = [
+    ("DATABASE_URL", "database.url"),
+    ("REDIS_URL", "redis.url"),
+    ("JWT_SECRET", "auth.jwt_secret"),
+    ("CORS_ORIGIN", "http.cors_origins"),
+    ("MESSAGE_MAX_LEN", "chat.message_max_len"),
+];
+
+/// A configuration problem, always tied to the key that causes it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: `{key}`: {message}")]
+    Invalid { key: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    #[error("cannot read config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+}
+
+impl ConfigError {
+    fn invalid(key: &str, message: impl Into<String>) -> Self {
+        Self::Invalid { key: key.to_owned(), message: message.into() }
+    }
+}
+
+/// A value that must not appear in logs or in `confab config` output.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself; call sites that use it are easy to find by this name.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Environment values that look like numbers arrive as numbers; a secret of digits is
+        // still a string.
+        Ok(Self(StringOrNumber::deserialize(d)?.0))
+    }
+}
+
+struct StringOrNumber(String);
+
+impl<'de> Deserialize<'de> for StringOrNumber {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            S(String),
+            U(u64),
+            I(i64),
+            F(f64),
+        }
+        Ok(Self(match Raw::deserialize(d)? {
+            Raw::S(s) => s,
+            Raw::U(n) => n.to_string(),
+            Raw::I(n) => n.to_string(),
+            Raw::F(n) => n.to_string(),
+        }))
+    }
+}
+
+/// A duration written the human way (`"15m"`, `"30s"`, `"7d"`) or as whole seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = StringOrNumber::deserialize(d)?.0;
+        if let Ok(secs) = raw.parse::<u64>() {
+            return Ok(Self(Duration::from_secs(secs)));
+        }
+        humantime::parse_duration(raw.trim())
+            .map(Self)
+            .map_err(|e| serde::de::Error::custom(format!("`{raw}` is not a duration like 15m or 30s ({e})")))
+    }
+}
+
+/// A list written as a TOML array or as one comma-separated string (how env vars carry lists).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct List(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for List {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            Many(Vec<String>),
+        }
+        let items = match Raw::deserialize(d)? {
+            Raw::One(s) => s.split(',').map(str::to_owned).collect(),
+            Raw::Many(v) => v,
+        };
+        Ok(Self(items.into_iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()))
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines for a terminal or journald.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// The whole configuration. Field docs are the documentation of each key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP and WebSocket server binds to.
+    pub listen: String,
+    /// Optional separate address for `/metrics`; unset serves it on `listen`.
+    pub metrics_listen: Option<String>,
+    /// Name of this instance in `hello` frames and logs; defaults to the host name and port.
+    pub node_id: Option<String>,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// tracing filter directive, e.g. `info` or `confab=debug,info`; `RUST_LOG` overrides it.
+    pub log_level: String,
+    /// Apply pending migrations when `serve` starts.
+    pub auto_migrate: bool,
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub auth: AuthConfig,
+    pub http: HttpConfig,
+    pub chat: ChatConfig,
+    pub limits: LimitsConfig,
+    pub ws: WsConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` (file and folder are created) or `postgres://user:pass@host/db`.
+    pub url: Secret,
+    /// Upper bound on pooled connections.
+    pub max_connections: u32,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`; unset means in-process fan-out on a single node.
+    pub url: Option<Secret>,
+    /// Prefix of every Redis key and channel, so several deployments can share one Redis.
+    pub prefix: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 key for access tokens; unset means one is generated once and kept in the database.
+    pub jwt_secret: Option<Secret>,
+    pub access_token_ttl: HumanDuration,
+    pub refresh_token_ttl: HumanDuration,
+    pub argon2: Argon2Config,
+}
+
+/// argon2id cost; the defaults are OWASP's recommendation (19 MiB, 2 passes, 1 lane).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Argon2Config {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Browser origins allowed to call the API and open WebSockets; empty means same-origin only.
+    pub cors_origins: List,
+    /// Largest accepted request body, in bytes.
+    pub body_limit: usize,
+    /// Peers whose `X-Forwarded-For` is believed (a reverse proxy's address).
+    pub trusted_proxies: List,
+    /// Send `Strict-Transport-Security` (only behind HTTPS).
+    pub hsts: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChatConfig {
+    /// Longest message, in characters after trimming.
+    pub message_max_len: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Register/login/refresh/logout requests per client IP per minute; 0 disables the limit.
+    pub auth_per_minute: u32,
+    /// Sustained messages per user per second; 0 disables the limit.
+    pub messages_per_second: u32,
+    /// Messages a user may send in a burst above the sustained rate.
+    pub message_burst: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WsConfig {
+    /// Largest accepted WebSocket frame, in bytes.
+    pub max_frame: usize,
+    /// Frames queued for one connection before it is considered too slow and closed.
+    pub outbound_queue: usize,
+    /// How often the server pings an idle connection.
+    pub ping_interval: HumanDuration,
+    /// A connection that has sent nothing (not even a pong) for this long is dropped.
+    pub idle_timeout: HumanDuration,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long SIGTERM waits for in-flight work before closing what is left.
+    pub grace: HumanDuration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:4000".into(),
+            metrics_listen: None,
+            node_id: None,
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            auto_migrate: true,
+            database: DatabaseConfig::default(),
+            redis: RedisConfig { url: None, prefix: "confab".into() },
+            auth: AuthConfig::default(),
+            http: HttpConfig::default(),
+            chat: ChatConfig::default(),
+            limits: LimitsConfig::default(),
+            ws: WsConfig::default(),
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self { url: Secret::new("sqlite://data/confab.db"), max_connections: 16 }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            access_token_ttl: HumanDuration(Duration::from_secs(15 * 60)),
+            refresh_token_ttl: HumanDuration(Duration::from_secs(30 * 24 * 3600)),
+            argon2: Argon2Config::default(),
+        }
+    }
+}
+
+impl Default for Argon2Config {
+    fn default() -> Self {
+        Self { memory_kib: 19_456, iterations: 2, parallelism: 1 }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { cors_origins: List::default(), body_limit: 64 * 1024, trusted_proxies: List::default(), hsts: false }
+    }
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        Self { message_max_len: 2000 }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { auth_per_minute: 20, messages_per_second: 10, message_burst: 20 }
+    }
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            max_frame: 64 * 1024,
+            outbound_queue: 1024,
+            ping_interval: HumanDuration(Duration::from_secs(25)),
+            idle_timeout: HumanDuration(Duration::from_secs(60)),
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { grace: HumanDuration(Duration::from_secs(10)) }
+    }
+}
+
+/// Which database the URL points at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatabaseKind {
+    Sqlite,
+    Postgres,
+}
+
+impl Config {
+    /// Loads the configuration from the file at `path` (or the default locations) and the
+    /// process environment, then validates it.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let file = match path {
+            Some(p) if !p.exists() => {
+                return Err(ConfigError::File { path: p.to_owned(), message: "no such file".into() });
+            }
+            Some(p) => Some(p.to_owned()),
+            None => DEFAULT_CONFIG_PATHS.iter().map(PathBuf::from).find(|p| p.exists()),
+        };
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = &file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let legacy = Env::raw()
+            .only(&LEGACY_ENV.map(|(var, _)| var))
+            .map(|var| LEGACY_ENV.iter().find(|(v, _)| var == *v).map_or(var.into(), |(_, key)| (*key).into()));
+        figment = figment.merge(legacy).merge(
+            Env::prefixed("CONFAB_")
+                // Variables of the test harness and the CLI, not configuration keys.
+                .filter(|key| !key.as_str().starts_with("test_") && key != "config")
+                .split("__"),
+        );
+        let mut config: Config = figment.extract().map_err(|e| ConfigError::Parse(one_line(&e)))?;
+        if let Ok(port) = std::env::var("PORT")
+            && std::env::var_os("CONFAB_LISTEN").is_none()
+        {
+            config.listen = with_port(&config.listen, &port)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value that can be wrong independently of the environment.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        if let Some(addr) = &self.metrics_listen {
+            addr.parse::<SocketAddr>()
+                .map_err(|_| ConfigError::invalid("metrics_listen", format!("`{addr}` is not HOST:PORT")))?;
+        }
+        self.database_kind()?;
+        in_range("database.max_connections", self.database.max_connections, 1, 1000)?;
+        if let Some(url) = &self.redis.url {
+            let parsed = url::Url::parse(url.expose())
+                .map_err(|e| ConfigError::invalid("redis.url", format!("not a URL ({e}); use redis://HOST:PORT")))?;
+            if !matches!(parsed.scheme(), "redis" | "rediss" | "unix" | "redis+unix") {
+                return Err(ConfigError::invalid(
+                    "redis.url",
+                    format!("unknown scheme `{}`; use redis://HOST:PORT", parsed.scheme()),
+                ));
+            }
+        }
+        if self.redis.prefix.is_empty() || self.redis.prefix.contains(char::is_whitespace) {
+            return Err(ConfigError::invalid("redis.prefix", "must be non-empty, without spaces"));
+        }
+        if let Some(secret) = &self.auth.jwt_secret
+            && secret.expose().len() < 32
+        {
+            return Err(ConfigError::invalid(
+                "auth.jwt_secret",
+                "shorter than 32 bytes: set CONFAB_AUTH__JWT_SECRET to 32+ random bytes, or unset it to have one generated",
+            ));
+        }
+        duration_in_range("auth.access_token_ttl", self.auth.access_token_ttl, 10, 7 * 24 * 3600)?;
+        duration_in_range("auth.refresh_token_ttl", self.auth.refresh_token_ttl, 60, 365 * 24 * 3600)?;
+        in_range("auth.argon2.memory_kib", self.auth.argon2.memory_kib, 8, 4 * 1024 * 1024)?;
+        in_range("auth.argon2.iterations", self.auth.argon2.iterations, 1, 100)?;
+        in_range("auth.argon2.parallelism", self.auth.argon2.parallelism, 1, 64)?;
+        for origin in &self.http.cors_origins.0 {
+            if origin == "*" {
+                return Err(ConfigError::invalid(
+                    "http.cors_origins",
+                    "`*` is not allowed (credentials are sent); list each origin, e.g. https://chat.example.com",
+                ));
+            }
+            let parsed = url::Url::parse(origin).map_err(|_| {
+                ConfigError::invalid("http.cors_origins", format!("`{origin}` is not an origin like https://host:port"))
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+                return Err(ConfigError::invalid(
+                    "http.cors_origins",
+                    format!("`{origin}` is not an origin like https://host:port"),
+                ));
+            }
+        }
+        self.trusted_proxies()?;
+        in_range("http.body_limit", self.http.body_limit, 1024, 64 * 1024 * 1024)?;
+        in_range("chat.message_max_len", self.chat.message_max_len, 1, 100_000)?;
+        in_range("limits.auth_per_minute", self.limits.auth_per_minute, 0, 1_000_000)?;
+        in_range("limits.messages_per_second", self.limits.messages_per_second, 0, 1_000_000)?;
+        in_range("limits.message_burst", self.limits.message_burst, 1, 1_000_000)?;
+        in_range("ws.max_frame", self.ws.max_frame, 1024, 16 * 1024 * 1024)?;
+        in_range("ws.outbound_queue", self.ws.outbound_queue, 8, 1_000_000)?;
+        duration_in_range("ws.ping_interval", self.ws.ping_interval, 1, 3600)?;
+        duration_in_range("ws.idle_timeout", self.ws.idle_timeout, 2, 7200)?;
+        if self.ws.idle_timeout.0 <= self.ws.ping_interval.0 {
+            return Err(ConfigError::invalid("ws.idle_timeout", "must be longer than ws.ping_interval"));
+        }
+        duration_in_range("shutdown.grace", self.shutdown.grace, 0, 3600)?;
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|_| {
+            ConfigError::invalid("listen", format!("`{}` is not HOST:PORT, e.g. 0.0.0.0:4000", self.listen))
+        })
+    }
+
+    pub fn database_kind(&self) -> Result<DatabaseKind, ConfigError> {
+        let url = self.database.url.expose();
+        match url.split_once(':').map(|(scheme, _)| scheme) {
+            Some("sqlite") => Ok(DatabaseKind::Sqlite),
+            Some("postgres" | "postgresql") => {
+                url::Url::parse(url).map_err(|e| ConfigError::invalid("database.url", format!("not a URL ({e})")))?;
+                Ok(DatabaseKind::Postgres)
+            }
+            Some(other) => Err(ConfigError::invalid(
+                "database.url",
+                format!("unknown scheme `{other}`; use sqlite://PATH or postgres://USER@HOST/DB"),
+            )),
+            None => {
+                Err(ConfigError::invalid("database.url", "not a URL; use sqlite://PATH or postgres://USER@HOST/DB"))
+            }
+        }
+    }
+
+    /// Trusted proxy addresses, parsed.
+    pub fn trusted_proxies(&self) -> Result<Vec<IpAddr>, ConfigError> {
+        self.http
+            .trusted_proxies
+            .0
+            .iter()
+            .map(|p| {
+                p.parse()
+                    .map_err(|_| ConfigError::invalid("http.trusted_proxies", format!("`{p}` is not an IP address")))
+            })
+            .collect()
+    }
+
+    /// The configuration as TOML with every secret replaced by `***` (passwords inside URLs too).
+    pub fn redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.database.url = Secret::new(redact_url(shown.database.url.expose()));
+        shown.redis.url = shown.redis.url.map(|u| Secret::new(redact_url(u.expose())));
+        shown.auth.jwt_secret = shown.auth.jwt_secret.map(|_| Secret::new("***"));
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+/// `postgres://user:pw@host/db` → `postgres://user:***@host/db`; other URLs unchanged.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        _ => raw.to_owned(),
+    }
+}
+
+fn with_port(listen: &str, port: &str) -> Result<String, ConfigError> {
+    let port: u16 =
+        port.trim().parse().map_err(|_| ConfigError::invalid("PORT", format!("`{port}` is not a port number")))?;
+    let mut addr: SocketAddr = listen
+        .parse()
+        .map_err(|_| ConfigError::invalid("listen", format!("`{listen}` is not HOST:PORT, e.g. 0.0.0.0:4000")))?;
+    addr.set_port(port);
+    Ok(addr.to_string())
+}
+
+fn in_range<T: PartialOrd + fmt::Display + Copy>(key: &str, value: T, min: T, max: T) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::invalid(key, format!("{value} is out of range; use {min} to {max}")));
+    }
+    Ok(())
+}
+
+fn duration_in_range(key: &str, value: HumanDuration, min_secs: u64, max_secs: u64) -> Result<(), ConfigError> {
+    if value.0 < Duration::from_secs(min_secs) || value.0 > Duration::from_secs(max_secs) {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "{} is out of range; use {} to {}",
+                humantime::format_duration(value.0),
+                humantime::format_duration(Duration::from_secs(min_secs)),
+                humantime::format_duration(Duration::from_secs(max_secs))
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// figment errors can span lines and list several problems; operators get the first, on one line.
+fn one_line(e: &figment::Error) -> String {
+    let mut text = e.to_string().replace('\n', " ");
+    if let Some(stripped) = text.strip_prefix("default.") {
+        text = stripped.to_owned();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn durations_accept_humane_and_numeric_forms() {
+        let d: HumanDuration = serde_json::from_str("\"15m\"").unwrap();
+        assert_eq!(d.0, Duration::from_secs(900));
+        let d: HumanDuration = serde_json::from_str("90").unwrap();
+        assert_eq!(d.0, Duration::from_secs(90));
+        assert!(serde_json::from_str::<HumanDuration>("\"soon\"").is_err());
+    }
+
+    #[test]
+    fn lists_accept_comma_separated_strings() {
+        let l: List = serde_json::from_str("\"http://a.test, http://b.test\"").unwrap();
+        assert_eq!(l.0, vec!["http://a.test", "http://b.test"]);
+    }
+
+    #[test]
+    fn unknown_database_scheme_names_the_key() {
+        let mut c = Config::default();
+        c.database.url = Secret::new("mysql://x");
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("database.url") && err.contains("mysql"), "{err}");
+    }
+
+    #[test]
+    fn redaction_hides_passwords_and_secrets() {
+        let mut c = Config::default();
+        c.database.url = Secret::new("postgres://u:hunter2@db/confab");
+        c.auth.jwt_secret = Some(Secret::new("x".repeat(40)));
+        let shown = c.redacted_toml();
+        assert!(!shown.contains("hunter2") && !shown.contains(&"x".repeat(40)), "{shown}");
+        assert!(shown.contains("u:***@db"), "{shown}");
+    }
+}

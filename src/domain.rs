@@ -1,0 +1,234 @@
+//! Parsed newtypes for everything that crosses a trust boundary.
+//!
+//! Each type has a fallible `parse` for untrusted input and `as_str`; once you hold one, it is
+//! valid, so deeper layers never re-check. Rules here are the ones `PROTOCOL.md` states.
+
+use std::{fmt, sync::Arc};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A user's id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UserId(pub Uuid);
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Why an email was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a valid email address is required")]
+pub struct InvalidEmail;
+
+/// An email address, trimmed and lowercased, so that `A@B.c ` and `a@b.c` are one account.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Email(String);
+
+impl Email {
+    /// Deliberately modest: one `@`, a non-empty local part, a dotted domain, no spaces or
+    /// control characters, at most 254 characters (RFC 5321's path limit).
+    pub fn parse(raw: &str) -> Result<Self, InvalidEmail> {
+        let email = raw.trim().to_lowercase();
+        let Some((local, domain)) = email.split_once('@') else {
+            return Err(InvalidEmail);
+        };
+        let ok = !local.is_empty()
+            && local.len() <= 64
+            && email.len() <= 254
+            && !domain.contains('@')
+            && domain.contains('.')
+            && !domain.starts_with('.')
+            && !domain.ends_with('.')
+            && !domain.contains("..")
+            && !email.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '"' | ','));
+        if ok { Ok(Self(email)) } else { Err(InvalidEmail) }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Display for Email {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a password was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidPassword {
+    #[error("password must be at least 8 characters")]
+    TooShort,
+    #[error("password must be at most 1024 characters")]
+    TooLong,
+}
+
+/// A new password that meets the length rules. Never logged: no `Debug` of the value.
+pub struct Password(String);
+
+impl Password {
+    pub const MIN_CHARS: usize = 8;
+    /// Bounds the work argon2 does on attacker-chosen input.
+    pub const MAX_CHARS: usize = 1024;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidPassword> {
+        let n = raw.chars().count();
+        if n < Self::MIN_CHARS {
+            Err(InvalidPassword::TooShort)
+        } else if n > Self::MAX_CHARS {
+            Err(InvalidPassword::TooLong)
+        } else {
+            Ok(Self(raw.to_owned()))
+        }
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(***)")
+    }
+}
+
+/// Why a room name was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("room names are 1 to 64 characters of A-Z a-z 0-9 : _ -")]
+pub struct InvalidRoom;
+
+/// A room name: 1..=64 characters of `[A-Za-z0-9:_-]`. Cheap to clone (shared).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomName(Arc<str>);
+
+impl RoomName {
+    pub const MAX_LEN: usize = 64;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidRoom> {
+        let ok = !raw.is_empty()
+            && raw.len() <= Self::MAX_LEN
+            && raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'-'));
+        if ok { Ok(Self(Arc::from(raw))) } else { Err(InvalidRoom) }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RoomName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for RoomName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RoomName({})", &*self.0)
+    }
+}
+
+/// Why message content was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidContent {
+    #[error("message content must not be empty")]
+    Empty,
+    #[error("message is longer than {max} characters")]
+    TooLong { max: usize },
+}
+
+/// Message text, trimmed, 1..=`max` characters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Content(String);
+
+impl Content {
+    pub fn parse(raw: &str, max: usize) -> Result<Self, InvalidContent> {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            return Err(InvalidContent::Empty);
+        }
+        // Byte length bounds the char count from above, so most messages skip the count.
+        if trimmed.len() > max && trimmed.chars().count() > max {
+            return Err(InvalidContent::TooLong { max });
+        }
+        Ok(Self(trimmed.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// Why a client id or command ref was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("must be 1 to 64 characters")]
+pub struct InvalidToken64;
+
+/// A sender-chosen idempotency key (≤ 64 chars).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClientId(String);
+
+impl ClientId {
+    pub fn parse(raw: &str) -> Result<Self, InvalidToken64> {
+        if raw.is_empty() || raw.chars().count() > 64 { Err(InvalidToken64) } else { Ok(Self(raw.to_owned())) }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A per-room message sequence number; the first message of a room has seq 1.
+pub type Seq = i64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_normalised_and_checked() {
+        assert_eq!(Email::parse("  Alice@Example.COM ").unwrap().as_str(), "alice@example.com");
+        for bad in ["", "alice", "@x.io", "a@b", "a@.b.c", "a@b.c.", "a b@c.d", "a@b@c.d", "a@b..c"] {
+            assert!(Email::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn room_names_follow_the_protocol() {
+        for ok in ["general", "a", "team:dev_1-x", &"r".repeat(64)] {
+            assert!(RoomName::parse(ok).is_ok(), "{ok:?} refused");
+        }
+        for bad in ["", "has space", "ümlaut", "semi;colon", &"r".repeat(65), "slash/"] {
+            assert!(RoomName::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn content_is_trimmed_and_bounded_in_characters() {
+        assert_eq!(Content::parse("  hi \n", 10).unwrap().as_str(), "hi");
+        assert_eq!(Content::parse("   ", 10), Err(InvalidContent::Empty));
+        assert_eq!(Content::parse(&"é".repeat(10), 10).unwrap().as_str().chars().count(), 10);
+        assert_eq!(Content::parse(&"é".repeat(11), 10), Err(InvalidContent::TooLong { max: 10 }));
+    }
+
+    #[test]
+    fn passwords_have_bounds_and_hide_in_debug() {
+        assert_eq!(Password::parse("short").unwrap_err(), InvalidPassword::TooShort);
+        assert!(Password::parse(&"x".repeat(1025)).is_err());
+        assert_eq!(format!("{:?}", Password::parse("longenough").unwrap()), "Password(***)");
+    }
+}

@@ -1,0 +1,124 @@
+//! `POST /api/auth/{register,login,refresh,logout}`.
+
+use poem::Request;
+use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
+
+use super::{ApiTags, UserView};
+use crate::http::{AppState, client_ip, error::ApiError};
+
+/// Email and password.
+#[derive(Object)]
+#[oai(example)]
+struct CredentialsBody {
+    /// Any valid address; stored trimmed and lowercased.
+    email: String,
+    /// At least 8 characters.
+    password: String,
+}
+
+impl poem_openapi::types::Example for CredentialsBody {
+    fn example() -> Self {
+        Self { email: "alice@example.com".into(), password: "correct horse battery".into() }
+    }
+}
+
+/// A refresh token from an earlier login, register or refresh.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+struct RefreshBody {
+    refresh_token: String,
+}
+
+/// A signed-in session.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+struct SessionBody {
+    /// Access token (JWT): send as `Authorization: Bearer <token>`.
+    token: String,
+    /// Opaque refresh token; each use returns a new one and spends this one.
+    refresh_token: String,
+    /// Seconds until `token` expires.
+    expires_in: u64,
+    user: UserView,
+}
+
+/// A rotated token pair.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+struct TokensBody {
+    token: String,
+    refresh_token: String,
+    expires_in: u64,
+}
+
+#[derive(ApiResponse)]
+enum LogoutResponse {
+    /// The refresh token's family is revoked.
+    #[oai(status = 204)]
+    Done,
+}
+
+pub struct AuthApi;
+
+#[OpenApi(prefix_path = "/auth", tag = "ApiTags::Auth")]
+impl AuthApi {
+    /// Create an account and sign in.
+    ///
+    /// Rate limited per client IP (`limits.auth_per_minute`).
+    #[oai(path = "/register", method = "post")]
+    async fn register(&self, req: &Request, body: Json<CredentialsBody>) -> Result<Json<SessionBody>, ApiError> {
+        let state = limited(req)?;
+        let (user, tokens) = state.auth.register(&body.email, &body.password).await?;
+        Ok(Json(SessionBody {
+            token: tokens.access,
+            refresh_token: tokens.refresh,
+            expires_in: tokens.expires_in,
+            user: user.into(),
+        }))
+    }
+
+    /// Sign in with email and password.
+    ///
+    /// An unknown email and a wrong password get the same answer, in the same time.
+    #[oai(path = "/login", method = "post")]
+    async fn login(&self, req: &Request, body: Json<CredentialsBody>) -> Result<Json<SessionBody>, ApiError> {
+        let state = limited(req)?;
+        let (user, tokens) = state.auth.login(&body.email, &body.password).await?;
+        Ok(Json(SessionBody {
+            token: tokens.access,
+            refresh_token: tokens.refresh,
+            expires_in: tokens.expires_in,
+            user: user.into(),
+        }))
+    }
+
+    /// Exchange a refresh token for a new access token and a new refresh token.
+    ///
+    /// The presented token is spent. Presenting a spent token again revokes every token of its
+    /// family (it was probably stolen), signing that device out.
+    #[oai(path = "/refresh", method = "post")]
+    async fn refresh(&self, req: &Request, body: Json<RefreshBody>) -> Result<Json<TokensBody>, ApiError> {
+        let state = limited(req)?;
+        let tokens = state.auth.refresh(&body.refresh_token).await?;
+        Ok(Json(TokensBody { token: tokens.access, refresh_token: tokens.refresh, expires_in: tokens.expires_in }))
+    }
+
+    /// Sign out: revoke the refresh token and its family.
+    #[oai(path = "/logout", method = "post")]
+    async fn logout(&self, req: &Request, body: Json<RefreshBody>) -> Result<LogoutResponse, ApiError> {
+        let state = limited(req)?;
+        state.auth.logout(&body.refresh_token).await?;
+        Ok(LogoutResponse::Done)
+    }
+}
+
+/// The app state, after taking one token from this client's auth bucket.
+fn limited(req: &Request) -> Result<&AppState, ApiError> {
+    let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
+    let ip = client_ip(req, &state.trusted_proxies);
+    state.auth_limiter.check(&ip).map_err(|wait| {
+        metrics::counter!(crate::telemetry::AUTH_RATE_LIMITED).increment(1);
+        ApiError::rate_limited(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
+    })?;
+    Ok(state)
+}

@@ -1,0 +1,118 @@
+//! `GET /api/messages/{room}` (history) and `GET /api/rooms`.
+
+use chrono::{DateTime, Utc};
+use poem::Request;
+use poem_openapi::{
+    Object, OpenApi,
+    param::{Path, Query},
+    payload::Json,
+};
+use uuid::Uuid;
+
+use super::{ApiTags, security::BearerAuth};
+use crate::{
+    domain::{RoomName, Seq},
+    http::{AppState, error::ApiError},
+    store::Message,
+};
+
+/// A stored chat message.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+pub struct MessageView {
+    id: Uuid,
+    room: String,
+    /// Position in the room: 1, 2, 3… with no gaps.
+    seq: Seq,
+    sender_id: Uuid,
+    sender_email: String,
+    content: String,
+    created_at: DateTime<Utc>,
+    /// The sender's idempotency key, if it gave one.
+    #[oai(skip_serializing_if_is_none)]
+    client_id: Option<String>,
+}
+
+impl From<Message> for MessageView {
+    fn from(m: Message) -> Self {
+        Self {
+            id: m.id,
+            room: m.room,
+            seq: m.seq,
+            sender_id: m.sender_id,
+            sender_email: m.sender_email,
+            content: m.content,
+            created_at: m.created_at,
+            client_id: m.client_id,
+        }
+    }
+}
+
+/// A page of history, oldest first.
+#[derive(Object)]
+struct MessagesBody {
+    messages: Vec<MessageView>,
+}
+
+/// A room with activity.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+struct RoomView {
+    name: String,
+    /// Seq of the room's latest message.
+    last_seq: Seq,
+    /// Members currently joined on this node.
+    members: u64,
+}
+
+#[derive(Object)]
+struct RoomsBody {
+    rooms: Vec<RoomView>,
+}
+
+pub struct MessagesApi;
+
+#[OpenApi(tag = "ApiTags::Chat")]
+impl MessagesApi {
+    /// A room's message history.
+    ///
+    /// Returns the newest `limit` messages with `seq < before` (or the newest overall), oldest
+    /// first. Page backwards by passing the smallest `seq` you have as `before`.
+    #[oai(path = "/messages/:room", method = "get")]
+    async fn messages(
+        &self,
+        req: &Request,
+        _auth: BearerAuth,
+        /// Room name: 1 to 64 characters of `A-Z a-z 0-9 : _ -`.
+        room: Path<String>,
+        /// How many messages, 1 to 200 (default 50).
+        limit: Query<Option<i64>>,
+        /// Only messages with a smaller seq.
+        before: Query<Option<Seq>>,
+    ) -> Result<Json<MessagesBody>, ApiError> {
+        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
+        let room = RoomName::parse(&room.0).map_err(|e| ApiError::bad_request(e.to_string(), "invalid_room"))?;
+        let limit = match limit.0 {
+            None => 50,
+            Some(n @ 1..=200) => u32::try_from(n).unwrap_or(50),
+            Some(_) => return Err(ApiError::bad_request("limit must be between 1 and 200", "invalid_limit")),
+        };
+        if matches!(before.0, Some(b) if b < 1) {
+            return Err(ApiError::bad_request("before must be a positive seq", "invalid_before"));
+        }
+        let messages = state.store.messages_before(&room, before.0, limit).await?;
+        Ok(Json(MessagesBody { messages: messages.into_iter().map(Into::into).collect() }))
+    }
+
+    /// Rooms with at least one message, with their latest seq and current member count.
+    #[oai(path = "/rooms", method = "get")]
+    async fn rooms(&self, req: &Request, _auth: BearerAuth) -> Result<Json<RoomsBody>, ApiError> {
+        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
+        let rooms = state.store.list_rooms().await?;
+        let rooms = rooms
+            .into_iter()
+            .map(|r| RoomView { members: state.members(&r.name), name: r.name, last_seq: r.last_seq })
+            .collect();
+        Ok(Json(RoomsBody { rooms }))
+    }
+}

@@ -1,0 +1,26 @@
+//! confab: a single-binary, real-time chat server.
+//!
+//! # Layout
+//!
+//! - [`cli`] the command line; [`config`] typed configuration; [`telemetry`] logs and metrics.
+//! - [`app`] builds a node from a config and runs it until stopped.
+//! - [`domain`] validated newtypes (email, room name, content…).
+//! - [`auth`] accounts, argon2 passwords, JWT access tokens, rotating refresh tokens.
+//! - [`store`] durable state on SQLite or PostgreSQL.
+//! - [`http`] REST API (OpenAPI), operational endpoints, middleware, embedded UI.
+//! - [`ratelimit`] keyed token buckets.
+//!
+//! Dependencies point inward: `http` → `auth` / `store` → `domain`.
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod ratelimit;
+pub mod store;
+pub mod telemetry;
+
+pub use app::App;
+pub use config::Config;

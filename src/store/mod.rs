@@ -1,0 +1,334 @@
+//! Durable state: users, refresh tokens, rooms and messages, on SQLite (the embedded default) or
+//! PostgreSQL, chosen by the scheme of `database.url`.
+//!
+//! One enum, one method per query. The SQL both backends share is written once (see
+//! [`sql`]); each backend adds only what its dialect does differently (connecting, batch
+//! inserts). Invariant kept here, not by callers: a room's seqs are 1, 2, 3… with no hole and no
+//! duplicate, however many nodes write at once, and a `(sender, client_id)` pair is stored once.
+
+#[macro_use]
+mod sql;
+mod postgres;
+mod sqlite;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::{
+    config::DatabaseKind,
+    domain::{RoomName, Seq, UserId},
+};
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// Everything the store can fail with, by what a caller does about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique constraint said no (email taken, …).
+    #[error("already exists")]
+    Conflict,
+    /// The database cannot be reached or is overloaded: retry later, tell the client `unavailable`.
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("database error")]
+    Other(#[source] sqlx::Error),
+    #[error("migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot open the database: {0}")]
+    Open(String),
+}
+
+impl StoreError {
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => Self::Conflict,
+            sqlx::Error::Database(db)
+                // SQLite "database is locked/busy", PostgreSQL "too many connections"/"cannot
+                // connect now"/"admin shutdown": the request may well succeed later.
+                if matches!(db.code().as_deref(), Some("5" | "6" | "53300" | "57P01" | "57P03")) =>
+            {
+                Self::Unavailable(e)
+            }
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => Self::Unavailable(e),
+            _ => Self::Other(e),
+        }
+    }
+}
+
+/// A user account as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct User {
+    #[sqlx(try_from = "Uuid")]
+    pub id: UserId,
+    pub email: String,
+    pub created_at: DateTime<Utc>,
+    pub disabled_at: Option<DateTime<Utc>>,
+}
+
+impl From<Uuid> for UserId {
+    fn from(id: Uuid) -> Self {
+        Self(id)
+    }
+}
+
+/// A user with the stored password hash, for login only.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Credentials {
+    #[sqlx(flatten)]
+    pub user: User,
+    pub password_hash: String,
+}
+
+/// A stored chat message; serialises to the wire `Message` shape of `PROTOCOL.md`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct Message {
+    pub id: Uuid,
+    pub room: String,
+    pub seq: Seq,
+    pub sender_id: Uuid,
+    pub sender_email: String,
+    pub content: String,
+    pub created_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+/// A message to store; it gets its `seq` from the store.
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    pub id: Uuid,
+    pub room: RoomName,
+    pub sender_id: UserId,
+    pub sender_email: String,
+    pub content: String,
+    pub client_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The result of storing one message.
+#[derive(Clone, Debug)]
+pub struct Appended {
+    pub message: Message,
+    /// The `(sender, client_id)` pair was already stored: `message` is the earlier copy, and
+    /// nothing new was written.
+    pub duplicate: bool,
+}
+
+/// A room with activity.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct RoomSummary {
+    pub name: String,
+    pub last_seq: Seq,
+}
+
+/// What presenting a refresh token led to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refreshed {
+    /// The token was live; it is now spent and `new_hash` is stored in its family.
+    Rotated { user_id: UserId },
+    /// The token had already been spent: its whole family is now revoked.
+    Reused,
+    /// Unknown, expired or revoked.
+    Invalid,
+}
+
+/// A refresh token to store (only its hash).
+#[derive(Clone, Debug)]
+pub struct NewRefreshToken {
+    pub hash: String,
+    pub user_id: UserId,
+    pub family_id: Uuid,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Users, refresh tokens and messages. `sqlite://…` (default) or `postgres://…`.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+/// Calls the same method on whichever backend this is.
+macro_rules! each_backend {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            Store::Sqlite($s) => $call,
+            Store::Postgres($s) => $call,
+        }
+    };
+}
+
+impl Store {
+    /// Opens (and for SQLite creates) the database at `url`. Does not migrate.
+    pub async fn connect(kind: DatabaseKind, url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        Ok(match kind {
+            DatabaseKind::Sqlite => Self::Sqlite(SqliteStore::connect(url, max_connections).await?),
+            DatabaseKind::Postgres => Self::Postgres(PgStore::connect(url, max_connections).await?),
+        })
+    }
+
+    /// `"sqlite"` or `"postgres"`, for metrics and logs.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Applies pending migrations; running it again is a no-op. Returns how many were applied.
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
+        each_backend!(self, s => s.migrate().await)
+    }
+
+    /// A trivial round trip, for readiness.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        each_backend!(self, s => s.ping().await)
+    }
+
+    pub async fn close(&self) {
+        each_backend!(self, s => s.close().await);
+    }
+
+    /// Returns the value stored under `key`, storing `candidate` first if there is none. Every
+    /// node racing here ends up with the same value.
+    pub async fn setting_or_insert(&self, key: &str, candidate: &str) -> Result<String, StoreError> {
+        each_backend!(self, s => s.setting_or_insert(key, candidate).await)
+    }
+
+    /// Creates a user; `Conflict` if the email is taken.
+    pub async fn create_user(&self, email: &str, password_hash: &str) -> Result<User, StoreError> {
+        let id = UserId(Uuid::now_v7());
+        each_backend!(self, s => s.create_user(id, email, password_hash, Utc::now()).await)
+    }
+
+    pub async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        each_backend!(self, s => s.user_by_id(id).await)
+    }
+
+    pub async fn credentials_by_email(&self, email: &str) -> Result<Option<Credentials>, StoreError> {
+        each_backend!(self, s => s.credentials_by_email(email).await)
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<User>, StoreError> {
+        each_backend!(self, s => s.list_users().await)
+    }
+
+    /// Disables (or re-enables) an account; a disabled account's refresh tokens are revoked.
+    /// Returns false when no such user exists.
+    pub async fn set_user_disabled(&self, email: &str, disabled: bool) -> Result<bool, StoreError> {
+        each_backend!(self, s => s.set_user_disabled(email, disabled, Utc::now()).await)
+    }
+
+    /// Replaces a user's password hash and revokes their refresh tokens. False if no such user.
+    pub async fn set_password_hash(&self, email: &str, password_hash: &str) -> Result<bool, StoreError> {
+        each_backend!(self, s => s.set_password_hash(email, password_hash, Utc::now()).await)
+    }
+
+    pub async fn insert_refresh_token(&self, token: &NewRefreshToken) -> Result<(), StoreError> {
+        each_backend!(self, s => s.insert_refresh_token(token, Utc::now()).await)
+    }
+
+    /// Spends the token hashed `old_hash` and stores `new` in its family, atomically: of two
+    /// concurrent uses, one rotates and the other counts as reuse.
+    pub async fn rotate_refresh_token(&self, old_hash: &str, new: &NewRefreshToken) -> Result<Refreshed, StoreError> {
+        each_backend!(self, s => s.rotate_refresh_token(old_hash, new, Utc::now()).await)
+    }
+
+    /// Revokes the family of a live token (logout). False if the token is not live.
+    pub async fn revoke_refresh_family(&self, hash: &str) -> Result<bool, StoreError> {
+        each_backend!(self, s => s.revoke_refresh_family(hash, Utc::now()).await)
+    }
+
+    /// Stores messages of one room at its next seqs, in order, in one transaction (group
+    /// commit). Messages whose `(sender, client_id)` is already stored, or repeats earlier in
+    /// `batch`, come back as duplicates of the first copy and take no seq.
+    pub async fn append_messages(&self, room: &RoomName, batch: &[NewMessage]) -> Result<Vec<Appended>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        debug_assert!(batch.iter().all(|m| &m.room == room), "a batch is one room");
+        // A concurrent writer (another node) may store the same (sender, client_id) between our
+        // duplicate check and our insert; the unique index then refuses the whole batch and
+        // the retry finds the winner's copy.
+        match each_backend!(self, s => s.append_messages(room, batch).await) {
+            Err(StoreError::Conflict) => each_backend!(self, s => s.append_messages(room, batch).await),
+            other => other,
+        }
+    }
+
+    /// Stores one message; see [`Store::append_messages`].
+    pub async fn append_message(&self, msg: NewMessage) -> Result<Appended, StoreError> {
+        let room = msg.room.clone();
+        let mut out = self.append_messages(&room, std::slice::from_ref(&msg)).await?;
+        out.pop().ok_or_else(|| StoreError::Open("append returned nothing".into()))
+    }
+
+    /// The newest `limit` messages with `seq < before` (all if `before` is None), oldest first.
+    pub async fn messages_before(
+        &self,
+        room: &RoomName,
+        before: Option<Seq>,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError> {
+        let before = before.unwrap_or(Seq::MAX);
+        each_backend!(self, s => s.messages_before(room.as_str(), before, i64::from(limit)).await)
+    }
+
+    /// Up to `limit` messages with `seq > after`, oldest first (resume and gap repair).
+    pub async fn messages_after(&self, room: &RoomName, after: Seq, limit: u32) -> Result<Vec<Message>, StoreError> {
+        each_backend!(self, s => s.messages_after(room.as_str(), after, i64::from(limit)).await)
+    }
+
+    /// The room's latest seq (0 for a room without messages).
+    pub async fn last_seq(&self, room: &RoomName) -> Result<Seq, StoreError> {
+        each_backend!(self, s => s.last_seq(room.as_str()).await)
+    }
+
+    /// Rooms with at least one message, by name.
+    pub async fn list_rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
+        each_backend!(self, s => s.list_rooms().await)
+    }
+}
+
+/// Assigns seqs `first_seq..` to the messages of `batch` that are not yet stored, in order.
+/// Returns the rows to insert and what each input became. Shared by both backends: `existing`
+/// holds the stored copies of any `(sender, client_id)` pairs in the batch.
+fn plan_batch(batch: &[NewMessage], existing: &[Message], first_seq: Seq) -> (Vec<Message>, Vec<Appended>) {
+    let mut fresh: Vec<Message> = Vec::with_capacity(batch.len());
+    let mut out = Vec::with_capacity(batch.len());
+    for m in batch {
+        let earlier = m.client_id.as_deref().and_then(|cid| {
+            let same = |e: &&Message| e.sender_id == m.sender_id.0 && e.client_id.as_deref() == Some(cid);
+            existing.iter().find(same).or_else(|| fresh.iter().find(same))
+        });
+        if let Some(earlier) = earlier {
+            out.push(Appended { message: earlier.clone(), duplicate: true });
+            continue;
+        }
+        let stored = Message {
+            id: m.id,
+            room: m.room.as_str().to_owned(),
+            seq: first_seq + Seq::try_from(fresh.len()).unwrap_or(Seq::MAX),
+            sender_id: m.sender_id.0,
+            sender_email: m.sender_email.clone(),
+            content: m.content.clone(),
+            created_at: m.created_at,
+            client_id: m.client_id.clone(),
+        };
+        out.push(Appended { message: stored.clone(), duplicate: false });
+        fresh.push(stored);
+    }
+    (fresh, out)
+}

@@ -1,0 +1,349 @@
+//! The SQL both backends share, written once and expanded for each.
+//!
+//! Every statement here is valid in PostgreSQL and SQLite alike: `$n` placeholders in order of
+//! first use (SQLite binds by first appearance), timestamps bound from Rust rather than `now()`,
+//! `ON CONFLICT` and `RETURNING`. A backend provides `read`/`write` pools, `begin_write()` and
+//! `insert_messages()`, and gets the rest from [`shared_queries!`].
+
+/// Columns of a `Message`, in `FromRow` order.
+pub(super) const MESSAGE_COLUMNS: &str = "id, room, seq, sender_id, sender_email, content, created_at, client_id";
+
+macro_rules! shared_queries {
+    ($store:ty) => {
+        impl $store {
+            pub async fn migrate(&self) -> Result<usize, $crate::store::StoreError> {
+                let migrator = Self::migrator();
+                let mut conn = self.write.acquire().await?;
+                let table = "_sqlx_migrations";
+                // Before the first run the table does not exist: nothing applied yet.
+                let before = sqlx::migrate::Migrate::list_applied_migrations(&mut *conn, table).await.map_or(0, |m| m.len());
+                migrator.run(&mut *conn).await?;
+                let after = sqlx::migrate::Migrate::list_applied_migrations(&mut *conn, table).await?.len();
+                Ok(after.saturating_sub(before))
+            }
+
+            pub async fn ping(&self) -> Result<(), $crate::store::StoreError> {
+                sqlx::query("SELECT 1").execute(&self.read).await?;
+                Ok(())
+            }
+
+            pub async fn close(&self) {
+                self.read.close().await;
+                self.write.close().await;
+            }
+
+            pub async fn setting_or_insert(&self, key: &str, candidate: &str) -> Result<String, $crate::store::StoreError> {
+                sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+                    .bind(key)
+                    .bind(candidate)
+                    .execute(&self.write)
+                    .await?;
+                let (value,): (String,) = sqlx::query_as("SELECT value FROM settings WHERE key = $1")
+                    .bind(key)
+                    .fetch_one(&self.write)
+                    .await?;
+                Ok(value)
+            }
+
+            pub async fn create_user(
+                &self,
+                id: $crate::domain::UserId,
+                email: &str,
+                password_hash: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<$crate::store::User, $crate::store::StoreError> {
+                sqlx::query("INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4)")
+                    .bind(id.0)
+                    .bind(email)
+                    .bind(password_hash)
+                    .bind(now)
+                    .execute(&self.write)
+                    .await?;
+                Ok($crate::store::User { id, email: email.to_owned(), created_at: now, disabled_at: None })
+            }
+
+            pub async fn user_by_id(
+                &self,
+                id: $crate::domain::UserId,
+            ) -> Result<Option<$crate::store::User>, $crate::store::StoreError> {
+                Ok(sqlx::query_as("SELECT id, email, created_at, disabled_at FROM users WHERE id = $1")
+                    .bind(id.0)
+                    .fetch_optional(&self.read)
+                    .await?)
+            }
+
+            pub async fn credentials_by_email(
+                &self,
+                email: &str,
+            ) -> Result<Option<$crate::store::Credentials>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT id, email, created_at, disabled_at, password_hash FROM users WHERE email = $1",
+                )
+                .bind(email)
+                .fetch_optional(&self.read)
+                .await?)
+            }
+
+            pub async fn list_users(&self) -> Result<Vec<$crate::store::User>, $crate::store::StoreError> {
+                Ok(sqlx::query_as("SELECT id, email, created_at, disabled_at FROM users ORDER BY created_at, email")
+                    .fetch_all(&self.read)
+                    .await?)
+            }
+
+            pub async fn set_user_disabled(
+                &self,
+                email: &str,
+                disabled: bool,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let mut tx = self.begin_write().await?;
+                let found = sqlx::query("UPDATE users SET disabled_at = $2 WHERE email = $1")
+                    .bind(email)
+                    .bind(disabled.then_some(now))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    > 0;
+                if found && disabled {
+                    Self::revoke_user_tokens(&mut tx, email, now).await?;
+                }
+                tx.commit().await?;
+                Ok(found)
+            }
+
+            pub async fn set_password_hash(
+                &self,
+                email: &str,
+                password_hash: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let mut tx = self.begin_write().await?;
+                let found = sqlx::query("UPDATE users SET password_hash = $2 WHERE email = $1")
+                    .bind(email)
+                    .bind(password_hash)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    > 0;
+                if found {
+                    Self::revoke_user_tokens(&mut tx, email, now).await?;
+                }
+                tx.commit().await?;
+                Ok(found)
+            }
+
+            async fn revoke_user_tokens(
+                tx: &mut sqlx::Transaction<'static, <Self as $crate::store::sql::Backend>::Db>,
+                email: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::store::StoreError> {
+                sqlx::query(
+                    "UPDATE refresh_tokens SET revoked_at = $2 \
+                     WHERE user_id = (SELECT id FROM users WHERE email = $1) AND revoked_at IS NULL",
+                )
+                .bind(email)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+
+            pub async fn insert_refresh_token(
+                &self,
+                token: &$crate::store::NewRefreshToken,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::store::StoreError> {
+                let mut tx = self.begin_write().await?;
+                Self::insert_refresh_token_in(&mut tx, token, now).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn insert_refresh_token_in(
+                tx: &mut sqlx::Transaction<'static, <Self as $crate::store::sql::Backend>::Db>,
+                token: &$crate::store::NewRefreshToken,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::store::StoreError> {
+                sqlx::query(
+                    "INSERT INTO refresh_tokens (token_hash, user_id, family_id, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&token.hash)
+                .bind(token.user_id.0)
+                .bind(token.family_id)
+                .bind(now)
+                .bind(token.expires_at)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+
+            pub async fn rotate_refresh_token(
+                &self,
+                old_hash: &str,
+                new: &$crate::store::NewRefreshToken,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<$crate::store::Refreshed, $crate::store::StoreError> {
+                use $crate::store::Refreshed;
+                let mut tx = self.begin_write().await?;
+                // The conditional UPDATE is the atomic step: of two requests racing with one
+                // token, exactly one sees `spent_at IS NULL`.
+                let live: Option<(uuid::Uuid, uuid::Uuid)> = sqlx::query_as(
+                    "UPDATE refresh_tokens SET spent_at = $2 \
+                     WHERE token_hash = $1 AND spent_at IS NULL AND revoked_at IS NULL AND expires_at > $2 \
+                     RETURNING user_id, family_id",
+                )
+                .bind(old_hash)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some((user_id, family_id)) = live {
+                    let token = $crate::store::NewRefreshToken { family_id, user_id: user_id.into(), ..new.clone() };
+                    Self::insert_refresh_token_in(&mut tx, &token, now).await?;
+                    tx.commit().await?;
+                    return Ok(Refreshed::Rotated { user_id: user_id.into() });
+                }
+                let spent: Option<(uuid::Uuid,)> = sqlx::query_as(
+                    "SELECT family_id FROM refresh_tokens WHERE token_hash = $1 AND spent_at IS NOT NULL",
+                )
+                .bind(old_hash)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((family_id,)) = spent else {
+                    return Ok(Refreshed::Invalid);
+                };
+                // A spent token came back: whoever holds the family's live token may be a thief.
+                sqlx::query("UPDATE refresh_tokens SET revoked_at = $2 WHERE family_id = $1 AND revoked_at IS NULL")
+                    .bind(family_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(Refreshed::Reused)
+            }
+
+            pub async fn revoke_refresh_family(
+                &self,
+                hash: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let revoked = sqlx::query(
+                    "UPDATE refresh_tokens SET revoked_at = $2 WHERE revoked_at IS NULL AND family_id = \
+                     (SELECT family_id FROM refresh_tokens \
+                      WHERE token_hash = $1 AND spent_at IS NULL AND revoked_at IS NULL AND expires_at > $2)",
+                )
+                .bind(hash)
+                .bind(now)
+                .execute(&self.write)
+                .await?
+                .rows_affected();
+                Ok(revoked > 0)
+            }
+
+            pub async fn append_messages(
+                &self,
+                room: &$crate::domain::RoomName,
+                batch: &[$crate::store::NewMessage],
+            ) -> Result<Vec<$crate::store::Appended>, $crate::store::StoreError> {
+                let now = chrono::Utc::now();
+                let mut tx = self.begin_write().await?;
+                // Takes the room row's lock (PostgreSQL) before anything else, so writers of this
+                // room queue here and each sees the previous one's messages.
+                let (last_seq,): ($crate::domain::Seq,) = sqlx::query_as(
+                    "INSERT INTO rooms (name, last_seq, created_at) VALUES ($1, 0, $2) \
+                     ON CONFLICT (name) DO UPDATE SET last_seq = rooms.last_seq RETURNING last_seq",
+                )
+                .bind(room.as_str())
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                let existing = Self::stored_client_ids(&mut tx, batch).await?;
+                let (fresh, out) = $crate::store::plan_batch(batch, &existing, last_seq + 1);
+                if let Some(last) = fresh.last() {
+                    sqlx::query("UPDATE rooms SET last_seq = $2 WHERE name = $1")
+                        .bind(room.as_str())
+                        .bind(last.seq)
+                        .execute(&mut *tx)
+                        .await?;
+                    Self::insert_messages(&mut tx, &fresh).await?;
+                }
+                tx.commit().await?;
+                Ok(out)
+            }
+
+            /// Stored messages whose client id matches one in `batch` (callers match senders).
+            async fn stored_client_ids(
+                tx: &mut sqlx::Transaction<'static, <Self as $crate::store::sql::Backend>::Db>,
+                batch: &[$crate::store::NewMessage],
+            ) -> Result<Vec<$crate::store::Message>, $crate::store::StoreError> {
+                let ids: Vec<&str> = batch.iter().filter_map(|m| m.client_id.as_deref()).collect();
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut q = sqlx::QueryBuilder::new(format!(
+                    "SELECT {} FROM messages WHERE client_id IN (",
+                    $crate::store::sql::MESSAGE_COLUMNS
+                ));
+                let mut list = q.separated(", ");
+                for id in ids {
+                    list.push_bind(id.to_owned());
+                }
+                q.push(")");
+                Ok(q.build_query_as().fetch_all(&mut **tx).await?)
+            }
+
+            pub async fn messages_before(
+                &self,
+                room: &str,
+                before: $crate::domain::Seq,
+                limit: i64,
+            ) -> Result<Vec<$crate::store::Message>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT * FROM (SELECT id, room, seq, sender_id, sender_email, content, created_at, client_id \
+                     FROM messages WHERE room = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3) AS page ORDER BY seq",
+                )
+                .bind(room)
+                .bind(before)
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            pub async fn messages_after(
+                &self,
+                room: &str,
+                after: $crate::domain::Seq,
+                limit: i64,
+            ) -> Result<Vec<$crate::store::Message>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT id, room, seq, sender_id, sender_email, content, created_at, client_id \
+                     FROM messages WHERE room = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                )
+                .bind(room)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            pub async fn last_seq(&self, room: &str) -> Result<$crate::domain::Seq, $crate::store::StoreError> {
+                let row: Option<($crate::domain::Seq,)> = sqlx::query_as("SELECT last_seq FROM rooms WHERE name = $1")
+                    .bind(room)
+                    .fetch_optional(&self.read)
+                    .await?;
+                Ok(row.map_or(0, |(s,)| s))
+            }
+
+            pub async fn list_rooms(&self) -> Result<Vec<$crate::store::RoomSummary>, $crate::store::StoreError> {
+                Ok(sqlx::query_as("SELECT name, last_seq FROM rooms WHERE last_seq > 0 ORDER BY name")
+                    .fetch_all(&self.read)
+                    .await?)
+            }
+        }
+    };
+}
+
+/// What a backend must name for [`shared_queries!`] to expand.
+pub(super) trait Backend {
+    type Db: sqlx::Database;
+}

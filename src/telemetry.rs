@@ -1,0 +1,65 @@
+//! Logging (tracing) and metrics (Prometheus): setup, and every metric name as a constant.
+//!
+//! Metric names carry the `confab_` prefix and base units; labels are low-cardinality only
+//! (never a room, user id or email).
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+use crate::config::LogFormat;
+
+pub const HTTP_REQUESTS: &str = "confab_http_requests_total";
+pub const HTTP_DURATION: &str = "confab_http_request_duration_seconds";
+pub const WS_SESSIONS: &str = "confab_ws_sessions";
+pub const WS_SESSIONS_CLOSED: &str = "confab_ws_sessions_closed_total";
+pub const MESSAGES_STORED: &str = "confab_messages_stored_total";
+pub const MESSAGES_DELIVERED: &str = "confab_messages_delivered_total";
+pub const STORE_QUERY_DURATION: &str = "confab_store_query_duration_seconds";
+pub const BUS_PUBLISH_ERRORS: &str = "confab_bus_publish_errors_total";
+pub const AUTH_RATE_LIMITED: &str = "confab_auth_rate_limited_total";
+
+/// Installs the global tracing subscriber. `RUST_LOG`, when set, wins over `level`.
+pub fn init_logging(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    // `try_init`: tests and embedders may have installed a subscriber already.
+    let _ = match format {
+        LogFormat::Text => registry.with(fmt::layer().with_target(false)).try_init(),
+        LogFormat::Json => registry.with(fmt::layer().json().flatten_event(true)).try_init(),
+    };
+}
+
+/// The process-wide Prometheus recorder, installed on first use. Several apps in one process
+/// (tests) share it, which is what a global recorder means anyway.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
+                .expect("bucket list is non-empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed; then ours just renders nothing.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status");
+    metrics::describe_histogram!(HTTP_DURATION, metrics::Unit::Seconds, "HTTP request latency");
+    metrics::describe_gauge!(WS_SESSIONS, "open WebSocket sessions");
+    metrics::describe_counter!(WS_SESSIONS_CLOSED, "WebSocket sessions closed, by reason");
+    metrics::describe_counter!(MESSAGES_STORED, "messages durably stored by this node");
+    metrics::describe_counter!(MESSAGES_DELIVERED, "messages handed to sessions on this node");
+    metrics::describe_histogram!(STORE_QUERY_DURATION, metrics::Unit::Seconds, "store query latency");
+    metrics::describe_counter!(BUS_PUBLISH_ERRORS, "failed publishes to the fan-out bus");
+    metrics::describe_counter!(AUTH_RATE_LIMITED, "auth requests refused by the per-IP rate limit");
+}
