@@ -11,10 +11,12 @@ use poem::{
     Server,
     listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
 };
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     auth::{AuthService, PasswordHasher, TokenKeys, token},
+    bus::Bus,
+    chat::{ChatService, ChatSettings, hub::Hub},
     config::Config,
     http::{self, AppState},
     ratelimit::KeyedLimiter,
@@ -30,6 +32,8 @@ pub struct App {
     acceptor: TcpAcceptor,
     local_addr: SocketAddr,
     metrics: Option<(TcpAcceptor, SocketAddr)>,
+    /// Stops background tasks (the Redis bus) once sessions are done.
+    background: CancellationToken,
 }
 
 /// Opens the configured store, applying migrations if `migrate` is set.
@@ -78,6 +82,25 @@ impl App {
             }
             None => None,
         };
+        let hub = Hub::new(store.clone());
+        let background = CancellationToken::new();
+        let bus = match &config.redis.url {
+            Some(url) => Bus::redis(url.expose(), &config.redis.prefix, Arc::clone(&hub), background.clone())
+                .await
+                .with_context(|| format!("cannot connect to Redis at {}", crate::config::redact_url(url.expose())))?,
+            None => Bus::local(Arc::clone(&hub)),
+        };
+        let chat = ChatService::new(
+            hub,
+            bus,
+            store.clone(),
+            ChatSettings {
+                message_max_len: config.chat.message_max_len,
+                messages_per_second: config.limits.messages_per_second,
+                message_burst: config.limits.message_burst,
+                outbound_queue: config.ws.outbound_queue,
+            },
+        );
         let node_id = config.node_id.clone().unwrap_or_else(|| format!("{}:{}", hostname(), local_addr.port()));
         let trusted_proxies = config.trusted_proxies()?.into();
         let state = AppState {
@@ -87,8 +110,11 @@ impl App {
             auth,
             trusted_proxies,
             node_id: node_id.into(),
+            chat,
+            sessions: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
         };
-        Ok(Self { state, acceptor, local_addr, metrics })
+        Ok(Self { state, acceptor, local_addr, metrics, background })
     }
 
     /// The address the HTTP server is bound to.
@@ -107,25 +133,30 @@ impl App {
 
     /// Serves until `shutdown` completes, then drains for up to `shutdown.grace`.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Self { state, acceptor, local_addr, metrics } = self;
-        let stop = CancellationToken::new();
+        let Self { state, acceptor, local_addr, metrics, background } = self;
+        let stop = state.shutdown.clone();
         let grace = state.config.shutdown.grace.0;
         tracing::info!(
             addr = %local_addr,
             node = %state.node_id,
             database = state.store.backend(),
+            bus = state.chat.bus().name(),
             version = env!("CARGO_PKG_VERSION"),
             "confab listening"
         );
 
         let sweeper = {
             let limiter = state.auth_limiter.clone();
+            let chat = state.chat.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(Duration::from_secs(60));
                 loop {
                     tokio::select! {
-                        _ = every.tick() => limiter.sweep(),
+                        _ = every.tick() => {
+                            limiter.sweep();
+                            chat.sweep();
+                        }
                         () = stop.cancelled() => break,
                     }
                 }
@@ -146,6 +177,7 @@ impl App {
         });
 
         let store = state.store.clone();
+        let (sessions, chat) = (state.sessions.clone(), state.chat.clone());
         let signal = {
             let stop = stop.clone();
             async move {
@@ -158,6 +190,13 @@ impl App {
             .run_with_graceful_shutdown(http::routes(state), signal, Some(grace))
             .await;
         stop.cancel();
+        // Sessions saw `stop` and are closing with 1001 once their in-flight sends are acked.
+        sessions.close();
+        if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
+            tracing::warn!(remaining = sessions.len(), "sessions still open after the grace period");
+        }
+        chat.drain(grace).await;
+        background.cancel();
         let _ = sweeper.await;
         if let Some(task) = metrics_server {
             let _ = task.await;

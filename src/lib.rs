@@ -7,13 +7,17 @@
 //! - [`domain`] validated newtypes (email, room name, content…).
 //! - [`auth`] accounts, argon2 passwords, JWT access tokens, rotating refresh tokens.
 //! - [`store`] durable state on SQLite or PostgreSQL.
-//! - [`http`] REST API (OpenAPI), operational endpoints, middleware, embedded UI.
+//! - [`chat`] the real-time core: hub (rooms, in-order delivery), room writers (group commit),
+//!   sessions; [`bus`] fan-out between nodes (in-process, or Redis pub/sub).
+//! - [`http`] REST API (OpenAPI), WebSocket transports, operational endpoints, embedded UI.
 //! - [`ratelimit`] keyed token buckets.
 //!
-//! Dependencies point inward: `http` → `auth` / `store` → `domain`.
+//! Dependencies point inward: `http` → `chat` → (`store`, `bus`) → `domain`.
 
 pub mod app;
 pub mod auth;
+pub mod bus;
+pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod domain;

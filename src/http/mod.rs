@@ -7,6 +7,7 @@ pub mod error;
 mod middleware;
 mod ops;
 mod ui;
+pub mod ws;
 
 use std::{net::IpAddr, sync::Arc};
 
@@ -16,7 +17,9 @@ use poem::{
     middleware::{Compression, Cors},
 };
 
-use crate::{auth::AuthService, config::Config, ratelimit::KeyedLimiter, store::Store};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{auth::AuthService, chat::ChatService, config::Config, ratelimit::KeyedLimiter, store::Store};
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
@@ -30,12 +33,17 @@ pub struct AppState {
     pub trusted_proxies: Arc<[IpAddr]>,
     /// This instance's name, for `hello` frames and `/health`.
     pub node_id: Arc<str>,
+    pub chat: ChatService,
+    /// WebSocket sessions, so shutdown can wait for them to close.
+    pub sessions: TaskTracker,
+    /// Cancelled when the node starts shutting down: sessions close with 1001.
+    pub shutdown: CancellationToken,
 }
 
 impl AppState {
     /// Members of `room` currently joined on this node.
-    pub fn members(&self, _room: &str) -> u64 {
-        0
+    pub fn members(&self, room: &str) -> u64 {
+        self.chat.member_count(room) as u64
     }
 }
 
@@ -54,7 +62,9 @@ pub fn routes(state: AppState) -> impl Endpoint + 'static {
     if config.metrics_listen.is_none() {
         route = route.at("/metrics", ops::metrics);
     }
-    let route = route.nest("/", ui::endpoint());
+    // Compression stays off the WebSocket upgrade.
+    let route =
+        Route::new().at("/ws", ws::native_endpoint).nest("/", route.nest("/", ui::endpoint()).with(Compression::new()));
 
     let cors = (!config.http.cors_origins.0.is_empty()).then(|| {
         Cors::new()
@@ -69,7 +79,6 @@ pub fn routes(state: AppState) -> impl Endpoint + 'static {
         .with(middleware::BodyLimit::new(config.http.body_limit))
         .with(middleware::JsonErrors)
         .with(middleware::SecurityHeaders::new(config.http.hsts))
-        .with(Compression::new())
         .with(middleware::AccessLog)
         .data(state)
 }

@@ -18,17 +18,24 @@ pub async fn health(state: Data<&AppState>) -> Response {
 pub async fn ready(state: Data<&AppState>) -> Response {
     let database = tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await;
     let database_ok = matches!(database, Ok(Ok(())));
+    let redis = state.chat.bus().redis_connected();
+    let redis_ok = redis.unwrap_or(true);
     let body = json!({
-        "ok": database_ok,
+        "ok": database_ok && redis_ok,
         "node": &*state.node_id,
         "database": if database_ok { "up" } else { "down" },
-        "redis": "disabled",
+        "redis": match redis { None => "disabled", Some(true) => "up", Some(false) => "down" },
     });
-    if database_ok {
+    if database_ok && redis_ok {
         poem::web::Json(body).into_response()
     } else {
         let mut body = body;
-        body["error"] = json!("database unavailable");
+        let failed = match (database_ok, redis_ok) {
+            (false, false) => "database and redis unavailable",
+            (false, true) => "database unavailable",
+            _ => "redis unavailable",
+        };
+        body["error"] = json!(failed);
         body["code"] = json!("not_ready");
         (StatusCode::SERVICE_UNAVAILABLE, poem::web::Json(body)).into_response()
     }

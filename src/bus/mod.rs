@@ -1,0 +1,89 @@
+//! The fan-out bus: how an event published on one node reaches the hub of every node with
+//! members in its room.
+//!
+//! `Local` (the default) hands events straight to this node's hub. `Redis` does the same for
+//! this node — local delivery never waits for, or depends on, Redis — and also publishes them
+//! for the other nodes, whose subscriber tasks hand them to their hubs. Either way every event
+//! enters a hub through [`Hub::dispatch`], so one node and five take the same delivery path.
+
+mod redis;
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+pub use self::redis::RedisBus;
+use crate::{
+    chat::{event::Event, hub::Hub},
+    domain::RoomName,
+};
+
+/// Publishing failed in a way callers may want to know about (startup only).
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("cannot connect to Redis: {0}")]
+    Connect(#[source] ::redis::RedisError),
+}
+
+#[derive(Clone)]
+pub enum Bus {
+    Local(Arc<Hub>),
+    Redis(RedisBus),
+}
+
+impl Bus {
+    pub fn local(hub: Arc<Hub>) -> Self {
+        Self::Local(hub)
+    }
+
+    pub async fn redis(url: &str, prefix: &str, hub: Arc<Hub>, stop: CancellationToken) -> Result<Self, BusError> {
+        Ok(Self::Redis(RedisBus::connect(url, prefix, hub, stop).await?))
+    }
+
+    /// Delivers `events` (in order) on this node and, when clustered, to the other nodes.
+    pub fn publish(&self, events: Vec<Event>) {
+        match self {
+            Self::Local(hub) => {
+                for e in &events {
+                    hub.dispatch(e);
+                }
+            }
+            Self::Redis(bus) => bus.publish(events),
+        }
+    }
+
+    /// Starts receiving `room`'s events from other nodes; the receiver completes once the
+    /// subscription is active (or at once when there is nothing to wait for).
+    pub fn subscribe(&self, room: &RoomName) -> oneshot::Receiver<()> {
+        match self {
+            Self::Local(_) => {
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(());
+                rx
+            }
+            Self::Redis(bus) => bus.subscribe(room),
+        }
+    }
+
+    pub fn unsubscribe(&self, room: &RoomName) {
+        if let Self::Redis(bus) = self {
+            bus.unsubscribe(room);
+        }
+    }
+
+    /// `None` without Redis; otherwise whether the subscriber connection is up.
+    pub fn redis_connected(&self) -> Option<bool> {
+        match self {
+            Self::Local(_) => None,
+            Self::Redis(bus) => Some(bus.connected()),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Local(_) => "local",
+            Self::Redis(_) => "redis",
+        }
+    }
+}

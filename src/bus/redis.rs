@@ -1,0 +1,294 @@
+//! Redis pub/sub fan-out between nodes.
+//!
+//! One channel per room (`<prefix>:room:<name>`). A node subscribes only to rooms it has local
+//! members in, over one shared subscriber connection, so it does not receive the whole
+//! cluster's traffic. Publishing goes through a multiplexed connection; whatever is queued is
+//! sent as one pipeline. Payloads carry the publishing instance so a node skips its own events
+//! (it delivered them locally already).
+//!
+//! Redis pub/sub is at-most-once: on a reconnect the subscriber resubscribes every room and asks
+//! the hub to compare each with the store, which repairs what was missed. While Redis is down,
+//! local delivery goes on and [`RedisBus::connected`] reports false for `/ready`.
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use futures_util::StreamExt as _;
+use redis::{AsyncCommands as _, aio::ConnectionManager};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::BusError;
+use crate::{
+    chat::{
+        event::{Encoded, Event, EventKind},
+        hub::Hub,
+    },
+    domain::RoomName,
+    telemetry,
+};
+
+/// Events waiting to be published before new ones are dropped (the other nodes then repair the
+/// gap from the store when they notice it).
+const PUBLISH_QUEUE: usize = 65_536;
+const PUBLISH_BATCH: usize = 512;
+
+enum Control {
+    Subscribe(String, oneshot::Sender<()>),
+    Unsubscribe(String),
+}
+
+#[derive(Clone)]
+pub struct RedisBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    hub: Arc<Hub>,
+    prefix: String,
+    /// Random per process: lets a node recognise its own events coming back.
+    instance: u64,
+    publish_tx: mpsc::Sender<(String, Vec<u8>)>,
+    control_tx: mpsc::UnboundedSender<Control>,
+    connected: AtomicBool,
+}
+
+impl RedisBus {
+    pub async fn connect(url: &str, prefix: &str, hub: Arc<Hub>, stop: CancellationToken) -> Result<Self, BusError> {
+        let client = redis::Client::open(url).map_err(BusError::Connect)?;
+        let publisher = client.get_connection_manager().await.map_err(BusError::Connect)?;
+        let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            hub,
+            prefix: format!("{prefix}:room:"),
+            instance: rand::random(),
+            publish_tx,
+            control_tx,
+            connected: AtomicBool::new(false),
+        });
+        tokio::spawn(run_publisher(publisher, publish_rx, stop.clone()));
+        tokio::spawn(run_subscriber(client, Arc::clone(&inner), control_rx, stop));
+        Ok(Self { inner })
+    }
+
+    pub fn connected(&self) -> bool {
+        self.inner.connected.load(Ordering::Relaxed)
+    }
+
+    fn channel(&self, room: &RoomName) -> String {
+        format!("{}{}", self.inner.prefix, room)
+    }
+
+    pub fn publish(&self, events: Vec<Event>) {
+        for e in events {
+            self.inner.hub.dispatch(&e);
+            let payload = encode(self.inner.instance, &e);
+            if self.inner.publish_tx.try_send((self.channel(&e.room), payload)).is_err() {
+                metrics::counter!(telemetry::BUS_PUBLISH_ERRORS, "bus" => "redis").increment(1);
+            }
+        }
+    }
+
+    pub fn subscribe(&self, room: &RoomName) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.inner.control_tx.send(Control::Subscribe(self.channel(room), tx));
+        rx
+    }
+
+    pub fn unsubscribe(&self, room: &RoomName) {
+        let _ = self.inner.control_tx.send(Control::Unsubscribe(self.channel(room)));
+    }
+}
+
+/// `<instance hex>|<kind>|<seq, origin session or typing user>|<native frame>`.
+fn encode(instance: u64, e: &Event) -> Vec<u8> {
+    let (kind, arg) = match e.frame.kind {
+        EventKind::Message { seq } => ('m', seq.to_string()),
+        EventKind::System { origin } => ('s', origin.to_string()),
+        EventKind::Typing { user } => ('t', user.to_string()),
+    };
+    let frame = e.frame.native.as_bytes();
+    let mut out = Vec::with_capacity(frame.len() + 64);
+    out.extend_from_slice(format!("{instance:016x}|{kind}|{arg}|").as_bytes());
+    out.extend_from_slice(frame);
+    out
+}
+
+/// The event in a payload, unless it is malformed or our own.
+fn decode(instance: u64, room: RoomName, payload: &[u8]) -> Option<Event> {
+    let mut parts = payload.splitn(4, |b| *b == b'|');
+    let from = u64::from_str_radix(std::str::from_utf8(parts.next()?).ok()?, 16).ok()?;
+    if from == instance {
+        return None;
+    }
+    let kind = parts.next()?;
+    let arg = std::str::from_utf8(parts.next()?).ok()?;
+    let kind = match kind {
+        b"m" => EventKind::Message { seq: arg.parse().ok()? },
+        b"s" => EventKind::System { origin: arg.parse().ok()? },
+        b"t" => EventKind::Typing { user: arg.parse::<Uuid>().ok()? },
+        _ => return None,
+    };
+    let frame = Utf8Bytes::try_from(bytes::Bytes::copy_from_slice(parts.next()?)).ok()?;
+    Some(Event { room, frame: Encoded::new(kind, frame) })
+}
+
+async fn run_publisher(
+    mut conn: ConnectionManager,
+    mut rx: mpsc::Receiver<(String, Vec<u8>)>,
+    stop: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+    loop {
+        let n = tokio::select! {
+            n = rx.recv_many(&mut batch, PUBLISH_BATCH) => n,
+            () = stop.cancelled() => 0,
+        };
+        if n == 0 {
+            return;
+        }
+        let result = if batch.len() == 1 {
+            let (channel, payload) = &batch[0];
+            conn.publish::<_, _, ()>(channel, payload).await
+        } else {
+            let mut pipe = redis::pipe();
+            for (channel, payload) in &batch {
+                pipe.publish(channel, payload).ignore();
+            }
+            pipe.query_async::<()>(&mut conn).await
+        };
+        if let Err(e) = result {
+            // The other nodes repair from the store once they see a later seq or reconnect.
+            tracing::warn!(error = %e, count = batch.len(), "redis publish failed");
+            metrics::counter!(telemetry::BUS_PUBLISH_ERRORS, "bus" => "redis").increment(batch.len() as u64);
+        }
+        batch.clear();
+    }
+}
+
+async fn run_subscriber(
+    client: redis::Client,
+    inner: Arc<Inner>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    stop: CancellationToken,
+) {
+    // The channels we should be subscribed to: the source of truth across reconnects.
+    let mut wanted: HashSet<String> = HashSet::new();
+    let mut backoff = Duration::from_millis(100);
+    let mut first = true;
+    loop {
+        let connection = tokio::select! {
+            c = client.get_async_pubsub() => c,
+            () = stop.cancelled() => return,
+        };
+        let (mut sink, mut stream) = match connection {
+            Ok(pubsub) => pubsub.split(),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "redis subscriber cannot connect");
+                if !wait_while_down(&mut control, &mut wanted, backoff, &stop).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if !wanted.is_empty() && sink.subscribe(wanted.iter().collect::<Vec<_>>()).await.is_err() {
+            continue;
+        }
+        inner.connected.store(true, Ordering::Relaxed);
+        backoff = Duration::from_millis(100);
+        if first {
+            tracing::info!("redis bus connected");
+        } else {
+            tracing::info!(rooms = wanted.len(), "redis bus reconnected; repairing missed messages from the store");
+            inner.hub.resync_all();
+        }
+        first = false;
+        loop {
+            tokio::select! {
+                cmd = control.recv() => match cmd {
+                    Some(Control::Subscribe(channel, done)) => {
+                        let ok = sink.subscribe(&channel).await.is_ok();
+                        wanted.insert(channel);
+                        let _ = done.send(());
+                        if !ok { break; }
+                    }
+                    Some(Control::Unsubscribe(channel)) => {
+                        wanted.remove(&channel);
+                        if sink.unsubscribe(&channel).await.is_err() { break; }
+                    }
+                    None => return,
+                },
+                msg = stream.next() => match msg {
+                    Some(msg) => {
+                        let Some(room) = msg.get_channel_name().strip_prefix(inner.prefix.as_str()) else { continue };
+                        let Ok(room) = RoomName::parse(room) else { continue };
+                        if let Some(event) = decode(inner.instance, room, msg.get_payload_bytes()) {
+                            inner.hub.dispatch(&event);
+                        }
+                    }
+                    None => break,
+                },
+                () = stop.cancelled() => return,
+            }
+        }
+        inner.connected.store(false, Ordering::Relaxed);
+        tracing::warn!("redis bus disconnected; local delivery continues, reconnecting");
+    }
+}
+
+/// While disconnected: keep the wanted set current and confirm subscriptions at once (the
+/// rooms are subscribed and repaired on reconnect), for `backoff`. False when stopping.
+async fn wait_while_down(
+    control: &mut mpsc::UnboundedReceiver<Control>,
+    wanted: &mut HashSet<String>,
+    backoff: Duration,
+    stop: &CancellationToken,
+) -> bool {
+    let deadline = tokio::time::sleep(backoff);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            () = &mut deadline => return true,
+            () = stop.cancelled() => return false,
+            cmd = control.recv() => match cmd {
+                Some(Control::Subscribe(channel, done)) => {
+                    wanted.insert(channel);
+                    let _ = done.send(());
+                }
+                Some(Control::Unsubscribe(channel)) => {
+                    wanted.remove(&channel);
+                }
+                None => return false,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_round_trip_and_own_events_are_skipped() {
+        let room = RoomName::parse("general").unwrap();
+        let frame =
+            Encoded::new(EventKind::Message { seq: 42 }, Utf8Bytes::from_static(r#"{"type":"message","a":"|"}"#));
+        let event = Event { room: room.clone(), frame };
+        let payload = encode(7, &event);
+        let back = decode(8, room.clone(), &payload).expect("decodes");
+        assert_eq!(back.frame.kind, EventKind::Message { seq: 42 });
+        assert_eq!(back.frame.native.as_str(), r#"{"type":"message","a":"|"}"#);
+        assert!(decode(7, room.clone(), &payload).is_none(), "own event");
+        assert!(decode(8, room, b"garbage").is_none());
+    }
+}

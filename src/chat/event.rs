@@ -1,0 +1,157 @@
+//! What the bus carries between nodes and the hub hands to sessions: events encoded once.
+//!
+//! An event is serialised to its native JSON frame exactly once, where it originates (the room
+//! writer for messages, the command for join/leave/typing). Every recipient on every node gets
+//! the same bytes (`Utf8Bytes` is a reference-counted buffer); the Socket.IO form is derived
+//! from them at most once per node, on first use.
+
+use std::sync::{Arc, OnceLock};
+
+use serde::Serialize;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use uuid::Uuid;
+
+use crate::{
+    domain::{RoomName, Seq},
+    store::Message,
+};
+
+/// What kind of event, with what the hub needs to route it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A stored message: delivered in `seq` order, exactly once per member.
+    Message { seq: Seq },
+    /// A member joined or left; not delivered to the session it came from.
+    System { origin: u64 },
+    /// A member is typing; not delivered to that user's sessions.
+    Typing { user: Uuid },
+}
+
+impl EventKind {
+    /// The event name, which is also the Socket.IO event name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Message { .. } => "message",
+            Self::System { .. } => "system",
+            Self::Typing { .. } => "typing",
+        }
+    }
+}
+
+/// An event's frames: the native JSON, and the Socket.IO packet made from it on demand.
+#[derive(Debug)]
+pub struct Encoded {
+    pub kind: EventKind,
+    pub native: Utf8Bytes,
+    socketio: OnceLock<Utf8Bytes>,
+}
+
+impl Encoded {
+    pub fn new(kind: EventKind, native: Utf8Bytes) -> Arc<Self> {
+        Arc::new(Self { kind, native, socketio: OnceLock::new() })
+    }
+
+    /// `42["<event>",<native json>]`. The payload keeps its `type` field, which Socket.IO
+    /// clients ignore, so no second serialisation is needed.
+    pub fn socketio(&self) -> &Utf8Bytes {
+        self.socketio.get_or_init(|| {
+            let name = self.kind.name();
+            let mut s = String::with_capacity(self.native.len() + name.len() + 8);
+            s.push_str("42[\"");
+            s.push_str(name);
+            s.push_str("\",");
+            s.push_str(self.native.as_str());
+            s.push(']');
+            Utf8Bytes::from(s)
+        })
+    }
+}
+
+/// An event for one room, as published on the bus.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub room: RoomName,
+    pub frame: Arc<Encoded>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case", rename_all_fields = "camelCase")]
+enum Wire<'a> {
+    Message(&'a Message),
+    System { room: &'a str, event: &'a str, user_id: Uuid, email: &'a str, message: String },
+    Typing { room: &'a str, user_id: Uuid, email: &'a str },
+}
+
+fn encode(kind: EventKind, wire: &Wire<'_>) -> Arc<Encoded> {
+    let json = serde_json::to_string(wire).expect("event frames serialise: plain strings and numbers");
+    Encoded::new(kind, Utf8Bytes::from(json))
+}
+
+/// The `message` event for a stored message.
+pub fn message(room: &RoomName, msg: &Message) -> Event {
+    Event { room: room.clone(), frame: encode(EventKind::Message { seq: msg.seq }, &Wire::Message(msg)) }
+}
+
+/// Whether a member joined or left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Presence {
+    Join,
+    Leave,
+}
+
+/// The `system` event the original platform sent: `"<email> joined <room>"`.
+pub fn system(room: &RoomName, presence: Presence, origin: u64, user_id: Uuid, email: &str) -> Event {
+    let (event, verb) = match presence {
+        Presence::Join => ("join", "joined"),
+        Presence::Leave => ("leave", "left"),
+    };
+    let wire = Wire::System { room: room.as_str(), event, user_id, email, message: format!("{email} {verb} {room}") };
+    Event { room: room.clone(), frame: encode(EventKind::System { origin }, &wire) }
+}
+
+/// The `typing` event.
+pub fn typing(room: &RoomName, user_id: Uuid, email: &str) -> Event {
+    let wire = Wire::Typing { room: room.as_str(), user_id, email };
+    Event { room: room.clone(), frame: encode(EventKind::Typing { user: user_id }, &wire) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_frame_is_the_protocol_shape_and_socketio_wraps_it() {
+        let room = RoomName::parse("general").unwrap();
+        let msg = Message {
+            id: Uuid::nil(),
+            room: "general".into(),
+            seq: 7,
+            sender_id: Uuid::nil(),
+            sender_email: "a@b.co".into(),
+            content: "hi \"there\"".into(),
+            created_at: chrono::DateTime::from_timestamp(0, 0).unwrap(),
+            client_id: None,
+        };
+        let ev = message(&room, &msg);
+        let v: serde_json::Value = serde_json::from_str(ev.frame.native.as_str()).unwrap();
+        assert_eq!(v["type"], "message");
+        assert_eq!(v["seq"], 7);
+        assert_eq!(v["senderEmail"], "a@b.co");
+        assert_eq!(v["content"], "hi \"there\"");
+        assert!(v.get("clientId").is_none());
+        let sio = ev.frame.socketio().as_str();
+        assert!(sio.starts_with("42[\"message\",{") && sio.ends_with("}]"), "{sio}");
+        let arr: serde_json::Value = serde_json::from_str(&sio[2..]).unwrap();
+        assert_eq!(arr[1]["seq"], 7);
+    }
+
+    #[test]
+    fn system_frames_carry_the_original_message() {
+        let room = RoomName::parse("general").unwrap();
+        let ev = system(&room, Presence::Join, 1, Uuid::nil(), "a@b.co");
+        let v: serde_json::Value = serde_json::from_str(ev.frame.native.as_str()).unwrap();
+        assert_eq!(v["message"], "a@b.co joined general");
+        assert_eq!(v["event"], "join");
+        assert_eq!(v["userId"], Uuid::nil().to_string());
+    }
+}

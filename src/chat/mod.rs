@@ -1,0 +1,301 @@
+//! The real-time core ("node"): join, leave, send, typing. Owns the hub, the bus, the store
+//! handle and the per-room writers.
+//!
+//! Knows nothing of HTTP or of how frames look on a particular transport: the native
+//! WebSocket and Socket.IO codecs both call these methods and drain the same [`Outbound`]
+//! queue, so their clients share one path and one order.
+
+pub mod event;
+pub mod hub;
+pub mod session;
+pub mod writer;
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use chrono::{SubsecRound as _, Utc};
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+pub use self::session::{Outbound, Reply};
+use self::{
+    event::{Encoded, Presence},
+    hub::{Hub, Room, Start},
+    session::SessionHandle,
+    writer::WriteRequest,
+};
+use crate::{
+    bus::Bus,
+    domain::{ClientId, Content, InvalidContent, RoomName, Seq},
+    ratelimit::KeyedLimiter,
+    store::{NewMessage, Store, StoreError, User},
+};
+
+/// Rooms one session may be in at once: bounds what one connection can make the node hold.
+pub const MAX_ROOMS_PER_SESSION: usize = 256;
+/// At most one `typing` per user and room in this interval is passed on.
+const TYPING_INTERVAL: Duration = Duration::from_millis(1000);
+
+/// Everything a chat command can fail with. Each variant is exactly one wire `code`.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    #[error("{0}")]
+    InvalidPayload(String),
+    #[error("room names are 1 to 64 characters of A-Z a-z 0-9 : _ -")]
+    InvalidRoom,
+    #[error("message is longer than {max} characters")]
+    TooLong { max: usize },
+    #[error("too many messages; slow down")]
+    RateLimited,
+    #[error("join the room before using it")]
+    NotJoined,
+    #[error("the server is shutting down or overloaded; try again")]
+    Unavailable,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ChatError {
+    /// The `code` that `PROTOCOL.md` promises for this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidPayload(_) => "invalid_payload",
+            Self::InvalidRoom => "invalid_room",
+            Self::TooLong { .. } => "too_long",
+            Self::RateLimited => "rate_limited",
+            Self::NotJoined => "not_joined",
+            Self::Unavailable => "unavailable",
+            Self::Store(e) if e.is_unavailable() => "unavailable",
+            Self::Store(_) => "internal",
+        }
+    }
+
+    /// The message shown to the client: store details stay in the server log.
+    pub fn client_message(&self) -> String {
+        match self {
+            Self::Store(e) => {
+                tracing::warn!(error = ?e, "chat command failed in the store");
+                "the server could not complete this; try again".into()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Tuning knobs of the chat core, from the configuration.
+#[derive(Clone, Debug)]
+pub struct ChatSettings {
+    pub message_max_len: usize,
+    pub messages_per_second: u32,
+    pub message_burst: u32,
+    pub outbound_queue: usize,
+}
+
+/// The chat core. Cheap to clone.
+#[derive(Clone)]
+pub struct ChatService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    hub: Arc<Hub>,
+    bus: Bus,
+    store: Store,
+    limiter: KeyedLimiter<Uuid>,
+    settings: ChatSettings,
+    /// Room writers, so shutdown can wait for in-flight commits.
+    writers: TaskTracker,
+}
+
+/// One connection's chat state, owned by its transport task (no locks).
+pub struct Session {
+    pub handle: SessionHandle,
+    pub user: User,
+    rooms: HashMap<RoomName, Arc<Room>>,
+    last_typing: HashMap<RoomName, Instant>,
+}
+
+impl Session {
+    pub fn id(&self) -> u64 {
+        self.handle.id
+    }
+    pub fn is_member(&self, room: &RoomName) -> bool {
+        self.rooms.contains_key(room)
+    }
+}
+
+/// A join's result: the room's latest seq, and whether the member must catch up first.
+pub struct Joined {
+    pub room: RoomName,
+    pub latest: Seq,
+    /// With `since` below the latest: messages after this seq come from [`ChatService::catch_up`].
+    pub catch_up_from: Option<Seq>,
+}
+
+impl ChatService {
+    pub fn new(hub: Arc<Hub>, bus: Bus, store: Store, settings: ChatSettings) -> Self {
+        let limiter = KeyedLimiter::per_second(settings.messages_per_second, settings.message_burst);
+        Self { inner: Arc::new(Inner { hub, bus, store, limiter, settings, writers: TaskTracker::new() }) }
+    }
+
+    pub fn bus(&self) -> &Bus {
+        &self.inner.bus
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Members of `room` on this node.
+    pub fn member_count(&self, room: &str) -> usize {
+        RoomName::parse(room).map_or(0, |r| self.inner.hub.member_count(&r))
+    }
+
+    /// Forgets rate-limit state of users who went quiet. Call periodically.
+    pub fn sweep(&self) {
+        self.inner.limiter.sweep();
+    }
+
+    /// Waits (up to `grace`) for room writers to finish in-flight commits.
+    pub async fn drain(&self, grace: Duration) {
+        self.inner.writers.close();
+        let _ = tokio::time::timeout(grace, self.inner.writers.wait()).await;
+    }
+
+    /// A new session for `user` and the receiving end of its outbound queue.
+    pub fn open_session(&self, user: User) -> (Session, mpsc::Receiver<Outbound>) {
+        let (handle, rx) = SessionHandle::new(user.id.0, self.inner.settings.outbound_queue);
+        (Session { handle, user, rooms: HashMap::new(), last_typing: HashMap::new() }, rx)
+    }
+
+    /// Joins `room`. Joining a room again restarts delivery from `since` (no new `system`).
+    pub async fn join(&self, s: &mut Session, room: &str, since: Option<Seq>) -> Result<Joined, ChatError> {
+        let name = RoomName::parse(room).map_err(|_| ChatError::InvalidRoom)?;
+        if matches!(since, Some(n) if n < 0) {
+            return Err(ChatError::InvalidPayload("since must be a seq (0 or more)".into()));
+        }
+        let rejoin = s.rooms.contains_key(&name);
+        if !rejoin && s.rooms.len() >= MAX_ROOMS_PER_SESSION {
+            return Err(ChatError::InvalidPayload(format!(
+                "a connection can be in at most {MAX_ROOMS_PER_SESSION} rooms"
+            )));
+        }
+        if let Some(old) = s.rooms.remove(&name) {
+            self.remove_member(&old, s.id());
+        }
+        let (room, start) = loop {
+            let room = self.inner.hub.room_or_insert(&name, || {
+                let writer =
+                    writer::spawn(name.clone(), self.inner.store.clone(), self.inner.bus.clone(), &self.inner.writers);
+                (writer, self.inner.bus.subscribe(&name))
+            });
+            self.inner.hub.ensure_ready(&room).await?;
+            // Err: the room emptied and left the hub meanwhile; look it up again.
+            if let Ok(start) = room.add_member(s.handle.clone(), since) {
+                break (room, start);
+            }
+        };
+        s.rooms.insert(name.clone(), room);
+        if !rejoin {
+            self.inner.bus.publish(vec![event::system(&name, Presence::Join, s.id(), s.user.id.0, &s.user.email)]);
+        }
+        Ok(match start {
+            Start::Live { latest } => Joined { room: name, latest, catch_up_from: None },
+            Start::CatchUp { latest, from } => Joined { room: name, latest, catch_up_from: Some(from) },
+        })
+    }
+
+    /// The next page of messages after `after` for a catching-up member, encoded. An empty
+    /// page means the store has nothing more: try [`ChatService::go_live`].
+    pub async fn catch_up(&self, room: &RoomName, after: Seq) -> Result<Vec<(Seq, Arc<Encoded>)>, ChatError> {
+        let page = self.inner.store.messages_after(room, after, hub::PAGE).await?;
+        Ok(page.iter().map(|m| (m.seq, event::message(room, m).frame)).collect())
+    }
+
+    /// Switches a caught-up member to live delivery. False: more was delivered meanwhile,
+    /// catch up again from `sent_upto`.
+    pub fn go_live(&self, s: &Session, room: &RoomName, sent_upto: Seq) -> bool {
+        match s.rooms.get(room) {
+            Some(r) => self.inner.hub.go_live(r, s.id(), sent_upto),
+            None => true,
+        }
+    }
+
+    pub fn leave(&self, s: &mut Session, room: &str) -> Result<RoomName, ChatError> {
+        let name = RoomName::parse(room).map_err(|_| ChatError::InvalidRoom)?;
+        let r = s.rooms.remove(&name).ok_or(ChatError::NotJoined)?;
+        self.remove_member(&r, s.id());
+        s.last_typing.remove(&name);
+        self.inner.bus.publish(vec![event::system(&name, Presence::Leave, s.id(), s.user.id.0, &s.user.email)]);
+        Ok(name)
+    }
+
+    /// Leaves every room (the connection ended).
+    pub fn close_session(&self, s: &mut Session) {
+        let rooms: Vec<RoomName> = s.rooms.keys().cloned().collect();
+        for room in rooms {
+            let _ = self.leave(s, room.as_str());
+        }
+    }
+
+    /// Validates and queues a message for storing; the ack (or error) comes through the
+    /// session's outbound queue once the room's writer has committed it.
+    pub async fn send_message(
+        &self,
+        s: &Session,
+        room: &str,
+        content: &str,
+        client_id: Option<&str>,
+        cmd_ref: Option<String>,
+    ) -> Result<(), ChatError> {
+        let name = RoomName::parse(room).map_err(|_| ChatError::InvalidRoom)?;
+        let content = Content::parse(content, self.inner.settings.message_max_len).map_err(|e| match e {
+            InvalidContent::Empty => ChatError::InvalidPayload(e.to_string()),
+            InvalidContent::TooLong { max } => ChatError::TooLong { max },
+        })?;
+        let client_id = client_id
+            .map(|c| {
+                ClientId::parse(c).map_err(|_| ChatError::InvalidPayload("clientId must be 1 to 64 characters".into()))
+            })
+            .transpose()?;
+        let room = s.rooms.get(&name).ok_or(ChatError::NotJoined)?;
+        self.inner.limiter.check(&s.user.id.0).map_err(|_| ChatError::RateLimited)?;
+        let msg = NewMessage {
+            id: Uuid::now_v7(),
+            room: name,
+            sender_id: s.user.id,
+            sender_email: s.user.email.clone(),
+            content: content.into_string(),
+            client_id: client_id.map(|c| c.as_str().to_owned()),
+            // PostgreSQL keeps microseconds: truncate now so live frames and history agree.
+            created_at: Utc::now().trunc_subsecs(6),
+        };
+        room.writer
+            .send(WriteRequest { msg, cmd_ref, reply_to: s.handle.clone() })
+            .await
+            .map_err(|_| ChatError::Unavailable)
+    }
+
+    /// Tells the room's other members this user is typing (at most once a second).
+    pub fn typing(&self, s: &mut Session, room: &str) -> Result<(), ChatError> {
+        let name = RoomName::parse(room).map_err(|_| ChatError::InvalidRoom)?;
+        if !s.rooms.contains_key(&name) {
+            return Err(ChatError::NotJoined);
+        }
+        let now = Instant::now();
+        if s.last_typing.get(&name).is_some_and(|t| now.duration_since(*t) < TYPING_INTERVAL) {
+            return Ok(());
+        }
+        s.last_typing.insert(name.clone(), now);
+        self.inner.bus.publish(vec![event::typing(&name, s.user.id.0, &s.user.email)]);
+        Ok(())
+    }
+
+    fn remove_member(&self, room: &Arc<Room>, session: u64) {
+        self.inner.hub.remove_member(room, session, |name| self.inner.bus.unsubscribe(name));
+    }
+}

@@ -1,0 +1,85 @@
+//! Group commit: one writer task per room with members on this node.
+//!
+//! Sends queue here; the writer takes everything queued (up to [`MAX_BATCH`]) and stores it in
+//! one transaction with one seq range. Under light load a batch is one message and nothing
+//! waits; under heavy load batches grow by themselves while the previous commit is in flight.
+//! Each sender gets its `ack` only after the commit, and before the message itself is
+//! published, so a sender sees its ack first. A failed commit answers every sender of the
+//! batch with `unavailable`/`internal` and publishes nothing: no ack for anything not stored.
+
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+use super::{
+    event,
+    session::{Outbound, Reply, SessionHandle},
+};
+use crate::{
+    bus::Bus,
+    domain::RoomName,
+    store::{NewMessage, Store},
+    telemetry,
+};
+
+/// Largest batch stored in one transaction.
+pub const MAX_BATCH: usize = 256;
+/// Sends waiting for a room's writer before senders wait (backpressure on their sockets).
+const QUEUE: usize = 4096;
+
+/// A message to store, and whom to answer.
+pub struct WriteRequest {
+    pub msg: NewMessage,
+    pub cmd_ref: Option<String>,
+    pub reply_to: SessionHandle,
+}
+
+/// Starts the writer for `room`; it stops when every sender is dropped and the queue is empty.
+pub fn spawn(room: RoomName, store: Store, bus: Bus, tasks: &TaskTracker) -> mpsc::Sender<WriteRequest> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    tasks.spawn(run(room, rx, store, bus));
+    tx
+}
+
+async fn run(room: RoomName, mut rx: mpsc::Receiver<WriteRequest>, store: Store, bus: Bus) {
+    let mut requests = Vec::with_capacity(MAX_BATCH);
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let backend = store.backend();
+    while rx.recv_many(&mut requests, MAX_BATCH).await > 0 {
+        batch.extend(requests.iter_mut().map(|r: &mut WriteRequest| r.msg.clone()));
+        let started = Instant::now();
+        let result = store.append_messages(&room, &batch).await;
+        metrics::histogram!(telemetry::STORE_QUERY_DURATION, "query" => "append_messages", "backend" => backend)
+            .record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(appended) => {
+                let mut events = Vec::with_capacity(appended.len());
+                for (req, a) in requests.drain(..).zip(appended) {
+                    req.reply_to.offer(Outbound::Reply(Reply::Sent {
+                        cmd_ref: req.cmd_ref,
+                        id: a.message.id,
+                        seq: a.message.seq,
+                    }));
+                    if !a.duplicate {
+                        events.push(event::message(&room, &a.message));
+                    }
+                }
+                metrics::counter!(telemetry::MESSAGES_STORED).increment(events.len() as u64);
+                bus.publish(events);
+            }
+            Err(e) => {
+                let code = if e.is_unavailable() { "unavailable" } else { "internal" };
+                tracing::warn!(room = %room, error = ?e, count = requests.len(), "storing messages failed");
+                for req in requests.drain(..) {
+                    req.reply_to.offer(Outbound::Reply(Reply::Error {
+                        cmd_ref: req.cmd_ref,
+                        code,
+                        message: "the message could not be stored; try again".into(),
+                    }));
+                }
+            }
+        }
+        batch.clear();
+    }
+}

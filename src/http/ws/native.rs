@@ -1,0 +1,185 @@
+//! The native protocol's codec: JSON text frames discriminated by `type` (PROTOCOL.md).
+
+use serde::{Deserialize, Serialize};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use uuid::Uuid;
+
+use super::Command;
+use crate::{chat::Reply, domain::Seq, store::User};
+
+/// Longest accepted `ref`.
+const MAX_REF: usize = 64;
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", rename_all_fields = "camelCase")]
+enum ClientFrame {
+    JoinRoom {
+        room: String,
+        since: Option<Seq>,
+        #[serde(rename = "ref")]
+        cmd_ref: Option<String>,
+    },
+    LeaveRoom {
+        room: String,
+        #[serde(rename = "ref")]
+        cmd_ref: Option<String>,
+    },
+    SendMessage {
+        room: String,
+        content: String,
+        client_id: Option<String>,
+        #[serde(rename = "ref")]
+        cmd_ref: Option<String>,
+    },
+    Typing {
+        room: String,
+        #[serde(rename = "ref")]
+        cmd_ref: Option<String>,
+    },
+    Ping {
+        #[serde(rename = "ref")]
+        cmd_ref: Option<String>,
+    },
+}
+
+/// Just the `ref`, to answer a frame that failed to parse as a whole.
+#[derive(Deserialize)]
+struct RefOnly {
+    #[serde(rename = "ref")]
+    cmd_ref: Option<String>,
+}
+
+/// Why a frame is not a command: answered with an `invalid_payload` error carrying `cmd_ref`.
+#[derive(Debug)]
+pub struct DecodeError {
+    pub cmd_ref: Option<String>,
+    pub message: String,
+}
+
+/// Parses one text frame into a command.
+pub fn decode(text: &str) -> Result<Command, DecodeError> {
+    let frame: ClientFrame = serde_json::from_str(text).map_err(|e| DecodeError {
+        cmd_ref: serde_json::from_str::<RefOnly>(text).ok().and_then(|r| r.cmd_ref).filter(|r| r.len() <= MAX_REF),
+        message: describe(&e),
+    })?;
+    let cmd = match frame {
+        ClientFrame::JoinRoom { room, since, cmd_ref } => Command::Join { room, since, cmd_ref },
+        ClientFrame::LeaveRoom { room, cmd_ref } => Command::Leave { room, cmd_ref },
+        ClientFrame::SendMessage { room, content, client_id, cmd_ref } => {
+            Command::Send { room, content, client_id, cmd_ref }
+        }
+        ClientFrame::Typing { room, cmd_ref } => Command::Typing { room, cmd_ref },
+        ClientFrame::Ping { cmd_ref } => Command::Ping { cmd_ref },
+    };
+    if cmd.cmd_ref().is_some_and(|r| r.chars().count() > MAX_REF) {
+        return Err(DecodeError { cmd_ref: None, message: format!("ref must be at most {MAX_REF} characters") });
+    }
+    Ok(cmd)
+}
+
+fn describe(e: &serde_json::Error) -> String {
+    if e.is_syntax() || e.is_eof() {
+        "frame is not valid JSON".into()
+    } else {
+        // serde names the missing field, wrong type or unknown `type` variant.
+        format!("invalid command: {}", e.to_string().split(" at line").next().unwrap_or_default())
+    }
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ServerFrame<'a> {
+    Hello {
+        user: UserRef<'a>,
+        node: &'a str,
+    },
+    Ack {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        cmd_ref: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<Uuid>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<Seq>,
+    },
+    Pong {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        cmd_ref: Option<&'a str>,
+    },
+    Error {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        cmd_ref: Option<&'a str>,
+        code: &'a str,
+        message: &'a str,
+    },
+}
+
+#[derive(Serialize)]
+struct UserRef<'a> {
+    id: Uuid,
+    email: &'a str,
+}
+
+fn to_frame(frame: &ServerFrame<'_>) -> Utf8Bytes {
+    Utf8Bytes::from(serde_json::to_string(frame).expect("server frames serialise: strings and numbers only"))
+}
+
+pub fn hello(user: &User, node: &str) -> Utf8Bytes {
+    to_frame(&ServerFrame::Hello { user: UserRef { id: user.id.0, email: &user.email }, node })
+}
+
+pub fn reply(reply: &Reply) -> Utf8Bytes {
+    let frame = match reply {
+        Reply::Sent { cmd_ref, id, seq } => {
+            ServerFrame::Ack { cmd_ref: cmd_ref.as_deref(), id: Some(*id), room: None, seq: Some(*seq) }
+        }
+        Reply::Joined { cmd_ref, room, seq } => {
+            ServerFrame::Ack { cmd_ref: cmd_ref.as_deref(), id: None, room: Some(room), seq: Some(*seq) }
+        }
+        Reply::Left { cmd_ref, room } => {
+            ServerFrame::Ack { cmd_ref: cmd_ref.as_deref(), id: None, room: Some(room), seq: None }
+        }
+        Reply::Pong { cmd_ref } => ServerFrame::Pong { cmd_ref: cmd_ref.as_deref() },
+        Reply::Error { cmd_ref, code, message } => ServerFrame::Error { cmd_ref: cmd_ref.as_deref(), code, message },
+    };
+    to_frame(&frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse_with_camel_case_fields() {
+        let cmd =
+            decode(r#"{"type":"send_message","room":"general","content":"hi","clientId":"c1","ref":"r1"}"#).unwrap();
+        assert!(
+            matches!(cmd, Command::Send { ref room, ref client_id, .. } if room == "general" && client_id.as_deref() == Some("c1"))
+        );
+        let cmd = decode(r#"{"type":"join_room","room":"general","since":5}"#).unwrap();
+        assert!(matches!(cmd, Command::Join { since: Some(5), .. }));
+    }
+
+    #[test]
+    fn bad_frames_keep_their_ref_when_it_can_be_read() {
+        let err = decode(r#"{"type":"send_message","ref":"r9"}"#).unwrap_err();
+        assert_eq!(err.cmd_ref.as_deref(), Some("r9"));
+        assert!(err.message.contains("room"), "{}", err.message);
+        let err = decode(r#"{"type":"dance","ref":"r1"}"#).unwrap_err();
+        assert_eq!(err.cmd_ref.as_deref(), Some("r1"));
+        assert_eq!(decode("not json").unwrap_err().message, "frame is not valid JSON");
+        assert!(decode(&format!(r#"{{"type":"ping","ref":"{}"}}"#, "x".repeat(65))).is_err());
+    }
+
+    #[test]
+    fn replies_have_protocol_shapes() {
+        let f = reply(&Reply::Sent { cmd_ref: Some("r".into()), id: Uuid::nil(), seq: 3 });
+        let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
+        assert_eq!((v["type"].as_str(), v["ref"].as_str(), v["seq"].as_i64()), (Some("ack"), Some("r"), Some(3)));
+        let f = reply(&Reply::Error { cmd_ref: None, code: "not_joined", message: "join first".into() });
+        let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
+        assert_eq!(v["code"], "not_joined");
+        assert!(v.get("ref").is_none());
+    }
+}
