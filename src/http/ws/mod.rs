@@ -217,7 +217,11 @@ async fn run_session(socket: WebSocketStream<Upgraded>, state: AppState, user: U
                     last_seen = Instant::now();
                     match frame {
                         Some(Ok(Message::Text(text))) => {
-                            if conn.handle_text(&text).await.is_err() { break End::Error; }
+                            let handled = tokio::select! {
+                                r = tokio::time::timeout(ws.idle_timeout.0, conn.handle_text(&text)) => r,
+                                () = kick.cancelled() => break End::Slow,
+                            };
+                            if !matches!(handled, Ok(Ok(()))) { break End::Error; }
                         }
                         Some(Ok(Message::Binary(_))) => {
                             let _ = conn.error(None, "invalid_payload", "binary frames are not supported; send JSON text").await;
@@ -234,7 +238,15 @@ async fn run_session(socket: WebSocketStream<Upgraded>, state: AppState, user: U
                     }
                 }
                 out = outbound.recv() => match out {
-                    Some(out) => if conn.write_outbound(out, &mut outbound).await.is_err() { break End::Error; },
+                    // A peer that stops reading blocks the write; the hub kicks it once its queue
+                    // is full, and the timeout catches one in a room too quiet to fill it.
+                    Some(out) => {
+                        let written = tokio::select! {
+                            r = tokio::time::timeout(ws.idle_timeout.0, conn.write_outbound(out, &mut outbound)) => r,
+                            () = kick.cancelled() => break End::Slow,
+                        };
+                        if !matches!(written, Ok(Ok(()))) { break End::Error; }
+                    }
                     None => break End::Error,
                 },
                 () = kick.cancelled() => break End::Slow,
