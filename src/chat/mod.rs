@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-pub use self::session::{Outbound, Reply};
+pub use self::session::{Outbound, Reply, ReplyBody, Tag};
 use self::{
     event::{Encoded, Presence},
     hub::{Hub, Room, Start},
@@ -250,7 +250,7 @@ impl ChatService {
         room: &str,
         content: &str,
         client_id: Option<&str>,
-        cmd_ref: Option<String>,
+        tag: Tag,
     ) -> Result<(), ChatError> {
         let name = RoomName::parse(room).map_err(|_| ChatError::InvalidRoom)?;
         let content = Content::parse(content, self.inner.settings.message_max_len).map_err(|e| match e {
@@ -275,7 +275,7 @@ impl ChatService {
             created_at: Utc::now().trunc_subsecs(6),
         };
         room.writer
-            .send(WriteRequest { msg, cmd_ref, reply_to: s.handle.clone() })
+            .send(WriteRequest { msg, tag, reply_to: s.handle.clone() })
             .await
             .map_err(|_| ChatError::Unavailable)
     }

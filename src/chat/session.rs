@@ -19,33 +19,55 @@ pub enum Outbound {
     Reply(Reply),
 }
 
-/// A command's result, transport-neutral.
+/// Which command a reply answers: the native `ref` and/or the Socket.IO ack id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tag {
+    pub cmd_ref: Option<String>,
+    pub ack_id: Option<u64>,
+}
+
+/// A command's result, transport-neutral; each codec encodes it its own way.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
+pub struct Reply {
+    pub tag: Tag,
+    pub body: ReplyBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyBody {
     /// `send_message` stored (or found stored, for a repeated client id).
     Sent {
-        cmd_ref: Option<String>,
         id: Uuid,
         seq: Seq,
     },
     /// `join_room`: the room's latest seq.
     Joined {
-        cmd_ref: Option<String>,
         room: String,
         seq: Seq,
     },
     Left {
-        cmd_ref: Option<String>,
         room: String,
     },
-    Pong {
-        cmd_ref: Option<String>,
-    },
+    Pong,
     Error {
-        cmd_ref: Option<String>,
         code: &'static str,
         message: String,
     },
+}
+
+impl Reply {
+    pub fn new(tag: Tag, body: ReplyBody) -> Self {
+        Self { tag, body }
+    }
+
+    pub fn error(tag: Tag, code: &'static str, message: impl Into<String>) -> Self {
+        Self { tag, body: ReplyBody::Error { code, message: message.into() } }
+    }
+
+    /// Whether this answers a `send_message` (stored, or failed to store).
+    pub fn settles_send(&self) -> bool {
+        matches!(self.body, ReplyBody::Sent { .. } | ReplyBody::Error { code: "unavailable" | "internal", .. })
+    }
 }
 
 /// The hub's handle on a session: where to put its frames, and how to close it.

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{
     event,
-    session::{Outbound, Reply, SessionHandle},
+    session::{Outbound, Reply, ReplyBody, SessionHandle, Tag},
 };
 use crate::{
     bus::Bus,
@@ -31,7 +31,7 @@ const QUEUE: usize = 4096;
 /// A message to store, and whom to answer.
 pub struct WriteRequest {
     pub msg: NewMessage,
-    pub cmd_ref: Option<String>,
+    pub tag: Tag,
     pub reply_to: SessionHandle,
 }
 
@@ -56,11 +56,8 @@ async fn run(room: RoomName, mut rx: mpsc::Receiver<WriteRequest>, store: Store,
             Ok(appended) => {
                 let mut events = Vec::with_capacity(appended.len());
                 for (req, a) in requests.drain(..).zip(appended) {
-                    req.reply_to.offer(Outbound::Reply(Reply::Sent {
-                        cmd_ref: req.cmd_ref,
-                        id: a.message.id,
-                        seq: a.message.seq,
-                    }));
+                    let body = ReplyBody::Sent { id: a.message.id, seq: a.message.seq };
+                    req.reply_to.offer(Outbound::Reply(Reply::new(req.tag, body)));
                     if !a.duplicate {
                         events.push(event::message(&room, &a.message));
                     }
@@ -72,11 +69,8 @@ async fn run(room: RoomName, mut rx: mpsc::Receiver<WriteRequest>, store: Store,
                 let code = if e.is_unavailable() { "unavailable" } else { "internal" };
                 tracing::warn!(room = %room, error = ?e, count = requests.len(), "storing messages failed");
                 for req in requests.drain(..) {
-                    req.reply_to.offer(Outbound::Reply(Reply::Error {
-                        cmd_ref: req.cmd_ref,
-                        code,
-                        message: "the message could not be stored; try again".into(),
-                    }));
+                    let reply = Reply::error(req.tag, code, "the message could not be stored; try again");
+                    req.reply_to.offer(Outbound::Reply(reply));
                 }
             }
         }

@@ -63,8 +63,11 @@ pub fn routes(state: AppState) -> impl Endpoint + 'static {
         route = route.at("/metrics", ops::metrics);
     }
     // Compression stays off the WebSocket upgrade.
-    let route =
-        Route::new().at("/ws", ws::native_endpoint).nest("/", route.nest("/", ui::endpoint()).with(Compression::new()));
+    let route = Route::new()
+        .at("/ws", ws::native_endpoint)
+        .at("/socket.io/", ws::socketio_endpoint)
+        .at("/socket.io", ws::socketio_endpoint)
+        .nest("/", route.nest("/", ui::endpoint()).with(Compression::new()));
 
     let cors = (!config.http.cors_origins.0.is_empty()).then(|| {
         Cors::new()

@@ -6,10 +6,14 @@
 //! into a `String` per socket, and the buffers are sized for many idle connections.
 
 pub mod native;
+pub mod socketio;
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
-use futures_util::{SinkExt as _, StreamExt as _, stream::SplitSink};
+use futures_util::{
+    SinkExt as _, StreamExt as _,
+    stream::{SplitSink, SplitStream},
+};
 use poem::{
     Request, Response, Upgraded, handler,
     http::{StatusCode, header},
@@ -29,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{AppState, error};
 use crate::{
-    chat::{ChatError, ChatService, Outbound, Reply, Session},
+    chat::{ChatError, ChatService, Outbound, Reply, ReplyBody, Session, Tag, event::Encoded},
     config::WsConfig,
     domain::Seq,
     store::User,
@@ -39,40 +43,159 @@ use crate::{
 /// A transport-neutral command decoded from a frame.
 #[derive(Debug)]
 pub enum Command {
-    Join { room: String, since: Option<Seq>, cmd_ref: Option<String> },
-    Leave { room: String, cmd_ref: Option<String> },
-    Send { room: String, content: String, client_id: Option<String>, cmd_ref: Option<String> },
-    Typing { room: String, cmd_ref: Option<String> },
-    Ping { cmd_ref: Option<String> },
+    Join { room: String, since: Option<Seq> },
+    Leave { room: String },
+    Send { room: String, content: String, client_id: Option<String> },
+    Typing { room: String },
+    Ping,
 }
 
-impl Command {
-    pub fn cmd_ref(&self) -> Option<&str> {
+/// How a session's frames look on the wire. Everything else about a session is shared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Codec {
+    Native,
+    SocketIo,
+}
+
+impl Codec {
+    fn label(self) -> &'static str {
         match self {
-            Self::Join { cmd_ref, .. }
-            | Self::Leave { cmd_ref, .. }
-            | Self::Send { cmd_ref, .. }
-            | Self::Typing { cmd_ref, .. }
-            | Self::Ping { cmd_ref } => cmd_ref.as_deref(),
+            Self::Native => "native",
+            Self::SocketIo => "socketio",
+        }
+    }
+
+    /// The heartbeat: a WebSocket ping, or Engine.IO's own `2`.
+    fn heartbeat(self) -> Message {
+        match self {
+            Self::Native => Message::Ping(bytes::Bytes::new()),
+            Self::SocketIo => Message::text(socketio::PING),
+        }
+    }
+
+    fn event(self, ev: &Encoded) -> Utf8Bytes {
+        match self {
+            Self::Native => ev.native.clone(),
+            Self::SocketIo => ev.socketio().clone(),
         }
     }
 }
 
+/// What an inbound text frame asks for.
+enum Inbound {
+    Command(Command, Tag),
+    Invalid(Tag, String),
+    /// Answer with this frame (Engine.IO ping from the client).
+    Answer(&'static str),
+    Nothing,
+    Close,
+}
+
 /// Frames written per flush when the queue has a backlog.
 const WRITE_BATCH: usize = 64;
+/// CONNECT attempts allowed on one Socket.IO connection before it is closed.
+const MAX_CONNECT_ATTEMPTS: usize = 5;
 
 /// `GET /ws`: the native protocol.
 #[handler]
 pub async fn native_endpoint(req: &Request, state: Data<&AppState>) -> Response {
-    let user = match authorize(req, &state).await {
-        Ok(user) => user,
-        Err(resp) => return *resp,
+    if let Err(resp) = check_upgrade(req, &state) {
+        return *resp;
+    }
+    let Some(token) = bearer_token(req) else {
+        return json_error(StatusCode::UNAUTHORIZED, "missing access token", "unauthorized");
     };
-    upgrade(req, &state, user)
+    let user = match state.auth.authenticate(&token).await {
+        Ok(user) => user,
+        Err(e) => {
+            let status =
+                if e.code() == "unavailable" { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::UNAUTHORIZED };
+            return json_error(status, &e.to_string(), e.code());
+        }
+    };
+    upgrade(req, &state, move |socket, state| async move {
+        let (sink, stream) = socket.split();
+        let hello = native::hello(&user, &state.node_id);
+        run_session(sink, stream, state, user, Codec::Native, vec![hello]).await;
+    })
 }
 
-/// Checks that this is a WebSocket upgrade from an allowed origin with a valid token.
-async fn authorize(req: &Request, state: &AppState) -> Result<User, Box<Response>> {
+/// `GET /socket.io/?EIO=4&transport=websocket`: Socket.IO clients. The token arrives later, in
+/// the CONNECT packet, so authentication happens after the upgrade.
+#[handler]
+pub async fn socketio_endpoint(req: &Request, state: Data<&AppState>) -> Response {
+    let query: Vec<(String, String)> =
+        req.uri().query().map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
+    let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    if param("EIO") != Some("4") {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported Engine.IO protocol version: use a Socket.IO v3/v4 client (EIO=4)",
+            "unsupported_protocol",
+        );
+    }
+    if param("transport") != Some("websocket") {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "only the websocket transport is supported: create the client with { transports: [\"websocket\"] }",
+            "transport_unsupported",
+        );
+    }
+    if let Err(resp) = check_upgrade(req, &state) {
+        return *resp;
+    }
+    upgrade(req, &state, |socket, state| async move {
+        let (mut sink, mut stream) = socket.split();
+        if let Some((user, sid)) = socketio_handshake(&mut sink, &mut stream, &state).await {
+            run_session(sink, stream, state, user, Codec::SocketIo, vec![socketio::connected(&sid)]).await;
+        } else {
+            let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+        }
+    })
+}
+
+/// Engine.IO OPEN, then waits for a CONNECT to the default namespace with a valid token.
+/// Refused attempts get CONNECT_ERROR and may be retried on the same connection.
+async fn socketio_handshake(sink: &mut Sink, stream: &mut Stream, state: &AppState) -> Option<(User, String)> {
+    let ws = &state.config.ws;
+    let sid = uuid::Uuid::new_v4().simple().to_string();
+    let ping_timeout = ws.idle_timeout.0.saturating_sub(ws.ping_interval.0);
+    let open = socketio::open(&sid, ws.ping_interval.0.as_millis(), ping_timeout.as_millis(), ws.max_frame);
+    sink.send(Message::Text(open)).await.ok()?;
+    let mut attempts = 0;
+    loop {
+        let frame = tokio::time::timeout(ws.idle_timeout.0, stream.next()).await.ok()??.ok()?;
+        let Message::Text(text) = frame else { continue };
+        let answer = match socketio::parse(&text) {
+            socketio::Packet::Connect { nsp: "/", auth } => {
+                attempts += 1;
+                let token = socketio::token(auth);
+                let user = match token {
+                    Some(token) => state.auth.authenticate(&token).await.ok(),
+                    None => None,
+                };
+                if let Some(user) = user {
+                    return Some((user, sid));
+                }
+                socketio::connect_error("/", "unauthorized")
+            }
+            socketio::Packet::Connect { nsp, .. } => {
+                attempts += 1;
+                socketio::connect_error(nsp, "Invalid namespace")
+            }
+            socketio::Packet::EioPing => Utf8Bytes::from_static("3"),
+            socketio::Packet::Close | socketio::Packet::Malformed => return None,
+            _ => continue,
+        };
+        sink.send(Message::Text(answer)).await.ok()?;
+        if attempts >= MAX_CONNECT_ATTEMPTS {
+            return None;
+        }
+    }
+}
+
+/// Checks that this is a WebSocket upgrade from an allowed origin.
+fn check_upgrade(req: &Request, state: &AppState) -> Result<(), Box<Response>> {
     let is_upgrade = req
         .headers()
         .get(header::UPGRADE)
@@ -87,13 +210,7 @@ async fn authorize(req: &Request, state: &AppState) -> Result<User, Box<Response
     if !origin_allowed(req, &state.config.http.cors_origins.0) {
         return Err(Box::new(json_error(StatusCode::FORBIDDEN, "origin not allowed", "forbidden_origin")));
     }
-    let Some(token) = bearer_token(req) else {
-        return Err(Box::new(json_error(StatusCode::UNAUTHORIZED, "missing access token", "unauthorized")));
-    };
-    state.auth.authenticate(&token).await.map_err(|e| {
-        let status = if e.code() == "unavailable" { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::UNAUTHORIZED };
-        Box::new(json_error(status, &e.to_string(), e.code()))
-    })
+    Ok(())
 }
 
 fn json_error(status: StatusCode, message: &str, code: &str) -> Response {
@@ -127,8 +244,12 @@ fn origin_allowed(req: &Request, allowed: &[String]) -> bool {
     matches!((host, authority), (Some(h), Some(a)) if h.eq_ignore_ascii_case(a))
 }
 
-/// Answers 101 and runs the session on the upgraded connection, tracked for shutdown.
-fn upgrade(req: &Request, state: &AppState, user: User) -> Response {
+/// Answers 101 and runs `session` on the upgraded connection, tracked for shutdown.
+fn upgrade<F, Fut>(req: &Request, state: &AppState, session: F) -> Response
+where
+    F: FnOnce(WebSocketStream<Upgraded>, AppState) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes())) else {
         return error::from_status(StatusCode::BAD_REQUEST, None);
     };
@@ -139,7 +260,7 @@ fn upgrade(req: &Request, state: &AppState, user: User) -> Response {
     state.sessions.clone().spawn(async move {
         let Ok(upgraded) = on_upgrade.await else { return };
         let socket = WebSocketStream::from_raw_socket(upgraded, Role::Server, Some(ws_config(&state.config.ws))).await;
-        run_session(socket, state, user).await;
+        session(socket, state).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -183,22 +304,31 @@ impl End {
 }
 
 type Sink = SplitSink<WebSocketStream<Upgraded>, Message>;
+type Stream = SplitStream<WebSocketStream<Upgraded>>;
 
 struct Conn {
     chat: ChatService,
     session: Session,
     sink: Sink,
-    /// `send_message` commands not yet acked: shutdown waits for them.
+    codec: Codec,
+    /// `send_message` commands not yet answered: shutdown waits for them.
     inflight: usize,
 }
 
-async fn run_session(socket: WebSocketStream<Upgraded>, state: AppState, user: User) {
+/// The session loop shared by both transports: frames in become chat commands; the outbound
+/// queue drains to the socket in batches; heartbeats, kicks and shutdown end it.
+async fn run_session(
+    sink: Sink,
+    mut stream: Stream,
+    state: AppState,
+    user: User,
+    codec: Codec,
+    greeting: Vec<Utf8Bytes>,
+) {
     let chat = state.chat.clone();
     let (session, mut outbound) = chat.open_session(user);
-    let (sink, mut stream) = socket.split();
-    let mut conn = Conn { chat, session, sink, inflight: 0 };
-    let transport = "native";
-    metrics::gauge!(telemetry::WS_SESSIONS, "transport" => transport).increment(1.0);
+    let mut conn = Conn { chat, session, sink, codec, inflight: 0 };
+    metrics::gauge!(telemetry::WS_SESSIONS, "transport" => codec.label()).increment(1.0);
     let kick = conn.session.handle.kick.clone();
     let shutdown: CancellationToken = state.shutdown.clone();
     let ws = &state.config.ws;
@@ -206,10 +336,11 @@ async fn run_session(socket: WebSocketStream<Upgraded>, state: AppState, user: U
     heartbeat.tick().await;
     let mut last_seen = Instant::now();
 
-    let mut end = match conn.write(native::hello(&conn.session.user, &state.node_id)).await {
-        Ok(()) => End::Client,
-        Err(_) => End::Error,
-    };
+    let mut greeted = true;
+    for frame in greeting {
+        greeted &= conn.sink.feed(Message::Text(frame)).await.is_ok();
+    }
+    let mut end = if greeted && conn.sink.flush().await.is_ok() { End::Client } else { End::Error };
     if end == End::Client {
         end = loop {
             tokio::select! {
@@ -221,17 +352,24 @@ async fn run_session(socket: WebSocketStream<Upgraded>, state: AppState, user: U
                                 r = tokio::time::timeout(ws.idle_timeout.0, conn.handle_text(&text)) => r,
                                 () = kick.cancelled() => break End::Slow,
                             };
-                            if !matches!(handled, Ok(Ok(()))) { break End::Error; }
+                            match handled {
+                                Ok(Ok(true)) => {}
+                                Ok(Ok(false)) => break End::Client,
+                                _ => break End::Error,
+                            }
                         }
                         Some(Ok(Message::Binary(_))) => {
-                            let _ = conn.error(None, "invalid_payload", "binary frames are not supported; send JSON text").await;
-                            break End::Refused(CloseCode::Unsupported, "binary frames are not supported");
+                            let message = "binary frames are not supported; send JSON text";
+                            let _ = conn.reply(Reply::error(Tag::default(), "invalid_payload", message)).await;
+                            if codec == Codec::Native {
+                                break End::Refused(CloseCode::Unsupported, "binary frames are not supported");
+                            }
                         }
                         Some(Ok(Message::Close(_))) | None => break End::Client,
                         Some(Ok(_)) => {} // ping (answered by tungstenite), pong, raw frame
                         Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
                             let message = format!("frame larger than {} bytes", ws.max_frame);
-                            let _ = conn.error(None, "invalid_payload", &message).await;
+                            let _ = conn.reply(Reply::error(Tag::default(), "invalid_payload", message)).await;
                             break End::Refused(CloseCode::Size, "frame too large");
                         }
                         Some(Err(_)) => break End::Error,
@@ -252,7 +390,7 @@ async fn run_session(socket: WebSocketStream<Upgraded>, state: AppState, user: U
                 () = kick.cancelled() => break End::Slow,
                 _ = heartbeat.tick() => {
                     if last_seen.elapsed() > ws.idle_timeout.0 { break End::Timeout; }
-                    if conn.sink.send(Message::Ping(bytes::Bytes::new())).await.is_err() { break End::Error; }
+                    if conn.sink.send(codec.heartbeat()).await.is_err() { break End::Error; }
                 }
                 () = shutdown.cancelled() => {
                     conn.finish_inflight(&mut outbound, state.config.shutdown.grace.0).await;
@@ -275,17 +413,15 @@ async fn run_session(socket: WebSocketStream<Upgraded>, state: AppState, user: U
         let _ = tokio::time::timeout(Duration::from_secs(1), conn.sink.send(Message::Close(Some(frame)))).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), conn.sink.close()).await;
-    metrics::gauge!(telemetry::WS_SESSIONS, "transport" => transport).decrement(1.0);
+    metrics::gauge!(telemetry::WS_SESSIONS, "transport" => codec.label()).decrement(1.0);
     metrics::counter!(telemetry::WS_SESSIONS_CLOSED, "reason" => end.label()).increment(1);
 }
 
 impl Conn {
-    async fn write(&mut self, frame: Utf8Bytes) -> Result<(), WsError> {
-        self.sink.send(Message::Text(frame)).await
-    }
-
-    async fn error(&mut self, cmd_ref: Option<String>, code: &'static str, message: &str) -> Result<(), WsError> {
-        self.write(native::reply(&Reply::Error { cmd_ref, code, message: message.to_owned() })).await
+    /// Writes a reply at once (flushed).
+    async fn reply(&mut self, reply: Reply) -> Result<(), WsError> {
+        self.feed(Outbound::Reply(reply)).await?;
+        self.sink.flush().await
     }
 
     /// Writes `first` and whatever else is queued (up to a batch), then flushes once.
@@ -305,18 +441,23 @@ impl Conn {
     }
 
     async fn feed(&mut self, out: Outbound) -> Result<(), WsError> {
-        let frame = match out {
-            Outbound::Event(ev) => ev.native.clone(),
+        match out {
+            Outbound::Event(ev) => self.sink.feed(Message::Text(self.codec.event(&ev))).await,
             Outbound::Reply(reply) => {
-                if matches!(reply, Reply::Sent { .. })
-                    || matches!(reply, Reply::Error { code: "unavailable" | "internal", .. })
-                {
+                if reply.settles_send() {
                     self.inflight = self.inflight.saturating_sub(1);
                 }
-                native::reply(&reply)
+                match self.codec {
+                    Codec::Native => self.sink.feed(Message::Text(native::reply(&reply))).await,
+                    Codec::SocketIo => {
+                        for frame in socketio::reply(&reply) {
+                            self.sink.feed(Message::Text(frame)).await?;
+                        }
+                        Ok(())
+                    }
+                }
             }
-        };
-        self.sink.feed(Message::Text(frame)).await
+        }
     }
 
     /// On shutdown: keep writing acks until every send this session made is answered (their
@@ -335,51 +476,73 @@ impl Conn {
         }
     }
 
-    async fn handle_text(&mut self, text: &str) -> Result<(), WsError> {
-        let cmd = match native::decode(text) {
-            Ok(cmd) => cmd,
-            Err(e) => return self.error(e.cmd_ref, "invalid_payload", &e.message).await,
-        };
-        match cmd {
-            Command::Join { room, since, cmd_ref } => self.join(&room, since, cmd_ref).await,
-            Command::Leave { room, cmd_ref } => match self.chat.leave(&mut self.session, &room) {
-                Ok(room) => self.write(native::reply(&Reply::Left { cmd_ref, room: room.to_string() })).await,
-                Err(e) => self.chat_error(cmd_ref, &e).await,
+    fn decode(&self, text: &str) -> Inbound {
+        match self.codec {
+            Codec::Native => match native::decode(text) {
+                Ok((cmd, tag)) => Inbound::Command(cmd, tag),
+                Err(e) => Inbound::Invalid(Tag { cmd_ref: e.cmd_ref, ack_id: None }, e.message),
             },
-            Command::Send { room, content, client_id, cmd_ref } => {
-                match self
-                    .chat
-                    .send_message(&self.session, &room, &content, client_id.as_deref(), cmd_ref.clone())
-                    .await
-                {
-                    Ok(()) => {
-                        self.inflight += 1;
-                        Ok(())
-                    }
-                    Err(e) => self.chat_error(cmd_ref, &e).await,
-                }
-            }
-            Command::Typing { room, cmd_ref } => match self.chat.typing(&mut self.session, &room) {
-                Ok(()) => Ok(()),
-                Err(e) => self.chat_error(cmd_ref, &e).await,
+            Codec::SocketIo => match socketio::parse(text) {
+                socketio::Packet::Event { nsp: "/", ack_id, data } => match socketio::decode_event(data, ack_id) {
+                    Ok((cmd, tag)) => Inbound::Command(cmd, tag),
+                    Err(e) => Inbound::Invalid(e.tag, e.message),
+                },
+                socketio::Packet::EioPing => Inbound::Answer("3"),
+                socketio::Packet::Close => Inbound::Close,
+                socketio::Packet::Binary => Inbound::Invalid(Tag::default(), "binary packets are not supported".into()),
+                socketio::Packet::Malformed => Inbound::Invalid(Tag::default(), "malformed Socket.IO packet".into()),
+                _ => Inbound::Nothing,
             },
-            Command::Ping { cmd_ref } => self.write(native::reply(&Reply::Pong { cmd_ref })).await,
         }
     }
 
-    async fn chat_error(&mut self, cmd_ref: Option<String>, e: &ChatError) -> Result<(), WsError> {
-        self.error(cmd_ref, e.code(), &e.client_message()).await
+    /// Handles one text frame. `Ok(false)`: the client asked to close.
+    async fn handle_text(&mut self, text: &str) -> Result<bool, WsError> {
+        let (cmd, tag) = match self.decode(text) {
+            Inbound::Command(cmd, tag) => (cmd, tag),
+            Inbound::Invalid(tag, message) => {
+                return self.reply(Reply::error(tag, "invalid_payload", message)).await.map(|()| true);
+            }
+            Inbound::Answer(frame) => return self.sink.send(Message::text(frame)).await.map(|()| true),
+            Inbound::Nothing => return Ok(true),
+            Inbound::Close => return Ok(false),
+        };
+        let result = match cmd {
+            Command::Join { room, since } => return self.join(&room, since, tag).await.map(|()| true),
+            Command::Leave { room } => {
+                self.chat.leave(&mut self.session, &room).map(|room| Some(ReplyBody::Left { room: room.to_string() }))
+            }
+            Command::Send { room, content, client_id } => {
+                let sent =
+                    self.chat.send_message(&self.session, &room, &content, client_id.as_deref(), tag.clone()).await;
+                if sent.is_ok() {
+                    self.inflight += 1;
+                }
+                sent.map(|()| None) // the writer acks once the message is stored
+            }
+            Command::Typing { room } => self.chat.typing(&mut self.session, &room).map(|()| None),
+            Command::Ping => Ok(Some(ReplyBody::Pong)),
+        };
+        match result {
+            Ok(Some(body)) => self.reply(Reply::new(tag, body)).await?,
+            Ok(None) => {}
+            Err(e) => self.chat_error(tag, &e).await?,
+        }
+        Ok(true)
+    }
+
+    async fn chat_error(&mut self, tag: Tag, e: &ChatError) -> Result<(), WsError> {
+        self.reply(Reply::error(tag, e.code(), e.client_message())).await
     }
 
     /// Joins, acks with the latest seq, then — with `since` — streams the missed messages
     /// straight from the store before switching the member to live delivery.
-    async fn join(&mut self, room: &str, since: Option<Seq>, cmd_ref: Option<String>) -> Result<(), WsError> {
+    async fn join(&mut self, room: &str, since: Option<Seq>, tag: Tag) -> Result<(), WsError> {
         let joined = match self.chat.join(&mut self.session, room, since).await {
             Ok(j) => j,
-            Err(e) => return self.chat_error(cmd_ref, &e).await,
+            Err(e) => return self.chat_error(tag, &e).await,
         };
-        let ack = Reply::Joined { cmd_ref, room: joined.room.to_string(), seq: joined.latest };
-        self.write(native::reply(&ack)).await?;
+        self.reply(Reply::new(tag, ReplyBody::Joined { room: joined.room.to_string(), seq: joined.latest })).await?;
         let Some(mut sent) = joined.catch_up_from else { return Ok(()) };
         loop {
             let page = match self.chat.catch_up(&joined.room, sent).await {
@@ -387,14 +550,14 @@ impl Conn {
                 Err(e) => {
                     // Cannot resume now: leave, so the client's retry starts clean.
                     let _ = self.chat.leave(&mut self.session, joined.room.as_str());
-                    return self.chat_error(None, &e).await;
+                    return self.chat_error(Tag::default(), &e).await;
                 }
             };
             if page.is_empty() && self.chat.go_live(&self.session, &joined.room, sent) {
                 return Ok(());
             }
             for (seq, frame) in page {
-                self.sink.feed(Message::Text(frame.native.clone())).await?;
+                self.sink.feed(Message::Text(self.codec.event(&frame))).await?;
                 sent = seq;
             }
             self.sink.flush().await?;

@@ -5,7 +5,11 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
 use super::Command;
-use crate::{chat::Reply, domain::Seq, store::User};
+use crate::{
+    chat::{Reply, ReplyBody, Tag},
+    domain::Seq,
+    store::User,
+};
 
 /// Longest accepted `ref`.
 const MAX_REF: usize = 64;
@@ -56,25 +60,25 @@ pub struct DecodeError {
     pub message: String,
 }
 
-/// Parses one text frame into a command.
-pub fn decode(text: &str) -> Result<Command, DecodeError> {
+/// Parses one text frame into a command and the tag its reply carries.
+pub fn decode(text: &str) -> Result<(Command, Tag), DecodeError> {
     let frame: ClientFrame = serde_json::from_str(text).map_err(|e| DecodeError {
         cmd_ref: serde_json::from_str::<RefOnly>(text).ok().and_then(|r| r.cmd_ref).filter(|r| r.len() <= MAX_REF),
         message: describe(&e),
     })?;
-    let cmd = match frame {
-        ClientFrame::JoinRoom { room, since, cmd_ref } => Command::Join { room, since, cmd_ref },
-        ClientFrame::LeaveRoom { room, cmd_ref } => Command::Leave { room, cmd_ref },
+    let (cmd, cmd_ref) = match frame {
+        ClientFrame::JoinRoom { room, since, cmd_ref } => (Command::Join { room, since }, cmd_ref),
+        ClientFrame::LeaveRoom { room, cmd_ref } => (Command::Leave { room }, cmd_ref),
         ClientFrame::SendMessage { room, content, client_id, cmd_ref } => {
-            Command::Send { room, content, client_id, cmd_ref }
+            (Command::Send { room, content, client_id }, cmd_ref)
         }
-        ClientFrame::Typing { room, cmd_ref } => Command::Typing { room, cmd_ref },
-        ClientFrame::Ping { cmd_ref } => Command::Ping { cmd_ref },
+        ClientFrame::Typing { room, cmd_ref } => (Command::Typing { room }, cmd_ref),
+        ClientFrame::Ping { cmd_ref } => (Command::Ping, cmd_ref),
     };
-    if cmd.cmd_ref().is_some_and(|r| r.chars().count() > MAX_REF) {
+    if cmd_ref.as_ref().is_some_and(|r| r.chars().count() > MAX_REF) {
         return Err(DecodeError { cmd_ref: None, message: format!("ref must be at most {MAX_REF} characters") });
     }
-    Ok(cmd)
+    Ok((cmd, Tag { cmd_ref, ack_id: None }))
 }
 
 fn describe(e: &serde_json::Error) -> String {
@@ -121,29 +125,26 @@ struct UserRef<'a> {
     email: &'a str,
 }
 
-fn to_frame(frame: &ServerFrame<'_>) -> Utf8Bytes {
-    Utf8Bytes::from(serde_json::to_string(frame).expect("server frames serialise: strings and numbers only"))
+pub fn hello(user: &User, node: &str) -> Utf8Bytes {
+    let frame = ServerFrame::Hello { user: UserRef { id: user.id.0, email: &user.email }, node };
+    Utf8Bytes::from(serde_json::to_string(&frame).expect("server frames serialise: strings and numbers only"))
 }
 
-pub fn hello(user: &User, node: &str) -> Utf8Bytes {
-    to_frame(&ServerFrame::Hello { user: UserRef { id: user.id.0, email: &user.email }, node })
+/// The reply as the native protocol's JSON object (Socket.IO acks carry the same object).
+pub fn reply_json(reply: &Reply) -> String {
+    let cmd_ref = reply.tag.cmd_ref.as_deref();
+    let frame = match &reply.body {
+        ReplyBody::Sent { id, seq } => ServerFrame::Ack { cmd_ref, id: Some(*id), room: None, seq: Some(*seq) },
+        ReplyBody::Joined { room, seq } => ServerFrame::Ack { cmd_ref, id: None, room: Some(room), seq: Some(*seq) },
+        ReplyBody::Left { room } => ServerFrame::Ack { cmd_ref, id: None, room: Some(room), seq: None },
+        ReplyBody::Pong => ServerFrame::Pong { cmd_ref },
+        ReplyBody::Error { code, message } => ServerFrame::Error { cmd_ref, code, message },
+    };
+    serde_json::to_string(&frame).expect("server frames serialise: strings and numbers only")
 }
 
 pub fn reply(reply: &Reply) -> Utf8Bytes {
-    let frame = match reply {
-        Reply::Sent { cmd_ref, id, seq } => {
-            ServerFrame::Ack { cmd_ref: cmd_ref.as_deref(), id: Some(*id), room: None, seq: Some(*seq) }
-        }
-        Reply::Joined { cmd_ref, room, seq } => {
-            ServerFrame::Ack { cmd_ref: cmd_ref.as_deref(), id: None, room: Some(room), seq: Some(*seq) }
-        }
-        Reply::Left { cmd_ref, room } => {
-            ServerFrame::Ack { cmd_ref: cmd_ref.as_deref(), id: None, room: Some(room), seq: None }
-        }
-        Reply::Pong { cmd_ref } => ServerFrame::Pong { cmd_ref: cmd_ref.as_deref() },
-        Reply::Error { cmd_ref, code, message } => ServerFrame::Error { cmd_ref: cmd_ref.as_deref(), code, message },
-    };
-    to_frame(&frame)
+    Utf8Bytes::from(reply_json(reply))
 }
 
 #[cfg(test)]
@@ -152,12 +153,12 @@ mod tests {
 
     #[test]
     fn commands_parse_with_camel_case_fields() {
-        let cmd =
+        let (cmd, tag) =
             decode(r#"{"type":"send_message","room":"general","content":"hi","clientId":"c1","ref":"r1"}"#).unwrap();
-        assert!(
-            matches!(cmd, Command::Send { ref room, ref client_id, .. } if room == "general" && client_id.as_deref() == Some("c1"))
-        );
-        let cmd = decode(r#"{"type":"join_room","room":"general","since":5}"#).unwrap();
+        let Command::Send { room, client_id, .. } = cmd else { panic!("not a send: {cmd:?}") };
+        assert_eq!((room.as_str(), client_id.as_deref()), ("general", Some("c1")));
+        assert_eq!(tag.cmd_ref.as_deref(), Some("r1"));
+        let (cmd, _) = decode(r#"{"type":"join_room","room":"general","since":5}"#).unwrap();
         assert!(matches!(cmd, Command::Join { since: Some(5), .. }));
     }
 
@@ -174,10 +175,11 @@ mod tests {
 
     #[test]
     fn replies_have_protocol_shapes() {
-        let f = reply(&Reply::Sent { cmd_ref: Some("r".into()), id: Uuid::nil(), seq: 3 });
+        let tag = Tag { cmd_ref: Some("r".into()), ack_id: None };
+        let f = reply(&Reply::new(tag, ReplyBody::Sent { id: Uuid::nil(), seq: 3 }));
         let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
         assert_eq!((v["type"].as_str(), v["ref"].as_str(), v["seq"].as_i64()), (Some("ack"), Some("r"), Some(3)));
-        let f = reply(&Reply::Error { cmd_ref: None, code: "not_joined", message: "join first".into() });
+        let f = reply(&Reply::error(Tag::default(), "not_joined", "join first"));
         let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
         assert_eq!(v["code"], "not_joined");
         assert!(v.get("ref").is_none());
