@@ -4,7 +4,8 @@
 #   docker run -p 4000:4000 -v confab-data:/var/lib/confab confab
 # The default database, sqlite://data/confab.db, lands in the /var/lib/confab volume. Configure
 # with environment variables (DATABASE_URL, CONFAB_AUTH__JWT_SECRET, …; see the README) or a file
-# mounted at /etc/confab/confab.toml.
+# mounted at /etc/confab/confab.toml. Minimal and not yet built here (no Docker engine): a later
+# issue completes and tests it.
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
@@ -21,6 +22,8 @@ RUN groupadd --gid 10001 confab \
     && useradd --uid 10001 --gid confab --no-log-init --home-dir /var/lib/confab --shell /usr/sbin/nologin confab \
     && install -d -m 0750 -o confab -g confab /var/lib/confab
 COPY --from=build /usr/local/bin/confab /usr/local/bin/confab
+# Plain log lines for `docker logs` (text logs are coloured otherwise).
+ENV NO_COLOR=1
 USER 10001:10001
 WORKDIR /var/lib/confab
 VOLUME ["/var/lib/confab"]
