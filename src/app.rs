@@ -54,6 +54,8 @@ pub async fn open_store(config: &Config, migrate: bool) -> anyhow::Result<Store>
 impl App {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
+        // Install the recorder before anything counts, or early metrics are lost.
+        let _ = crate::telemetry::metrics_handle();
         let store = open_store(&config, config.auto_migrate).await?;
         let secret = match &config.auth.jwt_secret {
             Some(secret) => secret.expose().to_owned(),

@@ -376,7 +376,11 @@ impl Config {
         figment = figment.merge(legacy).merge(
             Env::prefixed("CONFAB_")
                 // Variables of the test harness and the CLI, not configuration keys.
-                .filter(|key| !key.as_str().starts_with("test_") && key != "config")
+                // (figment keeps the variable's case here, hence the lowercasing.)
+                .filter(|key| {
+                    let key = key.as_str().to_ascii_lowercase();
+                    !key.starts_with("test_") && key != "config"
+                })
                 .split("__"),
         );
         let mut config: Config = figment.extract().map_err(|e| ConfigError::Parse(one_line(&e)))?;
@@ -550,11 +554,8 @@ fn duration_in_range(key: &str, value: HumanDuration, min_secs: u64, max_secs: u
 
 /// figment errors can span lines and list several problems; operators get the first, on one line.
 fn one_line(e: &figment::Error) -> String {
-    let mut text = e.to_string().replace('\n', " ");
-    if let Some(stripped) = text.strip_prefix("default.") {
-        text = stripped.to_owned();
-    }
-    text
+    // figment names keys with their profile ("default.listen"); operators know them as "listen".
+    e.to_string().replace('\n', " ").replace("\"default.", "\"").replace("`default.", "`")
 }
 
 #[cfg(test)]

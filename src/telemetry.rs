@@ -28,7 +28,10 @@ pub fn init_logging(format: LogFormat, level: &str) {
     let registry = tracing_subscriber::registry().with(filter);
     // `try_init`: tests and embedders may have installed a subscriber already.
     let _ = match format {
-        LogFormat::Text => registry.with(fmt::layer().with_target(false)).try_init(),
+        // Colours only on a terminal: journald and log files get plain text.
+        LogFormat::Text => registry
+            .with(fmt::layer().with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())))
+            .try_init(),
         LogFormat::Json => registry.with(fmt::layer().json().flatten_event(true)).try_init(),
     };
 }

@@ -58,6 +58,41 @@ impl<E: Endpoint> Endpoint for BodyLimitEndpoint<E> {
     }
 }
 
+/// Drops the `Origin` header of same-origin requests (browsers send it on POSTs), so the CORS
+/// allow-list only judges cross-origin callers and confab's own page always works.
+pub struct SameOrigin;
+
+impl<E: Endpoint> Middleware<E> for SameOrigin {
+    type Output = SameOriginEndpoint<E>;
+    fn transform(&self, inner: E) -> Self::Output {
+        SameOriginEndpoint { inner }
+    }
+}
+
+pub struct SameOriginEndpoint<E> {
+    inner: E,
+}
+
+impl<E: Endpoint> Endpoint for SameOriginEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, mut req: Request) -> Result<Response> {
+        let headers = req.headers();
+        let same = match (headers.get(header::ORIGIN), headers.get(header::HOST)) {
+            (Some(origin), Some(host)) => origin
+                .to_str()
+                .ok()
+                .and_then(|o| o.split_once("://"))
+                .is_some_and(|(_, authority)| host.to_str().is_ok_and(|h| h.eq_ignore_ascii_case(authority))),
+            _ => false,
+        };
+        if same {
+            req.headers_mut().remove(header::ORIGIN);
+        }
+        Ok(flatten(self.inner.call(req).await))
+    }
+}
+
 /// Turns every error — poem's own (unknown route, bad JSON, wrong content type) as well as
 /// handlers' — into the API's `{ "error", "code" }` JSON. Responses already in JSON pass as-is.
 pub struct JsonErrors;

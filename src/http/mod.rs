@@ -79,6 +79,7 @@ pub fn routes(state: AppState) -> impl Endpoint + 'static {
     });
     route
         .with_if(cors.is_some(), cors.unwrap_or_default())
+        .with(middleware::SameOrigin)
         .with(middleware::BodyLimit::new(config.http.body_limit))
         .with(middleware::JsonErrors)
         .with(middleware::SecurityHeaders::new(config.http.hsts))
