@@ -49,6 +49,7 @@ pub async fn open_store(config: &Config, migrate: bool) -> anyhow::Result<Store>
 
 impl App {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        crate::telemetry::metrics_handle(); // install the recorder before anything is counted
         config.validate()?;
         let store = open_store(&config, config.auto_migrate).await?;
         let secret = match &config.auth.jwt_secret {
