@@ -5,9 +5,16 @@ use sqlx::{Connection as _, PgConnection};
 
 use crate::common::{Backend, SERVICE_TIMEOUT, TestDb, TestRedis};
 
+async fn connect(url: &str) -> PgConnection {
+    tokio::time::timeout(SERVICE_TIMEOUT, PgConnection::connect(url))
+        .await
+        .expect("connecting to PostgreSQL timed out")
+        .expect("connect to PostgreSQL")
+}
+
 async fn pg_database_exists(name: &str) -> bool {
     let admin = std::env::var("CONFAB_TEST_DATABASE_URL").expect("set");
-    let mut conn = PgConnection::connect(&admin).await.expect("connect");
+    let mut conn = connect(&admin).await;
     let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM pg_database WHERE datname = $1")
         .bind(name)
         .fetch_one(&mut conn)
@@ -25,8 +32,10 @@ async fn a_test_postgres_database_is_dropped_with_its_fixture() {
     let name = db.pg_name().expect("a PostgreSQL database").to_owned();
     assert!(name.starts_with("confab_test_"), "{name}");
     // Someone still connected (a pooled connection of the app under test) does not stop it.
-    let mut held = PgConnection::connect(db.url()).await.expect("connect to the test database");
-    sqlx::query("SELECT 1").execute(&mut held).await.expect("query");
+    let mut held = connect(db.url()).await;
+    let (statement_timeout,): (String,) =
+        sqlx::query_as("SHOW statement_timeout").fetch_one(&mut held).await.expect("query");
+    assert_eq!(statement_timeout, "30s", "a stuck statement fails instead of hanging the test");
     assert!(pg_database_exists(&name).await);
 
     drop(db);

@@ -122,6 +122,8 @@ impl TestDb {
                 let _ = conn.close().await;
                 let mut url = url::Url::parse(&admin).expect("CONFAB_TEST_DATABASE_URL is a URL");
                 url.set_path(&format!("/{name}"));
+                // A statement stuck on a lock fails the test instead of hanging it.
+                url.query_pairs_mut().append_pair("options", "-c statement_timeout=30000");
                 Self { backend, url: url.to_string(), _dir: None, pg: Some((admin, name)) }
             }
         }
