@@ -19,6 +19,8 @@ both_backends!(
     unknown_email_and_wrong_password_get_the_same_401,
     a_disabled_user_is_refused_even_with_a_live_token,
     default_argon2_parameters_are_owasps_recommendation,
+    concurrent_registrations_of_one_email_make_one_account,
+    a_refresh_token_used_twice_at_once_rotates_once_and_revokes_the_family,
 );
 
 async fn register_then_me_then_login_then_refresh(backend: Backend) {
@@ -173,4 +175,34 @@ async fn default_argon2_parameters_are_owasps_recommendation(backend: Backend) {
     cheap.register("frank@example.com").await;
     let creds = cheap.state.store.credentials_by_email("frank@example.com").await.expect("query").expect("stored");
     assert!(creds.password_hash.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{}", creds.password_hash);
+}
+
+async fn concurrent_registrations_of_one_email_make_one_account(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let emails = ["race@example.com", "RACE@example.com", " race@example.com", "race@EXAMPLE.com"];
+    let bodies = emails.map(|email| json!({ "email": email, "password": PASSWORD }));
+    let responses =
+        futures_util::future::join_all(bodies.iter().map(|body| app.post_json("/api/auth/register", body))).await;
+    let statuses: Vec<StatusCode> = responses.iter().map(reqwest::Response::status).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::OK).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::CONFLICT).count(), 3, "{statuses:?}");
+    assert_eq!(app.state.store.list_users().await.expect("list").len(), 1);
+}
+
+async fn a_refresh_token_used_twice_at_once_rotates_once_and_revokes_the_family(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let session = app.register("twice@example.com").await;
+
+    let (a, b) = tokio::join!(app.refresh(&session.refresh_token), app.refresh(&session.refresh_token));
+    let (a_status, b_status) = (a.status(), b.status());
+    let (winner, loser) = match (a_status, b_status) {
+        (StatusCode::OK, StatusCode::UNAUTHORIZED) => (a, b),
+        (StatusCode::UNAUTHORIZED, StatusCode::OK) => (b, a),
+        other => panic!("expected one 200 and one 401, got {other:?}"),
+    };
+    expect_error(loser, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    let rotated = expect_json(winner, StatusCode::OK).await;
+    // The second use counted as reuse of a spent token: the winner's new token is revoked too.
+    let newer = rotated["refreshToken"].as_str().expect("refreshToken");
+    expect_error(app.refresh(newer).await, StatusCode::UNAUTHORIZED, "unauthorized").await;
 }

@@ -3,7 +3,14 @@
 
 use sqlx::{Connection as _, PgConnection};
 
-use crate::common::{Backend, SERVICE_TIMEOUT, TestDb, TestRedis};
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+
+use crate::{
+    common::{Backend, SERVICE_TIMEOUT, TestDb, TestRedis},
+    helpers::{expect_json, spawn_node},
+};
 
 async fn connect(url: &str) -> PgConnection {
     tokio::time::timeout(SERVICE_TIMEOUT, PgConnection::connect(url))
@@ -76,4 +83,19 @@ async fn a_redis_fixture_has_its_own_prefix_and_deletes_its_keys() {
 
     let exists: i64 = redis::cmd("EXISTS").arg(&key).query_async(&mut conn).await.expect("EXISTS");
     assert_eq!(exists, 0, "{key} is left behind");
+}
+
+#[tokio::test]
+async fn a_node_can_be_given_the_test_redis_under_its_own_prefix() {
+    let Some(redis) = TestRedis::from_env() else { return };
+    let redis = Arc::new(redis);
+    let db = Arc::new(TestDb::create(Backend::Sqlite).await);
+    let node = spawn_node(db, Some(Arc::clone(&redis)), |_| {}).await;
+    // The node holds the fixture, so the prefix's keys live as long as the node.
+    let held = node.redis.as_ref().expect("the node holds its Redis fixture");
+    assert!(Arc::ptr_eq(held, &redis));
+    let configured = &node.state.config.redis;
+    assert_eq!(configured.url.as_ref().map(|u| u.expose().to_owned()), Some(redis.url.clone()));
+    assert_eq!(configured.prefix, redis.prefix);
+    expect_json(node.get("/health").await, StatusCode::OK).await;
 }

@@ -20,7 +20,7 @@ use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::{sync::oneshot, task::JoinHandle};
 
-pub use crate::common::{Backend, TestDb};
+pub use crate::common::{Backend, TestDb, TestRedis};
 
 /// Upper bound on one HTTP request, and on the app's start and stop.
 pub const TIMEOUT: Duration = Duration::from_secs(15);
@@ -41,6 +41,8 @@ pub struct TestApp {
     /// The configured HS256 key, `None` when the app generated one.
     pub jwt_secret: Option<String>,
     pub db: Arc<TestDb>,
+    /// The Redis prefix this app uses, when it was given one (see [`spawn_node`]).
+    pub redis: Option<Arc<TestRedis>>,
 }
 
 /// What register and login return.
@@ -102,8 +104,22 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Config
 
 /// An app on an existing database (a restart, or a second node sharing it).
 pub async fn spawn_app_on(db: Arc<TestDb>, configure: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_node(db, None, configure).await
+}
+
+/// An app on an existing database and, if given, the test Redis under the test's own prefix:
+/// nodes given the same `db` and `redis` form a cluster.
+pub async fn spawn_node(
+    db: Arc<TestDb>,
+    redis: Option<Arc<TestRedis>>,
+    configure: impl FnOnce(&mut Config),
+) -> TestApp {
     init_test_logging();
     let mut cfg = test_config(&db);
+    if let Some(redis) = &redis {
+        cfg.redis.url = Some(Secret::new(redis.url.as_str()));
+        cfg.redis.prefix.clone_from(&redis.prefix);
+    }
     configure(&mut cfg);
     let jwt_secret = cfg.auth.jwt_secret.as_ref().map(|s| s.expose().to_owned());
     let app = tokio::time::timeout(TIMEOUT, App::build(cfg)).await.expect("App::build timed out").expect("App::build");
@@ -120,7 +136,7 @@ pub async fn spawn_app_on(db: Arc<TestDb>, configure: impl FnOnce(&mut Config)) 
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("reqwest client");
-    TestApp { shutdown: Some(tx), server: Some(server), addr, client, state, jwt_secret, db }
+    TestApp { shutdown: Some(tx), server: Some(server), addr, client, state, jwt_secret, db, redis }
 }
 
 impl TestApp {
