@@ -11,7 +11,7 @@ mod sql;
 mod postgres;
 mod sqlite;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound as _, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -210,7 +210,8 @@ impl Store {
     /// Creates a user; `Conflict` if the email is taken.
     pub async fn create_user(&self, email: &str, password_hash: &str) -> Result<User, StoreError> {
         let id = UserId(Uuid::now_v7());
-        each_backend!(self, s => s.create_user(id, email, password_hash, Utc::now()).await)
+        // Microseconds: what PostgreSQL keeps, so the user returned is the user stored.
+        each_backend!(self, s => s.create_user(id, email, password_hash, Utc::now().trunc_subsecs(6)).await)
     }
 
     pub async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError> {
@@ -324,7 +325,8 @@ fn plan_batch(batch: &[NewMessage], existing: &[Message], first_seq: Seq) -> (Ve
             sender_id: m.sender_id.0,
             sender_email: m.sender_email.clone(),
             content: m.content.clone(),
-            created_at: m.created_at,
+            // Microseconds, as stored: an ack and a later read of history must agree.
+            created_at: m.created_at.trunc_subsecs(6),
             client_id: m.client_id.clone(),
         };
         out.push(Appended { message: stored.clone(), duplicate: false });

@@ -1,0 +1,17 @@
+//! The REST API as a client sees it, against the real app on a real database: one test binary,
+//! one module per feature. Tests that touch storage run on SQLite and on PostgreSQL
+//! (`CONFAB_TEST_DATABASE_URL`), see `both_backends!`.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod helpers;
+
+mod auth;
+mod fixtures;
+mod history;
+mod limits;
+mod ops;
+mod secret;
+mod security;
+mod tokens;
+mod validation;

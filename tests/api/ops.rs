@@ -1,0 +1,127 @@
+//! Operational endpoints and API documentation: `/health`, `/ready`, `/metrics`,
+//! `/api/openapi.json`, `/api/docs`.
+
+use reqwest::StatusCode;
+
+use crate::{
+    common::{Backend, both_backends},
+    helpers::{expect_json, spawn_app},
+};
+
+both_backends!(health_and_readiness_answer_with_the_database_up);
+
+async fn health_and_readiness_answer_with_the_database_up(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let health = expect_json(app.get("/health").await, StatusCode::OK).await;
+    assert_eq!(health["ok"], true, "{health}");
+    assert_eq!(health["node"], "test-node", "{health}");
+
+    let ready = expect_json(app.get("/ready").await, StatusCode::OK).await;
+    assert_eq!(ready["ok"], true, "{ready}");
+    assert_eq!(ready["database"], "up", "{ready}");
+}
+
+/// Readiness really asks the database: with the PostgreSQL database gone, `/ready` says 503
+/// and which dependency failed, while `/health` (liveness) stays 200.
+#[tokio::test]
+async fn readiness_fails_when_the_database_is_gone() {
+    if !Backend::Postgres.available() {
+        return;
+    }
+    let app = spawn_app(Backend::Postgres).await;
+    expect_json(app.get("/ready").await, StatusCode::OK).await;
+
+    app.db.drop_pg_database().await;
+
+    let ready = expect_json(app.get("/ready").await, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(ready["ok"], false, "{ready}");
+    assert_eq!(ready["database"], "down", "{ready}");
+    assert!(ready["error"].is_string() && ready["code"].is_string(), "{ready}");
+    expect_json(app.get("/health").await, StatusCode::OK).await;
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_and_count_earlier_requests() {
+    let app = spawn_app(Backend::Sqlite).await;
+    // Requests made before anyone scraped /metrics must be counted too.
+    expect_json(app.get("/health").await, StatusCode::OK).await;
+    let _ = app.get("/api/nope").await;
+
+    let resp = app.get("/metrics").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let content_type = resp.headers()[reqwest::header::CONTENT_TYPE].to_str().expect("ascii").to_owned();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    let text = resp.text().await.expect("body");
+    assert!(text.contains("# TYPE confab_http_requests_total counter"), "{text}");
+    let health_line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("confab_http_requests_total{")
+                && l.contains(r#"route="/health""#)
+                && l.contains(r#"status="200""#)
+        })
+        .unwrap_or_else(|| panic!("no counter for GET /health: {text}"));
+    let count: f64 = health_line.rsplit(' ').next().and_then(|n| n.parse().ok()).expect("a sample value");
+    assert!(count >= 1.0, "{health_line}");
+    // Labels stay low-cardinality: unknown paths are one route.
+    assert!(text.contains(r#"route="/api/other""#), "{text}");
+    assert!(!text.contains("/api/nope"), "{text}");
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_rest_route_with_bearer_auth() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let spec = expect_json(app.get("/api/openapi.json").await, StatusCode::OK).await;
+
+    assert!(spec["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{}", spec["openapi"]);
+    assert_eq!(spec["servers"][0]["url"], "/api");
+    let routes = [
+        ("/auth/register", "post", false),
+        ("/auth/login", "post", false),
+        ("/auth/refresh", "post", false),
+        ("/auth/logout", "post", false),
+        ("/me", "get", true),
+        ("/messages/{room}", "get", true),
+        ("/rooms", "get", true),
+    ];
+    let paths = spec["paths"].as_object().expect("paths");
+    for (path, method, authed) in routes {
+        let op = &spec["paths"][path][method];
+        assert!(op.is_object(), "{method} {path} missing; paths: {:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(op["security"].is_array(), authed, "{method} {path} security: {}", op["security"]);
+    }
+    assert_eq!(paths.len(), routes.len(), "unexpected paths: {:?}", paths.keys().collect::<Vec<_>>());
+
+    let schemes = spec["components"]["securitySchemes"].as_object().expect("securitySchemes");
+    let (name, scheme) = schemes
+        .iter()
+        .find(|(_, s)| s["type"] == "http" && s["scheme"].as_str().is_some_and(|v| v.eq_ignore_ascii_case("bearer")))
+        .unwrap_or_else(|| panic!("no bearer scheme: {schemes:?}"));
+    assert_eq!(scheme["bearerFormat"], "JWT");
+    let me_security = &spec["paths"]["/me"]["get"]["security"][0];
+    assert!(me_security.get(name).is_some(), "/me uses {me_security}, not {name}");
+
+    // The history endpoint documents its parameters.
+    let params = spec["paths"]["/messages/{room}"]["get"]["parameters"].as_array().expect("parameters");
+    let names: Vec<&str> = params.iter().filter_map(|p| p["name"].as_str()).collect();
+    for expected in ["room", "limit", "before"] {
+        assert!(names.contains(&expected), "{expected} not in {names:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_api_docs_are_an_html_page() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let mut resp = app.get("/api/docs").await;
+    if resp.status().is_redirection() {
+        let location = resp.headers()[reqwest::header::LOCATION].to_str().expect("ascii").to_owned();
+        let path = if location.starts_with('/') { location } else { format!("/api/docs/{location}") };
+        resp = app.get(&path).await;
+    }
+    assert_eq!(resp.status(), StatusCode::OK);
+    let content_type = resp.headers()[reqwest::header::CONTENT_TYPE].to_str().expect("ascii").to_owned();
+    assert!(content_type.starts_with("text/html"), "{content_type}");
+    let html = resp.text().await.expect("body");
+    assert!(html.to_ascii_lowercase().contains("swagger"), "{html}");
+    assert!(html.contains("/auth/register"), "the page carries the API's spec: {html}");
+}

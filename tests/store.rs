@@ -1,0 +1,405 @@
+//! The store's conformance suite: the same scenarios against every backend, directly on
+//! `confab::store::Store` (connect + migrate), so SQLite and PostgreSQL cannot drift apart.
+
+mod common;
+
+use std::{collections::HashSet, sync::Arc};
+
+use chrono::{Duration, Utc};
+use confab::{
+    domain::{RoomName, UserId},
+    store::{Appended, NewMessage, NewRefreshToken, Refreshed, Store, StoreError, User},
+};
+use uuid::Uuid;
+
+use crate::common::{Backend, SERVICE_TIMEOUT, TestDb, both_backends};
+
+/// A migrated store on a fresh database; the `TestDb` must outlive it.
+async fn open(backend: Backend) -> (Store, TestDb) {
+    let db = TestDb::create(backend).await;
+    let store = tokio::time::timeout(SERVICE_TIMEOUT, Store::connect(backend.kind(), db.url(), 16))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    let applied = store.migrate().await.expect("migrate");
+    assert!(applied >= 1, "a fresh database gets every migration");
+    (store, db)
+}
+
+fn room(name: &str) -> RoomName {
+    RoomName::parse(name).expect("valid room name")
+}
+
+fn message(room: &RoomName, sender: &User, content: &str, client_id: Option<&str>) -> NewMessage {
+    NewMessage {
+        id: Uuid::now_v7(),
+        room: room.clone(),
+        sender_id: sender.id,
+        sender_email: sender.email.clone(),
+        content: content.to_owned(),
+        client_id: client_id.map(str::to_owned),
+        created_at: Utc::now(),
+    }
+}
+
+fn refresh_token(user: &User, family: Uuid, expires_in: Duration) -> (String, NewRefreshToken) {
+    let raw = Uuid::new_v4().to_string();
+    let hash = format!("hash-of-{raw}");
+    (hash.clone(), NewRefreshToken { hash, user_id: user.id, family_id: family, expires_at: Utc::now() + expires_in })
+}
+
+/// A token to rotate into: the store takes user and family from the token it replaces.
+fn successor() -> NewRefreshToken {
+    NewRefreshToken {
+        hash: format!("hash-of-{}", Uuid::new_v4()),
+        user_id: UserId(Uuid::nil()),
+        family_id: Uuid::nil(),
+        expires_at: Utc::now() + Duration::days(1),
+    }
+}
+
+fn seqs(messages: &[confab::store::Message]) -> Vec<i64> {
+    messages.iter().map(|m| m.seq).collect()
+}
+
+both_backends!(
+    migrating_again_applies_nothing,
+    users_are_created_found_and_unique_by_email,
+    disabling_a_user_revokes_its_refresh_tokens,
+    settings_keep_the_first_value_stored,
+    refresh_tokens_rotate_once_and_reuse_revokes_the_family,
+    revoking_a_family_is_logout,
+    expired_refresh_tokens_are_invalid,
+    appended_messages_get_gapless_seqs_in_order,
+    a_repeated_client_id_returns_the_original_and_takes_no_seq,
+    a_client_id_repeated_within_one_batch_is_stored_once,
+    history_pages_oldest_first_and_resumes_after_a_seq,
+    rooms_are_listed_with_their_last_seq,
+    concurrent_appends_to_one_room_get_seqs_one_to_n,
+    concurrent_appends_with_one_client_id_store_one_message,
+);
+
+async fn migrating_again_applies_nothing(backend: Backend) {
+    let (store, db) = open(backend).await;
+    assert_eq!(store.migrate().await.expect("migrate again"), 0);
+    store.close().await;
+    // A second connection (another process, or a restart) finds it migrated too.
+    let again = Store::connect(backend.kind(), db.url(), 2).await.expect("reconnect");
+    assert_eq!(again.migrate().await.expect("migrate after reconnect"), 0);
+    again.ping().await.expect("ping");
+    assert_eq!(again.backend(), if backend == Backend::Sqlite { "sqlite" } else { "postgres" });
+}
+
+async fn users_are_created_found_and_unique_by_email(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let alice = store.create_user("alice@example.com", "hash-a").await.expect("create");
+    assert_eq!(alice.email, "alice@example.com");
+    assert!(alice.disabled_at.is_none());
+
+    let found = store.user_by_id(alice.id).await.expect("query").expect("found by id");
+    assert_eq!((found.id, found.email.as_str()), (alice.id, "alice@example.com"));
+    assert_eq!(found, alice, "what was returned is what was stored");
+    let creds = store.credentials_by_email("alice@example.com").await.expect("query").expect("found by email");
+    assert_eq!((creds.user.id, creds.password_hash.as_str()), (alice.id, "hash-a"));
+
+    assert!(matches!(store.create_user("alice@example.com", "hash-b").await, Err(StoreError::Conflict)));
+    assert!(store.credentials_by_email("nobody@example.com").await.expect("query").is_none());
+    assert!(store.user_by_id(UserId(Uuid::new_v4())).await.expect("query").is_none());
+
+    let bob = store.create_user("bob@example.com", "hash-b").await.expect("create");
+    let all: Vec<UserId> = store.list_users().await.expect("list").into_iter().map(|u| u.id).collect();
+    assert_eq!(all, [alice.id, bob.id]);
+
+    assert!(store.set_password_hash("bob@example.com", "hash-b2").await.expect("set"));
+    let creds = store.credentials_by_email("bob@example.com").await.expect("query").expect("found");
+    assert_eq!(creds.password_hash, "hash-b2");
+    assert!(!store.set_password_hash("nobody@example.com", "x").await.expect("set"));
+}
+
+async fn disabling_a_user_revokes_its_refresh_tokens(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let user = store.create_user("carol@example.com", "h").await.expect("create");
+    let (hash, token) = refresh_token(&user, Uuid::new_v4(), Duration::days(1));
+    store.insert_refresh_token(&token).await.expect("insert");
+
+    assert!(store.set_user_disabled("carol@example.com", true).await.expect("disable"));
+    assert!(store.user_by_id(user.id).await.expect("query").expect("found").disabled_at.is_some());
+    assert_eq!(store.rotate_refresh_token(&hash, &successor()).await.expect("rotate"), Refreshed::Invalid);
+
+    assert!(store.set_user_disabled("carol@example.com", false).await.expect("enable"));
+    assert!(store.user_by_id(user.id).await.expect("query").expect("found").disabled_at.is_none());
+    assert_eq!(store.rotate_refresh_token(&hash, &successor()).await.expect("rotate"), Refreshed::Invalid);
+    assert!(!store.set_user_disabled("nobody@example.com", true).await.expect("disable"));
+}
+
+async fn settings_keep_the_first_value_stored(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    assert_eq!(store.setting_or_insert("jwt_secret", "first").await.expect("insert"), "first");
+    assert_eq!(store.setting_or_insert("jwt_secret", "second").await.expect("read"), "first");
+    assert_eq!(store.setting_or_insert("other", "x").await.expect("insert"), "x");
+}
+
+async fn refresh_tokens_rotate_once_and_reuse_revokes_the_family(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let user = store.create_user("dave@example.com", "h").await.expect("create");
+    let (first, token) = refresh_token(&user, Uuid::new_v4(), Duration::days(1));
+    store.insert_refresh_token(&token).await.expect("insert");
+    let (other_family, other) = refresh_token(&user, Uuid::new_v4(), Duration::days(1));
+    store.insert_refresh_token(&other).await.expect("insert");
+
+    let second = successor();
+    assert_eq!(
+        store.rotate_refresh_token(&first, &second).await.expect("rotate"),
+        Refreshed::Rotated { user_id: user.id }
+    );
+    let third = successor();
+    assert_eq!(
+        store.rotate_refresh_token(&second.hash, &third).await.expect("rotate"),
+        Refreshed::Rotated { user_id: user.id },
+        "the rotated token belongs to the same user and family"
+    );
+
+    // The spent first token comes back: reuse, and the family's live token is revoked.
+    assert_eq!(store.rotate_refresh_token(&first, &successor()).await.expect("reuse"), Refreshed::Reused);
+    assert_eq!(store.rotate_refresh_token(&third.hash, &successor()).await.expect("rotate"), Refreshed::Invalid);
+    assert!(!store.revoke_refresh_family(&third.hash).await.expect("revoke"));
+
+    // Other families are untouched; unknown tokens are invalid.
+    assert_eq!(
+        store.rotate_refresh_token(&other_family, &successor()).await.expect("rotate"),
+        Refreshed::Rotated { user_id: user.id }
+    );
+    assert_eq!(store.rotate_refresh_token("no-such-hash", &successor()).await.expect("rotate"), Refreshed::Invalid);
+}
+
+async fn revoking_a_family_is_logout(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let user = store.create_user("erin@example.com", "h").await.expect("create");
+    let (hash, token) = refresh_token(&user, Uuid::new_v4(), Duration::days(1));
+    store.insert_refresh_token(&token).await.expect("insert");
+    let next = successor();
+    assert!(matches!(store.rotate_refresh_token(&hash, &next).await.expect("rotate"), Refreshed::Rotated { .. }));
+
+    // Only a live token signs out; the spent one does not.
+    assert!(!store.revoke_refresh_family(&hash).await.expect("revoke with a spent token"));
+    assert!(store.revoke_refresh_family(&next.hash).await.expect("revoke"));
+    assert!(!store.revoke_refresh_family(&next.hash).await.expect("revoke again"));
+    assert_eq!(store.rotate_refresh_token(&next.hash, &successor()).await.expect("rotate"), Refreshed::Invalid);
+    assert!(!store.revoke_refresh_family("no-such-hash").await.expect("revoke unknown"));
+}
+
+async fn expired_refresh_tokens_are_invalid(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let user = store.create_user("finn@example.com", "h").await.expect("create");
+    let (hash, token) = refresh_token(&user, Uuid::new_v4(), Duration::seconds(-1));
+    store.insert_refresh_token(&token).await.expect("insert");
+    assert_eq!(store.rotate_refresh_token(&hash, &successor()).await.expect("rotate"), Refreshed::Invalid);
+    assert!(!store.revoke_refresh_family(&hash).await.expect("revoke"));
+}
+
+async fn appended_messages_get_gapless_seqs_in_order(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let user = store.create_user("gus@example.com", "h").await.expect("create");
+    let general = room("general");
+    assert_eq!(store.last_seq(&general).await.expect("last_seq"), 0);
+
+    let one = store.append_message(message(&general, &user, "one", None)).await.expect("append");
+    assert_eq!((one.message.seq, one.duplicate), (1, false));
+    let batch: Vec<NewMessage> = (2..=6).map(|i| message(&general, &user, &format!("m{i}"), None)).collect();
+    let appended = store.append_messages(&general, &batch).await.expect("append batch");
+    assert_eq!(appended.iter().map(|a| a.message.seq).collect::<Vec<_>>(), [2, 3, 4, 5, 6]);
+    assert!(appended.iter().all(|a| !a.duplicate));
+    for (a, m) in appended.iter().zip(&batch) {
+        assert_eq!((a.message.id, a.message.content.as_str()), (m.id, m.content.as_str()));
+    }
+    assert!(store.append_messages(&general, &[]).await.expect("empty batch").is_empty());
+    assert_eq!(store.last_seq(&general).await.expect("last_seq"), 6);
+
+    // Each room counts on its own.
+    let other = room("other");
+    let first = store.append_message(message(&other, &user, "elsewhere", None)).await.expect("append");
+    assert_eq!(first.message.seq, 1);
+
+    let stored = store.messages_after(&general, 0, 100).await.expect("read");
+    assert_eq!(seqs(&stored), [1, 2, 3, 4, 5, 6]);
+    assert_eq!(stored[0], one.message, "what was returned is what was stored");
+    assert_eq!(stored[0].sender_id, user.id.0);
+    assert_eq!(stored[0].sender_email, "gus@example.com");
+}
+
+async fn a_repeated_client_id_returns_the_original_and_takes_no_seq(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let (alice, bob) = (
+        store.create_user("alice@example.com", "h").await.expect("create"),
+        store.create_user("bob@example.com", "h").await.expect("create"),
+    );
+    let general = room("general");
+    let original = store.append_message(message(&general, &alice, "hi", Some("c-1"))).await.expect("append");
+    assert!(!original.duplicate);
+
+    let again = store.append_message(message(&general, &alice, "hi (resent)", Some("c-1"))).await.expect("append");
+    assert!(again.duplicate);
+    assert_eq!(again.message, original.message, "the original comes back, content and all");
+
+    // The key is per sender: bob's c-1 is his own message.
+    let bobs = store.append_message(message(&general, &bob, "hey", Some("c-1"))).await.expect("append");
+    assert!(!bobs.duplicate);
+    assert_eq!(bobs.message.seq, 2);
+    let next = store.append_message(message(&general, &alice, "next", Some("c-2"))).await.expect("append");
+    assert_eq!(next.message.seq, 3, "the duplicate took no seq");
+    assert_eq!(seqs(&store.messages_after(&general, 0, 100).await.expect("read")), [1, 2, 3]);
+}
+
+async fn a_client_id_repeated_within_one_batch_is_stored_once(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let user = store.create_user("hal@example.com", "h").await.expect("create");
+    let general = room("general");
+    store.append_message(message(&general, &user, "before", Some("old"))).await.expect("append");
+
+    let batch = [
+        message(&general, &user, "a", Some("x")),
+        message(&general, &user, "b", None),
+        message(&general, &user, "a again", Some("x")),
+        message(&general, &user, "old again", Some("old")),
+        message(&general, &user, "c", Some("y")),
+        message(&general, &user, "d", None),
+    ];
+    let out: Vec<(i64, bool)> = store
+        .append_messages(&general, &batch)
+        .await
+        .expect("append")
+        .iter()
+        .map(|a: &Appended| (a.message.seq, a.duplicate))
+        .collect();
+    assert_eq!(out, [(2, false), (3, false), (2, true), (1, true), (4, false), (5, false)]);
+    let stored = store.messages_after(&general, 0, 100).await.expect("read");
+    let contents: Vec<&str> = stored.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(contents, ["before", "a", "b", "c", "d"]);
+    assert_eq!(store.last_seq(&general).await.expect("last_seq"), 5);
+}
+
+async fn history_pages_oldest_first_and_resumes_after_a_seq(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let user = store.create_user("ida@example.com", "h").await.expect("create");
+    let general = room("general");
+    let batch: Vec<NewMessage> = (1..=10).map(|i| message(&general, &user, &format!("m{i}"), None)).collect();
+    store.append_messages(&general, &batch).await.expect("append");
+
+    assert_eq!(seqs(&store.messages_before(&general, None, 3).await.expect("read")), [8, 9, 10]);
+    assert_eq!(seqs(&store.messages_before(&general, Some(8), 3).await.expect("read")), [5, 6, 7]);
+    assert_eq!(seqs(&store.messages_before(&general, Some(3), 50).await.expect("read")), [1, 2]);
+    assert!(store.messages_before(&general, Some(1), 50).await.expect("read").is_empty());
+    assert_eq!(seqs(&store.messages_before(&general, None, 100).await.expect("read")), (1..=10).collect::<Vec<_>>());
+
+    assert_eq!(seqs(&store.messages_after(&general, 7, 100).await.expect("read")), [8, 9, 10]);
+    assert_eq!(seqs(&store.messages_after(&general, 0, 2).await.expect("read")), [1, 2]);
+    assert_eq!(seqs(&store.messages_after(&general, 4, 2).await.expect("read")), [5, 6]);
+    assert!(store.messages_after(&general, 10, 100).await.expect("read").is_empty());
+    assert!(store.messages_after(&room("empty"), 0, 100).await.expect("read").is_empty());
+    assert!(store.messages_before(&room("empty"), None, 100).await.expect("read").is_empty());
+}
+
+async fn rooms_are_listed_with_their_last_seq(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let user = store.create_user("jo@example.com", "h").await.expect("create");
+    assert!(store.list_rooms().await.expect("list").is_empty());
+    for (name, n) in [("zeta", 2), ("alpha", 3), ("mid:room", 1)] {
+        let r = room(name);
+        for i in 0..n {
+            store.append_message(message(&r, &user, &format!("{i}"), None)).await.expect("append");
+        }
+    }
+    let rooms: Vec<(String, i64)> =
+        store.list_rooms().await.expect("list").into_iter().map(|r| (r.name, r.last_seq)).collect();
+    assert_eq!(rooms, [("alpha".to_owned(), 3), ("mid:room".to_owned(), 1), ("zeta".to_owned(), 2)]);
+    assert_eq!(store.last_seq(&room("alpha")).await.expect("last_seq"), 3);
+    assert_eq!(store.last_seq(&room("nowhere")).await.expect("last_seq"), 0);
+}
+
+const WRITERS: usize = 8;
+const PER_WRITER: usize = 50;
+
+async fn concurrent_appends_to_one_room_get_seqs_one_to_n(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let general = room("general");
+    let mut users = Vec::new();
+    for w in 0..WRITERS {
+        users.push(store.create_user(&format!("writer{w}@example.com"), "h").await.expect("create"));
+    }
+    let store = Arc::new(store);
+    let tasks: Vec<_> = users
+        .into_iter()
+        .enumerate()
+        .map(|(w, user)| {
+            let (store, general) = (Arc::clone(&store), general.clone());
+            // Spawned, so that on a multi-threaded runtime they really run in parallel.
+            tokio::spawn(async move {
+                let mut seqs = Vec::with_capacity(PER_WRITER);
+                for i in 0..PER_WRITER {
+                    let m = message(&general, &user, &format!("w{w}-{i}"), Some(&format!("w{w}-{i}")));
+                    let appended = store.append_message(m).await.expect("append");
+                    assert!(!appended.duplicate);
+                    seqs.push(appended.message.seq);
+                }
+                seqs
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        let seqs = tokio::time::timeout(SERVICE_TIMEOUT * 2, task).await.expect("writers finish").expect("writer ok");
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "one writer's messages keep its order: {seqs:?}");
+        all.extend(seqs);
+    }
+    let total = i64::try_from(WRITERS * PER_WRITER).expect("small");
+    let unique: HashSet<i64> = all.iter().copied().collect();
+    assert_eq!(unique.len(), all.len(), "a seq was handed out twice");
+    all.sort_unstable();
+    assert_eq!(all, (1..=total).collect::<Vec<_>>());
+
+    let stored = store.messages_after(&general, 0, 1000).await.expect("read");
+    assert_eq!(seqs(&stored), (1..=total).collect::<Vec<_>>());
+    assert_eq!(store.last_seq(&general).await.expect("last_seq"), total);
+    // Each writer's messages are stored in the order it sent them.
+    for w in 0..WRITERS {
+        let mine: Vec<&str> =
+            stored.iter().filter(|m| m.content.starts_with(&format!("w{w}-"))).map(|m| m.content.as_str()).collect();
+        let expected: Vec<String> = (0..PER_WRITER).map(|i| format!("w{w}-{i}")).collect();
+        assert_eq!(mine, expected);
+    }
+}
+
+async fn concurrent_appends_with_one_client_id_store_one_message(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let user = store.create_user("kai@example.com", "h").await.expect("create");
+    let store = Arc::new(store);
+
+    // The same resend racing itself, to one room and (a confused client) to several rooms.
+    for (case, rooms) in [("same room", vec!["general"; WRITERS]), ("several rooms", vec!["r1", "r2", "r3", "r4"])] {
+        let client_id = format!("resend-{case}");
+        let tasks: Vec<_> = rooms
+            .iter()
+            .map(|name| {
+                let (store, user, client_id, r) = (Arc::clone(&store), user.clone(), client_id.clone(), room(name));
+                tokio::spawn(async move { store.append_message(message(&r, &user, "once", Some(&client_id))).await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            let appended = tokio::time::timeout(SERVICE_TIMEOUT, task).await.expect("finish").expect("task");
+            results.push(appended.unwrap_or_else(|e| panic!("{case}: append failed: {e:?}")));
+        }
+        let fresh = results.iter().filter(|a| !a.duplicate).count();
+        assert_eq!(fresh, 1, "{case}: exactly one append stores the message");
+        let ids: HashSet<Uuid> = results.iter().map(|a| a.message.id).collect();
+        assert_eq!(ids.len(), 1, "{case}: everyone gets the one stored message back");
+        let winner = &results.iter().find(|a| !a.duplicate).expect("one fresh").message;
+        assert_eq!(winner.seq, 1, "{case}");
+
+        let mut stored = 0;
+        for name in rooms.iter().collect::<HashSet<_>>() {
+            stored += store.messages_after(&room(name), 0, 100).await.expect("read").len();
+        }
+        assert_eq!(stored, 1, "{case}: one message stored in total");
+    }
+}
