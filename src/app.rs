@@ -53,7 +53,6 @@ pub async fn open_store(config: &Config, migrate: bool) -> anyhow::Result<Store>
 
 impl App {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        crate::telemetry::metrics_handle(); // install the recorder before anything is counted
         config.validate()?;
         // Install the recorder before anything counts, or early metrics are lost.
         let _ = crate::telemetry::metrics_handle();
