@@ -61,7 +61,7 @@ fn describe() {
     metrics::describe_gauge!(WS_SESSIONS, "open WebSocket sessions");
     metrics::describe_counter!(WS_SESSIONS_CLOSED, "WebSocket sessions closed, by reason");
     metrics::describe_counter!(MESSAGES_STORED, "messages durably stored by this node");
-    metrics::describe_counter!(MESSAGES_DELIVERED, "messages handed to sessions on this node");
+    metrics::describe_counter!(MESSAGES_DELIVERED, "messages written to WebSocket clients by this node");
     metrics::describe_histogram!(STORE_QUERY_DURATION, metrics::Unit::Seconds, "store query latency");
     metrics::describe_counter!(BUS_PUBLISH_ERRORS, "failed publishes to the fan-out bus");
     metrics::describe_counter!(AUTH_RATE_LIMITED, "auth requests refused by the per-IP rate limit");

@@ -27,7 +27,6 @@ use super::{
 use crate::{
     domain::{RoomName, Seq},
     store::{Store, StoreError},
-    telemetry,
 };
 
 const SHARDS: usize = 64;
@@ -164,7 +163,6 @@ impl Room {
 /// has checked `seq == delivered + 1`.
 fn deliver(inner: &mut RoomInner, seq: Seq, frame: &Arc<Encoded>) {
     inner.delivered = Some(seq);
-    let mut sent = 0u64;
     let mut kicked = false;
     for m in &mut inner.members {
         if !m.live || seq <= m.last {
@@ -172,13 +170,10 @@ fn deliver(inner: &mut RoomInner, seq: Seq, frame: &Arc<Encoded>) {
         }
         if m.handle.offer(Outbound::Event(Arc::clone(frame))) {
             m.last = seq;
-            sent += 1;
         } else {
             kicked = true;
         }
     }
-    // One counter update per message, not per recipient.
-    metrics::counter!(telemetry::MESSAGES_DELIVERED, "transport" => "all").increment(sent);
     if kicked {
         remove_kicked(inner);
     }

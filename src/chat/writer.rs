@@ -45,13 +45,16 @@ pub fn spawn(room: RoomName, store: Store, bus: Bus, tasks: &TaskTracker) -> mps
 async fn run(room: RoomName, mut rx: mpsc::Receiver<WriteRequest>, store: Store, bus: Bus) {
     let mut requests = Vec::with_capacity(MAX_BATCH);
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let backend = store.backend();
+    // Handles registered once per writer, not looked up per batch.
+    let commit_time = metrics::histogram!(
+        telemetry::STORE_QUERY_DURATION, "query" => "append_messages", "backend" => store.backend()
+    );
+    let stored = metrics::counter!(telemetry::MESSAGES_STORED);
     while rx.recv_many(&mut requests, MAX_BATCH).await > 0 {
         batch.extend(requests.iter_mut().map(|r: &mut WriteRequest| r.msg.clone()));
         let started = Instant::now();
         let result = store.append_messages(&room, &batch).await;
-        metrics::histogram!(telemetry::STORE_QUERY_DURATION, "query" => "append_messages", "backend" => backend)
-            .record(started.elapsed().as_secs_f64());
+        commit_time.record(started.elapsed().as_secs_f64());
         match result {
             Ok(appended) => {
                 let mut events = Vec::with_capacity(appended.len());
@@ -62,7 +65,7 @@ async fn run(room: RoomName, mut rx: mpsc::Receiver<WriteRequest>, store: Store,
                         events.push(event::message(&room, &a.message));
                     }
                 }
-                metrics::counter!(telemetry::MESSAGES_STORED).increment(events.len() as u64);
+                stored.increment(events.len() as u64);
                 bus.publish(events);
             }
             Err(e) => {

@@ -33,7 +33,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{AppState, error};
 use crate::{
-    chat::{ChatError, ChatService, Outbound, Reply, ReplyBody, Session, Tag, event::Encoded},
+    chat::{
+        ChatError, ChatService, Outbound, Reply, ReplyBody, Session, Tag,
+        event::{Encoded, EventKind},
+    },
     config::WsConfig,
     domain::Seq,
     store::User,
@@ -313,6 +316,9 @@ struct Conn {
     codec: Codec,
     /// `send_message` commands not yet answered: shutdown waits for them.
     inflight: usize,
+    /// Messages and events written to this socket, counted per flush.
+    delivered: metrics::Counter,
+    unflushed: u64,
 }
 
 /// The session loop shared by both transports: frames in become chat commands; the outbound
@@ -327,7 +333,8 @@ async fn run_session(
 ) {
     let chat = state.chat.clone();
     let (session, mut outbound) = chat.open_session(user);
-    let mut conn = Conn { chat, session, sink, codec, inflight: 0 };
+    let delivered = metrics::counter!(telemetry::MESSAGES_DELIVERED, "transport" => codec.label());
+    let mut conn = Conn { chat, session, sink, codec, inflight: 0, delivered, unflushed: 0 };
     metrics::gauge!(telemetry::WS_SESSIONS, "transport" => codec.label()).increment(1.0);
     let kick = conn.session.handle.kick.clone();
     let shutdown: CancellationToken = state.shutdown.clone();
@@ -437,12 +444,16 @@ impl Conn {
                 Err(_) => break,
             }
         }
+        self.delivered.increment(std::mem::take(&mut self.unflushed));
         self.sink.flush().await
     }
 
     async fn feed(&mut self, out: Outbound) -> Result<(), WsError> {
         match out {
-            Outbound::Event(ev) => self.sink.feed(Message::Text(self.codec.event(&ev))).await,
+            Outbound::Event(ev) => {
+                self.unflushed += u64::from(matches!(ev.kind, EventKind::Message { .. }));
+                self.sink.feed(Message::Text(self.codec.event(&ev))).await
+            }
             Outbound::Reply(reply) => {
                 if reply.settles_send() {
                     self.inflight = self.inflight.saturating_sub(1);
