@@ -34,6 +34,7 @@ pub struct App {
     metrics: Option<(TcpAcceptor, SocketAddr)>,
     /// Stops background tasks (the Redis bus) once sessions are done.
     background: CancellationToken,
+    background_tasks: TaskTracker,
 }
 
 /// Opens the configured store, applying migrations if `migrate` is set.
@@ -86,10 +87,15 @@ impl App {
         };
         let hub = Hub::new(store.clone());
         let background = CancellationToken::new();
+        let background_tasks = TaskTracker::new();
         let bus = match &config.redis.url {
-            Some(url) => Bus::redis(url.expose(), &config.redis.prefix, Arc::clone(&hub), background.clone())
-                .await
-                .with_context(|| format!("cannot connect to Redis at {}", crate::config::redact_url(url.expose())))?,
+            Some(url) => {
+                Bus::redis(url.expose(), &config.redis.prefix, Arc::clone(&hub), background.clone(), &background_tasks)
+                    .await
+                    .with_context(|| {
+                        format!("cannot connect to Redis at {}", crate::config::redact_url(url.expose()))
+                    })?
+            }
             None => Bus::local(Arc::clone(&hub)),
         };
         let chat = ChatService::new(
@@ -116,7 +122,7 @@ impl App {
             sessions: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         };
-        Ok(Self { state, acceptor, local_addr, metrics, background })
+        Ok(Self { state, acceptor, local_addr, metrics, background, background_tasks })
     }
 
     /// The address the HTTP server is bound to.
@@ -135,7 +141,7 @@ impl App {
 
     /// Serves until `shutdown` completes, then drains for up to `shutdown.grace`.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Self { state, acceptor, local_addr, metrics, background } = self;
+        let Self { state, acceptor, local_addr, metrics, background, background_tasks } = self;
         let stop = state.shutdown.clone();
         let grace = state.config.shutdown.grace.0;
         tracing::info!(
@@ -199,6 +205,9 @@ impl App {
         }
         chat.drain(grace).await;
         background.cancel();
+        background_tasks.close();
+        // The bus removes this node from the cluster's presence on its way out.
+        let _ = tokio::time::timeout(Duration::from_secs(2), background_tasks.wait()).await;
         let _ = sweeper.await;
         if let Some(task) = metrics_server {
             let _ = task.await;

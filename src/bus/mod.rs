@@ -11,7 +11,7 @@ mod redis;
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use self::redis::RedisBus;
 use crate::{
@@ -37,8 +37,15 @@ impl Bus {
         Self::Local(hub)
     }
 
-    pub async fn redis(url: &str, prefix: &str, hub: Arc<Hub>, stop: CancellationToken) -> Result<Self, BusError> {
-        Ok(Self::Redis(RedisBus::connect(url, prefix, hub, stop).await?))
+    /// Connects to Redis; the bus's tasks run on `tasks` until `stop` is cancelled.
+    pub async fn redis(
+        url: &str,
+        prefix: &str,
+        hub: Arc<Hub>,
+        stop: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Result<Self, BusError> {
+        Ok(Self::Redis(RedisBus::connect(url, prefix, hub, stop, tasks).await?))
     }
 
     /// Delivers `events` (in order) on this node and, when clustered, to the other nodes.

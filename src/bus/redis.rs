@@ -23,7 +23,7 @@ use futures_util::StreamExt as _;
 use redis::{AsyncCommands as _, aio::ConnectionManager};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
 
 use super::BusError;
@@ -40,6 +40,9 @@ use crate::{
 /// gap from the store when they notice it).
 const PUBLISH_QUEUE: usize = 65_536;
 const PUBLISH_BATCH: usize = 512;
+/// How often a node publishes its rooms' member counts, and how long they count as current.
+const PRESENCE_EVERY: Duration = Duration::from_secs(5);
+const PRESENCE_TTL_SECS: i64 = 20;
 
 enum Control {
     Subscribe(String, oneshot::Sender<()>),
@@ -59,10 +62,21 @@ struct Inner {
     publish_tx: mpsc::Sender<(String, Vec<u8>)>,
     control_tx: mpsc::UnboundedSender<Control>,
     connected: AtomicBool,
+    /// For presence reads and writes (publishing has its own clone).
+    conn: ConnectionManager,
+    /// `<prefix>:nodes` (live instances by heartbeat) and `<prefix>:presence:` (room counts).
+    nodes_key: String,
+    presence_prefix: String,
 }
 
 impl RedisBus {
-    pub async fn connect(url: &str, prefix: &str, hub: Arc<Hub>, stop: CancellationToken) -> Result<Self, BusError> {
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        hub: Arc<Hub>,
+        stop: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Result<Self, BusError> {
         let client = redis::Client::open(url).map_err(BusError::Connect)?;
         let publisher = client.get_connection_manager().await.map_err(BusError::Connect)?;
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
@@ -74,9 +88,13 @@ impl RedisBus {
             publish_tx,
             control_tx,
             connected: AtomicBool::new(false),
+            conn: publisher.clone(),
+            nodes_key: format!("{prefix}:nodes"),
+            presence_prefix: format!("{prefix}:presence:"),
         });
-        tokio::spawn(run_publisher(publisher, publish_rx, stop.clone()));
-        tokio::spawn(run_subscriber(client, Arc::clone(&inner), control_rx, stop));
+        tasks.spawn(run_presence(Arc::clone(&inner), stop.clone()));
+        tasks.spawn(run_publisher(publisher, publish_rx, stop.clone()));
+        tasks.spawn(run_subscriber(client, Arc::clone(&inner), control_rx, stop));
         Ok(Self { inner })
     }
 
@@ -102,6 +120,39 @@ impl RedisBus {
         let (tx, rx) = oneshot::channel();
         let _ = self.inner.control_tx.send(Control::Subscribe(self.channel(room), tx));
         rx
+    }
+
+    /// Members of each of `rooms` on the *other* live nodes (as of their last heartbeat).
+    pub async fn remote_member_counts(&self, rooms: &[String]) -> Vec<u64> {
+        let mut totals = vec![0u64; rooms.len()];
+        if rooms.is_empty() {
+            return totals;
+        }
+        let mut conn = self.inner.conn.clone();
+        let since = chrono::Utc::now().timestamp() - PRESENCE_TTL_SECS;
+        let nodes: Vec<String> = conn.zrangebyscore(&self.inner.nodes_key, since, "+inf").await.unwrap_or_default();
+        let me = format!("{:016x}", self.inner.instance);
+        let others: Vec<&String> = nodes.iter().filter(|n| **n != me).collect();
+        if others.is_empty() {
+            return totals;
+        }
+        let mut pipe = redis::pipe();
+        for node in &others {
+            pipe.cmd("HMGET").arg(format!("{}{node}", self.inner.presence_prefix)).arg(rooms);
+        }
+        let counts: Vec<Vec<Option<u64>>> = match pipe.query_async(&mut conn).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "presence read failed");
+                return totals;
+            }
+        };
+        for node in counts {
+            for (total, n) in totals.iter_mut().zip(node) {
+                *total += n.unwrap_or(0);
+            }
+        }
+        totals
     }
 
     pub fn unsubscribe(&self, room: &RoomName) {
@@ -173,6 +224,39 @@ async fn run_publisher(
         }
         batch.clear();
     }
+}
+
+/// Heartbeat and member counts of this node, for `GET /api/rooms` on every node. Counts are
+/// a snapshot every few seconds; a node that stops refreshing drops out after the TTL.
+async fn run_presence(inner: Arc<Inner>, stop: CancellationToken) {
+    let key = format!("{}{:016x}", inner.presence_prefix, inner.instance);
+    let me = format!("{:016x}", inner.instance);
+    let mut conn = inner.conn.clone();
+    let mut every = tokio::time::interval(PRESENCE_EVERY);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = stop.cancelled() => break,
+        }
+        let now = chrono::Utc::now().timestamp();
+        let counts: Vec<(String, usize)> =
+            inner.hub.member_counts().into_iter().filter(|(_, n)| *n > 0).map(|(r, n)| (r.to_string(), n)).collect();
+        let mut pipe = redis::pipe();
+        pipe.atomic().del(&key).ignore();
+        if !counts.is_empty() {
+            pipe.hset_multiple(&key, &counts).ignore();
+        }
+        pipe.expire(&key, PRESENCE_TTL_SECS).ignore();
+        pipe.zadd(&inner.nodes_key, &me, now).ignore();
+        pipe.zrembyscore(&inner.nodes_key, "-inf", now - PRESENCE_TTL_SECS).ignore();
+        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            tracing::debug!(error = %e, "presence heartbeat failed");
+        }
+    }
+    // Leaving: other nodes stop counting our members at once rather than after the TTL.
+    let mut pipe = redis::pipe();
+    pipe.del(&key).ignore().zrem(&inner.nodes_key, &me).ignore();
+    let _ = tokio::time::timeout(Duration::from_secs(1), pipe.query_async::<()>(&mut conn)).await;
 }
 
 async fn run_subscriber(

@@ -378,6 +378,18 @@ impl Hub {
             .collect()
     }
 
+    /// Every room here with its member count.
+    pub fn member_counts(&self) -> Vec<(RoomName, usize)> {
+        let rooms: Vec<Arc<Room>> = self
+            .shards
+            .iter()
+            .flat_map(|s| {
+                s.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect::<Vec<_>>()
+            })
+            .collect();
+        rooms.iter().map(|r| (r.name.clone(), r.member_count())).collect()
+    }
+
     /// Members of `room` on this node.
     pub fn member_count(&self, room: &RoomName) -> usize {
         self.get(room).map_or(0, |r| r.member_count())

@@ -150,9 +150,17 @@ impl ChatService {
         &self.inner.store
     }
 
-    /// Members of `room` on this node.
-    pub fn member_count(&self, room: &str) -> usize {
-        RoomName::parse(room).map_or(0, |r| self.inner.hub.member_count(&r))
+    /// Members of each of `rooms` connected to any node: this node's count, plus — when
+    /// clustered — what the other live nodes last reported.
+    pub async fn member_counts(&self, rooms: &[String]) -> Vec<u64> {
+        let mut counts: Vec<u64> =
+            rooms.iter().map(|r| RoomName::parse(r).map_or(0, |r| self.inner.hub.member_count(&r) as u64)).collect();
+        if let Bus::Redis(bus) = &self.inner.bus {
+            for (total, remote) in counts.iter_mut().zip(bus.remote_member_counts(rooms).await) {
+                *total += remote;
+            }
+        }
+        counts
     }
 
     /// Forgets rate-limit state of users who went quiet. Call periodically.

@@ -40,13 +40,6 @@ pub struct AppState {
     pub shutdown: CancellationToken,
 }
 
-impl AppState {
-    /// Members of `room` currently joined on this node.
-    pub fn members(&self, room: &str) -> u64 {
-        self.chat.member_count(room) as u64
-    }
-}
-
 /// All routes with their middleware.
 pub fn routes(state: AppState) -> impl Endpoint + 'static {
     let api = api::service();

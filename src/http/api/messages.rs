@@ -61,7 +61,7 @@ struct RoomView {
     name: String,
     /// Seq of the room's latest message.
     last_seq: Seq,
-    /// Members currently joined on this node.
+    /// Members currently joined, on every node (other nodes' counts refresh every few seconds).
     members: u64,
 }
 
@@ -109,9 +109,12 @@ impl MessagesApi {
     async fn rooms(&self, req: &Request, _auth: BearerAuth) -> Result<Json<RoomsBody>, ApiError> {
         let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
         let rooms = state.store.list_rooms().await?;
+        let names: Vec<String> = rooms.iter().map(|r| r.name.clone()).collect();
+        let members = state.chat.member_counts(&names).await;
         let rooms = rooms
             .into_iter()
-            .map(|r| RoomView { members: state.members(&r.name), name: r.name, last_seq: r.last_seq })
+            .zip(members)
+            .map(|(r, members)| RoomView { members, name: r.name, last_seq: r.last_seq })
             .collect();
         Ok(Json(RoomsBody { rooms }))
     }
