@@ -121,6 +121,7 @@ impl App {
             chat,
             sessions: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            polling: crate::http::ws::polling::Registry::default(),
         };
         Ok(Self { state, acceptor, local_addr, metrics, background, background_tasks })
     }

@@ -38,6 +38,8 @@ pub struct AppState {
     pub sessions: TaskTracker,
     /// Cancelled when the node starts shutting down: sessions close with 1001.
     pub shutdown: CancellationToken,
+    /// Socket.IO connections still on long-polling, waiting to upgrade.
+    pub polling: ws::polling::Registry,
 }
 
 /// All routes with their middleware.

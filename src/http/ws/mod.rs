@@ -6,6 +6,7 @@
 //! into a `String` per socket, and the buffers are sized for many idle connections.
 
 pub mod native;
+pub mod polling;
 pub mod socketio;
 
 use std::{future::Future, time::Duration};
@@ -119,14 +120,15 @@ pub async fn native_endpoint(req: &Request, state: Data<&AppState>) -> Response 
     upgrade(req, &state, move |socket, state| async move {
         let (sink, stream) = socket.split();
         let hello = native::hello(&user, &state.node_id);
-        run_session(sink, stream, state, user, Codec::Native, vec![hello]).await;
+        run_session(sink, stream, state, user, Codec::Native, vec![hello], Vec::new()).await;
     })
 }
 
-/// `GET /socket.io/?EIO=4&transport=websocket`: Socket.IO clients. The token arrives later, in
-/// the CONNECT packet, so authentication happens after the upgrade.
+/// `/socket.io/?EIO=4&transport=…`: Socket.IO clients. The token arrives later, in the CONNECT
+/// packet, so authentication happens inside the protocol. `transport=polling` serves the
+/// long-polling start of default clients until they upgrade (see [`polling`]).
 #[handler]
-pub async fn socketio_endpoint(req: &Request, state: Data<&AppState>) -> Response {
+pub async fn socketio_endpoint(req: &Request, state: Data<&AppState>, body: poem::Body) -> Response {
     let query: Vec<(String, String)> =
         req.uri().query().map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
     let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
@@ -137,34 +139,102 @@ pub async fn socketio_endpoint(req: &Request, state: Data<&AppState>) -> Respons
             "unsupported_protocol",
         );
     }
-    if param("transport") != Some("websocket") {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "only the websocket transport is supported: create the client with { transports: [\"websocket\"] }",
-            "transport_unsupported",
-        );
+    let sid = param("sid");
+    match (param("transport"), req.method().as_str(), sid) {
+        (Some("polling"), "GET", None) => return polling::open(&state),
+        (Some("polling"), "GET", Some(sid)) => return polling::poll(&state, sid).await,
+        (Some("polling"), "POST", Some(sid)) => {
+            let Ok(body) = body.into_string().await else {
+                return json_error(StatusCode::BAD_REQUEST, "polling payloads are UTF-8 text", "invalid_payload");
+            };
+            return polling::post(&state, sid, &body).await;
+        }
+        (Some("websocket"), _, _) => {}
+        _ => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported transport: use websocket (or polling, upgraded to websocket)",
+                "transport_unsupported",
+            );
+        }
     }
     if let Err(resp) = check_upgrade(req, &state) {
         return *resp;
     }
+    if let Some(sid) = sid {
+        let Some(session) = state.polling.get(sid) else {
+            return json_error(StatusCode::BAD_REQUEST, "unknown or expired sid", "invalid_session");
+        };
+        return upgrade(req, &state, move |socket, state| async move {
+            let (mut sink, mut stream) = socket.split();
+            let upgraded = finish_upgrade(&mut sink, &mut stream, &session, &state).await;
+            state.polling.remove(&session.sid);
+            match upgraded {
+                Some((user, greeting, replay)) => {
+                    run_session(sink, stream, state, user, Codec::SocketIo, greeting, replay).await;
+                }
+                None => {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+                }
+            }
+        });
+    }
     upgrade(req, &state, |socket, state| async move {
         let (mut sink, mut stream) = socket.split();
-        if let Some((user, sid)) = socketio_handshake(&mut sink, &mut stream, &state).await {
-            run_session(sink, stream, state, user, Codec::SocketIo, vec![socketio::connected(&sid)]).await;
+        let sid = uuid::Uuid::new_v4().simple().to_string();
+        let opened = sink.send(Message::Text(open_packet(&state, &sid, false))).await.is_ok();
+        if let Some(user) = if opened { socketio_handshake(&mut sink, &mut stream, &state).await } else { None } {
+            run_session(sink, stream, state, user, Codec::SocketIo, vec![socketio::connected(&sid)], Vec::new()).await;
         } else {
             let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
         }
     })
 }
 
-/// Engine.IO OPEN, then waits for a CONNECT to the default namespace with a valid token.
-/// Refused attempts get CONNECT_ERROR and may be retried on the same connection.
-async fn socketio_handshake(sink: &mut Sink, stream: &mut Stream, state: &AppState) -> Option<(User, String)> {
+/// Engine.IO OPEN for this server's heartbeat settings.
+fn open_packet(state: &AppState, sid: &str, upgrades: bool) -> Utf8Bytes {
     let ws = &state.config.ws;
-    let sid = uuid::Uuid::new_v4().simple().to_string();
     let ping_timeout = ws.idle_timeout.0.saturating_sub(ws.ping_interval.0);
-    let open = socketio::open(&sid, ws.ping_interval.0.as_millis(), ping_timeout.as_millis(), ws.max_frame);
-    sink.send(Message::Text(open)).await.ok()?;
+    socketio::open(sid, upgrades, ws.ping_interval.0.as_millis(), ping_timeout.as_millis(), ws.max_frame)
+}
+
+/// The user a CONNECT's auth payload (`{"token": "…"}`) belongs to, if the token is valid.
+async fn connect_user(state: &AppState, auth: &str) -> Option<User> {
+    let token = socketio::token(auth)?;
+    state.auth.authenticate(&token).await.ok()
+}
+
+/// The WebSocket half of a polling upgrade: `2probe` → `3probe`, then `5`. Returns the user
+/// (waiting for a CONNECT here if none came over polling), the packets the client has not
+/// polled yet, and the events it sent before upgrading.
+async fn finish_upgrade(
+    sink: &mut Sink,
+    stream: &mut Stream,
+    session: &polling::PollSession,
+    state: &AppState,
+) -> Option<(User, Vec<Utf8Bytes>, Vec<String>)> {
+    let wait = state.config.ws.idle_timeout.0;
+    loop {
+        let Message::Text(text) = tokio::time::timeout(wait, stream.next()).await.ok()??.ok()? else { continue };
+        match text.as_str() {
+            "2probe" => sink.send(Message::text("3probe")).await.ok()?,
+            "5" => break,
+            _ => return None,
+        }
+    }
+    let (user, outbox, inbox) = session.upgrade();
+    let greeting = outbox.into_iter().map(Utf8Bytes::from).collect();
+    let user = match user {
+        Some(user) => user,
+        None => socketio_handshake(sink, stream, state).await?,
+    };
+    Some((user, greeting, inbox))
+}
+
+/// Waits for a CONNECT to the default namespace with a valid token. Refused attempts get
+/// CONNECT_ERROR and may be retried on the same connection.
+async fn socketio_handshake(sink: &mut Sink, stream: &mut Stream, state: &AppState) -> Option<User> {
+    let ws = &state.config.ws;
     let mut attempts = 0;
     loop {
         let frame = tokio::time::timeout(ws.idle_timeout.0, stream.next()).await.ok()??.ok()?;
@@ -172,13 +242,8 @@ async fn socketio_handshake(sink: &mut Sink, stream: &mut Stream, state: &AppSta
         let answer = match socketio::parse(&text) {
             socketio::Packet::Connect { nsp: "/", auth } => {
                 attempts += 1;
-                let token = socketio::token(auth);
-                let user = match token {
-                    Some(token) => state.auth.authenticate(&token).await.ok(),
-                    None => None,
-                };
-                if let Some(user) = user {
-                    return Some((user, sid));
+                if let Some(user) = connect_user(state, auth).await {
+                    return Some(user);
                 }
                 socketio::connect_error("/", "unauthorized")
             }
@@ -330,6 +395,7 @@ async fn run_session(
     user: User,
     codec: Codec,
     greeting: Vec<Utf8Bytes>,
+    replay: Vec<String>,
 ) {
     let chat = state.chat.clone();
     let (session, mut outbound) = chat.open_session(user);
@@ -348,6 +414,12 @@ async fn run_session(
         greeted &= conn.sink.feed(Message::Text(frame)).await.is_ok();
     }
     let mut end = if greeted && conn.sink.flush().await.is_ok() { End::Client } else { End::Error };
+    // Events a Socket.IO client sent over polling before it upgraded.
+    for text in replay {
+        if end == End::Client && !matches!(conn.handle_text(&text).await, Ok(true)) {
+            end = End::Error;
+        }
+    }
     if end == End::Client {
         end = loop {
             tokio::select! {

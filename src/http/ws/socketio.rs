@@ -79,10 +79,11 @@ pub fn parse(text: &str) -> Packet<'_> {
 }
 
 /// Engine.IO OPEN: session id and heartbeat settings.
-pub fn open(sid: &str, ping_interval_ms: u128, ping_timeout_ms: u128, max_payload: usize) -> Utf8Bytes {
+pub fn open(sid: &str, upgrades: bool, ping_interval_ms: u128, ping_timeout_ms: u128, max_payload: usize) -> Utf8Bytes {
+    let upgrades: &[&str] = if upgrades { &["websocket"] } else { &[] };
     let body = serde_json::json!({
         "sid": sid,
-        "upgrades": [],
+        "upgrades": upgrades,
         "pingInterval": ping_interval_ms,
         "pingTimeout": ping_timeout_ms,
         "maxPayload": max_payload,
