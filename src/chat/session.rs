@@ -15,8 +15,9 @@ use crate::domain::Seq;
 pub enum Outbound {
     /// A fan-out event, shared by every recipient.
     Event(Arc<Encoded>),
-    /// The answer to one of this session's commands, encoded by its transport's codec.
-    Reply(Reply),
+    /// The answer to one of this session's commands, encoded by its transport's codec. Boxed so
+    /// a queue slot is two words: tokio allocates a connection's first block of slots up front.
+    Reply(Box<Reply>),
 }
 
 /// Which command a reply answers: the native `ref` and/or the Socket.IO ack id.
@@ -99,5 +100,17 @@ impl SessionHandle {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // tokio allocates a connection's first block of 32 queue slots when the channel is made, so
+    // the slot size is per-connection memory for every idle client.
+    #[test]
+    fn a_queue_slot_is_two_words() {
+        assert_eq!(std::mem::size_of::<Outbound>(), 2 * std::mem::size_of::<usize>());
     }
 }

@@ -60,7 +60,7 @@ async fn run(room: RoomName, mut rx: mpsc::Receiver<WriteRequest>, store: Store,
                 let mut events = Vec::with_capacity(appended.len());
                 for (req, a) in requests.drain(..).zip(appended) {
                     let body = ReplyBody::Sent { id: a.message.id, seq: a.message.seq };
-                    req.reply_to.offer(Outbound::Reply(Reply::new(req.tag, body)));
+                    req.reply_to.offer(Outbound::Reply(Box::new(Reply::new(req.tag, body))));
                     if !a.duplicate {
                         events.push(event::message(&room, &a.message));
                     }
@@ -73,7 +73,7 @@ async fn run(room: RoomName, mut rx: mpsc::Receiver<WriteRequest>, store: Store,
                 tracing::warn!(room = %room, error = ?e, count = requests.len(), "storing messages failed");
                 for req in requests.drain(..) {
                     let reply = Reply::error(req.tag, code, "the message could not be stored; try again");
-                    req.reply_to.offer(Outbound::Reply(reply));
+                    req.reply_to.offer(Outbound::Reply(Box::new(reply)));
                 }
             }
         }

@@ -499,7 +499,7 @@ async fn run_session(
 impl Conn {
     /// Writes a reply at once (flushed).
     async fn reply(&mut self, reply: Reply) -> Result<(), WsError> {
-        self.feed(Outbound::Reply(reply)).await?;
+        self.feed(Outbound::Reply(Box::new(reply))).await?;
         self.sink.flush().await
     }
 
