@@ -340,14 +340,7 @@ impl Hub {
     /// After the bus may have lost events (reconnect): compare every room with the store and
     /// repair what is missing.
     pub fn resync_all(self: &Arc<Self>) {
-        let rooms: Vec<Arc<Room>> = self
-            .shards
-            .iter()
-            .flat_map(|s| {
-                s.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect::<Vec<_>>()
-            })
-            .collect();
-        for room in rooms {
+        for room in self.rooms() {
             let hub = Arc::clone(self);
             tokio::spawn(async move {
                 let Ok(latest) = hub.store.last_seq(&room.name).await else { return };
@@ -368,26 +361,19 @@ impl Hub {
         }
     }
 
-    /// Names of the rooms with members here (to resubscribe after a reconnect).
-    pub fn room_names(&self) -> Vec<RoomName> {
+    /// Every room with members here.
+    fn rooms(&self) -> Vec<Arc<Room>> {
         self.shards
             .iter()
             .flat_map(|s| {
-                s.lock().unwrap_or_else(std::sync::PoisonError::into_inner).keys().cloned().collect::<Vec<_>>()
+                s.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect::<Vec<_>>()
             })
             .collect()
     }
 
     /// Every room here with its member count.
     pub fn member_counts(&self) -> Vec<(RoomName, usize)> {
-        let rooms: Vec<Arc<Room>> = self
-            .shards
-            .iter()
-            .flat_map(|s| {
-                s.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect::<Vec<_>>()
-            })
-            .collect();
-        rooms.iter().map(|r| (r.name.clone(), r.member_count())).collect()
+        self.rooms().iter().map(|r| (r.name.clone(), r.member_count())).collect()
     }
 
     /// Members of `room` on this node.

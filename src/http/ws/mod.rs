@@ -341,7 +341,7 @@ where
 /// Small buffers for many mostly idle connections; a bounded write backlog.
 fn ws_config(ws: &WsConfig) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(1024 * 1024)
         .max_message_size(Some(ws.max_frame))
@@ -416,7 +416,7 @@ async fn run_session(
     let mut end = if greeted && conn.sink.flush().await.is_ok() { End::Client } else { End::Error };
     // Events a Socket.IO client sent over polling before it upgraded.
     for text in replay {
-        if end == End::Client && !matches!(conn.handle_text(&text).await, Ok(true)) {
+        if end == End::Client && !matches!(Box::pin(conn.handle_text(&text)).await, Ok(true)) {
             end = End::Error;
         }
     }
@@ -428,7 +428,9 @@ async fn run_session(
                     match frame {
                         Some(Ok(Message::Text(text))) => {
                             let handled = tokio::select! {
-                                r = tokio::time::timeout(ws.idle_timeout.0, conn.handle_text(&text)) => r,
+                                // Boxed: a command's future (a join streams history) is far larger
+                                // than the idle loop, and every idle connection would carry it.
+                                r = tokio::time::timeout(ws.idle_timeout.0, Box::pin(conn.handle_text(&text))) => r,
                                 () = kick.cancelled() => break End::Slow,
                             };
                             match handled {
@@ -472,7 +474,7 @@ async fn run_session(
                     if conn.sink.send(codec.heartbeat()).await.is_err() { break End::Error; }
                 }
                 () = shutdown.cancelled() => {
-                    conn.finish_inflight(&mut outbound, state.config.shutdown.grace.0).await;
+                    Box::pin(conn.finish_inflight(&mut outbound, state.config.shutdown.grace.0)).await;
                     break End::Shutdown;
                 }
             }
