@@ -45,16 +45,17 @@ pub enum Packet<'a> {
 
 /// Classifies a text frame.
 pub fn parse(text: &str) -> Packet<'_> {
-    let mut chars = text.char_indices();
-    match chars.next().map(|(_, c)| c) {
+    let mut chars = text.chars();
+    match chars.next() {
         Some('2') => return Packet::EioPing,
         Some('1') => return Packet::Close,
         Some('4') => {}
         Some('3' | '5' | '6') => return Packet::EioOther,
         _ => return Packet::Malformed,
     }
-    let Some(kind) = text[1..].chars().next() else { return Packet::Malformed };
-    let mut rest = &text[2..];
+    // By characters, not bytes: a multi-byte character here is malformed, not a panic.
+    let Some(kind) = chars.next() else { return Packet::Malformed };
+    let mut rest = chars.as_str();
     let mut nsp = "/";
     if rest.starts_with('/') {
         if let Some(i) = rest.find(',') {
@@ -200,6 +201,9 @@ mod tests {
         assert_eq!(parse("x"), Packet::Malformed);
         assert_eq!(parse(""), Packet::Malformed);
         assert_eq!(parse("4"), Packet::Malformed);
+        assert_eq!(parse("4é"), Packet::Malformed);
+        assert_eq!(parse("4é[]"), Packet::Malformed);
+        assert_eq!(parse("é"), Packet::Malformed);
     }
 
     #[test]
