@@ -313,6 +313,9 @@ struct Conn {
     codec: Codec,
     /// `send_message` commands not yet answered: shutdown waits for them.
     inflight: usize,
+    /// Binary frames still due as attachments of a refused Socket.IO binary packet: dropped
+    /// quietly, since the packet itself was already answered.
+    attachments_to_skip: usize,
 }
 
 /// The session loop shared by both transports: frames in become chat commands; the outbound
@@ -327,7 +330,7 @@ async fn run_session(
 ) {
     let chat = state.chat.clone();
     let (session, mut outbound) = chat.open_session(user);
-    let mut conn = Conn { chat, session, sink, codec, inflight: 0 };
+    let mut conn = Conn { chat, session, sink, codec, inflight: 0, attachments_to_skip: 0 };
     metrics::gauge!(telemetry::WS_SESSIONS, "transport" => codec.label()).increment(1.0);
     let kick = conn.session.handle.kick.clone();
     let shutdown: CancellationToken = state.shutdown.clone();
@@ -357,6 +360,9 @@ async fn run_session(
                                 Ok(Ok(false)) => break End::Client,
                                 _ => break End::Error,
                             }
+                        }
+                        Some(Ok(Message::Binary(_))) if conn.attachments_to_skip > 0 => {
+                            conn.attachments_to_skip -= 1;
                         }
                         Some(Ok(Message::Binary(_))) => {
                             let message = "binary frames are not supported; send JSON text";
@@ -476,7 +482,7 @@ impl Conn {
         }
     }
 
-    fn decode(&self, text: &str) -> Inbound {
+    fn decode(&mut self, text: &str) -> Inbound {
         match self.codec {
             Codec::Native => match native::decode(text) {
                 Ok((cmd, tag)) => Inbound::Command(cmd, tag),
@@ -489,7 +495,10 @@ impl Conn {
                 },
                 socketio::Packet::EioPing => Inbound::Answer("3"),
                 socketio::Packet::Close => Inbound::Close,
-                socketio::Packet::Binary => Inbound::Invalid(Tag::default(), "binary packets are not supported".into()),
+                socketio::Packet::Binary { attachments, ack_id } => {
+                    self.attachments_to_skip = attachments;
+                    Inbound::Invalid(Tag { cmd_ref: None, ack_id }, "binary packets are not supported".into())
+                }
                 socketio::Packet::Malformed => Inbound::Invalid(Tag::default(), "malformed Socket.IO packet".into()),
                 _ => Inbound::Nothing,
             },
@@ -498,6 +507,8 @@ impl Conn {
 
     /// Handles one text frame. `Ok(false)`: the client asked to close.
     async fn handle_text(&mut self, text: &str) -> Result<bool, WsError> {
+        // Attachments follow their packet at once; a text frame means no more are coming.
+        self.attachments_to_skip = 0;
         let (cmd, tag) = match self.decode(text) {
             Inbound::Command(cmd, tag) => (cmd, tag),
             Inbound::Invalid(tag, message) => {
