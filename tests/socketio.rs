@@ -706,15 +706,27 @@ async fn binary_packets_and_frames_are_refused_politely() {
     sio.join(1, "general").await;
     let invalid_payload = json!({ "message": "Invalid message payload." });
 
-    // BINARY_EVENT with one attachment, as socket.io-client sends an emit with a Buffer.
+    let refused = json!({ "type": "error", "code": "invalid_payload", "message": "binary packets are not supported" });
+    let binary_frame = || Message::binary(vec![1_u8, 2, 3]);
+
+    // BINARY_EVENT with one attachment, as socket.io-client sends an emit with a Buffer: one
+    // error for the packet; its attachment, a binary WebSocket frame, is dropped quietly.
     sio.send(r#"451-["send_message",{"room":"general","content":{"_placeholder":true,"num":0}}]"#).await;
-    assert_eq!(
-        sio.expect_event("error").await,
-        json!({ "type": "error", "code": "invalid_payload", "message": "binary packets are not supported" })
-    );
+    assert_eq!(sio.expect_event("error").await, refused);
     assert_eq!(sio.expect_event("system").await, invalid_payload);
-    // ... and its attachment, a binary WebSocket frame.
-    sio.ws.send(Message::binary(vec![1_u8, 2, 3])).await.expect("send binary");
+    sio.ws.send(binary_frame()).await.expect("send binary");
+    sio.sync(10).await;
+
+    // With an ack id (an emit with a callback): the callback gets the error.
+    sio.send(r#"452-12["send_message",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#).await;
+    assert_eq!(sio.ack(12).await, refused);
+    assert_eq!(sio.expect_event("system").await, invalid_payload);
+    sio.ws.send(binary_frame()).await.expect("send binary");
+    sio.ws.send(binary_frame()).await.expect("send binary");
+    sio.sync(11).await;
+
+    // A binary frame that is no attachment gets its own error.
+    sio.ws.send(binary_frame()).await.expect("send binary");
     assert_eq!(
         sio.expect_event("error").await,
         json!({
@@ -723,10 +735,21 @@ async fn binary_packets_and_frames_are_refused_politely() {
         })
     );
     assert_eq!(sio.expect_event("system").await, invalid_payload);
-    // BINARY_ACK, and a binary event with an ack id.
-    sio.send(r#"461-7[{"_placeholder":true,"num":0}]"#).await;
-    assert_eq!(sio.expect_event("error").await["message"], "binary packets are not supported");
+    // Nor does one after a text frame: attachments come right after their packet.
+    sio.send(r#"451-["x",{"_placeholder":true,"num":0}]"#).await;
+    assert_eq!(sio.expect_event("error").await, refused);
     assert_eq!(sio.expect_event("system").await, invalid_payload);
+    sio.sync(13).await;
+    sio.ws.send(binary_frame()).await.expect("send binary");
+    assert_eq!(sio.expect_event("error").await["message"], "binary frames are not supported; send JSON text");
+    assert_eq!(sio.expect_event("system").await, invalid_payload);
+
+    // BINARY_ACK (we never ask for acks, so its id answers nothing): an error event.
+    sio.send(r#"461-7[{"_placeholder":true,"num":0}]"#).await;
+    assert_eq!(sio.expect_event("error").await, refused);
+    assert_eq!(sio.expect_event("system").await, invalid_payload);
+    sio.ws.send(binary_frame()).await.expect("send binary");
+    sio.sync(14).await;
 
     // The connection is still usable.
     assert_eq!(sio.send_message(2, "general", "text is fine").await["seq"], 1);

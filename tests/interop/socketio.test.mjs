@@ -342,6 +342,18 @@ describe("chatting across transports and nodes", { skip: SKIP }, () => {
 
     const notJoined = await emitWithCallback(a.socket, "send_message", { room: "random", content: "hi" });
     assert.equal(notJoined.code, "not_joined");
+
+    // Binary payloads are refused, to the callback; the connection stays usable.
+    const binary = await emitWithCallback(a.socket, "send_message", {
+      room: "general",
+      content: Buffer.from("hi"),
+    });
+    assert.deepEqual(binary, { type: "error", code: "invalid_payload", message: "binary packets are not supported" });
+    assert.deepEqual(await a.inbox.take("system"), { message: "Invalid message payload." });
+    const pong = await emitWithCallback(a.socket, "ping", {});
+    assert.deepEqual(pong, { type: "pong" });
+    assert.deepEqual(a.inbox.pending("error"), [], "one answer per binary emit");
+    assert.deepEqual(a.inbox.pending("system"), []);
   });
 
   test("message events only for rooms the socket joined", async () => {
