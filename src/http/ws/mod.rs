@@ -85,8 +85,8 @@ impl Codec {
 enum Inbound {
     Command(Command, Tag),
     Invalid(Tag, String),
-    /// Answer with this frame (Engine.IO ping from the client).
-    Answer(&'static str),
+    /// Answer with this frame (Engine.IO ping from the client, CONNECT to another namespace).
+    Answer(Utf8Bytes),
     Nothing,
     Close,
 }
@@ -493,7 +493,12 @@ impl Conn {
                     Ok((cmd, tag)) => Inbound::Command(cmd, tag),
                     Err(e) => Inbound::Invalid(e.tag, e.message),
                 },
-                socketio::Packet::EioPing => Inbound::Answer("3"),
+                socketio::Packet::EioPing => Inbound::Answer(Utf8Bytes::from_static("3")),
+                // socket.io-client multiplexes namespaces on one connection: a CONNECT to another
+                // can come at any time, and its socket waits for an answer.
+                socketio::Packet::Connect { nsp, .. } if nsp != "/" => {
+                    Inbound::Answer(socketio::connect_error(nsp, "Invalid namespace"))
+                }
                 socketio::Packet::Close => Inbound::Close,
                 socketio::Packet::Binary { attachments, ack_id } => {
                     self.attachments_to_skip = attachments;
@@ -514,7 +519,7 @@ impl Conn {
             Inbound::Invalid(tag, message) => {
                 return self.reply(Reply::error(tag, "invalid_payload", message)).await.map(|()| true);
             }
-            Inbound::Answer(frame) => return self.sink.send(Message::text(frame)).await.map(|()| true),
+            Inbound::Answer(frame) => return self.sink.send(Message::Text(frame)).await.map(|()| true),
             Inbound::Nothing => return Ok(true),
             Inbound::Close => return Ok(false),
         };
