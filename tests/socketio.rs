@@ -486,6 +486,23 @@ async fn other_namespaces_get_connect_error() {
     sio.sync(1).await;
 }
 
+/// socket.io-client multiplexes `io(url)` and `io(url + "/admin")` on one connection, so a
+/// CONNECT to another namespace can come after the default one connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_namespaces_get_connect_error_after_the_default_one_connected_too() {
+    let node = sqlite_node(|_| {}).await;
+    let alice = node.register("alice").await;
+    let mut sio = Sio::connect(node.addr, &alice.token).await;
+    sio.join(1, "general").await;
+    sio.send(&format!("40/admin,{}", json!({ "token": alice.token }))).await;
+    assert_eq!(sio.text().await, r#"44/admin,{"message":"Invalid namespace"}"#);
+    // Its events and disconnect are ignored; the default namespace carries on.
+    sio.send(r#"42/admin,1["ping"]"#).await;
+    sio.send("41/admin,").await;
+    sio.sync(2).await;
+    assert_eq!(sio.send_message(3, "general", "still connected").await["seq"], 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_before_connect_ends_the_connection() {
     let node = sqlite_node(|_| {}).await;

@@ -356,6 +356,17 @@ describe("chatting across transports and nodes", { skip: SKIP }, () => {
     assert.deepEqual(a.inbox.pending("system"), []);
   });
 
+  test("another namespace on the same connection gets connect_error", async () => {
+    // What `io(url + "/admin")` does when it reuses the Manager of a socket on `url`.
+    const admin = a.socket.io.socket("/admin", { auth: { token: alice.token } });
+    open.push(() => admin.disconnect());
+    const err = await within(new Promise((resolve) => admin.once("connect_error", resolve)), "connect_error");
+    assert.equal(err.message, "Invalid namespace");
+    admin.disconnect();
+    assert.equal(a.socket.connected, true);
+    assert.deepEqual(await emitWithCallback(a.socket, "ping", {}), { type: "pong" });
+  });
+
   test("message events only for rooms the socket joined", async () => {
     b.send({ type: "join_room", room: "random", ref: "r1" });
     assert.equal((await b.inbox.take("ack")).room, "random");
