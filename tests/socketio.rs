@@ -110,15 +110,23 @@ async fn sqlite_node(configure: impl FnOnce(&mut Config)) -> Node {
 
 /// Two nodes sharing a fresh PostgreSQL database and Redis: `None` (after saying why) when the
 /// services are not configured and not required.
-async fn pg_redis_pair() -> Option<(Node, Node)> {
+async fn pg_redis_pair(configure: impl Fn(&mut Config)) -> Option<(Node, Node)> {
     if !Backend::Postgres.available() {
         return None;
     }
     let redis = Arc::new(TestRedis::from_env()?);
     let db = Arc::new(TestDb::create(Backend::Postgres).await);
     let secret = new_secret();
-    let a = spawn_node(&db, Some(&redis), &secret, |c| c.node_id = Some("node-a".into())).await;
-    let b = spawn_node(&db, Some(&redis), &secret, |c| c.node_id = Some("node-b".into())).await;
+    let a = spawn_node(&db, Some(&redis), &secret, |c| {
+        c.node_id = Some("node-a".into());
+        configure(c);
+    })
+    .await;
+    let b = spawn_node(&db, Some(&redis), &secret, |c| {
+        c.node_id = Some("node-b".into());
+        configure(c);
+    })
+    .await;
     Some((a, b))
 }
 
@@ -772,6 +780,25 @@ async fn binary_packets_and_frames_are_refused_politely() {
     assert_eq!(sio.send_message(2, "general", "text is fine").await["seq"], 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_over_max_payload_is_refused_and_closes_the_connection() {
+    let node = sqlite_node(|c| c.ws.max_frame = 2048).await;
+    let alice = node.register("alice").await;
+    let (mut sio, open) = Sio::open(node.addr).await;
+    assert_eq!(open["maxPayload"], 2048);
+    sio.send(&format!("40{}", json!({ "token": alice.token }))).await;
+    sio.expect_connected().await;
+    sio.join(1, "general").await;
+    sio.emit(Some(2), "send_message", &json!({ "room": "general", "content": "x".repeat(2048) })).await;
+    assert_eq!(
+        sio.expect_event("error").await,
+        json!({ "type": "error", "code": "invalid_payload", "message": "frame larger than 2048 bytes" })
+    );
+    assert_eq!(sio.expect_event("system").await, json!({ "message": "Invalid message payload." }));
+    let close = sio.expect_closed(TIMEOUT).await.expect("a close frame");
+    assert_eq!((close.code, close.reason.as_str()), (CloseCode::Size, "frame too large"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Disconnect and heartbeat
 // ---------------------------------------------------------------------------------------------
@@ -896,7 +923,7 @@ const ROUNDS: u64 = 10;
 /// messages in the same order; system and typing events cross transports and nodes too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_io_and_native_clients_on_two_nodes_see_the_same_messages_in_the_same_order() {
-    let Some((node_a, node_b)) = pg_redis_pair().await else { return };
+    let Some((node_a, node_b)) = pg_redis_pair(|_| {}).await else { return };
     let alice = node_a.register("alice").await;
     let bob = node_b.register("bob").await;
     let carol = node_b.register("carol").await;
@@ -1029,7 +1056,15 @@ async fn interop_with_the_real_socket_io_client() {
         eprintln!("skipping: {why}");
         return;
     }
-    let Some((node_a, node_b)) = pg_redis_pair().await else { return };
+    // A short heartbeat, so the suite sees the real client answer the server's pings.
+    let Some((node_a, node_b)) = pg_redis_pair(|c| {
+        c.ws.ping_interval = HumanDuration(Duration::from_secs(1));
+        c.ws.idle_timeout = HumanDuration(Duration::from_secs(3));
+    })
+    .await
+    else {
+        return;
+    };
     let users = [node_a.register("alice").await, node_b.register("bob").await, node_b.register("carol").await];
 
     let mut cmd = tokio::process::Command::new("node");

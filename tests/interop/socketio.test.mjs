@@ -367,6 +367,20 @@ describe("chatting across transports and nodes", { skip: SKIP }, () => {
     assert.deepEqual(await emitWithCallback(a.socket, "ping", {}), { type: "pong" });
   });
 
+  test("the client answers the server's heartbeat and stays connected", async () => {
+    // tests/socketio.rs runs the nodes with a 1 s ping interval and a 3 s idle timeout.
+    let disconnected = null;
+    a.socket.once("disconnect", (reason) => {
+      disconnected = reason;
+    });
+    for (let i = 0; i < 4; i++) {
+      await within(new Promise((resolve) => a.socket.io.once("ping", resolve)), `server ping ${i + 1}`);
+    }
+    assert.equal(disconnected, null);
+    assert.equal(a.socket.connected, true);
+    assert.deepEqual(await emitWithCallback(a.socket, "ping", {}), { type: "pong" });
+  });
+
   test("message events only for rooms the socket joined", async () => {
     b.send({ type: "join_room", room: "random", ref: "r1" });
     assert.equal((await b.inbox.take("ack")).room, "random");
