@@ -200,12 +200,14 @@ async fn expect_closed(ws: &mut Ws, within: Duration) -> Option<CloseFrame> {
 /// A Socket.IO client on one WebSocket, speaking packets by hand.
 struct Sio {
     ws: Ws,
+    /// Answer the server's Engine.IO pings (`2`) with `3` and skip them, as a real client does.
+    answer_pings: bool,
 }
 
 impl Sio {
     /// Opens the Engine.IO connection and returns the OPEN packet's JSON.
     async fn open(addr: SocketAddr) -> (Self, Value) {
-        let mut sio = Self { ws: ws_connect(&format!("ws://{addr}{SIO_PATH}"), None).await };
+        let mut sio = Self { ws: ws_connect(&format!("ws://{addr}{SIO_PATH}"), None).await, answer_pings: true };
         let open = sio.text().await;
         let body = open.strip_prefix('0').unwrap_or_else(|| panic!("expected an OPEN packet, got {open:?}"));
         let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("OPEN is not JSON ({e}): {open}"));
@@ -247,11 +249,14 @@ impl Sio {
         self.send(&format!("42{id}{}", json!([name, payload]))).await;
     }
 
-    /// The next frame, which must be text.
+    /// The next frame, which must be text (server pings aside, see `answer_pings`).
     async fn text(&mut self) -> String {
-        match recv_frame(&mut self.ws).await {
-            Message::Text(text) => text.as_str().to_owned(),
-            other => panic!("expected a text frame, got {other:?}"),
+        loop {
+            match recv_frame(&mut self.ws).await {
+                Message::Text(text) if self.answer_pings && text.as_str() == "2" => self.send("3").await,
+                Message::Text(text) => return text.as_str().to_owned(),
+                other => panic!("expected a text frame, got {other:?}"),
+            }
         }
     }
 
@@ -845,6 +850,7 @@ async fn a_client_that_does_not_answer_pings_is_closed_and_one_that_does_stays()
     silent.send(&format!("40{}", json!({ "token": alice.token }))).await;
     silent.expect_connected().await;
     let mut answering = Sio::connect(node.addr, &bob.token).await;
+    answering.answer_pings = false;
 
     let silent_task = async move {
         // Pings come, then the close; well within a few intervals.
@@ -867,6 +873,8 @@ async fn a_client_that_does_not_answer_pings_is_closed_and_one_that_does_stays()
             assert_eq!(frame, "2");
             answering.send("3").await;
         }
+        // Still connected and working (a ping may come in between now).
+        answering.answer_pings = true;
         answering.sync(1).await;
         answering.join(2, "general").await;
     };
