@@ -169,15 +169,16 @@ async fn socketio_handshake(sink: &mut Sink, stream: &mut Stream, state: &AppSta
         let answer = match socketio::parse(&text) {
             socketio::Packet::Connect { nsp: "/", auth } => {
                 attempts += 1;
-                let token = socketio::token(auth);
-                let user = match token {
-                    Some(token) => state.auth.authenticate(&token).await.ok(),
-                    None => None,
+                let code = match socketio::token(auth) {
+                    Some(token) => match state.auth.authenticate(&token).await {
+                        Ok(user) => return Some((user, sid)),
+                        Err(e) => e.code(),
+                    },
+                    None => "unauthorized",
                 };
-                if let Some(user) = user {
-                    return Some((user, sid));
-                }
-                socketio::connect_error("/", "unauthorized")
+                // As `/ws` answers 503: a client told "unauthorized" would drop a good token.
+                let message = if code == "unavailable" { "unavailable" } else { "unauthorized" };
+                socketio::connect_error("/", message)
             }
             socketio::Packet::Connect { nsp, .. } => {
                 attempts += 1;
