@@ -45,6 +45,7 @@ const SIO_PATH: &str = "/socket.io/?EIO=4&transport=websocket";
 /// A running confab node. Dropping it stops the server; the database goes with its last owner.
 struct Node {
     addr: SocketAddr,
+    state: confab::http::AppState,
     http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<anyhow::Result<()>>,
@@ -90,12 +91,13 @@ async fn spawn_node(
     configure(&mut cfg);
     let app = tokio::time::timeout(TIMEOUT, App::build(cfg)).await.expect("App::build timed out").expect("App::build");
     let addr = app.local_addr();
+    let state = app.state().clone();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
     }));
     let http = reqwest::Client::builder().no_proxy().timeout(TIMEOUT).build().expect("reqwest client");
-    Node { addr, http, stop: Some(tx), server, _db: Arc::clone(db), _redis: redis.cloned() }
+    Node { addr, state, http, stop: Some(tx), server, _db: Arc::clone(db), _redis: redis.cloned() }
 }
 
 fn new_secret() -> String {
@@ -497,6 +499,35 @@ async fn other_namespaces_get_connect_error() {
     sio.send(&format!("40{}", json!({ "token": alice.token }))).await;
     sio.expect_connected().await;
     sio.sync(1).await;
+}
+
+/// A valid token while the database cannot be reached is not "unauthorized" (a client would
+/// throw its token away): the CONNECT_ERROR says `unavailable`, as `/ws` answers 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_during_connect_is_unavailable_not_unauthorized() {
+    let node = sqlite_node(|_| {}).await;
+    let alice = node.register("alice").await;
+    node.state.store.close().await;
+
+    let resp = node
+        .http
+        .get(node.url("/ws"))
+        .bearer_auth(&alice.token)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .expect("GET /ws");
+    assert_eq!(resp.status(), 503, "the native endpoint's answer");
+
+    let (mut sio, _) = Sio::open(node.addr).await;
+    sio.send(&format!("40{}", json!({ "token": alice.token }))).await;
+    assert_eq!(sio.text().await, r#"44{"message":"unavailable"}"#);
+    // A bad token is still just unauthorized: it is refused before the store is asked.
+    sio.send(r#"40{"token":"not-a-jwt"}"#).await;
+    assert_eq!(sio.text().await, r#"44{"message":"unauthorized"}"#);
 }
 
 /// socket.io-client multiplexes `io(url)` and `io(url + "/admin")` on one connection, so a
