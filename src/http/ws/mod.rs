@@ -89,8 +89,8 @@ impl Codec {
 enum Inbound {
     Command(Command, Tag),
     Invalid(Tag, String),
-    /// Answer with this frame (Engine.IO ping from the client).
-    Answer(&'static str),
+    /// Answer with this frame (Engine.IO ping from the client, CONNECT to another namespace).
+    Answer(Utf8Bytes),
     Nothing,
     Close,
 }
@@ -198,10 +198,16 @@ fn open_packet(state: &AppState, sid: &str, upgrades: bool) -> Utf8Bytes {
     socketio::open(sid, upgrades, ws.ping_interval.0.as_millis(), ping_timeout.as_millis(), ws.max_frame)
 }
 
-/// The user a CONNECT's auth payload (`{"token": "…"}`) belongs to, if the token is valid.
-async fn connect_user(state: &AppState, auth: &str) -> Option<User> {
-    let token = socketio::token(auth)?;
-    state.auth.authenticate(&token).await.ok()
+/// The user a CONNECT's auth payload (`{"token": "…"}`) belongs to, or the CONNECT_ERROR
+/// message: `unauthorized`, or `unavailable` when the database cannot say (as `/ws` answers 503:
+/// a client told "unauthorized" would drop a good token).
+async fn connect_user(state: &AppState, auth: &str) -> Result<User, &'static str> {
+    let token = socketio::token(auth).ok_or("unauthorized")?;
+    state
+        .auth
+        .authenticate(&token)
+        .await
+        .map_err(|e| if e.code() == "unavailable" { "unavailable" } else { "unauthorized" })
 }
 
 /// The WebSocket half of a polling upgrade: `2probe` → `3probe`, then `5`. Returns the user
@@ -242,10 +248,10 @@ async fn socketio_handshake(sink: &mut Sink, stream: &mut Stream, state: &AppSta
         let answer = match socketio::parse(&text) {
             socketio::Packet::Connect { nsp: "/", auth } => {
                 attempts += 1;
-                if let Some(user) = connect_user(state, auth).await {
-                    return Some(user);
+                match connect_user(state, auth).await {
+                    Ok(user) => return Some(user),
+                    Err(message) => socketio::connect_error("/", message),
                 }
-                socketio::connect_error("/", "unauthorized")
             }
             socketio::Packet::Connect { nsp, .. } => {
                 attempts += 1;
@@ -384,6 +390,9 @@ struct Conn {
     /// Messages and events written to this socket, counted per flush.
     delivered: metrics::Counter,
     unflushed: u64,
+    /// Binary frames still due as attachments of a refused Socket.IO binary packet: dropped
+    /// quietly, since the packet itself was already answered.
+    attachments_to_skip: usize,
 }
 
 /// The session loop shared by both transports: frames in become chat commands; the outbound
@@ -400,7 +409,7 @@ async fn run_session(
     let chat = state.chat.clone();
     let (session, mut outbound) = chat.open_session(user);
     let delivered = metrics::counter!(telemetry::MESSAGES_DELIVERED, "transport" => codec.label());
-    let mut conn = Conn { chat, session, sink, codec, inflight: 0, delivered, unflushed: 0 };
+    let mut conn = Conn { chat, session, sink, codec, inflight: 0, delivered, unflushed: 0, attachments_to_skip: 0 };
     metrics::gauge!(telemetry::WS_SESSIONS, "transport" => codec.label()).increment(1.0);
     let kick = conn.session.handle.kick.clone();
     let shutdown: CancellationToken = state.shutdown.clone();
@@ -438,6 +447,9 @@ async fn run_session(
                                 Ok(Ok(false)) => break End::Client,
                                 _ => break End::Error,
                             }
+                        }
+                        Some(Ok(Message::Binary(_))) if conn.attachments_to_skip > 0 => {
+                            conn.attachments_to_skip -= 1;
                         }
                         Some(Ok(Message::Binary(_))) => {
                             let message = "binary frames are not supported; send JSON text";
@@ -561,7 +573,7 @@ impl Conn {
         }
     }
 
-    fn decode(&self, text: &str) -> Inbound {
+    fn decode(&mut self, text: &str) -> Inbound {
         match self.codec {
             Codec::Native => match native::decode(text) {
                 Ok((cmd, tag)) => Inbound::Command(cmd, tag),
@@ -572,9 +584,17 @@ impl Conn {
                     Ok((cmd, tag)) => Inbound::Command(cmd, tag),
                     Err(e) => Inbound::Invalid(e.tag, e.message),
                 },
-                socketio::Packet::EioPing => Inbound::Answer("3"),
+                socketio::Packet::EioPing => Inbound::Answer(Utf8Bytes::from_static("3")),
+                // socket.io-client multiplexes namespaces on one connection: a CONNECT to another
+                // can come at any time, and its socket waits for an answer.
+                socketio::Packet::Connect { nsp, .. } if nsp != "/" => {
+                    Inbound::Answer(socketio::connect_error(nsp, "Invalid namespace"))
+                }
                 socketio::Packet::Close => Inbound::Close,
-                socketio::Packet::Binary => Inbound::Invalid(Tag::default(), "binary packets are not supported".into()),
+                socketio::Packet::Binary { attachments, ack_id } => {
+                    self.attachments_to_skip = attachments;
+                    Inbound::Invalid(Tag { cmd_ref: None, ack_id }, "binary packets are not supported".into())
+                }
                 socketio::Packet::Malformed => Inbound::Invalid(Tag::default(), "malformed Socket.IO packet".into()),
                 _ => Inbound::Nothing,
             },
@@ -583,12 +603,14 @@ impl Conn {
 
     /// Handles one text frame. `Ok(false)`: the client asked to close.
     async fn handle_text(&mut self, text: &str) -> Result<bool, WsError> {
+        // Attachments follow their packet at once; a text frame means no more are coming.
+        self.attachments_to_skip = 0;
         let (cmd, tag) = match self.decode(text) {
             Inbound::Command(cmd, tag) => (cmd, tag),
             Inbound::Invalid(tag, message) => {
                 return self.reply(Reply::error(tag, "invalid_payload", message)).await.map(|()| true);
             }
-            Inbound::Answer(frame) => return self.sink.send(Message::text(frame)).await.map(|()| true),
+            Inbound::Answer(frame) => return self.sink.send(Message::Text(frame)).await.map(|()| true),
             Inbound::Nothing => return Ok(true),
             Inbound::Close => return Ok(false),
         };

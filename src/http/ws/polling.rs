@@ -154,11 +154,11 @@ pub async fn post(state: &AppState, sid: &str, body: &str) -> Response {
                 let mut s = session.lock();
                 s.connect_attempts += 1;
                 match user {
-                    Some(user) => {
+                    Ok(user) => {
                         s.user = Some(user);
                         s.outbox.push(socketio::connected(&session.sid).to_string());
                     }
-                    None => s.outbox.push(socketio::connect_error("/", "unauthorized").to_string()),
+                    Err(message) => s.outbox.push(socketio::connect_error("/", message).to_string()),
                 }
             }
             socketio::Packet::Connect { nsp, .. } => {
@@ -171,7 +171,7 @@ pub async fn post(state: &AppState, sid: &str, body: &str) -> Response {
                 return text(StatusCode::OK, "ok".into());
             }
             socketio::Packet::EioPing => session.lock().outbox.push("3".into()),
-            socketio::Packet::Event { .. } | socketio::Packet::Binary | socketio::Packet::Malformed => {
+            socketio::Packet::Event { .. } | socketio::Packet::Binary { .. } | socketio::Packet::Malformed => {
                 let mut s = session.lock();
                 if s.user.is_some() {
                     s.inbox.push(packet.to_owned());

@@ -36,8 +36,12 @@ pub enum Packet<'a> {
         ack_id: Option<u64>,
         data: &'a str,
     },
-    /// Binary events and acks: this server speaks JSON only.
-    Binary,
+    /// Binary events and acks: this server speaks JSON only. `attachments` binary frames
+    /// follow the packet; `ack_id` is the id a BINARY_EVENT's ack callback waits on.
+    Binary {
+        attachments: usize,
+        ack_id: Option<u64>,
+    },
     /// An ACK for an event we sent (we never ask for one) or a disconnect of another namespace.
     Ignored,
     Malformed,
@@ -45,16 +49,25 @@ pub enum Packet<'a> {
 
 /// Classifies a text frame.
 pub fn parse(text: &str) -> Packet<'_> {
-    let mut chars = text.char_indices();
-    match chars.next().map(|(_, c)| c) {
+    let mut chars = text.chars();
+    match chars.next() {
         Some('2') => return Packet::EioPing,
         Some('1') => return Packet::Close,
         Some('4') => {}
         Some('3' | '5' | '6') => return Packet::EioOther,
         _ => return Packet::Malformed,
     }
-    let Some(kind) = text[1..].chars().next() else { return Packet::Malformed };
-    let mut rest = &text[2..];
+    // By characters, not bytes: a multi-byte character here is malformed, not a panic.
+    let Some(kind) = chars.next() else { return Packet::Malformed };
+    let mut rest = chars.as_str();
+    // Binary packets put the attachment count first: `451-["x",{"_placeholder":true,"num":0}]`.
+    let mut attachments = None;
+    if matches!(kind, '5' | '6') {
+        let Some((count, after)) = rest.split_once('-') else { return Packet::Malformed };
+        let Ok(count) = count.parse() else { return Packet::Malformed };
+        attachments = Some(count);
+        rest = after;
+    }
     let mut nsp = "/";
     if rest.starts_with('/') {
         if let Some(i) = rest.find(',') {
@@ -72,7 +85,9 @@ pub fn parse(text: &str) -> Packet<'_> {
         '0' => Packet::Connect { nsp, auth: data },
         '1' if nsp == "/" => Packet::Close,
         '2' => Packet::Event { nsp, ack_id, data },
-        '5' | '6' => Packet::Binary,
+        // A BINARY_ACK answers an event of ours; we never ask for acks, so its id means nothing.
+        '5' => Packet::Binary { attachments: attachments.unwrap_or_default(), ack_id },
+        '6' => Packet::Binary { attachments: attachments.unwrap_or_default(), ack_id: None },
         '1' | '3' => Packet::Ignored,
         _ => Packet::Malformed,
     }
@@ -197,10 +212,23 @@ mod tests {
         assert_eq!(parse("40/admin,"), Packet::Connect { nsp: "/admin", auth: "" });
         assert_eq!(parse(r#"42["ping"]"#), Packet::Event { nsp: "/", ack_id: None, data: r#"["ping"]"# });
         assert_eq!(parse(r#"4217["ping"]"#), Packet::Event { nsp: "/", ack_id: Some(17), data: r#"["ping"]"# });
-        assert_eq!(parse(r#"451-["x",{"_placeholder":true,"num":0}]"#), Packet::Binary);
+        assert_eq!(
+            parse(r#"451-["x",{"_placeholder":true,"num":0}]"#),
+            Packet::Binary { attachments: 1, ack_id: None }
+        );
+        assert_eq!(
+            parse(r#"452-/chat,7["x",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#),
+            Packet::Binary { attachments: 2, ack_id: Some(7) }
+        );
+        assert_eq!(parse(r#"461-3[{"_placeholder":true,"num":0}]"#), Packet::Binary { attachments: 1, ack_id: None });
+        assert_eq!(parse(r#"45["x"]"#), Packet::Malformed);
+        assert_eq!(parse(r#"45x-["x"]"#), Packet::Malformed);
         assert_eq!(parse("x"), Packet::Malformed);
         assert_eq!(parse(""), Packet::Malformed);
         assert_eq!(parse("4"), Packet::Malformed);
+        assert_eq!(parse("4é"), Packet::Malformed);
+        assert_eq!(parse("4é[]"), Packet::Malformed);
+        assert_eq!(parse("é"), Packet::Malformed);
     }
 
     #[test]
