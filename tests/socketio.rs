@@ -393,7 +393,7 @@ async fn the_open_packet_advertises_sid_heartbeat_and_payload_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn polling_and_old_engine_io_versions_get_a_clear_400() {
+async fn unknown_transports_and_old_engine_io_versions_get_a_clear_400() {
     let node = sqlite_node(|_| {}).await;
     let expect_400 = |path: &'static str, code: &'static str| {
         let (http, url) = (node.http.clone(), node.url(path));
@@ -409,18 +409,20 @@ async fn polling_and_old_engine_io_versions_get_a_clear_400() {
             body["error"].as_str().expect("a human-readable error").to_owned()
         }
     };
-    // What a default `io(url)` client asks first.
-    let error = expect_400("/socket.io/?EIO=4&transport=polling&t=PaBcDeF", "transport_unsupported").await;
+    // What a default `io(url)` client asks first is served (see
+    // `polling_start_hands_over_to_the_websocket`); an unknown transport is not.
+    let error = expect_400("/socket.io/?EIO=4&transport=flash", "transport_unsupported").await;
     assert!(error.contains("websocket"), "the error says what is supported: {error}");
-    expect_400("/socket.io?EIO=4&transport=polling", "transport_unsupported").await;
     expect_400("/socket.io/?EIO=4", "transport_unsupported").await;
+    // Polling requests for a session that does not exist.
+    expect_400("/socket.io/?EIO=4&transport=polling&sid=nope", "invalid_session").await;
     // Socket.IO v2 clients speak Engine.IO 3.
     let error = expect_400("/socket.io/?EIO=3&transport=websocket", "unsupported_protocol").await;
     assert!(error.contains("EIO=4"), "{error}");
     expect_400("/socket.io/?transport=websocket", "unsupported_protocol").await;
 
     // The same answers to WebSocket upgrade requests.
-    for path in ["/socket.io/?EIO=3&transport=websocket", "/socket.io/?EIO=4&transport=polling"] {
+    for path in ["/socket.io/?EIO=3&transport=websocket", "/socket.io/?EIO=4&transport=flash"] {
         let req = format!("ws://{}{path}", node.addr).into_client_request().expect("request");
         match tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(req)).await.expect("connect timed out") {
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
@@ -435,6 +437,63 @@ async fn polling_and_old_engine_io_versions_get_a_clear_400() {
     // A plain GET with the right query is told to upgrade.
     let resp = node.http.get(node.url(SIO_PATH)).send().await.expect("GET");
     assert_eq!(resp.status(), 400);
+}
+
+/// The long-polling start of a default `io(url)` client: OPEN offering the upgrade, CONNECT
+/// answered through the next poll, an event sent before the upgrade replayed after it, and the
+/// pending poll released with a noop once the WebSocket takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_start_hands_over_to_the_websocket() {
+    let node = sqlite_node(|_| {}).await;
+    let alice = node.register("alice").await;
+    let base = node.url("/socket.io/?EIO=4&transport=polling");
+    let open = node.http.get(&base).send().await.expect("GET open").text().await.expect("body");
+    let open: Value = serde_json::from_str(open.strip_prefix('0').expect("an OPEN packet")).expect("JSON");
+    assert_eq!(open["upgrades"], json!(["websocket"]));
+    let sid = open["sid"].as_str().expect("sid").to_owned();
+    let with_sid = format!("{base}&sid={sid}");
+    // CONNECT and an event in one payload (packets separated by U+001E).
+    let payload = format!("40{}\u{1e}42[\"join_room\",\"general\"]", json!({ "token": alice.token }));
+    let posted = node.http.post(&with_sid).body(payload).send().await.expect("POST");
+    assert_eq!(posted.status(), 200);
+    assert_eq!(posted.text().await.expect("body"), "ok");
+    let polled = node.http.get(&with_sid).send().await.expect("poll").text().await.expect("body");
+    assert_eq!(polled, format!("40{}", json!({ "sid": sid })));
+    // A poll in flight while the client upgrades.
+    let pending = tokio::spawn({
+        let (http, url) = (node.http.clone(), with_sid.clone());
+        async move { http.get(&url).send().await.expect("poll").text().await.expect("body") }
+    });
+    let ws_url = format!("ws://{}/socket.io/?EIO=4&transport=websocket&sid={sid}", node.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.expect("upgrade");
+    ws.send(Message::text("2probe")).await.expect("probe");
+    let probe = tokio::time::timeout(TIMEOUT, ws.next()).await.expect("probe answer").expect("open").expect("frame");
+    assert_eq!(probe.into_text().expect("text").as_str(), "3probe");
+    ws.send(Message::text("5")).await.expect("upgrade packet");
+    assert_eq!(tokio::time::timeout(TIMEOUT, pending).await.expect("poll released").expect("task"), "6");
+    // The join sent over polling was replayed: its system line arrives on the WebSocket, and the
+    // session is a member of the room.
+    let mut saw_join = false;
+    while !saw_join {
+        let frame = tokio::time::timeout(TIMEOUT, ws.next()).await.expect("a frame").expect("open").expect("frame");
+        let text = frame.into_text().expect("text");
+        saw_join = text.as_str() == r#"42["system",{"message":"You joined general","room":"general"}]"#;
+    }
+    ws.send(Message::text(format!("421{}", json!(["send_message", { "room": "general", "content": "hi" }]))))
+        .await
+        .expect("send");
+    loop {
+        let frame = tokio::time::timeout(TIMEOUT, ws.next()).await.expect("a frame").expect("open").expect("frame");
+        let text = frame.into_text().expect("text");
+        if let Some(ack) = text.as_str().strip_prefix("431") {
+            let ack: Value = serde_json::from_str(ack).expect("ack JSON");
+            assert_eq!((ack[0]["type"].as_str(), ack[0]["seq"].as_i64()), (Some("ack"), Some(1)));
+            break;
+        }
+    }
+    // The polling session is gone once upgraded.
+    let stale = node.http.get(&with_sid).send().await.expect("stale poll");
+    assert_eq!(stale.status(), 400);
 }
 
 // ---------------------------------------------------------------------------------------------
