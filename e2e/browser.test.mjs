@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 
 import {
+  accessibilityProblems,
   ConfabNode,
   freePort,
   openBrowser,
@@ -79,18 +80,9 @@ before(async () => {
 
 after(async () => {
   if (options.skip) return;
+  // The state each page ended in (after a failure, what it was showing).
   for (const b of [alice, bob]) {
-    if (!b) continue;
-    await b.page
-      .$eval('section.room:not([hidden]) .scroller', (s) => {
-        s.scrollTop = s.scrollHeight;
-      })
-      .catch(() => {});
-    await screenshot(b, `e2e-9-end-${b.name}.png`).catch(() => {});
-  }
-  if (alice) {
-    await alice.page.setViewportSize({ width: 375, height: 720 }).catch(() => {});
-    await screenshot(alice, 'e2e-9-end-alice-375px.png').catch(() => {});
+    if (b) await screenshot(b, `e2e-9-final-${b.name}.png`).catch(() => {});
   }
   await alice?.close();
   await bob?.close();
@@ -359,6 +351,64 @@ test('two users chat in browsers across two nodes, through restarts', options, a
     }
     assert.equal(await a().$eval('#signin', (e) => e.hidden), true);
     assert.equal(await b().$eval('#signin', (e) => e.hidden), true);
+    for (const who of ['alice', 'bob']) refreshes[who].length = 0;
+  });
+
+  await t.test('the conversation, wide and at 375 px (screenshots)', async () => {
+    for (const br of [alice, bob]) {
+      await br.page.$eval('section.room:not([hidden]) .scroller', (s) => {
+        s.scrollTop = s.scrollHeight;
+      });
+      await screenshot(br, `e2e-4-conversation-${br.name}.png`);
+    }
+    await a().setViewportSize({ width: 375, height: 720 });
+    await screenshot(alice, 'e2e-5-alice-375px.png');
+    await a().click('#rooms-toggle');
+    await a().waitForSelector('#chat.sidebar-open');
+    await sleep(400); // the slide-in transition
+    assert.equal(await a().evaluate(() => document.activeElement?.id), 'join-name');
+    await screenshot(alice, 'e2e-5-alice-375px-rooms.png');
+    await a().keyboard.press('Escape');
+    assert.equal(await a().evaluate(() => document.activeElement?.id), 'rooms-toggle');
+    const fits = await a().evaluate(() => document.documentElement.scrollWidth <= window.innerWidth);
+    assert.ok(fits, 'nothing overflows sideways at 375 px');
+    await a().setViewportSize({ width: 1100, height: 720 });
+  });
+
+  await t.test('axe finds no serious accessibility problem, light (A) or dark (B)', async () => {
+    assert.deepEqual(await accessibilityProblems(a()), []);
+    assert.deepEqual(await accessibilityProblems(b()), []);
+  });
+
+  await t.test('A signs out, is refused a wrong password, signs in again: rooms remembered', async () => {
+    const logout = a().waitForRequest((r) => r.url().endsWith('/api/auth/logout'));
+    await a().click('#logout');
+    await logout;
+    await a().waitForSelector('#signin:not([hidden])');
+    assert.equal(await a().evaluate(() => document.activeElement?.id), 'auth-email');
+    await a().fill('#auth-email', emailA);
+    await a().fill('#auth-password', 'not the password');
+    await a().click('#auth-submit');
+    await a().waitForSelector('#auth-error:not([hidden])');
+    assert.equal(await a().textContent('#auth-error'), 'invalid credentials');
+    assert.deepEqual(await accessibilityProblems(a()), [], 'the sign-in form, with its error');
+    await a().fill('#auth-password', PASSWORD);
+    await a().press('#auth-password', 'Enter');
+    await a().waitForSelector('#conn[data-state="connected"]');
+    const rooms = await a().$$eval('#room-list [data-room]', (els) => els.map((e) => e.dataset.room));
+    assert.deepEqual(rooms.sort(), ['general', 'random']);
+    await waitForText(a(), 'general', 'great —\nsee you tomorrow');
+  });
+
+  await t.test('a disabled account is sent back to sign-in, with the reason', async () => {
+    await node2.admin(['user', 'disable', '--email', emailB]);
+    // Its open socket may live on; the next connection is refused, and the REST check that
+    // follows repeated refusals ends the session.
+    await b().reload();
+    await b().waitForSelector('#signin:not([hidden])', { timeout: 20_000 });
+    assert.match(await b().textContent('#auth-error'), /session has ended/i);
+    await screenshot(bob, 'e2e-6-signed-out-bob.png');
+    assert.equal(await b().$eval('#chat', (e) => e.hidden), true);
   });
 
   await t.test('no page error, dialog or CSP violation in either browser', () => {

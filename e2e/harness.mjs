@@ -10,7 +10,8 @@
 
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -111,9 +112,24 @@ export class ConfabNode {
     this.proc = null;
   }
 
-  async start() {
+  #processEnv() {
     const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !FOREIGN_CONFIG.test(k)));
-    Object.assign(env, this.env, { CONFAB_NODE_ID: this.name });
+    return Object.assign(env, this.env, { CONFAB_NODE_ID: this.name });
+  }
+
+  /** Runs an admin command (`confab user disable …`) against this node's configuration. */
+  async admin(args) {
+    const proc = spawn(process.env.CONFAB_BIN, args, { cwd: this.dir, env: this.#processEnv(), stdio: 'pipe' });
+    let out = '';
+    proc.stdout.on('data', (c) => (out += c));
+    proc.stderr.on('data', (c) => (out += c));
+    const code = await new Promise((r) => proc.once('exit', r));
+    if (code !== 0) throw new Error(`confab ${args.join(' ')} exited ${code}: ${out}`);
+    return out;
+  }
+
+  async start() {
+    const env = this.#processEnv();
     const proc = spawn(process.env.CONFAB_BIN, ['serve', '--listen', `127.0.0.1:${this.port}`], {
       cwd: this.dir,
       env,
@@ -206,6 +222,25 @@ export async function openBrowser(name, { viewport = { width: 1100, height: 720 
       rmSync(profile, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * axe-core's serious and critical findings on the page as it is now (WCAG 2 A/AA rules:
+ * names, labels, roles, contrast). Evaluated through the DevTools protocol, which the page's
+ * CSP does not govern, so the page itself needs no change to be checked.
+ */
+export async function accessibilityProblems(page) {
+  const source = readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
+  await page.evaluate(source);
+  return page.evaluate(async () => {
+    const result = await globalThis.axe.run(document, {
+      runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'best-practice'] },
+      resultTypes: ['violations'],
+    });
+    return result.violations
+      .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+      .map((v) => `${v.id} (${v.impact}): ${v.help} — ${v.nodes.map((n) => n.target.join(' ')).slice(0, 4).join(', ')}`);
+  });
 }
 
 export async function screenshot(browser, file) {
