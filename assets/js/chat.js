@@ -1,0 +1,448 @@
+// Chat state: the rooms this user is in, their messages (by seq), the outbox of own messages not
+// yet confirmed, typing indicators and unread counts. No DOM: the view listens to the events
+// this dispatches, and node's test runner can drive it with a fake connection.
+//
+// Invariants, per room:
+// - `messages` holds each seq once, whichever way it came (history, live, catch-up, ack).
+// - `lastSeq` is the `since` for a resume: the join ack's seq on a fresh join, then the highest
+//   seq that arrived as a `message` frame. The server delivers a room's frames in seq order
+//   without gaps after a join, so nothing below it is missing from the live stream. A seq known
+//   only from a send's ack does not move it (the frames before it may still be on their way).
+// - An outbox entry keeps its `clientId` for ever: however often it is sent again (reconnects,
+//   retry button), the server stores it once.
+
+export const ROOM_RULE = /^[A-Za-z0-9:_-]{1,64}$/;
+export const ROOM_RULE_MESSAGE = 'room names are 1 to 64 characters of A-Z a-z 0-9 : _ -';
+export const HISTORY_PAGE = 50;
+export const MESSAGE_MAX_LEN = 2000;
+const SEND_TIMEOUT = 10_000;
+const TYPING_SEND_EVERY = 2_000;
+/** The server passes on at most one `typing` per user and room in this interval. */
+const SERVER_TYPING_INTERVAL = 1_000;
+const TYPING_SHOWN_FOR = 4_000;
+
+/** Why a room name is refused, or null when it is a valid name. */
+export function roomNameProblem(name) {
+  return ROOM_RULE.test(name) ? null : ROOM_RULE_MESSAGE;
+}
+
+export class Room {
+  constructor(name) {
+    this.name = name;
+    /** @type {Map<number, object>} seq → message */
+    this.messages = new Map();
+    this.lastSeq = null;
+    this.joined = false;
+    this.joinError = null;
+    /** Whether the newest page of history has been fetched (after the first join). */
+    this.historyLoaded = false;
+    this.hasMore = true;
+    this.loadingHistory = false;
+    this.historyError = null;
+    this.unread = 0;
+    /** @type {Map<string, {clientId: string, content: string, status: string, error: string|null, createdAt: string}>} */
+    this.outbox = new Map();
+    /** @type {Map<string, {email: string, until: number}>} userId → who is typing */
+    this.typing = new Map();
+    this.lastTypingSent = 0;
+    /** An own message went out since the last `typing`: others have hidden the indicator. */
+    this.sentSinceTyping = false;
+  }
+
+  get oldestSeq() {
+    let min = null;
+    for (const seq of this.messages.keys()) if (min === null || seq < min) min = seq;
+    return min;
+  }
+}
+
+export class Chat extends EventTarget {
+  /** @type {Map<string, Room>} */
+  rooms = new Map();
+  active = null;
+  /** Rooms with activity, from GET /api/rooms. */
+  directory = [];
+  me;
+
+  #auth;
+  #conn;
+  #storage;
+  #uuid;
+  #now;
+  #typingTimer = 0;
+  #listeners = [];
+
+  constructor({
+    auth,
+    conn,
+    user,
+    storage = globalThis.localStorage,
+    uuid = () => globalThis.crypto.randomUUID(),
+    now = () => Date.now(),
+  }) {
+    super();
+    this.#auth = auth;
+    this.#conn = conn;
+    this.me = user;
+    this.#storage = storage;
+    this.#uuid = uuid;
+    this.#now = now;
+    this.#listen(conn, 'open', () => this.#resume());
+    this.#listen(conn, 'close', () => this.#onDisconnect());
+    this.#listen(conn, 'frame', (e) => this.#onFrame(e.detail));
+    for (const name of this.#savedRooms()) this.rooms.set(name, new Room(name));
+  }
+
+  /** Detaches from the connection (sign-out). */
+  dispose() {
+    for (const [target, type, fn] of this.#listeners) target.removeEventListener(type, fn);
+    this.#listeners = [];
+    clearTimeout(this.#typingTimer);
+  }
+
+  get totalUnread() {
+    let n = 0;
+    for (const room of this.rooms.values()) n += room.unread;
+    return n;
+  }
+
+  /** Joins `name` (validated client-side first); resolves once the server has acked it. */
+  join(name) {
+    const problem = roomNameProblem(name);
+    if (problem) throw new Error(problem);
+    let room = this.rooms.get(name);
+    if (!room) {
+      room = new Room(name);
+      this.rooms.set(name, room);
+      this.#saveRooms();
+      this.#emit('rooms');
+      if (this.#conn.connected) this.#joinRoom(room);
+    } else if (room.joinError && this.#conn.connected) {
+      this.#joinRoom(room);
+    }
+    return room;
+  }
+
+  leave(name) {
+    const room = this.rooms.get(name);
+    if (!room) return;
+    this.rooms.delete(name);
+    this.#saveRooms();
+    if (room.joined) this.#conn.request({ type: 'leave_room', room: name }).catch(() => {});
+    if (this.active === name) this.active = null;
+    this.#emit('left', { room });
+    this.#emit('rooms');
+  }
+
+  setActive(name) {
+    const room = this.rooms.get(name);
+    this.active = room ? name : null;
+    if (room && room.unread) {
+      room.unread = 0;
+      this.#emit('rooms');
+    }
+    this.#emit('active', { room: room ?? null });
+  }
+
+  /** Queues `content` for `name` and sends it; the entry is shown at once as pending. */
+  send(name, content) {
+    const room = this.rooms.get(name);
+    const text = content.trim();
+    if (!room || !text) return null;
+    const entry = {
+      clientId: this.#uuid(),
+      content: text,
+      status: 'queued',
+      error: null,
+      createdAt: new Date(this.#now()).toISOString(),
+    };
+    if ([...text].length > MESSAGE_MAX_LEN) {
+      entry.status = 'failed';
+      entry.error = `message is longer than ${MESSAGE_MAX_LEN} characters`;
+    }
+    room.outbox.set(entry.clientId, entry);
+    // Others hide "typing" when this message arrives: typing again is announced sooner.
+    room.sentSinceTyping = true;
+    this.#emit('outbox', { room, entry });
+    if (entry.status === 'queued') this.#trySend(room, entry);
+    return entry;
+  }
+
+  /** Sends a failed entry again, with its original clientId. */
+  retry(name, clientId) {
+    const room = this.rooms.get(name);
+    const entry = room?.outbox.get(clientId);
+    if (!entry || entry.status !== 'failed') return;
+    entry.status = 'queued';
+    entry.error = null;
+    this.#emit('outbox', { room, entry });
+    this.#trySend(room, entry);
+  }
+
+  discard(name, clientId) {
+    const room = this.rooms.get(name);
+    const entry = room?.outbox.get(clientId);
+    if (!entry || entry.status !== 'failed') return;
+    room.outbox.delete(clientId);
+    this.#emit('discarded', { room, clientId });
+  }
+
+  /** The user typed in `name`'s composer: tell the room, at most every two seconds. */
+  typing(name) {
+    const room = this.rooms.get(name);
+    if (!room?.joined) return;
+    const now = this.#now();
+    const since = now - room.lastTypingSent;
+    // After an own message, as soon as the server would pass it on again (once a second).
+    const due = since >= TYPING_SEND_EVERY || (room.sentSinceTyping && since >= SERVER_TYPING_INTERVAL);
+    if (!due) return;
+    if (this.#conn.notify({ type: 'typing', room: name })) {
+      room.lastTypingSent = now;
+      room.sentSinceTyping = false;
+    }
+  }
+
+  /** Who is typing in `name` now (emails), oldest first. */
+  typists(name) {
+    const room = this.rooms.get(name);
+    if (!room) return [];
+    const now = this.#now();
+    return [...room.typing.values()].filter((t) => t.until > now).map((t) => t.email);
+  }
+
+  /** Fetches the page of history before the oldest message held (infinite scroll upward). */
+  async loadOlder(name) {
+    const room = this.rooms.get(name);
+    if (!room || room.loadingHistory || !room.hasMore || room.lastSeq === null) return;
+    const before = room.oldestSeq ?? room.lastSeq + 1;
+    if (before <= 1) {
+      room.hasMore = false;
+      room.historyLoaded = true;
+      this.#emit('history', { room, added: [] });
+      return;
+    }
+    room.loadingHistory = true;
+    room.historyError = null;
+    this.#emit('history-state', { room });
+    try {
+      const path = `/api/messages/${encodeURIComponent(name)}?limit=${HISTORY_PAGE}&before=${before}`;
+      const { messages } = await this.#auth.api(path);
+      if (this.rooms.get(name) !== room) return;
+      const added = [];
+      for (const msg of messages) {
+        if (!room.messages.has(msg.seq)) {
+          room.messages.set(msg.seq, msg);
+          added.push(msg);
+        }
+      }
+      room.hasMore = messages.length === HISTORY_PAGE && messages[0].seq > 1;
+      room.historyLoaded = true;
+      room.loadingHistory = false;
+      this.#emit('history', { room, added });
+    } catch (e) {
+      room.loadingHistory = false;
+      room.historyError = e.message;
+      this.#emit('history-state', { room });
+    }
+  }
+
+  /** Rooms with activity, for the sidebar's "other rooms". */
+  async loadDirectory() {
+    try {
+      const { rooms } = await this.#auth.api('/api/rooms');
+      this.directory = rooms;
+      this.#emit('directory');
+    } catch {
+      // The list is a convenience; it is fetched again on the next reconnect.
+    }
+  }
+
+  // --- connection events -------------------------------------------------------------------
+
+  #resume() {
+    for (const room of this.rooms.values()) this.#joinRoom(room);
+    this.loadDirectory();
+  }
+
+  #onDisconnect() {
+    for (const room of this.rooms.values()) room.joined = false;
+    this.#emit('rooms');
+  }
+
+  async #joinRoom(room) {
+    const since = room.lastSeq;
+    const frame = { type: 'join_room', room: room.name };
+    if (since !== null) frame.since = since;
+    let ack;
+    try {
+      ack = await this.#conn.request(frame);
+    } catch (e) {
+      // Disconnected / timed out: the next `open` joins again.
+      if (e.name === 'ServerError') {
+        room.joinError = e.message;
+        this.#emit('rooms');
+        this.#emit('join-error', { room, message: e.message });
+      }
+      return;
+    }
+    if (this.rooms.get(room.name) !== room) return;
+    room.joined = true;
+    room.joinError = null;
+    // A fresh join: live delivery starts after the room's latest seq, and history covers the
+    // rest. A resume (with `since`) streams what was missed next, as ordinary message frames.
+    if (room.lastSeq === null) room.lastSeq = ack.seq;
+    this.#emit('rooms');
+    this.#emit('joined', { room });
+    if (!room.historyLoaded) this.loadOlder(room.name);
+    // Sends cut off by the disconnect, or typed while it lasted: same clientIds, no duplicates.
+    for (const entry of room.outbox.values()) {
+      if (entry.status === 'queued' || entry.status === 'sending') this.#trySend(room, entry);
+    }
+  }
+
+  async #trySend(room, entry) {
+    if (!room.joined || !this.#conn.connected) {
+      entry.status = 'queued';
+      this.#emit('outbox', { room, entry });
+      return;
+    }
+    entry.status = 'sending';
+    this.#emit('outbox', { room, entry });
+    try {
+      const ack = await this.#conn.request(
+        { type: 'send_message', room: room.name, content: entry.content, clientId: entry.clientId },
+        { timeout: SEND_TIMEOUT },
+      );
+      this.#confirm(room, entry.clientId, { id: ack.id, seq: ack.seq });
+    } catch (e) {
+      if (!room.outbox.has(entry.clientId)) return; // confirmed meanwhile by its message frame
+      if (e.name === 'Disconnected') {
+        entry.status = 'queued'; // sent again after the re-join
+      } else {
+        entry.status = 'failed';
+        entry.error = e.message || 'not sent';
+        if (e.code === 'not_joined' && this.#conn.connected) this.#joinRoom(room);
+      }
+      this.#emit('outbox', { room, entry });
+    }
+  }
+
+  /** An own message is stored: it leaves the outbox and takes its place by seq. */
+  #confirm(room, clientId, { id, seq }) {
+    const entry = room.outbox.get(clientId);
+    if (!entry) return;
+    room.outbox.delete(clientId);
+    let msg = room.messages.get(seq);
+    if (!msg) {
+      // The ack came before the message frame: show it now, replaced when the frame arrives.
+      msg = {
+        id,
+        room: room.name,
+        seq,
+        senderId: this.me.id,
+        senderEmail: this.me.email,
+        content: entry.content,
+        createdAt: entry.createdAt,
+        clientId,
+        provisional: true,
+      };
+      room.messages.set(seq, msg);
+    }
+    this.#emit('confirmed', { room, clientId, msg });
+  }
+
+  #onFrame(frame) {
+    const room = typeof frame.room === 'string' ? this.rooms.get(frame.room) : undefined;
+    if (!room) return;
+    switch (frame.type) {
+      case 'message':
+        this.#onMessage(room, frame);
+        break;
+      case 'system':
+        this.#emit('system', { room, frame, at: new Date(this.#now()).toISOString() });
+        break;
+      case 'typing':
+        if (frame.userId === this.me.id) return;
+        room.typing.set(frame.userId, { email: frame.email, until: this.#now() + TYPING_SHOWN_FOR });
+        this.#emit('typing', { room });
+        this.#scheduleTypingExpiry();
+        break;
+      default:
+    }
+  }
+
+  #onMessage(room, frame) {
+    const { type: _type, ...msg } = frame;
+    if (typeof msg.seq !== 'number') return;
+    if (room.lastSeq === null || msg.seq > room.lastSeq) room.lastSeq = msg.seq;
+    if (room.typing.delete(msg.senderId)) this.#emit('typing', { room });
+    const known = room.messages.get(msg.seq);
+    if (known && !known.provisional) return; // history and live overlapped: seen already
+    room.messages.set(msg.seq, msg);
+    const own = msg.senderId === this.me.id;
+    if (own && msg.clientId && room.outbox.has(msg.clientId)) {
+      this.#confirm(room, msg.clientId, msg);
+      return;
+    }
+    if (known) {
+      this.#emit('updated', { room, msg });
+      return;
+    }
+    if (!own && this.active !== room.name) {
+      room.unread++;
+      this.#emit('rooms');
+    }
+    this.#emit('message', { room, msg });
+  }
+
+  #scheduleTypingExpiry() {
+    clearTimeout(this.#typingTimer);
+    const now = this.#now();
+    let next = Infinity;
+    for (const room of this.rooms.values()) {
+      let changed = false;
+      for (const [id, t] of room.typing) {
+        if (t.until <= now) {
+          room.typing.delete(id);
+          changed = true;
+        } else {
+          next = Math.min(next, t.until);
+        }
+      }
+      if (changed) this.#emit('typing', { room });
+    }
+    if (next !== Infinity) this.#typingTimer = setTimeout(() => this.#scheduleTypingExpiry(), next - now + 10);
+  }
+
+  // --- helpers -------------------------------------------------------------------------------
+
+  #listen(target, type, fn) {
+    target.addEventListener(type, fn);
+    this.#listeners.push([target, type, fn]);
+  }
+
+  #emit(type, detail = {}) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  #roomsKey() {
+    return `confab.rooms.${this.me.id}`;
+  }
+
+  #savedRooms() {
+    try {
+      const names = JSON.parse(this.#storage?.getItem(this.#roomsKey()) ?? '[]');
+      return Array.isArray(names) ? names.filter((n) => typeof n === 'string' && ROOM_RULE.test(n)) : [];
+    } catch {
+      return [];
+    }
+  }
+
+  #saveRooms() {
+    try {
+      this.#storage?.setItem(this.#roomsKey(), JSON.stringify([...this.rooms.keys()]));
+    } catch {
+      // Private mode / quota: the rooms are just not remembered across visits.
+    }
+  }
+}

@@ -1,0 +1,734 @@
+// The signed-in screen: sidebar, connection status, one message view per room (each keeps its
+// own DOM and scroll position while another room is shown), the composer.
+//
+// Every piece of text from the network goes into the page as a text node (see dom.js).
+
+import { h, byId } from './dom.js';
+import { roomNameProblem, MESSAGE_MAX_LEN } from './chat.js';
+
+/** Consecutive messages by one sender within this interval are grouped under one header. */
+const GROUP_WITHIN_MS = 5 * 60_000;
+/** "At the bottom", in pixels: new messages scroll into view only then. */
+const BOTTOM_SLACK = 48;
+/** A leave and a re-join of one user closer together than this are not shown. */
+const RECONNECT_BLIP_MS = 60_000;
+/** Scrolled this close to the top, the previous page of history is fetched. */
+const LOAD_OLDER_WITHIN = 300;
+
+const timeFormat = new Intl.DateTimeFormat(undefined, { hour: 'numeric', minute: '2-digit' });
+const dateTimeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'short' });
+const fullFormat = new Intl.DateTimeFormat(undefined, { dateStyle: 'full', timeStyle: 'medium' });
+
+function timeElement(iso) {
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return h('time', {}, '');
+  const today = new Date();
+  const sameDay = d.toDateString() === today.toDateString();
+  return h(
+    'time',
+    { datetime: d.toISOString(), title: fullFormat.format(d) },
+    sameDay ? timeFormat.format(d) : dateTimeFormat.format(d),
+  );
+}
+
+/** The room a client-side URL names (`/r/<room>`), if any. */
+export function roomFromPath(pathname) {
+  const m = /^\/r\/([^/]+)\/?$/.exec(pathname);
+  if (!m) return null;
+  try {
+    const name = decodeURIComponent(m[1]);
+    return roomNameProblem(name) ? null : name;
+  } catch {
+    return null;
+  }
+}
+
+/** One room's messages: a scroller with the history status on top and the list below. */
+class RoomView {
+  constructor(room, owner) {
+    this.room = room;
+    this.owner = owner;
+    /** seq → element, clientId → element (outbox entries) */
+    this.bySeq = new Map();
+    this.byClient = new Map();
+    /** Whether the view follows new messages (the user is at the bottom). */
+    this.stick = true;
+    this.savedFromBottom = 0;
+    this.status = h('div', { class: 'history' });
+    this.list = h('ol', { class: 'messages', 'aria-label': `Messages in #${room.name}` });
+    this.scroller = h(
+      'div',
+      { class: 'scroller', tabindex: '0', role: 'region', 'aria-label': `#${room.name} conversation` },
+      this.status,
+      this.list,
+    );
+    this.jump = h(
+      'button',
+      { type: 'button', class: 'jump', hidden: true, onclick: () => this.scrollToBottom(true) },
+      'New messages ↓',
+    );
+    this.el = h('section', { class: 'room', hidden: true, dataset: { room: room.name } }, this.scroller, this.jump);
+    this.scroller.addEventListener('scroll', () => this.onScroll(), { passive: true });
+    this.renderStatus();
+  }
+
+  get visible() {
+    return !this.el.hidden;
+  }
+
+  show() {
+    this.el.hidden = false;
+    if (this.stick) this.scrollToBottom();
+    else this.scroller.scrollTop = this.scroller.scrollHeight - this.savedFromBottom;
+    this.fillViewport();
+  }
+
+  hide() {
+    if (!this.el.hidden) this.savedFromBottom = this.scroller.scrollHeight - this.scroller.scrollTop;
+    this.el.hidden = true;
+  }
+
+  atBottom() {
+    const s = this.scroller;
+    return s.scrollHeight - s.scrollTop - s.clientHeight <= BOTTOM_SLACK;
+  }
+
+  scrollToBottom(focusComposer = false) {
+    this.scroller.scrollTop = this.scroller.scrollHeight;
+    this.stick = true;
+    this.jump.hidden = true;
+    if (focusComposer) this.owner.focusComposer();
+  }
+
+  onScroll() {
+    if (!this.visible) return;
+    this.stick = this.atBottom();
+    if (this.stick) this.jump.hidden = true;
+    if (this.scroller.scrollTop < LOAD_OLDER_WITHIN) this.owner.chat.loadOlder(this.room.name);
+  }
+
+  /** Loads older pages until the scroller can scroll (a tall window, a short first page). */
+  fillViewport() {
+    const r = this.room;
+    if (this.visible && r.historyLoaded && r.hasMore && !r.loadingHistory && !r.historyError) {
+      if (this.scroller.scrollHeight <= this.scroller.clientHeight + LOAD_OLDER_WITHIN) {
+        this.owner.chat.loadOlder(r.name);
+      }
+    }
+  }
+
+  /**
+   * Runs `change` (which adds or removes elements) keeping what the user sees in place: at the
+   * bottom it stays at the bottom, otherwise the distance from the bottom is kept (so a page of
+   * history added above does not move the messages being read).
+   */
+  preserving(change, { follow = false } = {}) {
+    const s = this.scroller;
+    const wasAtBottom = this.visible ? this.atBottom() : this.stick;
+    const fromBottom = s.scrollHeight - s.scrollTop;
+    change();
+    if (!this.visible) {
+      if (follow) this.stick = true;
+      return wasAtBottom;
+    }
+    if (wasAtBottom || follow) this.scrollToBottom();
+    else s.scrollTop = s.scrollHeight - fromBottom;
+    return wasAtBottom || follow;
+  }
+
+  renderStatus() {
+    const r = this.room;
+    let content;
+    if (r.loadingHistory) content = h('p', { class: 'muted' }, 'Loading older messages…');
+    else if (r.historyError)
+      content = h(
+        'p',
+        { class: 'error-text' },
+        `Could not load older messages: ${r.historyError} `,
+        h('button', { type: 'button', class: 'link', onclick: () => this.owner.chat.loadOlder(r.name) }, 'Try again'),
+      );
+    else if (r.historyLoaded && !r.hasMore) content = h('p', { class: 'muted' }, `This is the beginning of #${r.name}.`);
+    else if (r.historyLoaded)
+      content = h(
+        'button',
+        { type: 'button', class: 'link', onclick: () => this.owner.chat.loadOlder(r.name) },
+        'Load older messages',
+      );
+    else content = h('p', { class: 'muted' }, r.joinError ? r.joinError : 'Joining…');
+    this.status.replaceChildren(content);
+  }
+
+  /** Sort key of an element: a message's seq; a system line sorts after the seq it followed. */
+  static key(el) {
+    return Number(el.dataset.key);
+  }
+
+  /** Inserts a keyed element in order, before the outbox entries at the end. */
+  place(el) {
+    const key = RoomView.key(el);
+    const first = this.list.firstElementChild;
+    if (first && first.dataset.key !== undefined && key < RoomView.key(first)) {
+      this.list.insertBefore(el, first);
+      return;
+    }
+    let node = this.list.lastElementChild;
+    while (node && (node.dataset.key === undefined || RoomView.key(node) > key)) node = node.previousElementSibling;
+    this.list.insertBefore(el, node ? node.nextElementSibling : this.list.firstElementChild);
+  }
+
+  messageElement(msg) {
+    const own = msg.senderId === this.owner.chat.me.id;
+    return h(
+      'li',
+      {
+        class: `msg${own ? ' msg--own' : ''}`,
+        dataset: { key: String(msg.seq), seq: String(msg.seq), sender: msg.senderId, time: String(Date.parse(msg.createdAt)) },
+      },
+      h('div', { class: 'msg-head' }, h('span', { class: 'msg-sender' }, msg.senderEmail), ' ', timeElement(msg.createdAt)),
+      h('p', { class: 'msg-body' }, msg.content),
+    );
+  }
+
+  outboxElement(entry) {
+    const chat = this.owner.chat;
+    const name = this.room.name;
+    let status;
+    if (entry.status === 'failed') {
+      status = h(
+        'p',
+        { class: 'msg-status error-text' },
+        `Not sent: ${(entry.error ?? 'no answer').replace(/\.$/, '')}. `,
+        h('button', { type: 'button', class: 'link', onclick: () => chat.retry(name, entry.clientId) }, 'Retry'),
+        ' · ',
+        h('button', { type: 'button', class: 'link', onclick: () => chat.discard(name, entry.clientId) }, 'Discard'),
+      );
+    } else {
+      status = h('p', { class: 'msg-status muted' }, entry.status === 'queued' ? 'Waiting for connection…' : 'Sending…');
+    }
+    return h(
+      'li',
+      {
+        class: `msg msg--own msg--out msg--${entry.status}`,
+        dataset: { clientId: entry.clientId, sender: chat.me.id, time: String(Date.parse(entry.createdAt)) },
+        'aria-busy': entry.status === 'failed' ? null : 'true',
+      },
+      h('div', { class: 'msg-head' }, h('span', { class: 'msg-sender' }, chat.me.email), ' ', timeElement(entry.createdAt)),
+      h('p', { class: 'msg-body' }, entry.content),
+      status,
+    );
+  }
+
+  /** Marks `el` as continuing the previous message's group, or not. */
+  static regroup(el) {
+    if (!el || !el.classList.contains('msg')) return;
+    const prev = el.previousElementSibling;
+    const cont =
+      prev !== null &&
+      prev.classList.contains('msg') &&
+      prev.dataset.sender === el.dataset.sender &&
+      Math.abs(Number(el.dataset.time) - Number(prev.dataset.time)) < GROUP_WITHIN_MS;
+    el.classList.toggle('msg--cont', cont);
+  }
+
+  static regroupAround(el) {
+    RoomView.regroup(el);
+    RoomView.regroup(el.nextElementSibling);
+  }
+
+  addMessages(msgs) {
+    if (msgs.length === 0) return;
+    this.preserving(() => {
+      const first = this.list.firstElementChild;
+      const allBefore = !first || first.dataset.key === undefined || msgs.every((m) => m.seq < RoomView.key(first));
+      if (allBefore) {
+        // A page of history: one insertion at the top.
+        const frag = document.createDocumentFragment();
+        const els = msgs.map((m) => this.messageElement(m));
+        for (const [i, el] of els.entries()) {
+          this.bySeq.set(msgs[i].seq, el);
+          frag.append(el);
+        }
+        this.list.insertBefore(frag, first);
+        for (const el of els) RoomView.regroup(el);
+        RoomView.regroup(els.at(-1).nextElementSibling);
+      } else {
+        for (const m of msgs) this.insertOne(m);
+      }
+    });
+    this.fillViewport();
+  }
+
+  insertOne(msg) {
+    const el = this.messageElement(msg);
+    const old = this.bySeq.get(msg.seq);
+    this.bySeq.set(msg.seq, el);
+    if (old) old.replaceWith(el);
+    else this.place(el);
+    RoomView.regroupAround(el);
+  }
+
+  /** A live message; true when it is in view (the user was at the bottom). */
+  addLive(msg) {
+    const shown = this.preserving(() => this.insertOne(msg));
+    if (!shown && this.visible) this.jump.hidden = false;
+    return shown;
+  }
+
+  replace(msg) {
+    if (!this.bySeq.has(msg.seq)) return;
+    this.preserving(() => this.insertOne(msg));
+  }
+
+  addSystem(frame, at) {
+    // "x left" then "x joined" with nothing in between is a reconnect (a reload, a server
+    // restart), not news: both lines go.
+    const previous = this.lastKeyed();
+    if (
+      frame.event === 'join' &&
+      previous?.classList.contains('sys') &&
+      previous.dataset.event === 'leave' &&
+      previous.dataset.user === frame.userId &&
+      Date.parse(at) - Number(previous.dataset.time) < RECONNECT_BLIP_MS
+    ) {
+      const next = previous.nextElementSibling;
+      previous.remove();
+      RoomView.regroup(next);
+      return;
+    }
+    const last = this.room.lastSeq ?? 0;
+    const el = h(
+      'li',
+      {
+        class: 'sys',
+        dataset: { key: String(last + 0.5), event: frame.event, user: frame.userId, time: String(Date.parse(at)) },
+      },
+      h('span', {}, frame.message ?? `${frame.email} ${frame.event === 'leave' ? 'left' : 'joined'}`),
+      ' ',
+      timeElement(at),
+    );
+    this.preserving(() => {
+      this.place(el);
+      RoomView.regroup(el.nextElementSibling);
+    });
+  }
+
+  /** The last element that is not an outbox entry. */
+  lastKeyed() {
+    let node = this.list.lastElementChild;
+    while (node && node.dataset.key === undefined) node = node.previousElementSibling;
+    return node;
+  }
+
+  setOutbox(entry, { follow = false } = {}) {
+    const el = this.outboxElement(entry);
+    const old = this.byClient.get(entry.clientId);
+    this.byClient.set(entry.clientId, el);
+    this.preserving(
+      () => {
+        if (old) old.replaceWith(el);
+        else this.list.append(el);
+        RoomView.regroupAround(el);
+      },
+      { follow },
+    );
+  }
+
+  confirm(clientId, msg) {
+    const old = this.byClient.get(clientId);
+    this.byClient.delete(clientId);
+    this.preserving(() => {
+      const next = old?.nextElementSibling;
+      old?.remove();
+      if (next) RoomView.regroup(next);
+      this.insertOne(msg);
+    });
+  }
+
+  discard(clientId) {
+    const old = this.byClient.get(clientId);
+    this.byClient.delete(clientId);
+    if (!old) return;
+    const next = old.nextElementSibling;
+    old.remove();
+    RoomView.regroup(next);
+  }
+}
+
+/** The signed-in screen, bound to one Chat and Connection until dispose(). */
+export class ChatView {
+  constructor({ chat, conn, auth, onLogout }) {
+    this.chat = chat;
+    this.conn = conn;
+    this.auth = auth;
+    /** @type {Map<string, RoomView>} */
+    this.views = new Map();
+    this.drafts = new Map();
+    this.abort = new AbortController();
+    this.retryTicker = 0;
+    const on = (target, type, fn) => target.addEventListener(type, fn, { signal: this.abort.signal });
+
+    this.el = {
+      root: byId('chat'),
+      me: byId('me'),
+      conn: byId('conn'),
+      connText: byId('conn-text'),
+      connRetry: byId('conn-retry'),
+      logout: byId('logout'),
+      toggle: byId('rooms-toggle'),
+      toggleBadge: byId('toggle-badge'),
+      sidebar: byId('sidebar'),
+      scrim: byId('scrim'),
+      joinForm: byId('join-form'),
+      joinName: byId('join-name'),
+      joinError: byId('join-error'),
+      roomList: byId('room-list'),
+      noRooms: byId('no-rooms'),
+      directory: byId('directory'),
+      noDirectory: byId('no-directory'),
+      title: byId('room-title'),
+      leave: byId('leave'),
+      empty: byId('empty'),
+      tryGeneral: byId('try-general'),
+      views: byId('views'),
+      typing: byId('typing'),
+      composer: byId('composer'),
+      composerLabel: byId('composer-label'),
+      input: byId('composer-input'),
+      announcer: byId('announcer'),
+    };
+    const el = this.el;
+    el.me.textContent = chat.me.email;
+    el.input.maxLength = MESSAGE_MAX_LEN;
+
+    on(el.logout, 'click', onLogout);
+    on(el.connRetry, 'click', () => conn.retryNow());
+    on(el.toggle, 'click', () => this.setSidebar(!el.root.classList.contains('sidebar-open')));
+    on(el.scrim, 'click', () => this.setSidebar(false));
+    on(document, 'keydown', (e) => {
+      if (e.key === 'Escape' && el.root.classList.contains('sidebar-open')) {
+        this.setSidebar(false);
+        el.toggle.focus();
+      }
+    });
+    on(el.joinForm, 'submit', (e) => {
+      e.preventDefault();
+      this.joinFromForm();
+    });
+    on(el.joinName, 'input', () => this.showJoinError(null));
+    on(el.tryGeneral, 'click', () => this.open('general', { focus: true }));
+    on(el.leave, 'click', () => this.leaveActive());
+    on(el.composer, 'submit', (e) => {
+      e.preventDefault();
+      this.sendFromComposer();
+    });
+    on(el.input, 'keydown', (e) => {
+      // Enter sends, Shift+Enter is a new line; never in the middle of an IME composition.
+      if (e.key === 'Enter' && !e.shiftKey && !e.isComposing && e.keyCode !== 229) {
+        e.preventDefault();
+        this.sendFromComposer();
+      }
+    });
+    on(el.input, 'input', () => {
+      if (this.chat.active && el.input.value.trim()) this.chat.typing(this.chat.active);
+    });
+    on(window, 'popstate', () => {
+      const name = roomFromPath(location.pathname);
+      if (name) this.open(name, { push: false });
+    });
+
+    on(conn, 'state', () => this.renderConn());
+    on(chat, 'rooms', () => this.renderRooms());
+    on(chat, 'directory', () => this.renderDirectory());
+    on(chat, 'joined', (e) => this.view(e.detail.room)?.renderStatus());
+    on(chat, 'join-error', (e) => this.view(e.detail.room)?.renderStatus());
+    on(chat, 'history-state', (e) => this.view(e.detail.room)?.renderStatus());
+    on(chat, 'history', (e) => {
+      const v = this.view(e.detail.room);
+      v?.renderStatus();
+      v?.addMessages(e.detail.added);
+    });
+    on(chat, 'message', (e) => this.onMessage(e.detail.room, e.detail.msg));
+    on(chat, 'updated', (e) => this.view(e.detail.room)?.replace(e.detail.msg));
+    on(chat, 'system', (e) => this.view(e.detail.room)?.addSystem(e.detail.frame, e.detail.at));
+    on(chat, 'outbox', (e) => this.view(e.detail.room)?.setOutbox(e.detail.entry));
+    on(chat, 'confirmed', (e) => this.view(e.detail.room)?.confirm(e.detail.clientId, e.detail.msg));
+    on(chat, 'discarded', (e) => this.view(e.detail.room)?.discard(e.detail.clientId));
+    on(chat, 'typing', (e) => {
+      if (e.detail.room.name === chat.active) this.renderTyping();
+    });
+    on(chat, 'left', (e) => this.dropView(e.detail.room.name));
+
+    el.root.hidden = false;
+    this.renderConn();
+    this.renderRooms();
+    this.renderDirectory();
+    const initial = roomFromPath(location.pathname) ?? [...chat.rooms.keys()][0] ?? null;
+    if (initial) this.open(initial, { push: false, replace: true });
+    else this.showRoom(null);
+  }
+
+  dispose() {
+    this.abort.abort();
+    clearInterval(this.retryTicker);
+    for (const v of this.views.values()) v.el.remove();
+    this.views.clear();
+    this.el.roomList.replaceChildren();
+    this.el.directory.replaceChildren();
+    this.el.typing.textContent = '';
+    this.el.announcer.textContent = '';
+    this.el.input.value = '';
+    this.el.root.classList.remove('sidebar-open');
+    this.el.root.hidden = true;
+    document.title = 'confab';
+  }
+
+  view(room) {
+    return room ? this.views.get(room.name) : undefined;
+  }
+
+  /** The view for `room`, created on first use. */
+  ensureView(room) {
+    let v = this.views.get(room.name);
+    if (!v) {
+      v = new RoomView(room, this);
+      this.views.set(room.name, v);
+      this.el.views.append(v.el);
+      const msgs = [...room.messages.values()].sort((a, b) => a.seq - b.seq);
+      v.addMessages(msgs);
+      for (const entry of room.outbox.values()) v.setOutbox(entry);
+    }
+    return v;
+  }
+
+  dropView(name) {
+    this.views.get(name)?.el.remove();
+    this.views.delete(name);
+    this.drafts.delete(name);
+    if (!this.chat.active) {
+      const next = [...this.chat.rooms.keys()][0];
+      if (next) this.open(next);
+      else this.showRoom(null);
+    }
+  }
+
+  /** Joins (if needed) and shows `name`. */
+  open(name, { push = true, replace = false, focus = false } = {}) {
+    let room;
+    try {
+      room = this.chat.join(name);
+    } catch (e) {
+      this.showJoinError(e.message);
+      return false;
+    }
+    this.ensureView(room);
+    this.showRoom(name);
+    const url = `/r/${encodeURIComponent(name)}`;
+    if (replace) history.replaceState(null, '', url);
+    else if (push && location.pathname !== url) history.pushState(null, '', url);
+    if (focus) this.focusComposer();
+    return true;
+  }
+
+  showRoom(name) {
+    const el = this.el;
+    const previous = this.chat.active;
+    if (previous && previous !== name) {
+      this.drafts.set(previous, el.input.value);
+      this.views.get(previous)?.hide();
+    }
+    this.chat.setActive(name);
+    const v = name ? this.views.get(name) : null;
+    el.empty.hidden = Boolean(v);
+    el.composer.hidden = !v;
+    el.leave.hidden = !v;
+    el.title.textContent = name ? `#${name}` : 'confab';
+    if (v) {
+      v.show();
+      if (previous !== name) el.input.value = this.drafts.get(name) ?? '';
+      el.input.placeholder = `Message #${name}`;
+      el.composerLabel.textContent = `Message #${name}`;
+    }
+    this.renderTyping();
+    this.renderRooms();
+  }
+
+  focusComposer() {
+    if (!this.el.composer.hidden) this.el.input.focus();
+  }
+
+  joinFromForm() {
+    const name = this.el.joinName.value.trim();
+    const problem = roomNameProblem(name);
+    if (problem) {
+      this.showJoinError(problem);
+      this.el.joinName.focus();
+      return;
+    }
+    if (this.open(name)) {
+      this.el.joinName.value = '';
+      this.setSidebar(false);
+      this.focusComposer();
+    }
+  }
+
+  showJoinError(message) {
+    const { joinError, joinName } = this.el;
+    joinError.textContent = message ?? '';
+    joinError.hidden = !message;
+    if (message) joinName.setAttribute('aria-invalid', 'true');
+    else joinName.removeAttribute('aria-invalid');
+  }
+
+  leaveActive() {
+    const name = this.chat.active;
+    if (!name) return;
+    this.chat.leave(name);
+    if (!this.chat.active) this.el.joinName.focus();
+  }
+
+  sendFromComposer() {
+    const name = this.chat.active;
+    const text = this.el.input.value;
+    if (!name || !text.trim()) return;
+    const entry = this.chat.send(name, text);
+    if (!entry) return;
+    this.el.input.value = '';
+    this.drafts.delete(name);
+    // Own messages always come into view, wherever the user had scrolled.
+    this.views.get(name)?.setOutbox(entry, { follow: true });
+    this.el.input.focus();
+  }
+
+  onMessage(room, msg) {
+    const v = this.view(room);
+    if (!v) return;
+    const shown = v.addLive(msg);
+    if (room.name === this.chat.active && msg.senderId !== this.chat.me.id && shown) {
+      this.el.announcer.textContent = `${msg.senderEmail}: ${msg.content}`;
+    }
+    this.renderTitle();
+  }
+
+  setSidebar(open) {
+    const { root, toggle, scrim, joinName } = this.el;
+    root.classList.toggle('sidebar-open', open);
+    toggle.setAttribute('aria-expanded', String(open));
+    scrim.hidden = !open;
+    if (open) joinName.focus();
+  }
+
+  renderConn() {
+    const { conn: box, connText, connRetry } = this.el;
+    const state = this.conn.state;
+    box.dataset.state = state;
+    box.title = this.conn.node ? `server: ${this.conn.node}` : '';
+    clearInterval(this.retryTicker);
+    const text = () => {
+      switch (state) {
+        case 'connected':
+          return 'Connected';
+        case 'connecting':
+          return 'Connecting…';
+        case 'reconnecting':
+          return 'Reconnecting…';
+        case 'offline': {
+          const s = Math.max(0, Math.ceil((this.conn.retryAt - Date.now()) / 1000));
+          return s > 0 ? `Offline — retrying in ${s} s` : 'Offline — retrying…';
+        }
+        default:
+          return 'Disconnected';
+      }
+    };
+    connText.textContent = text();
+    connRetry.hidden = state !== 'offline';
+    if (state === 'offline') {
+      this.retryTicker = setInterval(() => {
+        connText.textContent = text();
+      }, 1000);
+    }
+  }
+
+  renderRooms() {
+    const { roomList, noRooms, toggleBadge } = this.el;
+    const focusedRoom = document.activeElement?.closest?.('#room-list [data-room]')?.dataset.room;
+    const items = [...this.chat.rooms.values()].map((room) => {
+      const current = room.name === this.chat.active;
+      const badge =
+        room.unread > 0
+          ? h('span', { class: 'badge' }, String(room.unread), h('span', { class: 'sr-only' }, ' unread'))
+          : null;
+      const state = room.joinError ? h('span', { class: 'room-meta error-text' }, '!') : null;
+      const button = h(
+        'button',
+        {
+          type: 'button',
+          class: `room-btn${room.joined ? '' : ' room-btn--pending'}`,
+          'aria-current': current ? 'page' : null,
+          dataset: { room: room.name },
+          title: room.joinError ?? null,
+          onclick: () => {
+            this.open(room.name);
+            this.setSidebar(false);
+            this.focusComposer();
+          },
+        },
+        h('span', { class: 'room-name' }, `#${room.name}`),
+        state,
+        badge,
+      );
+      return h('li', {}, button);
+    });
+    roomList.replaceChildren(...items);
+    noRooms.hidden = items.length > 0;
+    if (focusedRoom) roomList.querySelector(`[data-room="${CSS.escape(focusedRoom)}"]`)?.focus();
+    const unread = this.chat.totalUnread;
+    toggleBadge.hidden = unread === 0;
+    toggleBadge.textContent = unread ? String(unread) : '';
+    this.renderDirectory();
+    this.renderTitle();
+  }
+
+  renderDirectory() {
+    const { directory, noDirectory } = this.el;
+    const items = this.chat.directory
+      .filter((r) => !this.chat.rooms.has(r.name))
+      .slice(0, 50)
+      .map((r) =>
+        h(
+          'li',
+          {},
+          h(
+            'button',
+            {
+              type: 'button',
+              class: 'room-btn',
+              onclick: () => {
+                this.open(r.name);
+                this.setSidebar(false);
+                this.focusComposer();
+              },
+            },
+            h('span', { class: 'room-name' }, `#${r.name}`),
+            h('span', { class: 'room-meta' }, `${r.lastSeq} msg${r.lastSeq === 1 ? '' : 's'}`),
+          ),
+        ),
+      );
+    directory.replaceChildren(...items);
+    noDirectory.hidden = items.length > 0;
+  }
+
+  renderTyping() {
+    const names = this.chat.active ? this.chat.typists(this.chat.active) : [];
+    let text = '';
+    if (names.length === 1) text = `${names[0]} is typing…`;
+    else if (names.length === 2) text = `${names[0]} and ${names[1]} are typing…`;
+    else if (names.length > 2) text = 'Several people are typing…';
+    this.el.typing.textContent = text;
+  }
+
+  renderTitle() {
+    const unread = this.chat.totalUnread;
+    const room = this.chat.active ? `#${this.chat.active} · ` : '';
+    document.title = `${unread ? `(${unread}) ` : ''}${room}confab`;
+  }
+}

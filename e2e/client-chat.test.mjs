@@ -1,0 +1,240 @@
+// assets/js/chat.js in node, against a scripted connection: ordering, de-duplication, resume
+// with `since`, and the outbox's clientId discipline.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { Chat, ROOM_RULE_MESSAGE } from '../assets/js/chat.js';
+import { Disconnected, ServerError, backoff } from '../assets/js/connection.js';
+
+const ME = { id: 'me', email: 'me@example.com' };
+
+/** A connection whose requests the test answers by hand. */
+class FakeConn extends EventTarget {
+  connected = false;
+  requests = [];
+  /** Every request ever made: a close fails those still unanswered, as the real one does. */
+  all = [];
+  notified = [];
+  request(frame) {
+    if (!this.connected) return Promise.reject(new Disconnected());
+    return new Promise((resolve, reject) => {
+      const r = { frame, resolve, reject };
+      this.requests.push(r);
+      this.all.push(r);
+    });
+  }
+  notify(frame) {
+    this.notified.push(frame);
+    return this.connected;
+  }
+  open() {
+    this.connected = true;
+    this.dispatchEvent(new CustomEvent('open', { detail: { type: 'hello' } }));
+  }
+  close() {
+    this.connected = false;
+    this.requests = [];
+    for (const r of this.all.splice(0)) r.reject(new Disconnected());
+    this.dispatchEvent(new CustomEvent('close', { detail: { code: 1006 } }));
+  }
+  frame(f) {
+    this.dispatchEvent(new CustomEvent('frame', { detail: f }));
+  }
+  /** Takes the oldest unanswered request of `type`. */
+  take(type) {
+    const i = this.requests.findIndex((r) => r.frame.type === type);
+    assert.notEqual(i, -1, `no ${type} request among ${JSON.stringify(this.requests.map((r) => r.frame))}`);
+    return this.requests.splice(i, 1)[0];
+  }
+}
+
+function msg(seq, { sender = 'other', clientId, content = `m${seq}` } = {}) {
+  return {
+    type: 'message',
+    id: `id-${seq}`,
+    room: 'general',
+    seq,
+    senderId: sender,
+    senderEmail: sender === 'me' ? ME.email : 'other@example.com',
+    content,
+    createdAt: new Date(1_700_000_000_000 + seq * 1000).toISOString(),
+    ...(clientId ? { clientId } : {}),
+  };
+}
+
+function setup({ history = () => [] } = {}) {
+  const conn = new FakeConn();
+  const apiCalls = [];
+  const auth = {
+    api: async (path) => {
+      apiCalls.push(path);
+      if (path === '/api/rooms') return { rooms: [] };
+      return { messages: history(path) };
+    },
+  };
+  let n = 0;
+  const chat = new Chat({ auth, conn, user: ME, storage: null, uuid: () => `c${++n}` });
+  const events = [];
+  for (const type of ['message', 'history', 'confirmed', 'outbox', 'updated']) {
+    chat.addEventListener(type, (e) => events.push({ type, ...e.detail }));
+  }
+  return { conn, chat, auth, apiCalls, events };
+}
+
+const tick = () => new Promise((r) => setImmediate(r));
+
+test('room names are checked with the server rule before joining', () => {
+  const { chat } = setup();
+  assert.throws(() => chat.join('no spaces'), { message: ROOM_RULE_MESSAGE });
+  assert.throws(() => chat.join('x'.repeat(65)), { message: ROOM_RULE_MESSAGE });
+  assert.doesNotThrow(() => chat.join('team:dev_ops-1'));
+});
+
+test('a fresh join loads history below the acked seq, and overlapping live frames are kept once', async () => {
+  const { conn, chat, apiCalls, events } = setup({ history: () => [msg(1), msg(2), msg(3)].map(({ type, ...m }) => m) });
+  conn.open();
+  const room = chat.join('general');
+  conn.take('join_room').resolve({ type: 'ack', room: 'general', seq: 3 });
+  await tick();
+  assert.deepEqual(apiCalls.filter((p) => p.startsWith('/api/messages')), ['/api/messages/general?limit=50&before=4']);
+  conn.frame(msg(3)); // overlaps history
+  conn.frame(msg(4));
+  assert.deepEqual([...room.messages.keys()].sort((a, b) => a - b), [1, 2, 3, 4]);
+  assert.deepEqual(events.filter((e) => e.type === 'message').map((e) => e.msg.seq), [4]);
+  assert.equal(room.hasMore, false);
+});
+
+test('after a drop, each room resumes with since = the last seq seen', async () => {
+  const { conn, chat } = setup();
+  conn.open();
+  chat.join('general');
+  const first = conn.take('join_room');
+  assert.equal(first.frame.since, undefined);
+  first.resolve({ type: 'ack', room: 'general', seq: 0 });
+  await tick();
+  conn.frame(msg(1));
+  conn.frame(msg(2));
+  conn.close();
+  conn.open();
+  const resume = conn.take('join_room');
+  assert.equal(resume.frame.since, 2);
+  // The resume ack carries the room's latest seq; frames after `since` follow it.
+  resume.resolve({ type: 'ack', room: 'general', seq: 5 });
+  await tick();
+  for (const s of [3, 4, 5]) conn.frame(msg(s));
+  assert.equal(chat.rooms.get('general').lastSeq, 5);
+});
+
+test('a send cut off by a disconnect is sent again with the same clientId after the re-join', async () => {
+  const { conn, chat } = setup();
+  conn.open();
+  chat.join('general');
+  conn.take('join_room').resolve({ type: 'ack', room: 'general', seq: 0 });
+  await tick();
+  const entry = chat.send('general', '  hello  ');
+  assert.equal(entry.content, 'hello');
+  const sent = conn.take('send_message');
+  assert.equal(sent.frame.clientId, entry.clientId);
+  conn.close();
+  await tick();
+  assert.equal(entry.status, 'queued');
+  conn.open();
+  conn.take('join_room').resolve({ type: 'ack', room: 'general', seq: 1 });
+  await tick();
+  const again = conn.take('send_message');
+  assert.equal(again.frame.clientId, entry.clientId);
+  again.resolve({ type: 'ack', id: 'id-1', seq: 1 });
+  await tick();
+  const room = chat.rooms.get('general');
+  assert.equal(room.outbox.size, 0);
+  assert.equal(room.messages.get(1).content, 'hello');
+});
+
+test('a refused send is failed until retried, and the retry reuses its clientId', async () => {
+  const { conn, chat } = setup();
+  conn.open();
+  chat.join('general');
+  conn.take('join_room').resolve({ type: 'ack', room: 'general', seq: 0 });
+  await tick();
+  const entry = chat.send('general', 'hi');
+  conn.take('send_message').reject(new ServerError('rate_limited', 'too many messages; slow down'));
+  await tick();
+  assert.equal(entry.status, 'failed');
+  assert.equal(entry.error, 'too many messages; slow down');
+  chat.retry('general', entry.clientId);
+  const retry = conn.take('send_message');
+  assert.equal(retry.frame.clientId, entry.clientId);
+});
+
+test('an own message frame confirms the pending entry; the later ack changes nothing', async () => {
+  const { conn, chat, events } = setup();
+  conn.open();
+  chat.join('general');
+  conn.take('join_room').resolve({ type: 'ack', room: 'general', seq: 0 });
+  await tick();
+  const entry = chat.send('general', 'mine');
+  const sent = conn.take('send_message');
+  conn.frame(msg(1, { sender: 'me', clientId: entry.clientId, content: 'mine' }));
+  sent.resolve({ type: 'ack', id: 'id-1', seq: 1 });
+  await tick();
+  const room = chat.rooms.get('general');
+  assert.equal(room.outbox.size, 0);
+  assert.equal(room.messages.size, 1);
+  assert.equal(events.filter((e) => e.type === 'confirmed').length, 1);
+  assert.equal(events.filter((e) => e.type === 'message').length, 0);
+});
+
+test('an ack before the frame shows the message at once, then the frame replaces it', async () => {
+  const { conn, chat, events } = setup();
+  conn.open();
+  chat.join('general');
+  conn.take('join_room').resolve({ type: 'ack', room: 'general', seq: 0 });
+  await tick();
+  const entry = chat.send('general', 'mine');
+  conn.take('send_message').resolve({ type: 'ack', id: 'id-1', seq: 1 });
+  await tick();
+  const room = chat.rooms.get('general');
+  assert.equal(room.messages.get(1).provisional, true);
+  assert.equal(room.lastSeq, 0, 'an ack does not move the resume point');
+  conn.frame(msg(1, { sender: 'me', clientId: entry.clientId, content: 'mine' }));
+  assert.equal(room.messages.get(1).provisional, undefined);
+  assert.equal(room.lastSeq, 1);
+  assert.equal(events.filter((e) => e.type === 'updated').length, 1);
+});
+
+test('messages in rooms not in view count as unread until the room is shown', async () => {
+  const { conn, chat } = setup();
+  conn.open();
+  chat.join('general');
+  chat.join('random');
+  conn.take('join_room').resolve({ type: 'ack', room: 'general', seq: 0 });
+  conn.take('join_room').resolve({ type: 'ack', room: 'random', seq: 0 });
+  await tick();
+  chat.setActive('general');
+  conn.frame({ ...msg(1), room: 'random' });
+  conn.frame({ ...msg(2), room: 'random' });
+  conn.frame(msg(1));
+  assert.equal(chat.rooms.get('random').unread, 2);
+  assert.equal(chat.rooms.get('general').unread, 0);
+  chat.setActive('random');
+  assert.equal(chat.totalUnread, 0);
+});
+
+test('typing is sent at most every two seconds', async () => {
+  const { conn, chat } = setup();
+  conn.open();
+  chat.join('general');
+  conn.take('join_room').resolve({ type: 'ack', room: 'general', seq: 0 });
+  await tick();
+  chat.typing('general');
+  chat.typing('general');
+  assert.equal(conn.notified.length, 1);
+});
+
+test('reconnect backoff grows, is capped, and is jittered', () => {
+  assert.ok(backoff(0, () => 0) >= 250 && backoff(0, () => 1) <= 500);
+  assert.ok(backoff(3, () => 0.5) > backoff(1, () => 0.5));
+  assert.ok(backoff(40, () => 1) <= 15_000);
+  assert.notEqual(backoff(5, () => 0), backoff(5, () => 1));
+});
