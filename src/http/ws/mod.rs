@@ -19,7 +19,10 @@ use poem::{
     http::{StatusCode, header},
     web::Data,
 };
-use tokio::time::Instant;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    time::Instant,
+};
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
@@ -413,8 +416,25 @@ async fn run_session(
         let _ = tokio::time::timeout(Duration::from_secs(1), conn.sink.send(Message::Close(Some(frame)))).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), conn.sink.close()).await;
+    linger(conn.sink, stream).await;
     metrics::gauge!(telemetry::WS_SESSIONS, "transport" => codec.label()).decrement(1.0);
     metrics::counter!(telemetry::WS_SESSIONS_CLOSED, "reason" => end.label()).increment(1);
+}
+
+/// Ends the TCP connection without destroying what is still on its way to the peer: sends FIN,
+/// then reads and discards whatever the peer still sends (the rest of an oversized frame, its
+/// close reply) until it hangs up, for at most a second. Dropping a socket with unread input
+/// makes the kernel answer with a reset, and a peer that gets one loses the close frame and
+/// anything else it has not read yet.
+async fn linger(sink: Sink, stream: Stream) {
+    let Ok(mut socket) = sink.reunite(stream) else { return };
+    let io = socket.get_mut();
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = io.shutdown().await;
+        let mut discard = [0u8; 4096];
+        while matches!(io.read(&mut discard).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 impl Conn {
