@@ -15,3 +15,5 @@ mod secret;
 mod security;
 mod tokens;
 mod validation;
+mod ws;
+mod ws_errors;
