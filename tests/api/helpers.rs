@@ -275,6 +275,60 @@ pub async fn spawn_chat_node(backend: Backend, configure: impl FnOnce(&mut Confi
     .await
 }
 
+/// What nodes of one cluster share: a PostgreSQL database, a Redis prefix and a JWT key.
+pub struct ClusterSpec {
+    pub db: Arc<TestDb>,
+    pub redis: Arc<TestRedis>,
+    pub jwt_secret: String,
+}
+
+impl ClusterSpec {
+    /// A fresh database and Redis prefix. `None` (after saying why) when PostgreSQL or Redis is
+    /// not configured; with `CONFAB_TEST_REQUIRE_SERVICES=1` that is a failure instead.
+    pub async fn new() -> Option<Self> {
+        if !Backend::Postgres.available() {
+            return None;
+        }
+        let redis = Arc::new(TestRedis::from_env()?);
+        let db = Arc::new(TestDb::create(Backend::Postgres).await);
+        Some(Self { db, redis, jwt_secret: format!("cluster-secret-{}", uuid::Uuid::new_v4().simple()) })
+    }
+
+    /// Node `node-<i>` of this cluster, chat rate limits off unless `configure` sets them.
+    pub async fn node(&self, i: usize, configure: impl FnOnce(&mut Config)) -> TestApp {
+        spawn_node(Arc::clone(&self.db), Some(Arc::clone(&self.redis)), |cfg| {
+            cfg.node_id = Some(format!("node-{i}"));
+            // Every node must accept every node's tokens.
+            cfg.auth.jwt_secret = Some(Secret::new(self.jwt_secret.as_str()));
+            cfg.limits.messages_per_second = 0;
+            configure(cfg);
+        })
+        .await
+    }
+}
+
+/// Nodes sharing one PostgreSQL database, one Redis prefix and one JWT key: a cluster.
+pub struct Cluster {
+    pub spec: ClusterSpec,
+    pub nodes: Vec<TestApp>,
+}
+
+impl Cluster {
+    pub fn node(&self, i: usize) -> &TestApp {
+        &self.nodes[i]
+    }
+}
+
+/// `n` nodes named `node-0`, `node-1`, … (see [`ClusterSpec`]), `configure` applied to each.
+pub async fn spawn_cluster(n: usize, configure: impl Fn(&mut Config)) -> Option<Cluster> {
+    let spec = ClusterSpec::new().await?;
+    let mut nodes = Vec::with_capacity(n);
+    for i in 0..n {
+        nodes.push(spec.node(i, &configure).await);
+    }
+    Some(Cluster { spec, nodes })
+}
+
 /// Upper bound on waiting for one WebSocket frame (generous: the test machine is small and busy).
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(15);
 

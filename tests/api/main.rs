@@ -7,6 +7,7 @@ mod common;
 mod helpers;
 
 mod auth;
+mod cluster;
 mod fixtures;
 mod history;
 mod limits;
