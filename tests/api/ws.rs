@@ -520,3 +520,25 @@ async fn shutdown_acks_in_flight_sends_then_closes_with_1001(backend: Backend) {
         .collect();
     assert_eq!(stored, seqs.into_iter().zip(ids).collect::<Vec<_>>());
 }
+
+/// Heartbeats: the server pings every `ws.ping_interval`; a connection that sends nothing, not
+/// even the pong a WebSocket client returns automatically while it reads, is closed with 1008
+/// after `ws.idle_timeout`. One that keeps reading stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_stops_answering_pings_is_closed_with_1008() {
+    let app = spawn_chat_node(Backend::Sqlite, |cfg| {
+        cfg.ws.ping_interval = confab::config::HumanDuration(Duration::from_secs(1));
+        cfg.ws.idle_timeout = confab::config::HumanDuration(Duration::from_secs(2));
+    })
+    .await;
+    let (_, mut alive) = connect_user(&app, "alive@example.com").await;
+    let (_, mut silent) = connect_user(&app, "silent@example.com").await;
+    alive.join("general").await;
+
+    // Alive reads (and so answers pings) for well past the idle timeout; silent reads nothing.
+    alive.expect_no_frame_within(Duration::from_secs(4)).await;
+    let frames = silent.expect_close(1008).await;
+    assert!(frames.is_empty(), "{frames:?}");
+    let sent = alive.send("general", "still here").await;
+    assert_eq!(alive.next_message().await.id, sent.id);
+}
