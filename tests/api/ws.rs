@@ -10,6 +10,7 @@ use std::{sync::Arc, time::Duration};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::{
     common::{Backend, both_backends},
@@ -532,13 +533,66 @@ async fn a_connection_that_stops_answering_pings_is_closed_with_1008() {
     })
     .await;
     let (_, mut alive) = connect_user(&app, "alive@example.com").await;
-    let (_, mut silent) = connect_user(&app, "silent@example.com").await;
     alive.join("general").await;
+    // A WebSocket library answers pings as soon as it reads, so the silent client is raw TCP.
+    let silent = app.register("silent@example.com").await;
+    let mut raw = raw_upgrade(&app, &silent.token).await;
 
     // Alive reads (and so answers pings) for well past the idle timeout; silent reads nothing.
     alive.expect_no_frame_within(Duration::from_secs(4)).await;
-    let frames = silent.expect_close(1008).await;
-    assert!(frames.is_empty(), "{frames:?}");
+    let mut bytes = Vec::new();
+    tokio::time::timeout(FRAME_TIMEOUT, raw.read_to_end(&mut bytes))
+        .await
+        .expect("the server did not close the silent connection")
+        .expect("read the silent connection");
+    let frames = server_frames(&bytes);
+    let opcodes: Vec<u8> = frames.iter().map(|(op, _)| *op).collect();
+    // hello (text), at least one ping, then the close, and nothing else.
+    assert_eq!(opcodes.first(), Some(&0x1), "{opcodes:?}");
+    assert_eq!(opcodes.last(), Some(&0x8), "{opcodes:?}");
+    assert!(opcodes.len() >= 3 && opcodes[1..opcodes.len() - 1].iter().all(|op| *op == 0x9), "{opcodes:?}");
+    let close = &frames.last().expect("frames").1;
+    assert_eq!(u16::from_be_bytes([close[0], close[1]]), 1008, "close payload {close:?}");
+
     let sent = alive.send("general", "still here").await;
     assert_eq!(alive.next_message().await.id, sent.id);
+}
+
+/// Upgrades a plain TCP connection to `/ws` and returns it, the server's frames unread.
+async fn raw_upgrade(app: &TestApp, token: &str) -> tokio::net::TcpStream {
+    let mut tcp = tokio::net::TcpStream::connect(app.addr).await.expect("connect");
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Authorization: Bearer {token}\r\n\r\n",
+        app.addr
+    );
+    tcp.write_all(request.as_bytes()).await.expect("write the upgrade request");
+    // The response head, byte by byte so that no frame is consumed with it.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(FRAME_TIMEOUT, tcp.read_exact(&mut byte)).await.expect("response in time").expect("read");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tcp
+}
+
+/// Splits what a server sent (unmasked frames) into `(opcode, payload)`.
+fn server_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut frames = Vec::new();
+    while !bytes.is_empty() {
+        let opcode = bytes[0] & 0x0f;
+        assert_eq!(bytes[1] & 0x80, 0, "server frames are not masked");
+        let (len, header) = match bytes[1] & 0x7f {
+            126 => (usize::from(u16::from_be_bytes([bytes[2], bytes[3]])), 4),
+            127 => (usize::try_from(u64::from_be_bytes(bytes[2..10].try_into().expect("8 bytes"))).expect("len"), 10),
+            n => (usize::from(n), 2),
+        };
+        frames.push((opcode, bytes[header..header + len].to_vec()));
+        bytes = &bytes[header + len..];
+    }
+    frames
 }
