@@ -7,6 +7,7 @@ mod common;
 mod helpers;
 
 mod auth;
+mod cluster;
 mod fixtures;
 mod history;
 mod limits;
@@ -15,3 +16,5 @@ mod secret;
 mod security;
 mod tokens;
 mod validation;
+mod ws;
+mod ws_errors;
