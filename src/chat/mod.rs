@@ -197,8 +197,13 @@ impl ChatService {
         }
         let (room, start) = loop {
             let room = self.inner.hub.room_or_insert(&name, || {
-                let writer =
-                    writer::spawn(name.clone(), self.inner.store.clone(), self.inner.bus.clone(), &self.inner.writers);
+                let writer = writer::spawn(
+                    name.clone(),
+                    self.inner.store.clone(),
+                    self.inner.bus.clone(),
+                    writer::batch_limit(self.inner.settings.outbound_queue),
+                    &self.inner.writers,
+                );
                 (writer, self.inner.bus.subscribe(&name))
             });
             self.inner.hub.ensure_ready(&room).await?;

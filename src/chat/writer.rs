@@ -1,6 +1,6 @@
 //! Group commit: one writer task per room with members on this node.
 //!
-//! Sends queue here; the writer takes everything queued (up to [`MAX_BATCH`]) and stores it in
+//! Sends queue here; the writer takes everything queued (up to [`batch_limit`]) and stores it in
 //! one transaction with one seq range. Under light load a batch is one message and nothing
 //! waits; under heavy load batches grow by themselves while the previous commit is in flight.
 //! Each sender gets its `ack` only after the commit, and before the message itself is
@@ -25,6 +25,13 @@ use crate::{
 
 /// Largest batch stored in one transaction.
 pub const MAX_BATCH: usize = 256;
+
+/// The batch limit for sessions whose queues hold `outbound_queue` frames: a batch lands in
+/// every member's queue at once, so it must leave room, or a reader that keeps up would be
+/// cut off as too slow.
+pub fn batch_limit(outbound_queue: usize) -> usize {
+    (outbound_queue / 4).clamp(1, MAX_BATCH)
+}
 /// Sends waiting for a room's writer before senders wait (backpressure on their sockets).
 const QUEUE: usize = 4096;
 
@@ -36,21 +43,27 @@ pub struct WriteRequest {
 }
 
 /// Starts the writer for `room`; it stops when every sender is dropped and the queue is empty.
-pub fn spawn(room: RoomName, store: Store, bus: Bus, tasks: &TaskTracker) -> mpsc::Sender<WriteRequest> {
+pub fn spawn(
+    room: RoomName,
+    store: Store,
+    bus: Bus,
+    max_batch: usize,
+    tasks: &TaskTracker,
+) -> mpsc::Sender<WriteRequest> {
     let (tx, rx) = mpsc::channel(QUEUE);
-    tasks.spawn(run(room, rx, store, bus));
+    tasks.spawn(run(room, rx, store, bus, max_batch));
     tx
 }
 
-async fn run(room: RoomName, mut rx: mpsc::Receiver<WriteRequest>, store: Store, bus: Bus) {
-    let mut requests = Vec::with_capacity(MAX_BATCH);
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+async fn run(room: RoomName, mut rx: mpsc::Receiver<WriteRequest>, store: Store, bus: Bus, max_batch: usize) {
+    let mut requests = Vec::with_capacity(max_batch);
+    let mut batch = Vec::with_capacity(max_batch);
     // Handles registered once per writer, not looked up per batch.
     let commit_time = metrics::histogram!(
         telemetry::STORE_QUERY_DURATION, "query" => "append_messages", "backend" => store.backend()
     );
     let stored = metrics::counter!(telemetry::MESSAGES_STORED);
-    while rx.recv_many(&mut requests, MAX_BATCH).await > 0 {
+    while rx.recv_many(&mut requests, max_batch).await > 0 {
         batch.extend(requests.iter_mut().map(|r: &mut WriteRequest| r.msg.clone()));
         let started = Instant::now();
         let result = store.append_messages(&room, &batch).await;
@@ -78,5 +91,18 @@ async fn run(room: RoomName, mut rx: mpsc::Receiver<WriteRequest>, store: Store,
             }
         }
         batch.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_fits_a_quarter_of_a_session_queue() {
+        assert_eq!(batch_limit(1024), MAX_BATCH);
+        assert_eq!(batch_limit(16), 4);
+        assert_eq!(batch_limit(8), 2);
+        assert_eq!(batch_limit(1_000_000), MAX_BATCH);
     }
 }
