@@ -241,7 +241,7 @@ fn report_phase(
         ),
     ));
     rows.push(("machine busy", format!("{:.0}% of all cores", p.cpu.machine_busy_pct)));
-    rows.push(("acks / errors", format!("{} / {}", p.acks, p.errors + p.send_errors)));
+    rows.push(("acks / errors (with warm-up)", format!("{} / {}", p.acks, p.errors + p.send_errors)));
     if let Some(e) = &p.first_error {
         rows.push(("first error", e.clone()));
     }

@@ -147,28 +147,14 @@ async fn send_loop(
     let mut k = 0;
     // Sending starts at once; acks before `w.start` are the warm-up and are not counted.
     loop {
-        let now = clock::now_ns();
-        if now < w.end {
-            wire.clear();
-            while inflight.len() < window {
-                encode_send(&mut json, room, id, k, now, size);
-                conn.encode(&mut wire, OP_TEXT, &json);
-                inflight.push_back(now);
-                k += 1;
-            }
-            if !wire.is_empty() {
-                conn.write_all(&wire).await?;
-            }
-        } else if inflight.is_empty() || now >= w.give_up {
-            break;
-        }
+        // Acks already read first: they open the window for the next sends.
         while let Some(frame) = conn.next_frame()? {
             match frame.opcode {
                 OP_TEXT => {
                     let p = conn.payload(&frame);
                     match kind(p) {
                         Kind::Ack | Kind::Error => {
-                            let sent = inflight.pop_front().unwrap_or(now);
+                            let sent = inflight.pop_front().unwrap_or(0);
                             let at = clock::now_ns();
                             if kind(p) == Kind::Error {
                                 tally.errors += 1;
@@ -189,6 +175,21 @@ async fn send_loop(
                 _ => {}
             }
             conn.consume(&frame);
+        }
+        let now = clock::now_ns();
+        if now < w.end {
+            wire.clear();
+            while inflight.len() < window {
+                encode_send(&mut json, room, id, k, now, size);
+                conn.encode(&mut wire, OP_TEXT, &json);
+                inflight.push_back(now);
+                k += 1;
+            }
+            if !wire.is_empty() {
+                conn.write_all(&wire).await?;
+            }
+        } else if inflight.is_empty() || now >= w.give_up {
+            break;
         }
         let until = if now < w.end { w.end } else { w.give_up };
         let wait = Duration::from_nanos(until.saturating_sub(clock::now_ns()).max(1_000_000));
