@@ -83,7 +83,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli, workers, nofile)) {
+    let result = runtime.block_on(run(cli, workers, nofile));
+    // A pacer thread still sleeping towards its next send must not hold the exit up.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("confab-bench: {e:#}");
