@@ -1,0 +1,130 @@
+//! `confab-bench`: the load benchmark of BENCHMARKS.md.
+//!
+//! It speaks the native WebSocket protocol to one or several confab nodes (running ones, or
+//! nodes it starts itself), provisions one account per client over REST, and runs a scenario:
+//! open-loop fan-out, a rate step search, idle connections, acked durable stores, or fan-out
+//! across a cluster. Each run prints a table and one `BENCH_JSON {...}` line.
+//!
+//! The generator runs on the same cores as the server it measures, so it is built to be cheap
+//! per received message (see `fanout.rs`) and reports its own CPU time next to the server's.
+
+// Statistics mix integer counts and times with float rates and percentiles; the values involved
+// (counts below 2^52, nanoseconds since start) are far from where these casts lose anything.
+#![allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+
+// A crate root looks for its modules next to itself; these live in the directory named after it.
+
+#[path = "confab-bench/cli.rs"]
+mod cli;
+#[path = "confab-bench/fanout.rs"]
+mod fanout;
+#[path = "confab-bench/http.rs"]
+mod http;
+#[path = "confab-bench/nodes.rs"]
+mod nodes;
+#[path = "confab-bench/procfs.rs"]
+mod procfs;
+#[path = "confab-bench/report.rs"]
+mod report;
+#[path = "confab-bench/scenario.rs"]
+mod scenario;
+#[path = "confab-bench/store.rs"]
+mod store;
+#[path = "confab-bench/users.rs"]
+mod users;
+#[path = "confab-bench/ws.rs"]
+mod ws;
+
+use std::process::ExitCode;
+
+use anyhow::anyhow;
+use clap::Parser as _;
+
+use crate::{
+    cli::{Cli, Scenario},
+    nodes::Targets,
+    scenario::Context,
+};
+
+/// One monotonic clock for the whole process, in nanoseconds: send times are embedded in
+/// messages and compared with receive times on other threads.
+mod clock {
+    use std::{
+        sync::OnceLock,
+        time::{Duration, Instant},
+    };
+
+    static BASE: OnceLock<Instant> = OnceLock::new();
+
+    fn base() -> Instant {
+        *BASE.get_or_init(Instant::now)
+    }
+
+    pub fn now_ns() -> u64 {
+        base().elapsed().as_nanos() as u64
+    }
+
+    /// The instant `ns` after the base.
+    pub fn instant(ns: u64) -> Instant {
+        base() + Duration::from_nanos(ns)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    clock::now_ns();
+    let nofile = procfs::raise_nofile_limit();
+    let workers = cli.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(workers.max(1)).enable_all().build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("confab-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli, workers, nofile));
+    // A pacer thread still sleeping towards its next send must not hold the exit up.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("confab-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli, workers: usize, nofile: u64) -> anyhow::Result<()> {
+    let clients = match &cli.scenario {
+        Scenario::Fanout(a) | Scenario::Cluster(a) => a.clients,
+        Scenario::Step(a) => a.fanout.clients,
+        Scenario::Idle(a) => a.clients,
+        Scenario::Store(a) => a.senders,
+    };
+    if nofile > 0 && (clients as u64) + 64 > nofile {
+        eprintln!("confab-bench: warning: {clients} connections but only {nofile} open files allowed (ulimit -n)");
+    }
+    let spawn_default = if matches!(cli.scenario, Scenario::Cluster(_)) { 2 } else { 1 };
+    let mut targets = Targets::start(&cli.target, spawn_default).await?;
+    let ctx = Context {
+        targets: &targets,
+        workers,
+        provision_concurrency: cli.target.provision_concurrency,
+        run: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
+    };
+    let result = tokio::select! {
+        r = async {
+            match &cli.scenario {
+                Scenario::Fanout(a) => scenario::fanout(&ctx, a, "fanout").await,
+                Scenario::Cluster(a) => scenario::fanout(&ctx, a, "cluster").await,
+                Scenario::Step(a) => scenario::step(&ctx, a).await,
+                Scenario::Idle(a) => scenario::idle(&ctx, a).await,
+                Scenario::Store(a) => scenario::store(&ctx, a).await,
+            }
+        } => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+    };
+    targets.stop().await;
+    result
+}
