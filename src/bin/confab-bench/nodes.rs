@@ -157,6 +157,8 @@ impl Targets {
                 ("CONFAB_LOG_LEVEL", "warn"),
                 ("CONFAB_SHUTDOWN__GRACE", "2s"),
                 ("NO_COLOR", "1"),
+                // As the systemd unit and the image deploy it (see there).
+                ("MALLOC_ARENA_MAX", "2"),
             ]);
             cmd.env("CONFAB_NODE_ID", format!("bench-{i}"));
             if let Some(redis) = &args.redis_url {

@@ -9,7 +9,7 @@ pub mod native;
 pub mod polling;
 pub mod socketio;
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, pin::Pin, time::Duration};
 
 use futures_util::{
     SinkExt as _, StreamExt as _,
@@ -33,7 +33,7 @@ use tokio_tungstenite::{
         protocol::{CloseFrame, Role, WebSocketConfig, frame::coding::CloseCode},
     },
 };
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::{AppState, error};
 use crate::{
@@ -433,22 +433,25 @@ async fn run_session(
         }
     }
     if end == End::Client {
+        // Made once: re-creating them each turn would re-register with the tokens' waiter lists,
+        // and the shutdown token is shared by every session.
+        let kicked = kick.cancelled();
+        let stopping = shutdown.cancelled();
+        tokio::pin!(kicked, stopping);
         end = loop {
             tokio::select! {
                 frame = stream.next() => {
                     last_seen = Instant::now();
                     match frame {
                         Some(Ok(Message::Text(text))) => {
-                            let handled = tokio::select! {
-                                // Boxed: a command's future (a join streams history) is far larger
-                                // than the idle loop, and every idle connection would carry it.
-                                r = tokio::time::timeout(ws.idle_timeout.0, Box::pin(conn.handle_text(&text))) => r,
-                                () = kick.cancelled() => break End::Slow,
-                            };
-                            match handled {
+                            // Boxed: a command's future (a join streams history) is far larger
+                            // than the idle loop, and every idle connection would carry it.
+                            let work = Box::pin(conn.handle_text(&text));
+                            match guarded(work, kicked.as_mut(), &mut heartbeat, ws.idle_timeout.0).await {
                                 Ok(Ok(true)) => {}
                                 Ok(Ok(false)) => break End::Client,
-                                _ => break End::Error,
+                                Ok(Err(_)) => break End::Error,
+                                Err(end) => break end,
                             }
                         }
                         Some(Ok(Message::Binary(_))) if conn.attachments_to_skip > 0 => {
@@ -475,20 +478,21 @@ async fn run_session(
                     // A peer that stops reading blocks the write; the hub kicks it once its queue
                     // is full, and the timeout catches one in a room too quiet to fill it.
                     Some(out) => {
-                        let written = tokio::select! {
-                            r = tokio::time::timeout(ws.idle_timeout.0, conn.write_outbound(out, &mut outbound)) => r,
-                            () = kick.cancelled() => break End::Slow,
-                        };
-                        if !matches!(written, Ok(Ok(()))) { break End::Error; }
+                        let work = conn.write_outbound(out, &mut outbound);
+                        match guarded(work, kicked.as_mut(), &mut heartbeat, ws.idle_timeout.0).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => break End::Error,
+                            Err(end) => break end,
+                        }
                     }
                     None => break End::Error,
                 },
-                () = kick.cancelled() => break End::Slow,
+                () = &mut kicked => break End::Slow,
                 _ = heartbeat.tick() => {
                     if last_seen.elapsed() > ws.idle_timeout.0 { break End::Timeout; }
                     if conn.sink.send(codec.heartbeat()).await.is_err() { break End::Error; }
                 }
-                () = shutdown.cancelled() => {
+                () = &mut stopping => {
                     Box::pin(conn.finish_inflight(&mut outbound, state.config.shutdown.grace.0)).await;
                     break End::Shutdown;
                 }
@@ -528,6 +532,26 @@ async fn linger(sink: Sink, stream: Stream) {
         while matches!(io.read(&mut discard).await, Ok(n) if n > 0) {}
     })
     .await;
+}
+
+/// Runs `work` (a command, or a write to the socket) unless the session is kicked meanwhile, or
+/// the work makes no progress for `limit` (a peer that stopped reading blocks a write). The
+/// limit is checked on the session's heartbeat ticks: no timer is armed per write.
+async fn guarded<F: Future>(
+    work: F,
+    mut kicked: Pin<&mut WaitForCancellationFuture<'_>>,
+    heartbeat: &mut tokio::time::Interval,
+    limit: Duration,
+) -> Result<F::Output, End> {
+    tokio::pin!(work);
+    let started = Instant::now();
+    loop {
+        tokio::select! {
+            out = &mut work => return Ok(out),
+            () = &mut kicked => return Err(End::Slow),
+            _ = heartbeat.tick() => if started.elapsed() > limit { return Err(End::Timeout) },
+        }
+    }
 }
 
 impl Conn {
