@@ -138,6 +138,7 @@ mod tests {
         assert_eq!(v["seq"], 7);
         assert_eq!(v["senderEmail"], "a@b.co");
         assert_eq!(v["content"], "hi \"there\"");
+        assert_eq!(v["createdAt"], "1970-01-01T00:00:00+00:00", "the same string as REST history");
         assert!(v.get("clientId").is_none());
         let sio = ev.frame.socketio().as_str();
         assert!(sio.starts_with("42[\"message\",{") && sio.ends_with("}]"), "{sio}");

@@ -100,9 +100,16 @@ pub struct Message {
     pub sender_id: Uuid,
     pub sender_email: String,
     pub content: String,
+    #[serde(serialize_with = "rfc3339")]
     pub created_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
+}
+
+/// `createdAt` exactly as the REST API writes it (`…+00:00`), so a client comparing a live
+/// message with the same message from history sees the same string.
+fn rfc3339<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&t.to_rfc3339())
 }
 
 /// A message to store; it gets its `seq` from the store.
