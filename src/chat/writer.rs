@@ -58,22 +58,27 @@ pub fn spawn(
 async fn run(room: RoomName, mut rx: mpsc::Receiver<WriteRequest>, store: Store, bus: Bus, max_batch: usize) {
     let mut requests = Vec::with_capacity(max_batch);
     let mut batch = Vec::with_capacity(max_batch);
+    let mut replies = Vec::with_capacity(max_batch);
     // Handles registered once per writer, not looked up per batch.
     let commit_time = metrics::histogram!(
         telemetry::STORE_QUERY_DURATION, "query" => "append_messages", "backend" => store.backend()
     );
     let stored = metrics::counter!(telemetry::MESSAGES_STORED);
     while rx.recv_many(&mut requests, max_batch).await > 0 {
-        batch.extend(requests.iter_mut().map(|r: &mut WriteRequest| r.msg.clone()));
+        // Moved apart, not cloned: the messages go to the store, the reply handles stay here.
+        for WriteRequest { msg, tag, reply_to } in requests.drain(..) {
+            batch.push(msg);
+            replies.push((tag, reply_to));
+        }
         let started = Instant::now();
         let result = store.append_messages(&room, &batch).await;
         commit_time.record(started.elapsed().as_secs_f64());
         match result {
             Ok(appended) => {
                 let mut events = Vec::with_capacity(appended.len());
-                for (req, a) in requests.drain(..).zip(appended) {
+                for ((tag, reply_to), a) in replies.drain(..).zip(appended) {
                     let body = ReplyBody::Sent { id: a.message.id, seq: a.message.seq };
-                    req.reply_to.offer(Outbound::Reply(Box::new(Reply::new(req.tag, body))));
+                    reply_to.offer(Outbound::Reply(Box::new(Reply::new(tag, body))));
                     if !a.duplicate {
                         events.push(event::message(&room, &a.message));
                     }
@@ -83,10 +88,10 @@ async fn run(room: RoomName, mut rx: mpsc::Receiver<WriteRequest>, store: Store,
             }
             Err(e) => {
                 let code = if e.is_unavailable() { "unavailable" } else { "internal" };
-                tracing::warn!(room = %room, error = ?e, count = requests.len(), "storing messages failed");
-                for req in requests.drain(..) {
-                    let reply = Reply::error(req.tag, code, "the message could not be stored; try again");
-                    req.reply_to.offer(Outbound::Reply(Box::new(reply)));
+                tracing::warn!(room = %room, error = ?e, count = replies.len(), "storing messages failed");
+                for (tag, reply_to) in replies.drain(..) {
+                    let reply = Reply::error(tag, code, "the message could not be stored; try again");
+                    reply_to.offer(Outbound::Reply(Box::new(reply)));
                 }
             }
         }
