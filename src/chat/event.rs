@@ -3,14 +3,17 @@
 //! An event is serialised to its native JSON frame exactly once, where it originates (the room
 //! writer for messages, the command for join/leave/typing). Every recipient on every node gets
 //! the same bytes (`Utf8Bytes` is a reference-counted buffer); the Socket.IO form is derived
-//! from them at most once per node, on first use.
+//! from them at most once per node, on first use, and so is each form's WebSocket frame, which
+//! every recipient's socket is then given as is.
 
 use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
 use serde::Serialize;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
+use super::session::{Form, text_frame};
 use crate::{
     domain::{RoomName, Seq},
     store::Message,
@@ -44,11 +47,27 @@ pub struct Encoded {
     pub kind: EventKind,
     pub native: Utf8Bytes,
     socketio: OnceLock<Utf8Bytes>,
+    native_frame: OnceLock<Bytes>,
+    socketio_frame: OnceLock<Bytes>,
 }
 
 impl Encoded {
     pub fn new(kind: EventKind, native: Utf8Bytes) -> Arc<Self> {
-        Arc::new(Self { kind, native, socketio: OnceLock::new() })
+        Arc::new(Self {
+            kind,
+            native,
+            socketio: OnceLock::new(),
+            native_frame: OnceLock::new(),
+            socketio_frame: OnceLock::new(),
+        })
+    }
+
+    /// The whole WebSocket frame of this event in `form`, built once.
+    pub fn frame(&self, form: Form) -> &Bytes {
+        match form {
+            Form::Native => self.native_frame.get_or_init(|| text_frame(self.native.clone())),
+            Form::SocketIo => self.socketio_frame.get_or_init(|| text_frame(self.socketio().clone())),
+        }
     }
 
     /// `42["<event>",<native json>]`. The payload keeps its `type` field, which Socket.IO

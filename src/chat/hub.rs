@@ -21,12 +21,13 @@ use tokio::sync::{OnceCell, mpsc, oneshot};
 
 use super::{
     event::{self, Encoded, Event, EventKind},
-    session::{Outbound, SessionHandle},
+    session::{Form, SessionHandle},
     writer::WriteRequest,
 };
 use crate::{
     domain::{RoomName, Seq},
     store::{Store, StoreError},
+    telemetry,
 };
 
 const SHARDS: usize = 64;
@@ -56,6 +57,8 @@ struct RoomInner {
     filling: bool,
     /// Removed from the hub: joiners holding this `Arc` must look the room up again.
     closed: bool,
+    /// Messages written to members, by transport (native, Socket.IO).
+    delivered_total: [metrics::Counter; 2],
 }
 
 struct Member {
@@ -149,7 +152,7 @@ impl Room {
                 EventKind::Typing { user } => m.handle.user == user,
                 EventKind::Message { .. } => false,
             };
-            if !skip && !m.handle.offer(Outbound::Event(Arc::clone(frame))) {
+            if !skip && !m.handle.outbox.offer_event(frame) {
                 kicked = true;
             }
         }
@@ -164,14 +167,22 @@ impl Room {
 fn deliver(inner: &mut RoomInner, seq: Seq, frame: &Arc<Encoded>) {
     inner.delivered = Some(seq);
     let mut kicked = false;
+    let mut written = [0u64; 2];
     for m in &mut inner.members {
         if !m.live || seq <= m.last {
             continue;
         }
-        if m.handle.offer(Outbound::Event(Arc::clone(frame))) {
+        if m.handle.outbox.offer_event(frame) {
             m.last = seq;
+            written[usize::from(m.handle.outbox.form() == Form::SocketIo)] += 1;
         } else {
             kicked = true;
+        }
+    }
+    // Once per message, not per recipient: the counters are shared by every thread.
+    for (counter, n) in inner.delivered_total.iter().zip(written) {
+        if n > 0 {
+            counter.increment(n);
         }
     }
     if kicked {
@@ -195,7 +206,7 @@ fn drain_pending(inner: &mut RoomInner) {
 
 /// Drops members whose session was kicked (queue overflow) or has gone.
 fn remove_kicked(inner: &mut RoomInner) {
-    inner.members.retain(|m| !m.handle.kick.is_cancelled() && !m.handle.tx.is_closed());
+    inner.members.retain(|m| m.handle.outbox.is_open());
 }
 
 type Shard = Mutex<HashMap<RoomName, Arc<Room>>>;
@@ -247,6 +258,8 @@ impl Hub {
                 fill_target: 0,
                 filling: false,
                 closed: false,
+                delivered_total: [Form::Native, Form::SocketIo]
+                    .map(|f| metrics::counter!(telemetry::MESSAGES_DELIVERED, "transport" => f.label())),
             }),
             ready: OnceCell::new(),
             subscribed: Mutex::new(Some(subscribed)),

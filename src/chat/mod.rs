@@ -17,11 +17,10 @@ use std::{
 };
 
 use chrono::{SubsecRound as _, Utc};
-use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-pub use self::session::{Outbound, Reply, ReplyBody, Tag};
+pub use self::session::{Failure, Form, Outbox, Reply, ReplyBody, Tag};
 use self::{
     event::{Encoded, Presence},
     hub::{Hub, Room, Start},
@@ -174,10 +173,10 @@ impl ChatService {
         let _ = tokio::time::timeout(grace, self.inner.writers.wait()).await;
     }
 
-    /// A new session for `user` and the receiving end of its outbound queue.
-    pub fn open_session(&self, user: User) -> (Session, mpsc::Receiver<Outbound>) {
-        let (handle, rx) = SessionHandle::new(user.id.0, self.inner.settings.outbound_queue);
-        (Session { handle, user, rooms: HashMap::new(), last_typing: HashMap::new() }, rx)
+    /// A new session for `user`, whose frames go out through `outbox`.
+    pub fn open_session(&self, user: User, outbox: Arc<Outbox>) -> Session {
+        let handle = SessionHandle::new(user.id.0, outbox);
+        Session { handle, user, rooms: HashMap::new(), last_typing: HashMap::new() }
     }
 
     /// Joins `room`. Joining a room again restarts delivery from `since` (no new `system`).
@@ -287,6 +286,9 @@ impl ChatService {
             // PostgreSQL keeps microseconds: truncate now so live frames and history agree.
             created_at: Utc::now().trunc_subsecs(6),
         };
+        // Counted before the writer can answer, so the answer always finds it counted; a
+        // writer that is gone is answered `unavailable`, which settles it too.
+        s.handle.outbox.began_send();
         room.writer
             .send(WriteRequest { msg, tag, reply_to: s.handle.clone() })
             .await

@@ -1,24 +1,36 @@
-//! A session as the rest of the chat core sees it: a bounded outbound queue and a way to cut it
-//! off. The transport (native WebSocket or Socket.IO) owns the socket and drains the queue.
+//! A session as the rest of the chat core sees it: an [`Outbox`] that writes frames to its
+//! socket, and an id.
+//!
+//! The outbox writes straight to the socket from whichever task delivers (the hub fanning out a
+//! message, a room writer acking a send): when nothing is queued ahead, a frame goes out with
+//! one non-blocking write and the session's own task is never woken. Only when the socket
+//! would block are frames queued, and the session task finishes writing them when the socket
+//! drains. A queue that overflows marks the session too slow (it is closed with 1013 and
+//! resumes later with `since`) rather than letting memory grow.
 
-use std::sync::Arc;
+use std::{
+    collections::VecDeque,
+    future::poll_fn,
+    io::IoSlice,
+    pin::Pin,
+    sync::{Arc, Mutex, MutexGuard},
+    task::{Context, Poll, Waker},
+    time::{Duration, Instant},
+};
 
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use bytes::Bytes;
+use tokio::io::AsyncWrite;
+use tokio_tungstenite::tungstenite::{
+    Utf8Bytes,
+    protocol::frame::{
+        Frame,
+        coding::{Data, OpCode},
+    },
+};
 use uuid::Uuid;
 
 use super::event::Encoded;
 use crate::domain::Seq;
-
-/// Something to write to one session.
-#[derive(Debug)]
-pub enum Outbound {
-    /// A fan-out event, shared by every recipient.
-    Event(Arc<Encoded>),
-    /// The answer to one of this session's commands, encoded by its transport's codec. Boxed so
-    /// a queue slot is two words: tokio allocates a connection's first block of slots up front.
-    Reply(Box<Reply>),
-}
 
 /// Which command a reply answers: the native `ref` and/or the Socket.IO ack id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -71,46 +83,394 @@ impl Reply {
     }
 }
 
-/// The hub's handle on a session: where to put its frames, and how to close it.
-#[derive(Clone, Debug)]
+/// How a session's frames look on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Form {
+    /// The native JSON protocol of PROTOCOL.md.
+    Native,
+    /// Socket.IO v5 packets over Engine.IO v4.
+    SocketIo,
+}
+
+impl Form {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::SocketIo => "socketio",
+        }
+    }
+}
+
+/// A WebSocket text frame (server to client: unmasked), header and payload in one buffer, so
+/// one buffer is written however many sockets it goes to.
+pub fn text_frame(payload: impl Into<Bytes>) -> Bytes {
+    let frame = Frame::message(payload, OpCode::Data(Data::Text), true);
+    let mut out = Vec::with_capacity(frame.len());
+    frame.format(&mut out).expect("formatting a frame into a Vec cannot fail");
+    Bytes::from(out)
+}
+
+/// Why an outbox stopped taking frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// Its queue overflowed: the client does not read as fast as frames arrive.
+    Slow,
+    /// The socket failed.
+    Broken,
+}
+
+/// Turns a reply into the text payloads of its frames, the transport's way.
+pub type ReplyEncoder = fn(&Reply) -> Vec<Utf8Bytes>;
+
+/// A session's way out: frames written in the order they are offered, straight to the socket
+/// when nothing is queued, otherwise queued for the session task.
+pub struct Outbox {
+    form: Form,
+    encode_reply: ReplyEncoder,
+    /// Frames queued before the session counts as too slow.
+    limit: usize,
+    state: Mutex<State>,
+}
+
+struct State {
+    wire: Pin<Box<dyn AsyncWrite + Send>>,
+    /// Whole frames, except that the first may be the unwritten rest of one. Allocated only
+    /// while the socket is backed up.
+    queue: VecDeque<Bytes>,
+    /// The session task, woken when the queue needs writing or the outbox failed.
+    waker: Option<Waker>,
+    /// When the queued bytes last made progress (none queued: `None`).
+    stalled_since: Option<Instant>,
+    failure: Option<Failure>,
+    /// `send_message` commands not yet answered: shutdown waits for them.
+    inflight: usize,
+    wake_when_settled: bool,
+    closed: bool,
+}
+
+/// What a poll of the outbox waits for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Until {
+    Failure,
+    Empty,
+    Settled,
+}
+
+/// Frames handed to one vectored write.
+const WRITE_BATCH: usize = 64;
+/// Queue capacity kept once a backlog has drained.
+const KEEP_QUEUE: usize = 16;
+
+impl Outbox {
+    pub fn new(
+        wire: impl AsyncWrite + Send + 'static,
+        form: Form,
+        encode_reply: ReplyEncoder,
+        limit: usize,
+    ) -> Arc<Self> {
+        let state = State {
+            wire: Box::pin(wire),
+            queue: VecDeque::new(),
+            waker: None,
+            stalled_since: None,
+            failure: None,
+            inflight: 0,
+            wake_when_settled: false,
+            closed: false,
+        };
+        Arc::new(Self { form, encode_reply, limit, state: Mutex::new(state) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every update leaves the state consistent before anything that could panic.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn form(&self) -> Form {
+        self.form
+    }
+
+    /// Writes a fan-out event. False: the session is gone or too slow, drop it.
+    pub fn offer_event(&self, ev: &Encoded) -> bool {
+        let frame = ev.frame(self.form).clone();
+        self.lock().push(frame, Some(self.limit))
+    }
+
+    /// Writes the answer to a command.
+    pub fn offer_reply(&self, reply: &Reply) -> bool {
+        let frames = (self.encode_reply)(reply);
+        let mut st = self.lock();
+        if reply.settles_send() {
+            st.inflight = st.inflight.saturating_sub(1);
+            if st.inflight == 0 && st.wake_when_settled {
+                st.wake();
+            }
+        }
+        frames.into_iter().all(|f| st.push(text_frame(f), Some(self.limit)))
+    }
+
+    /// Writes a text frame outside the queue limit (handshakes, protocol answers).
+    pub fn send_text(&self, payload: Utf8Bytes) -> bool {
+        self.send_raw(text_frame(payload))
+    }
+
+    /// Writes an already framed buffer outside the queue limit (heartbeats, close frames).
+    pub fn send_raw(&self, frame: Bytes) -> bool {
+        self.lock().push(frame, None)
+    }
+
+    /// A `send_message` was handed to a room writer; its answer settles it.
+    pub fn began_send(&self) {
+        self.lock().inflight += 1;
+    }
+
+    /// Whether frames are still taken for delivery.
+    pub fn is_open(&self) -> bool {
+        let st = self.lock();
+        !st.closed && st.failure.is_none()
+    }
+
+    /// How long queued frames have made no progress.
+    pub fn stalled_for(&self) -> Duration {
+        self.lock().stalled_since.map_or(Duration::ZERO, |t| t.elapsed())
+    }
+
+    /// Writes queued frames as the socket takes them; resolves only when the outbox fails.
+    pub async fn failed(&self) -> Failure {
+        match poll_fn(|cx| self.poll_until(cx, Until::Failure)).await {
+            Err(f) => f,
+            Ok(()) => Failure::Broken,
+        }
+    }
+
+    /// Writes until nothing is queued (a session marked slow still drains).
+    pub async fn drained(&self) -> Result<(), Failure> {
+        poll_fn(|cx| self.poll_until(cx, Until::Empty)).await
+    }
+
+    /// Writes until every `send_message` is answered and nothing is queued.
+    pub async fn settled(&self) -> Result<(), Failure> {
+        poll_fn(|cx| self.poll_until(cx, Until::Settled)).await
+    }
+
+    /// Sends FIN once queued frames are out.
+    pub async fn shutdown(&self) {
+        if self.drained().await.is_ok() {
+            let _ = poll_fn(|cx| self.lock().wire.as_mut().poll_shutdown(cx)).await;
+        }
+    }
+
+    /// The session is over: later offers are dropped and the backlog is freed.
+    pub fn close(&self) {
+        let mut st = self.lock();
+        st.closed = true;
+        st.queue = VecDeque::new();
+        st.waker = None;
+    }
+
+    fn poll_until(&self, cx: &mut Context<'_>, until: Until) -> Poll<Result<(), Failure>> {
+        let mut st = self.lock();
+        if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            st.waker = Some(cx.waker().clone());
+        }
+        st.flush(cx);
+        match (st.failure, until) {
+            (Some(Failure::Broken), _) => return Poll::Ready(Err(Failure::Broken)),
+            (Some(Failure::Slow), Until::Failure | Until::Settled) => return Poll::Ready(Err(Failure::Slow)),
+            _ => {}
+        }
+        let done = match until {
+            Until::Failure => false,
+            Until::Empty => st.queue.is_empty(),
+            Until::Settled => {
+                st.wake_when_settled = true;
+                st.queue.is_empty() && st.inflight == 0
+            }
+        };
+        if done { Poll::Ready(Ok(())) } else { Poll::Pending }
+    }
+}
+
+impl State {
+    fn push(&mut self, frame: Bytes, limit: Option<usize>) -> bool {
+        match self.failure {
+            _ if self.closed => return false,
+            Some(Failure::Broken) => return false,
+            Some(Failure::Slow) if limit.is_some() => return false,
+            _ => {}
+        }
+        if self.queue.is_empty() {
+            // Nothing ahead of it: write now, from this task. A socket that would block has the
+            // rest queued and the session task woken to finish it with a real waker.
+            let mut cx = Context::from_waker(Waker::noop());
+            match self.wire.as_mut().poll_write(&mut cx, &frame) {
+                Poll::Ready(Ok(n)) if n == frame.len() => return true,
+                Poll::Ready(Ok(n)) if n > 0 => self.queue.push_back(frame.slice(n..)),
+                Poll::Pending => self.queue.push_back(frame),
+                Poll::Ready(_) => {
+                    self.fail(Failure::Broken);
+                    return false;
+                }
+            }
+            self.stalled_since = Some(Instant::now());
+            self.wake();
+            return true;
+        }
+        if limit.is_some_and(|limit| self.queue.len() >= limit) {
+            self.fail(Failure::Slow);
+            return false;
+        }
+        self.queue.push_back(frame);
+        true
+    }
+
+    /// Writes as much of the queue as the socket takes now.
+    fn flush(&mut self, cx: &mut Context<'_>) {
+        while !self.queue.is_empty() && self.failure != Some(Failure::Broken) {
+            let mut slices = [IoSlice::new(&[]); WRITE_BATCH];
+            let n = self.queue.iter().zip(slices.iter_mut()).map(|(frame, slice)| *slice = IoSlice::new(frame)).count();
+            match self.wire.as_mut().poll_write_vectored(cx, &slices[..n]) {
+                Poll::Ready(Ok(written)) if written > 0 => {
+                    self.advance(written);
+                    self.stalled_since = Some(Instant::now());
+                }
+                Poll::Pending => return,
+                Poll::Ready(_) => self.fail(Failure::Broken),
+            }
+        }
+        if self.queue.is_empty() {
+            self.stalled_since = None;
+            if self.queue.capacity() > KEEP_QUEUE {
+                self.queue.shrink_to(KEEP_QUEUE);
+            }
+        }
+    }
+
+    /// Drops `written` bytes from the front of the queue.
+    fn advance(&mut self, mut written: usize) {
+        while written > 0 {
+            let Some(front) = self.queue.front_mut() else { return };
+            if written < front.len() {
+                *front = front.slice(written..);
+                return;
+            }
+            written -= front.len();
+            self.queue.pop_front();
+        }
+    }
+
+    fn fail(&mut self, failure: Failure) {
+        if self.failure != Some(Failure::Broken) {
+            self.failure = Some(failure);
+        }
+        if failure == Failure::Broken {
+            self.queue = VecDeque::new();
+        }
+        self.wake();
+    }
+
+    fn wake(&self) {
+        if let Some(w) = &self.waker {
+            w.wake_by_ref();
+        }
+    }
+}
+
+/// The hub's handle on a session: who it is, and where its frames go.
+#[derive(Clone)]
 pub struct SessionHandle {
     /// Random per session, unique across nodes for all practical purposes.
     pub id: u64,
     pub user: Uuid,
-    pub tx: mpsc::Sender<Outbound>,
-    /// Cancelled when the session must go: its queue overflowed (close 1013).
-    pub kick: CancellationToken,
+    pub outbox: Arc<Outbox>,
 }
 
 impl SessionHandle {
-    /// Creates a handle and the receiving end of its queue.
-    pub fn new(user: Uuid, capacity: usize) -> (Self, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        (Self { id: rand::random(), user, tx, kick: CancellationToken::new() }, rx)
-    }
-
-    /// Queues `out` without waiting. A full queue means the client is not reading: it is
-    /// kicked (and resumes later with `since`) rather than letting memory grow.
-    pub fn offer(&self, out: Outbound) -> bool {
-        match self.tx.try_send(out) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.kick.cancel();
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
+    pub fn new(user: Uuid, outbox: Arc<Outbox>) -> Self {
+        Self { id: rand::random(), user, outbox }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::AsyncReadExt as _;
+
     use super::*;
 
-    // tokio allocates a connection's first block of 32 queue slots when the channel is made, so
-    // the slot size is per-connection memory for every idle client.
-    #[test]
-    fn a_queue_slot_is_two_words() {
-        assert_eq!(std::mem::size_of::<Outbound>(), 2 * std::mem::size_of::<usize>());
+    fn outbox(wire: tokio::io::DuplexStream, limit: usize) -> Arc<Outbox> {
+        Outbox::new(wire, Form::Native, |r| vec![Utf8Bytes::from(format!("{:?}", r.body))], limit)
+    }
+
+    /// Reads `n` text frames of up to 125 bytes (one-byte length) off the client's end.
+    async fn read_frames(client: &mut tokio::io::DuplexStream, n: usize) -> Vec<String> {
+        let mut frames = Vec::new();
+        for _ in 0..n {
+            let mut header = [0u8; 2];
+            client.read_exact(&mut header).await.unwrap();
+            assert_eq!(header[0], 0x81, "a final text frame");
+            let mut payload = vec![0u8; usize::from(header[1])];
+            client.read_exact(&mut payload).await.unwrap();
+            frames.push(String::from_utf8(payload).unwrap());
+        }
+        frames
+    }
+
+    #[tokio::test]
+    async fn frames_go_out_in_order_whether_written_at_once_or_queued() {
+        // A 64-byte pipe: most of these 20 frames cannot be written at once.
+        let (server, mut client) = tokio::io::duplex(64);
+        let out = outbox(server, 100);
+        for i in 0..20 {
+            assert!(out.send_text(Utf8Bytes::from(format!("frame number {i:02}"))));
+        }
+        assert!(out.stalled_for() < Duration::from_secs(1));
+        let (frames, drained) = tokio::join!(read_frames(&mut client, 20), out.drained());
+        assert_eq!(drained, Ok(()));
+        let expected: Vec<String> = (0..20).map(|i| format!("frame number {i:02}")).collect();
+        assert_eq!(frames, expected);
+        assert_eq!(out.stalled_for(), Duration::ZERO, "nothing left queued");
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_falls_behind_the_limit_is_marked_slow_and_still_gets_its_close() {
+        let (server, mut client) = tokio::io::duplex(16);
+        let out = outbox(server, 4);
+        let reply = Reply::new(Tag::default(), ReplyBody::Pong);
+        let accepted = (0..10).take_while(|_| out.offer_reply(&reply)).count();
+        assert!(accepted < 10, "the queue limit was enforced");
+        assert!(!out.is_open());
+        assert_eq!(out.failed().await, Failure::Slow);
+        assert!(!out.offer_reply(&reply), "no more deliveries to a slow session");
+        // Control frames still go out behind the backlog.
+        assert!(out.send_text(Utf8Bytes::from_static("bye")));
+        let (frames, drained) = tokio::join!(read_frames(&mut client, accepted + 1), out.drained());
+        assert_eq!(drained, Ok(()));
+        assert_eq!(frames.last().map(String::as_str), Some("bye"));
+    }
+
+    #[tokio::test]
+    async fn a_closed_peer_breaks_the_outbox() {
+        let (server, client) = tokio::io::duplex(64);
+        let out = outbox(server, 8);
+        drop(client);
+        assert!(!out.send_text(Utf8Bytes::from_static("lost")));
+        assert_eq!(out.failed().await, Failure::Broken);
+        assert_eq!(out.drained().await, Err(Failure::Broken));
+    }
+
+    #[tokio::test]
+    async fn settled_waits_for_every_send_to_be_answered() {
+        let (server, mut client) = tokio::io::duplex(1024);
+        let out = outbox(server, 8);
+        out.began_send();
+        let settled = tokio::spawn({
+            let out = Arc::clone(&out);
+            async move { out.settled().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!settled.is_finished());
+        out.offer_reply(&Reply::new(Tag::default(), ReplyBody::Sent { id: Uuid::nil(), seq: 1 }));
+        assert_eq!(settled.await.unwrap(), Ok(()));
+        assert!(read_frames(&mut client, 1).await[0].starts_with("Sent"));
     }
 }

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{
     event,
-    session::{Outbound, Reply, ReplyBody, SessionHandle, Tag},
+    session::{Reply, ReplyBody, SessionHandle, Tag},
 };
 use crate::{
     bus::Bus,
@@ -78,7 +78,7 @@ async fn run(room: RoomName, mut rx: mpsc::Receiver<WriteRequest>, store: Store,
                 let mut events = Vec::with_capacity(appended.len());
                 for ((tag, reply_to), a) in replies.drain(..).zip(appended) {
                     let body = ReplyBody::Sent { id: a.message.id, seq: a.message.seq };
-                    reply_to.offer(Outbound::Reply(Box::new(Reply::new(tag, body))));
+                    reply_to.outbox.offer_reply(&Reply::new(tag, body));
                     if !a.duplicate {
                         events.push(event::message(&room, &a.message));
                     }
@@ -91,7 +91,7 @@ async fn run(room: RoomName, mut rx: mpsc::Receiver<WriteRequest>, store: Store,
                 tracing::warn!(room = %room, error = ?e, count = replies.len(), "storing messages failed");
                 for (tag, reply_to) in replies.drain(..) {
                     let reply = Reply::error(tag, code, "the message could not be stored; try again");
-                    reply_to.offer(Outbound::Reply(Box::new(reply)));
+                    reply_to.outbox.offer_reply(&reply);
                 }
             }
         }

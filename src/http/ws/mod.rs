@@ -9,19 +9,24 @@ pub mod native;
 pub mod polling;
 pub mod socketio;
 
-use std::{future::Future, pin::Pin, time::Duration};
-
-use futures_util::{
-    SinkExt as _, StreamExt as _,
-    stream::{SplitSink, SplitStream},
+use std::{
+    future::Future,
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
 };
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
 use poem::{
     Request, Response, Upgraded, handler,
     http::{StatusCode, header},
     web::Data,
 };
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf, ReadHalf},
     time::Instant,
 };
 use tokio_tungstenite::{
@@ -33,14 +38,10 @@ use tokio_tungstenite::{
         protocol::{CloseFrame, Role, WebSocketConfig, frame::coding::CloseCode},
     },
 };
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::{AppState, error};
 use crate::{
-    chat::{
-        ChatError, ChatService, Outbound, Reply, ReplyBody, Session, Tag,
-        event::{Encoded, EventKind},
-    },
+    chat::{ChatError, ChatService, Failure, Form, Outbox, Reply, ReplyBody, Session, Tag},
     config::WsConfig,
     domain::Seq,
     store::User,
@@ -65,25 +66,29 @@ enum Codec {
 }
 
 impl Codec {
+    fn form(self) -> Form {
+        match self {
+            Self::Native => Form::Native,
+            Self::SocketIo => Form::SocketIo,
+        }
+    }
+
     fn label(self) -> &'static str {
+        self.form().label()
+    }
+
+    /// The heartbeat, framed: a WebSocket ping, or Engine.IO's own `2` in a text frame.
+    fn heartbeat(self) -> Bytes {
         match self {
-            Self::Native => "native",
-            Self::SocketIo => "socketio",
+            Self::Native => Bytes::from_static(&[0x89, 0x00]),
+            Self::SocketIo => Bytes::from_static(&[0x81, 0x01, b'2']),
         }
     }
 
-    /// The heartbeat: a WebSocket ping, or Engine.IO's own `2`.
-    fn heartbeat(self) -> Message {
+    fn encoder(self) -> fn(&Reply) -> Vec<Utf8Bytes> {
         match self {
-            Self::Native => Message::Ping(bytes::Bytes::new()),
-            Self::SocketIo => Message::text(socketio::PING),
-        }
-    }
-
-    fn event(self, ev: &Encoded) -> Utf8Bytes {
-        match self {
-            Self::Native => ev.native.clone(),
-            Self::SocketIo => ev.socketio().clone(),
+            Self::Native => |reply| vec![native::reply(reply)],
+            Self::SocketIo => socketio::reply,
         }
     }
 }
@@ -98,8 +103,6 @@ enum Inbound {
     Close,
 }
 
-/// Frames written per flush when the queue has a backlog.
-const WRITE_BATCH: usize = 64;
 /// CONNECT attempts allowed on one Socket.IO connection before it is closed.
 const MAX_CONNECT_ATTEMPTS: usize = 5;
 
@@ -120,10 +123,9 @@ pub async fn native_endpoint(req: &Request, state: Data<&AppState>) -> Response 
             return json_error(status, &e.to_string(), e.code());
         }
     };
-    upgrade(req, &state, move |socket, state| async move {
-        let (sink, stream) = socket.split();
+    upgrade(req, &state, Codec::Native, move |socket, state| async move {
         let hello = native::hello(&user, &state.node_id);
-        run_session(sink, stream, state, user, Codec::Native, vec![hello], Vec::new()).await;
+        run_session(socket, state, user, vec![hello], Vec::new()).await;
     })
 }
 
@@ -168,28 +170,22 @@ pub async fn socketio_endpoint(req: &Request, state: Data<&AppState>, body: poem
         let Some(session) = state.polling.get(sid) else {
             return json_error(StatusCode::BAD_REQUEST, "unknown or expired sid", "invalid_session");
         };
-        return upgrade(req, &state, move |socket, state| async move {
-            let (mut sink, mut stream) = socket.split();
-            let upgraded = finish_upgrade(&mut sink, &mut stream, &session, &state).await;
+        return upgrade(req, &state, Codec::SocketIo, move |mut socket, state| async move {
+            let upgraded = finish_upgrade(&mut socket, &session, &state).await;
             state.polling.remove(&session.sid);
             match upgraded {
-                Some((user, greeting, replay)) => {
-                    run_session(sink, stream, state, user, Codec::SocketIo, greeting, replay).await;
-                }
-                None => {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
-                }
+                Some((user, greeting, replay)) => run_session(socket, state, user, greeting, replay).await,
+                None => abandon(socket).await,
             }
         });
     }
-    upgrade(req, &state, |socket, state| async move {
-        let (mut sink, mut stream) = socket.split();
+    upgrade(req, &state, Codec::SocketIo, |mut socket, state| async move {
         let sid = uuid::Uuid::new_v4().simple().to_string();
-        let opened = sink.send(Message::Text(open_packet(&state, &sid, false))).await.is_ok();
-        if let Some(user) = if opened { socketio_handshake(&mut sink, &mut stream, &state).await } else { None } {
-            run_session(sink, stream, state, user, Codec::SocketIo, vec![socketio::connected(&sid)], Vec::new()).await;
+        let opened = socket.send_now(open_packet(&state, &sid, false)).await.is_some();
+        if let Some(user) = if opened { socketio_handshake(&mut socket, &state).await } else { None } {
+            run_session(socket, state, user, vec![socketio::connected(&sid)], Vec::new()).await;
         } else {
-            let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+            abandon(socket).await;
         }
     })
 }
@@ -217,16 +213,15 @@ async fn connect_user(state: &AppState, auth: &str) -> Result<User, &'static str
 /// (waiting for a CONNECT here if none came over polling), the packets the client has not
 /// polled yet, and the events it sent before upgrading.
 async fn finish_upgrade(
-    sink: &mut Sink,
-    stream: &mut Stream,
+    socket: &mut Socket,
     session: &polling::PollSession,
     state: &AppState,
 ) -> Option<(User, Vec<Utf8Bytes>, Vec<String>)> {
     let wait = state.config.ws.idle_timeout.0;
     loop {
-        let Message::Text(text) = tokio::time::timeout(wait, stream.next()).await.ok()??.ok()? else { continue };
+        let Message::Text(text) = tokio::time::timeout(wait, socket.ws.next()).await.ok()??.ok()? else { continue };
         match text.as_str() {
-            "2probe" => sink.send(Message::text("3probe")).await.ok()?,
+            "2probe" => socket.send_now(Utf8Bytes::from_static("3probe")).await?,
             "5" => break,
             _ => return None,
         }
@@ -235,18 +230,18 @@ async fn finish_upgrade(
     let greeting = outbox.into_iter().map(Utf8Bytes::from).collect();
     let user = match user {
         Some(user) => user,
-        None => socketio_handshake(sink, stream, state).await?,
+        None => socketio_handshake(socket, state).await?,
     };
     Some((user, greeting, inbox))
 }
 
 /// Waits for a CONNECT to the default namespace with a valid token. Refused attempts get
 /// CONNECT_ERROR and may be retried on the same connection.
-async fn socketio_handshake(sink: &mut Sink, stream: &mut Stream, state: &AppState) -> Option<User> {
+async fn socketio_handshake(socket: &mut Socket, state: &AppState) -> Option<User> {
     let ws = &state.config.ws;
     let mut attempts = 0;
     loop {
-        let frame = tokio::time::timeout(ws.idle_timeout.0, stream.next()).await.ok()??.ok()?;
+        let frame = tokio::time::timeout(ws.idle_timeout.0, socket.ws.next()).await.ok()??.ok()?;
         let Message::Text(text) = frame else { continue };
         let answer = match socketio::parse(&text) {
             socketio::Packet::Connect { nsp: "/", auth } => {
@@ -264,7 +259,7 @@ async fn socketio_handshake(sink: &mut Sink, stream: &mut Stream, state: &AppSta
             socketio::Packet::Close | socketio::Packet::Malformed => return None,
             _ => continue,
         };
-        sink.send(Message::Text(answer)).await.ok()?;
+        socket.send_now(answer).await?;
         if attempts >= MAX_CONNECT_ATTEMPTS {
             return None;
         }
@@ -322,9 +317,9 @@ fn origin_allowed(req: &Request, allowed: &[String]) -> bool {
 }
 
 /// Answers 101 and runs `session` on the upgraded connection, tracked for shutdown.
-fn upgrade<F, Fut>(req: &Request, state: &AppState, session: F) -> Response
+fn upgrade<F, Fut>(req: &Request, state: &AppState, codec: Codec, session: F) -> Response
 where
-    F: FnOnce(WebSocketStream<Upgraded>, AppState) -> Fut + Send + 'static,
+    F: FnOnce(Socket, AppState) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes())) else {
@@ -336,8 +331,11 @@ where
     let state = state.clone();
     state.sessions.clone().spawn(async move {
         let Ok(upgraded) = on_upgrade.await else { return };
-        let socket = WebSocketStream::from_raw_socket(upgraded, Role::Server, Some(ws_config(&state.config.ws))).await;
-        session(socket, state).await;
+        let (read, write) = tokio::io::split(upgraded);
+        let out = Outbox::new(write, codec.form(), codec.encoder(), state.config.ws.outbound_queue);
+        let duplex = Duplex { read, out: Arc::clone(&out) };
+        let ws = WebSocketStream::from_raw_socket(duplex, Role::Server, Some(ws_config(&state.config.ws))).await;
+        session(Socket { ws, out, codec }, state).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -347,14 +345,61 @@ where
         .finish()
 }
 
-/// Small buffers for many mostly idle connections; a bounded write backlog.
+/// Small read buffers for many mostly idle connections. tungstenite writes only control frames
+/// (pongs, close replies), straight into the outbox.
 fn ws_config(ws: &WsConfig) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(1024)
-        .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(1024 * 1024)
+        .read_buffer_size(512)
+        .write_buffer_size(0)
         .max_message_size(Some(ws.max_frame))
         .max_frame_size(Some(ws.max_frame))
+}
+
+/// An upgraded connection: frames come in through tungstenite and go out through the outbox,
+/// which the chat core also writes to directly.
+struct Socket {
+    ws: WebSocketStream<Duplex>,
+    out: Arc<Outbox>,
+    codec: Codec,
+}
+
+impl Socket {
+    /// Writes a text frame and waits until the socket has taken it (handshakes).
+    async fn send_now(&mut self, payload: Utf8Bytes) -> Option<()> {
+        self.out.send_text(payload).then_some(())?;
+        self.out.drained().await.ok()
+    }
+}
+
+/// The connection as tungstenite sees it: it reads the socket, and what it writes (pongs,
+/// close frames) joins the outbox, in order with every other frame.
+struct Duplex {
+    read: ReadHalf<Upgraded>,
+    out: Arc<Outbox>,
+}
+
+impl AsyncRead for Duplex {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Duplex {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Ready(if self.out.send_raw(Bytes::copy_from_slice(buf)) {
+            Ok(buf.len())
+        } else {
+            Err(io::ErrorKind::BrokenPipe.into())
+        })
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// Why a session ended, for the `reason` label and the close frame.
@@ -378,54 +423,56 @@ impl End {
             Self::Error | Self::Refused(..) => "error",
         }
     }
+
+    fn close_frame(self) -> Option<CloseFrame> {
+        let (code, reason) = match self {
+            Self::Slow => (CloseCode::Again, "too slow: resume with since"),
+            Self::Shutdown => (CloseCode::Away, "server shutting down"),
+            Self::Timeout => (CloseCode::Policy, "idle timeout"),
+            Self::Refused(code, reason) => (code, reason),
+            Self::Client | Self::Error => return None,
+        };
+        Some(CloseFrame { code, reason: reason.into() })
+    }
 }
 
-type Sink = SplitSink<WebSocketStream<Upgraded>, Message>;
-type Stream = SplitStream<WebSocketStream<Upgraded>>;
+impl From<Failure> for End {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Slow => Self::Slow,
+            Failure::Broken => Self::Error,
+        }
+    }
+}
 
 struct Conn {
     chat: ChatService,
     session: Session,
-    sink: Sink,
+    out: Arc<Outbox>,
     codec: Codec,
-    /// `send_message` commands not yet answered: shutdown waits for them.
-    inflight: usize,
-    /// Messages and events written to this socket, counted per flush.
-    delivered: metrics::Counter,
-    unflushed: u64,
     /// Binary frames still due as attachments of a refused Socket.IO binary packet: dropped
     /// quietly, since the packet itself was already answered.
     attachments_to_skip: usize,
 }
 
-/// The session loop shared by both transports: frames in become chat commands; the outbound
-/// queue drains to the socket in batches; heartbeats, kicks and shutdown end it.
-async fn run_session(
-    sink: Sink,
-    mut stream: Stream,
-    state: AppState,
-    user: User,
-    codec: Codec,
-    greeting: Vec<Utf8Bytes>,
-    replay: Vec<String>,
-) {
+/// The session loop shared by both transports: frames in become chat commands; the chat core
+/// writes events and answers through the outbox, and this task finishes writes the socket
+/// could not take at once; heartbeats, a too-slow reader and shutdown end it.
+async fn run_session(socket: Socket, state: AppState, user: User, greeting: Vec<Utf8Bytes>, replay: Vec<String>) {
+    let Socket { mut ws, out, codec } = socket;
     let chat = state.chat.clone();
-    let (session, mut outbound) = chat.open_session(user);
-    let delivered = metrics::counter!(telemetry::MESSAGES_DELIVERED, "transport" => codec.label());
-    let mut conn = Conn { chat, session, sink, codec, inflight: 0, delivered, unflushed: 0, attachments_to_skip: 0 };
+    let session = chat.open_session(user, Arc::clone(&out));
+    let mut conn = Conn { chat, session, out: Arc::clone(&out), codec, attachments_to_skip: 0 };
     metrics::gauge!(telemetry::WS_SESSIONS, "transport" => codec.label()).increment(1.0);
-    let kick = conn.session.handle.kick.clone();
-    let shutdown: CancellationToken = state.shutdown.clone();
-    let ws = &state.config.ws;
-    let mut heartbeat = tokio::time::interval(ws.ping_interval.0);
+    let shutdown = state.shutdown.clone();
+    let ws_config = &state.config.ws;
+    let idle = ws_config.idle_timeout.0;
+    let mut heartbeat = tokio::time::interval(ws_config.ping_interval.0);
     heartbeat.tick().await;
     let mut last_seen = Instant::now();
 
-    let mut greeted = true;
-    for frame in greeting {
-        greeted &= conn.sink.feed(Message::Text(frame)).await.is_ok();
-    }
-    let mut end = if greeted && conn.sink.flush().await.is_ok() { End::Client } else { End::Error };
+    let greeted = greeting.into_iter().all(|frame| out.send_text(frame));
+    let mut end = if greeted { End::Client } else { End::Error };
     // Events a Socket.IO client sent over polling before it upgraded.
     for text in replay {
         if end == End::Client && !matches!(Box::pin(conn.handle_text(&text)).await, Ok(true)) {
@@ -433,24 +480,23 @@ async fn run_session(
         }
     }
     if end == End::Client {
-        // Made once: re-creating them each turn would re-register with the tokens' waiter lists,
-        // and the shutdown token is shared by every session.
-        let kicked = kick.cancelled();
+        // Made once: re-creating it each turn would re-register with the token's waiter list,
+        // which every session shares.
         let stopping = shutdown.cancelled();
-        tokio::pin!(kicked, stopping);
+        tokio::pin!(stopping);
         end = loop {
             tokio::select! {
-                frame = stream.next() => {
+                frame = ws.next() => {
                     last_seen = Instant::now();
                     match frame {
                         Some(Ok(Message::Text(text))) => {
                             // Boxed: a command's future (a join streams history) is far larger
                             // than the idle loop, and every idle connection would carry it.
                             let work = Box::pin(conn.handle_text(&text));
-                            match guarded(work, kicked.as_mut(), &mut heartbeat, ws.idle_timeout.0).await {
+                            match guarded(work, &out, &mut heartbeat, idle).await {
                                 Ok(Ok(true)) => {}
                                 Ok(Ok(false)) => break End::Client,
-                                Ok(Err(_)) => break End::Error,
+                                Ok(Err(failure)) => break End::from(failure),
                                 Err(end) => break end,
                             }
                         }
@@ -459,7 +505,7 @@ async fn run_session(
                         }
                         Some(Ok(Message::Binary(_))) => {
                             let message = "binary frames are not supported; send JSON text";
-                            let _ = conn.reply(Reply::error(Tag::default(), "invalid_payload", message)).await;
+                            conn.reply(&Reply::error(Tag::default(), "invalid_payload", message));
                             if codec == Codec::Native {
                                 break End::Refused(CloseCode::Unsupported, "binary frames are not supported");
                             }
@@ -467,33 +513,26 @@ async fn run_session(
                         Some(Ok(Message::Close(_))) | None => break End::Client,
                         Some(Ok(_)) => {} // ping (answered by tungstenite), pong, raw frame
                         Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
-                            let message = format!("frame larger than {} bytes", ws.max_frame);
-                            let _ = conn.reply(Reply::error(Tag::default(), "invalid_payload", message)).await;
+                            let message = format!("frame larger than {} bytes", ws_config.max_frame);
+                            conn.reply(&Reply::error(Tag::default(), "invalid_payload", message));
                             break End::Refused(CloseCode::Size, "frame too large");
                         }
                         Some(Err(_)) => break End::Error,
                     }
                 }
-                out = outbound.recv() => match out {
-                    // A peer that stops reading blocks the write; the hub kicks it once its queue
-                    // is full, and the timeout catches one in a room too quiet to fill it.
-                    Some(out) => {
-                        let work = conn.write_outbound(out, &mut outbound);
-                        match guarded(work, kicked.as_mut(), &mut heartbeat, ws.idle_timeout.0).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(_)) => break End::Error,
-                            Err(end) => break end,
-                        }
-                    }
-                    None => break End::Error,
-                },
-                () = &mut kicked => break End::Slow,
+                failure = out.failed() => break End::from(failure),
                 _ = heartbeat.tick() => {
-                    if last_seen.elapsed() > ws.idle_timeout.0 { break End::Timeout; }
-                    if conn.sink.send(codec.heartbeat()).await.is_err() { break End::Error; }
+                    // A peer that stops reading leaves its writes stuck: cut it off as idle.
+                    if last_seen.elapsed() > idle || out.stalled_for() > idle {
+                        break End::Timeout;
+                    }
+                    if !out.send_raw(codec.heartbeat()) {
+                        break End::Error;
+                    }
                 }
                 () = &mut stopping => {
-                    Box::pin(conn.finish_inflight(&mut outbound, state.config.shutdown.grace.0)).await;
+                    // Acks of sends whose commits are in flight still go out, within the grace.
+                    let _ = tokio::time::timeout(state.config.shutdown.grace.0, out.settled()).await;
                     break End::Shutdown;
                 }
             }
@@ -501,45 +540,44 @@ async fn run_session(
     }
     // Leave rooms first, so no more frames are queued for a socket that is closing.
     conn.chat.close_session(&mut conn.session);
-    let close = match end {
-        End::Slow => Some((CloseCode::Again, "too slow: resume with since")),
-        End::Shutdown => Some((CloseCode::Away, "server shutting down")),
-        End::Timeout => Some((CloseCode::Policy, "idle timeout")),
-        End::Refused(code, reason) => Some((code, reason)),
-        End::Client | End::Error => None,
-    };
-    if let Some((code, reason)) = close {
-        let frame = CloseFrame { code, reason: reason.into() };
-        let _ = tokio::time::timeout(Duration::from_secs(1), conn.sink.send(Message::Close(Some(frame)))).await;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(1), conn.sink.close()).await;
-    linger(conn.sink, stream).await;
+    Box::pin(finish(ws, &out, end.close_frame())).await;
+    out.close();
     metrics::gauge!(telemetry::WS_SESSIONS, "transport" => codec.label()).decrement(1.0);
     metrics::counter!(telemetry::WS_SESSIONS_CLOSED, "reason" => end.label()).increment(1);
 }
 
-/// Ends the TCP connection without destroying what is still on its way to the peer: sends FIN,
-/// then reads and discards whatever the peer still sends (the rest of an oversized frame, its
-/// close reply) until it hangs up, for at most a second. Dropping a socket with unread input
-/// makes the kernel answer with a reset, and a peer that gets one loses the close frame and
-/// anything else it has not read yet.
-async fn linger(sink: Sink, stream: Stream) {
-    let Ok(mut socket) = sink.reunite(stream) else { return };
-    let io = socket.get_mut();
+/// Closes a connection that never became a session.
+async fn abandon(socket: Socket) {
+    Box::pin(finish(socket.ws, &socket.out, None)).await;
+    socket.out.close();
+}
+
+/// Sends the close frame (or answers the client's) behind whatever is still queued, then ends
+/// the TCP connection without destroying what is still on its way to the peer: FIN, then read
+/// and discard whatever the peer still sends (the rest of an oversized frame, its close reply)
+/// until it hangs up, for at most a second each. Dropping a socket with unread input makes the
+/// kernel answer with a reset, and a peer that gets one loses the close frame and anything
+/// else it has not read yet.
+async fn finish(mut ws: WebSocketStream<Duplex>, out: &Outbox, close: Option<CloseFrame>) {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let _ = io.shutdown().await;
-        let mut discard = [0u8; 4096];
-        while matches!(io.read(&mut discard).await, Ok(n) if n > 0) {}
+        let _ = ws.close(close).await;
+        let _ = out.drained().await;
+    })
+    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        out.shutdown().await;
+        let mut discard = vec![0u8; 1024];
+        while matches!(ws.get_mut().read.read(&mut discard).await, Ok(n) if n > 0) {}
     })
     .await;
 }
 
-/// Runs `work` (a command, or a write to the socket) unless the session is kicked meanwhile, or
-/// the work makes no progress for `limit` (a peer that stopped reading blocks a write). The
-/// limit is checked on the session's heartbeat ticks: no timer is armed per write.
+/// Runs `work` (a command) unless the outbox fails meanwhile, or the work or the socket's
+/// writes make no progress for `limit` (a peer that stopped reading blocks them). The limit is
+/// checked on the session's heartbeat ticks: no timer is armed per command.
 async fn guarded<F: Future>(
     work: F,
-    mut kicked: Pin<&mut WaitForCancellationFuture<'_>>,
+    out: &Outbox,
     heartbeat: &mut tokio::time::Interval,
     limit: Duration,
 ) -> Result<F::Output, End> {
@@ -547,74 +585,19 @@ async fn guarded<F: Future>(
     let started = Instant::now();
     loop {
         tokio::select! {
-            out = &mut work => return Ok(out),
-            () = &mut kicked => return Err(End::Slow),
-            _ = heartbeat.tick() => if started.elapsed() > limit { return Err(End::Timeout) },
+            res = &mut work => return Ok(res),
+            failure = out.failed() => return Err(End::from(failure)),
+            _ = heartbeat.tick() => if started.elapsed() > limit || out.stalled_for() > limit {
+                return Err(End::Timeout);
+            },
         }
     }
 }
 
 impl Conn {
-    /// Writes a reply at once (flushed).
-    async fn reply(&mut self, reply: Reply) -> Result<(), WsError> {
-        self.feed(Outbound::Reply(Box::new(reply))).await?;
-        self.sink.flush().await
-    }
-
-    /// Writes `first` and whatever else is queued (up to a batch), then flushes once.
-    async fn write_outbound(
-        &mut self,
-        first: Outbound,
-        queue: &mut tokio::sync::mpsc::Receiver<Outbound>,
-    ) -> Result<(), WsError> {
-        self.feed(first).await?;
-        for _ in 1..WRITE_BATCH {
-            match queue.try_recv() {
-                Ok(out) => self.feed(out).await?,
-                Err(_) => break,
-            }
-        }
-        self.delivered.increment(std::mem::take(&mut self.unflushed));
-        self.sink.flush().await
-    }
-
-    async fn feed(&mut self, out: Outbound) -> Result<(), WsError> {
-        match out {
-            Outbound::Event(ev) => {
-                self.unflushed += u64::from(matches!(ev.kind, EventKind::Message { .. }));
-                self.sink.feed(Message::Text(self.codec.event(&ev))).await
-            }
-            Outbound::Reply(reply) => {
-                if reply.settles_send() {
-                    self.inflight = self.inflight.saturating_sub(1);
-                }
-                match self.codec {
-                    Codec::Native => self.sink.feed(Message::Text(native::reply(&reply))).await,
-                    Codec::SocketIo => {
-                        for frame in socketio::reply(&reply) {
-                            self.sink.feed(Message::Text(frame)).await?;
-                        }
-                        Ok(())
-                    }
-                }
-            }
-        }
-    }
-
-    /// On shutdown: keep writing acks until every send this session made is answered (their
-    /// commits are in flight), within the grace period.
-    async fn finish_inflight(&mut self, queue: &mut tokio::sync::mpsc::Receiver<Outbound>, grace: Duration) {
-        let deadline = Instant::now() + grace;
-        while self.inflight > 0 {
-            match tokio::time::timeout_at(deadline, queue.recv()).await {
-                Ok(Some(out)) => {
-                    if self.write_outbound(out, queue).await.is_err() {
-                        return;
-                    }
-                }
-                _ => return,
-            }
-        }
+    /// Writes a reply. A failed socket ends the session through [`Outbox::failed`].
+    fn reply(&self, reply: &Reply) {
+        self.out.offer_reply(reply);
     }
 
     fn decode(&mut self, text: &str) -> Inbound {
@@ -646,15 +629,19 @@ impl Conn {
     }
 
     /// Handles one text frame. `Ok(false)`: the client asked to close.
-    async fn handle_text(&mut self, text: &str) -> Result<bool, WsError> {
+    async fn handle_text(&mut self, text: &str) -> Result<bool, Failure> {
         // Attachments follow their packet at once; a text frame means no more are coming.
         self.attachments_to_skip = 0;
         let (cmd, tag) = match self.decode(text) {
             Inbound::Command(cmd, tag) => (cmd, tag),
             Inbound::Invalid(tag, message) => {
-                return self.reply(Reply::error(tag, "invalid_payload", message)).await.map(|()| true);
+                self.reply(&Reply::error(tag, "invalid_payload", message));
+                return Ok(true);
             }
-            Inbound::Answer(frame) => return self.sink.send(Message::Text(frame)).await.map(|()| true),
+            Inbound::Answer(frame) => {
+                self.out.send_text(frame);
+                return Ok(true);
+            }
             Inbound::Nothing => return Ok(true),
             Inbound::Close => return Ok(false),
         };
@@ -663,55 +650,59 @@ impl Conn {
             Command::Leave { room } => {
                 self.chat.leave(&mut self.session, &room).map(|room| Some(ReplyBody::Left { room: room.to_string() }))
             }
-            Command::Send { room, content, client_id } => {
-                let sent =
-                    self.chat.send_message(&self.session, &room, &content, client_id.as_deref(), tag.clone()).await;
-                if sent.is_ok() {
-                    self.inflight += 1;
-                }
-                sent.map(|()| None) // the writer acks once the message is stored
-            }
+            Command::Send { room, content, client_id } => self
+                .chat
+                .send_message(&self.session, &room, &content, client_id.as_deref(), tag.clone())
+                .await
+                .map(|()| None), // the writer acks once the message is stored
             Command::Typing { room } => self.chat.typing(&mut self.session, &room).map(|()| None),
             Command::Ping => Ok(Some(ReplyBody::Pong)),
         };
         match result {
-            Ok(Some(body)) => self.reply(Reply::new(tag, body)).await?,
+            Ok(Some(body)) => self.reply(&Reply::new(tag, body)),
             Ok(None) => {}
-            Err(e) => self.chat_error(tag, &e).await?,
+            Err(e) => self.chat_error(tag, &e),
         }
         Ok(true)
     }
 
-    async fn chat_error(&mut self, tag: Tag, e: &ChatError) -> Result<(), WsError> {
-        self.reply(Reply::error(tag, e.code(), e.client_message())).await
+    fn chat_error(&self, tag: Tag, e: &ChatError) {
+        self.reply(&Reply::error(tag, e.code(), e.client_message()));
     }
 
     /// Joins, acks with the latest seq, then — with `since` — streams the missed messages
     /// straight from the store before switching the member to live delivery.
-    async fn join(&mut self, room: &str, since: Option<Seq>, tag: Tag) -> Result<(), WsError> {
+    async fn join(&mut self, room: &str, since: Option<Seq>, tag: Tag) -> Result<(), Failure> {
         let joined = match self.chat.join(&mut self.session, room, since).await {
             Ok(j) => j,
-            Err(e) => return self.chat_error(tag, &e).await,
+            Err(e) => {
+                self.chat_error(tag, &e);
+                return Ok(());
+            }
         };
-        self.reply(Reply::new(tag, ReplyBody::Joined { room: joined.room.to_string(), seq: joined.latest })).await?;
+        self.reply(&Reply::new(tag, ReplyBody::Joined { room: joined.room.to_string(), seq: joined.latest }));
         let Some(mut sent) = joined.catch_up_from else { return Ok(()) };
+        let form = self.codec.form();
         loop {
             let page = match self.chat.catch_up(&joined.room, sent).await {
                 Ok(page) => page,
                 Err(e) => {
                     // Cannot resume now: leave, so the client's retry starts clean.
                     let _ = self.chat.leave(&mut self.session, joined.room.as_str());
-                    return self.chat_error(Tag::default(), &e).await;
+                    self.chat_error(Tag::default(), &e);
+                    return Ok(());
                 }
             };
             if page.is_empty() && self.chat.go_live(&self.session, &joined.room, sent) {
                 return Ok(());
             }
+            // A page at a time, each written out before the next is read: a resuming client
+            // is not cut off as slow for the backlog it asked for.
             for (seq, frame) in page {
-                self.sink.feed(Message::Text(self.codec.event(&frame))).await?;
+                self.out.send_raw(frame.frame(form).clone());
                 sent = seq;
             }
-            self.sink.flush().await?;
+            self.out.drained().await?;
         }
     }
 }
