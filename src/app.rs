@@ -134,7 +134,7 @@ impl App {
         );
         let node_id = config.node_id.clone().unwrap_or_else(|| format!("{}:{}", hostname(), local_addr.port()));
         let trusted_proxies = config.trusted_proxies()?.into();
-        let state = AppState {
+        let state = AppState::new(crate::http::Shared {
             auth_limiter: KeyedLimiter::per_minute(config.limits.auth_per_minute),
             config: Arc::new(config),
             store,
@@ -145,7 +145,7 @@ impl App {
             sessions: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             polling: crate::http::ws::polling::Registry::default(),
-        };
+        });
         Ok(Self { state, acceptor, local_addr, metrics, background, background_tasks })
     }
 

@@ -21,9 +21,27 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{auth::AuthService, chat::ChatService, config::Config, ratelimit::KeyedLimiter, store::Store};
 
-/// What every handler can reach. Cheap to clone.
+/// What every handler can reach: one pointer, cheap to clone, and small inside each of the
+/// many long-lived WebSocket session tasks that hold it.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The node's shared state, behind [`AppState`].
+pub struct Shared {
     pub config: Arc<Config>,
     pub store: Store,
     pub auth: AuthService,

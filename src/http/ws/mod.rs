@@ -319,7 +319,7 @@ fn origin_allowed(req: &Request, allowed: &[String]) -> bool {
 /// Answers 101 and runs `session` on the upgraded connection, tracked for shutdown.
 fn upgrade<F, Fut>(req: &Request, state: &AppState, codec: Codec, session: F) -> Response
 where
-    F: FnOnce(Socket, AppState) -> Fut + Send + 'static,
+    F: FnOnce(Box<Socket>, AppState) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes())) else {
@@ -335,7 +335,7 @@ where
         let out = Outbox::new(write, codec.form(), codec.encoder(), state.config.ws.outbound_queue);
         let duplex = Duplex { read, out: Arc::clone(&out) };
         let ws = WebSocketStream::from_raw_socket(duplex, Role::Server, Some(ws_config(&state.config.ws))).await;
-        session(Socket { ws, out, codec }, state).await;
+        session(Box::new(Socket { ws, out, codec }), state).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -349,7 +349,7 @@ where
 /// (pongs, close replies), straight into the outbox.
 fn ws_config(ws: &WsConfig) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(512)
+        .read_buffer_size(256)
         .write_buffer_size(0)
         .max_message_size(Some(ws.max_frame))
         .max_frame_size(Some(ws.max_frame))
@@ -458,8 +458,14 @@ struct Conn {
 /// The session loop shared by both transports: frames in become chat commands; the chat core
 /// writes events and answers through the outbox, and this task finishes writes the socket
 /// could not take at once; heartbeats, a too-slow reader and shutdown end it.
-async fn run_session(socket: Socket, state: AppState, user: User, greeting: Vec<Utf8Bytes>, replay: Vec<String>) {
-    let Socket { mut ws, out, codec } = socket;
+async fn run_session(
+    mut socket: Box<Socket>,
+    state: AppState,
+    user: User,
+    greeting: Vec<Utf8Bytes>,
+    replay: Vec<String>,
+) {
+    let (out, codec) = (Arc::clone(&socket.out), socket.codec);
     let chat = state.chat.clone();
     let session = chat.open_session(user, Arc::clone(&out));
     let mut conn = Conn { chat, session, out: Arc::clone(&out), codec, attachments_to_skip: 0 };
@@ -486,7 +492,7 @@ async fn run_session(socket: Socket, state: AppState, user: User, greeting: Vec<
         tokio::pin!(stopping);
         end = loop {
             tokio::select! {
-                frame = ws.next() => {
+                frame = socket.ws.next() => {
                     last_seen = Instant::now();
                     match frame {
                         Some(Ok(Message::Text(text))) => {
@@ -540,15 +546,15 @@ async fn run_session(socket: Socket, state: AppState, user: User, greeting: Vec<
     }
     // Leave rooms first, so no more frames are queued for a socket that is closing.
     conn.chat.close_session(&mut conn.session);
-    Box::pin(finish(ws, &out, end.close_frame())).await;
+    Box::pin(finish(&mut socket.ws, &out, end.close_frame())).await;
     out.close();
     metrics::gauge!(telemetry::WS_SESSIONS, "transport" => codec.label()).decrement(1.0);
     metrics::counter!(telemetry::WS_SESSIONS_CLOSED, "reason" => end.label()).increment(1);
 }
 
 /// Closes a connection that never became a session.
-async fn abandon(socket: Socket) {
-    Box::pin(finish(socket.ws, &socket.out, None)).await;
+async fn abandon(mut socket: Box<Socket>) {
+    Box::pin(finish(&mut socket.ws, &socket.out, None)).await;
     socket.out.close();
 }
 
@@ -558,7 +564,7 @@ async fn abandon(socket: Socket) {
 /// until it hangs up, for at most a second each. Dropping a socket with unread input makes the
 /// kernel answer with a reset, and a peer that gets one loses the close frame and anything
 /// else it has not read yet.
-async fn finish(mut ws: WebSocketStream<Duplex>, out: &Outbox, close: Option<CloseFrame>) {
+async fn finish(ws: &mut WebSocketStream<Duplex>, out: &Outbox, close: Option<CloseFrame>) {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         let _ = ws.close(close).await;
         let _ = out.drained().await;
