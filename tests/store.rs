@@ -66,6 +66,7 @@ both_backends!(
     migrating_again_applies_nothing,
     users_are_created_found_and_unique_by_email,
     disabling_a_user_revokes_its_refresh_tokens,
+    users_are_looked_up_many_at_once,
     settings_keep_the_first_value_stored,
     refresh_tokens_rotate_once_and_reuse_revokes_the_family,
     revoking_a_family_is_logout,
@@ -130,6 +131,21 @@ async fn disabling_a_user_revokes_its_refresh_tokens(backend: Backend) {
     assert!(store.user_by_id(user.id).await.expect("query").expect("found").disabled_at.is_none());
     assert_eq!(store.rotate_refresh_token(&hash, &successor()).await.expect("rotate"), Refreshed::Invalid);
     assert!(!store.set_user_disabled("nobody@example.com", true).await.expect("disable"));
+}
+
+async fn users_are_looked_up_many_at_once(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let dan = store.create_user("dan@example.com", "h").await.expect("create");
+    let eve = store.create_user("eve@example.com", "h").await.expect("create");
+    store.set_user_disabled("eve@example.com", true).await.expect("disable");
+    let unknown = UserId(Uuid::now_v7());
+    let mut found = store.users_by_ids(&[eve.id, unknown, dan.id]).await.expect("query");
+    found.sort_by_key(|u| u.email.clone());
+    let emails: Vec<&str> = found.iter().map(|u| u.email.as_str()).collect();
+    assert_eq!(emails, ["dan@example.com", "eve@example.com"], "unknown ids are left out");
+    assert_eq!(found[0].id, dan.id);
+    assert!(found[1].disabled_at.is_some(), "the account as stored now");
+    assert!(store.users_by_ids(&[]).await.expect("empty query").is_empty());
 }
 
 async fn settings_keep_the_first_value_stored(backend: Backend) {

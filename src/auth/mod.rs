@@ -3,6 +3,7 @@
 //!
 //! Knows the store and the crypto, nothing of HTTP: the REST layer maps [`AuthError`] to statuses.
 
+mod lookup;
 pub mod password;
 pub mod token;
 
@@ -88,6 +89,7 @@ pub struct Tokens {
 #[derive(Clone)]
 pub struct AuthService {
     store: Store,
+    users: lookup::UserLookup,
     hasher: PasswordHasher,
     keys: TokenKeys,
     refresh_ttl: Duration,
@@ -95,7 +97,7 @@ pub struct AuthService {
 
 impl AuthService {
     pub fn new(store: Store, hasher: PasswordHasher, keys: TokenKeys, refresh_ttl: Duration) -> Self {
-        Self { store, hasher, keys, refresh_ttl }
+        Self { users: lookup::UserLookup::new(store.clone()), store, hasher, keys, refresh_ttl }
     }
 
     pub fn keys(&self) -> &TokenKeys {
@@ -164,7 +166,7 @@ impl AuthService {
     /// The live, enabled user a bearer token belongs to.
     pub async fn authenticate(&self, access_token: &str) -> Result<User, AuthError> {
         let claims = self.keys.verify(access_token).ok_or(AuthError::Unauthorized)?;
-        let user = self.store.user_by_id(crate::domain::UserId(claims.sub)).await?.ok_or(AuthError::Unauthorized)?;
+        let user = self.users.user(crate::domain::UserId(claims.sub)).await?.ok_or(AuthError::Unauthorized)?;
         if user.disabled_at.is_some() {
             return Err(AuthError::Unauthorized);
         }

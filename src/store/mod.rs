@@ -225,6 +225,11 @@ impl Store {
         each_backend!(self, s => s.user_by_id(id).await)
     }
 
+    /// The users among `ids` that exist, in no particular order.
+    pub async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<User>, StoreError> {
+        each_backend!(self, s => s.users_by_ids(ids).await)
+    }
+
     pub async fn credentials_by_email(&self, email: &str) -> Result<Option<Credentials>, StoreError> {
         each_backend!(self, s => s.credentials_by_email(email).await)
     }

@@ -72,6 +72,23 @@ macro_rules! shared_queries {
                     .await?)
             }
 
+            /// The users among `ids` that exist, in no particular order.
+            pub async fn users_by_ids(
+                &self,
+                ids: &[$crate::domain::UserId],
+            ) -> Result<Vec<$crate::store::User>, $crate::store::StoreError> {
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut q = sqlx::QueryBuilder::new("SELECT id, email, created_at, disabled_at FROM users WHERE id IN (");
+                let mut list = q.separated(", ");
+                for id in ids {
+                    list.push_bind(id.0);
+                }
+                q.push(")");
+                Ok(q.build_query_as().fetch_all(&self.read).await?)
+            }
+
             pub async fn credentials_by_email(
                 &self,
                 email: &str,

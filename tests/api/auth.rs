@@ -18,6 +18,7 @@ both_backends!(
     an_email_is_taken_whatever_its_case_or_surrounding_spaces,
     unknown_email_and_wrong_password_get_the_same_401,
     a_disabled_user_is_refused_even_with_a_live_token,
+    concurrent_requests_each_get_their_own_account,
     default_argon2_parameters_are_owasps_recommendation,
     concurrent_registrations_of_one_email_make_one_account,
     a_refresh_token_used_twice_at_once_rotates_once_and_revokes_the_family,
@@ -160,6 +161,29 @@ async fn a_disabled_user_is_refused_even_with_a_live_token(backend: Backend) {
     let again = app.login("erin@example.com", PASSWORD).await;
     expect_json(app.me(&again.token).await, StatusCode::OK).await;
     expect_error(app.refresh(&session.refresh_token).await, StatusCode::UNAUTHORIZED, "unauthorized").await;
+}
+
+/// Lookups that arrive together share one database query; each request must still get its
+/// own account, and a disabled one among them must still be refused.
+async fn concurrent_requests_each_get_their_own_account(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut sessions = Vec::new();
+    for i in 0..12 {
+        sessions.push(app.register(&format!("user{i}@example.com")).await);
+    }
+    assert!(app.state.store.set_user_disabled("user7@example.com", true).await.expect("disable"));
+    for _ in 0..3 {
+        let answers = futures_util::future::join_all(sessions.iter().map(|s| app.me(&s.token))).await;
+        for (i, resp) in answers.into_iter().enumerate() {
+            if i == 7 {
+                expect_error(resp, StatusCode::UNAUTHORIZED, "unauthorized").await;
+            } else {
+                let me = expect_json(resp, StatusCode::OK).await;
+                assert_eq!(me["email"], format!("user{i}@example.com"));
+                assert_eq!(me["id"], sessions[i].user_id.as_str());
+            }
+        }
+    }
 }
 
 async fn default_argon2_parameters_are_owasps_recommendation(backend: Backend) {
