@@ -40,6 +40,8 @@ use crate::{
 /// gap from the store when they notice it).
 const PUBLISH_QUEUE: usize = 65_536;
 const PUBLISH_BATCH: usize = 512;
+/// Events from other nodes waiting for a fan-out task before the subscriber stops reading.
+const DISPATCH_QUEUE: usize = 4096;
 /// How often a node publishes its rooms' member counts, and how long they count as current.
 const PRESENCE_EVERY: Duration = Duration::from_secs(5);
 const PRESENCE_TTL_SECS: i64 = 20;
@@ -267,6 +269,7 @@ async fn run_subscriber(
 ) {
     // The channels we should be subscribed to: the source of truth across reconnects.
     let mut wanted: HashSet<String> = HashSet::new();
+    let dispatchers = spawn_dispatchers(&inner.hub);
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
     loop {
@@ -317,7 +320,9 @@ async fn run_subscriber(
                         let Some(room) = msg.get_channel_name().strip_prefix(inner.prefix.as_str()) else { continue };
                         let Ok(room) = RoomName::parse(room) else { continue };
                         if let Some(event) = decode(inner.instance, room, msg.get_payload_bytes()) {
-                            inner.hub.dispatch(&event);
+                            let shard = &dispatchers[shard_of(&event.room, dispatchers.len())];
+                            // Waits when the fan-out falls behind, so Redis holds the backlog.
+                            if shard.send(event).await.is_err() { return; }
                         }
                     }
                     None => break,
@@ -328,6 +333,32 @@ async fn run_subscriber(
         inner.connected.store(false, Ordering::Relaxed);
         tracing::warn!("redis bus disconnected; local delivery continues, reconnecting");
     }
+}
+
+/// Fan-out of events from other nodes, one task per core: each event is written to every local
+/// member's socket by the task that handles it, so one task alone would cap the node's remote
+/// fan-out at one core. A room always goes to the same task, which keeps its events in order.
+fn spawn_dispatchers(hub: &Arc<Hub>) -> Vec<mpsc::Sender<Event>> {
+    let n = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).clamp(1, 16);
+    (0..n)
+        .map(|_| {
+            let (tx, mut rx) = mpsc::channel::<Event>(DISPATCH_QUEUE);
+            let hub = Arc::clone(hub);
+            tokio::spawn(async move {
+                while let Some(event) = rx.recv().await {
+                    hub.dispatch(&event);
+                }
+            });
+            tx
+        })
+        .collect()
+}
+
+fn shard_of(room: &RoomName, shards: usize) -> usize {
+    // FNV-1a: stable and cheap; any spread will do.
+    let hash =
+        room.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    usize::try_from(hash % shards as u64).unwrap_or(0)
 }
 
 /// While disconnected: keep the wanted set current and confirm subscriptions at once (the
