@@ -2,8 +2,8 @@
 //! PostgreSQL, chosen by the scheme of `database.url`.
 //!
 //! One enum, one method per query. The SQL both backends share is written once (see
-//! [`sql`]); each backend adds only what its dialect does differently (connecting, batch
-//! inserts). Invariant kept here, not by callers: a room's seqs are 1, 2, 3… with no hole and no
+//! [`sql`]); each backend adds only what its dialect does differently (connecting, storing
+//! messages). Invariant kept here, not by callers: a room's seqs are 1, 2, 3… with no hole and no
 //! duplicate, however many nodes write at once, and a `(sender, client_id)` pair is stored once.
 
 #[macro_use]

@@ -1,8 +1,9 @@
 //! PostgreSQL backend, for clusters: every node shares it.
 //!
 //! Per-room seqs are serialised by the `rooms` row lock taken at the start of each append
-//! transaction, so concurrent writers to one room queue there while other rooms proceed. Batches
-//! are inserted with one `UNNEST` statement, which is prepared once whatever the batch size.
+//! transaction, so concurrent writers to one room queue there while other rooms proceed. A batch
+//! is stored by one statement taking the batch as arrays (`UNNEST`), so it is prepared once
+//! whatever the batch size and costs one round trip.
 
 use std::{str::FromStr, time::Duration};
 
@@ -13,7 +14,8 @@ use sqlx::{
 };
 use uuid::Uuid;
 
-use super::{Message, StoreError, sql::Backend};
+use super::{Appended, Message, NewMessage, StoreError, plan_batch, sql::Backend};
+use crate::domain::{RoomName, Seq};
 
 #[derive(Clone, Debug)]
 pub struct PgStore {
@@ -47,41 +49,94 @@ impl PgStore {
         Ok(self.write.begin().await?)
     }
 
-    async fn insert_messages(tx: &mut Transaction<'static, Postgres>, rows: &[Message]) -> Result<(), StoreError> {
-        let mut ids = Vec::with_capacity(rows.len());
-        let mut rooms = Vec::with_capacity(rows.len());
-        let mut seqs = Vec::with_capacity(rows.len());
-        let mut senders = Vec::with_capacity(rows.len());
-        let mut emails = Vec::with_capacity(rows.len());
-        let mut contents = Vec::with_capacity(rows.len());
-        let mut times: Vec<DateTime<Utc>> = Vec::with_capacity(rows.len());
-        let mut client_ids: Vec<Option<String>> = Vec::with_capacity(rows.len());
-        for m in rows {
-            ids.push(m.id);
-            rooms.push(m.room.clone());
-            seqs.push(m.seq);
-            senders.push(m.sender_id);
-            emails.push(m.sender_email.clone());
-            contents.push(m.content.clone());
-            times.push(m.created_at);
-            client_ids.push(m.client_id.clone());
+    /// Stores a batch in one statement, which is its own transaction: one round trip, two when a
+    /// message carries a client id (the look-up for earlier copies comes first). The room's row
+    /// lock is held only while PostgreSQL executes and commits, never across the network.
+    ///
+    /// Earlier copies are looked up before the room is locked, so a copy committed meanwhile
+    /// (another node storing the same `(sender, client_id)`) is not seen; the unique index then
+    /// refuses the insert, nothing is stored, and [`super::Store::append_messages`] retries,
+    /// this time finding it.
+    pub async fn append_messages(&self, room: &RoomName, batch: &[NewMessage]) -> Result<Vec<Appended>, StoreError> {
+        let existing = self.stored_client_ids(batch).await?;
+        // Seqs relative to the room's last_seq, which only the write below learns.
+        let (fresh, mut out) = plan_batch(batch, &existing, 1);
+        if fresh.is_empty() {
+            return Ok(out);
         }
-        sqlx::query(
-            "INSERT INTO messages (id, room, seq, sender_id, sender_email, content, created_at, client_id) \
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::uuid[], $5::text[], $6::text[], \
-             $7::timestamptz[], $8::text[])",
+        let count = Seq::try_from(fresh.len()).unwrap_or(Seq::MAX);
+        let mut ids = Vec::with_capacity(fresh.len());
+        let mut senders = Vec::with_capacity(fresh.len());
+        let mut emails = Vec::with_capacity(fresh.len());
+        let mut contents = Vec::with_capacity(fresh.len());
+        let mut times: Vec<DateTime<Utc>> = Vec::with_capacity(fresh.len());
+        let mut client_ids = Vec::with_capacity(fresh.len());
+        for m in &fresh {
+            ids.push(m.id);
+            senders.push(m.sender_id);
+            emails.push(m.sender_email.as_str());
+            contents.push(m.content.as_str());
+            times.push(m.created_at);
+            client_ids.push(m.client_id.as_deref());
+        }
+        // Bumping last_seq by the batch's size takes the room's row lock (creating the row for a
+        // room's first message), so writers of one room queue there on every node; RETURNING
+        // gives the value before this batch, whatever committed while we waited. The insert runs
+        // after it, as it reads its result. Outside a transaction the statement commits before
+        // PostgreSQL reports it done, and sqlx returns only then (ReadyForQuery), even for
+        // `fetch_one`: a returned seq is a committed one.
+        let (base,): (Seq,) = sqlx::query_as(
+            "WITH room AS ( \
+                 INSERT INTO rooms AS r (name, last_seq, created_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET last_seq = r.last_seq + excluded.last_seq \
+                 RETURNING r.last_seq - $2 AS base \
+             ), inserted AS ( \
+                 INSERT INTO messages (id, room, seq, sender_id, sender_email, content, created_at, client_id) \
+                 SELECT m.id, $1, room.base + m.k, m.sender_id, m.sender_email, m.content, m.created_at, \
+                        m.client_id \
+                 FROM room, UNNEST($4::uuid[], $5::uuid[], $6::text[], $7::text[], $8::timestamptz[], $9::text[]) \
+                     WITH ORDINALITY AS m (id, sender_id, sender_email, content, created_at, client_id, k) \
+             ) \
+             SELECT base FROM room",
         )
+        .bind(room.as_str())
+        .bind(count)
+        .bind(Utc::now())
         .bind(ids)
-        .bind(rooms)
-        .bind(seqs)
-        .bind::<Vec<Uuid>>(senders)
+        .bind(senders)
         .bind(emails)
         .bind(contents)
         .bind(times)
         .bind(client_ids)
-        .execute(&mut **tx)
+        .fetch_one(&self.write)
         .await?;
-        Ok(())
+        // The k-th fresh message got seq k above, and now base + k; earlier copies keep theirs.
+        for a in &mut out {
+            if !existing.iter().any(|e| e.id == a.message.id) {
+                a.message.seq += base;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stored messages with the `(sender, client_id)` of a message in `batch`. No round trip
+    /// when no message has a client id.
+    async fn stored_client_ids(&self, batch: &[NewMessage]) -> Result<Vec<Message>, StoreError> {
+        let (senders, client_ids): (Vec<Uuid>, Vec<&str>) =
+            batch.iter().filter_map(|m| Some((m.sender_id.0, m.client_id.as_deref()?))).unzip();
+        if client_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // `client_id IS NOT NULL` lets the planner use the partial unique index.
+        Ok(sqlx::query_as(
+            "SELECT id, room, seq, sender_id, sender_email, content, created_at, client_id FROM messages \
+             WHERE client_id IS NOT NULL \
+               AND (sender_id, client_id) IN (SELECT * FROM UNNEST($1::uuid[], $2::text[]))",
+        )
+        .bind(senders)
+        .bind(client_ids)
+        .fetch_all(&self.write)
+        .await?)
     }
 }
 

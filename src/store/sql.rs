@@ -2,11 +2,9 @@
 //!
 //! Every statement here is valid in PostgreSQL and SQLite alike: `$n` placeholders in order of
 //! first use (SQLite binds by first appearance), timestamps bound from Rust rather than `now()`,
-//! `ON CONFLICT` and `RETURNING`. A backend provides `read`/`write` pools, `begin_write()` and
-//! `insert_messages()`, and gets the rest from [`shared_queries!`].
-
-/// Columns of a `Message`, in `FromRow` order.
-pub(super) const MESSAGE_COLUMNS: &str = "id, room, seq, sender_id, sender_email, content, created_at, client_id";
+//! `ON CONFLICT` and `RETURNING`. A backend provides `read`/`write` pools and `begin_write()`,
+//! and gets the rest from [`shared_queries!`]. Storing messages is not shared: PostgreSQL does it
+//! in one statement to save round trips (see `postgres.rs`), SQLite step by step in a transaction.
 
 macro_rules! shared_queries {
     ($store:ty) => {
@@ -255,58 +253,6 @@ macro_rules! shared_queries {
                 .await?
                 .rows_affected();
                 Ok(revoked > 0)
-            }
-
-            pub async fn append_messages(
-                &self,
-                room: &$crate::domain::RoomName,
-                batch: &[$crate::store::NewMessage],
-            ) -> Result<Vec<$crate::store::Appended>, $crate::store::StoreError> {
-                let now = chrono::Utc::now();
-                let mut tx = self.begin_write().await?;
-                // Takes the room row's lock (PostgreSQL) before anything else, so writers of this
-                // room queue here and each sees the previous one's messages.
-                let (last_seq,): ($crate::domain::Seq,) = sqlx::query_as(
-                    "INSERT INTO rooms (name, last_seq, created_at) VALUES ($1, 0, $2) \
-                     ON CONFLICT (name) DO UPDATE SET last_seq = rooms.last_seq RETURNING last_seq",
-                )
-                .bind(room.as_str())
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await?;
-                let existing = Self::stored_client_ids(&mut tx, batch).await?;
-                let (fresh, out) = $crate::store::plan_batch(batch, &existing, last_seq + 1);
-                if let Some(last) = fresh.last() {
-                    sqlx::query("UPDATE rooms SET last_seq = $2 WHERE name = $1")
-                        .bind(room.as_str())
-                        .bind(last.seq)
-                        .execute(&mut *tx)
-                        .await?;
-                    Self::insert_messages(&mut tx, &fresh).await?;
-                }
-                tx.commit().await?;
-                Ok(out)
-            }
-
-            /// Stored messages whose client id matches one in `batch` (callers match senders).
-            async fn stored_client_ids(
-                tx: &mut sqlx::Transaction<'static, <Self as $crate::store::sql::Backend>::Db>,
-                batch: &[$crate::store::NewMessage],
-            ) -> Result<Vec<$crate::store::Message>, $crate::store::StoreError> {
-                let ids: Vec<&str> = batch.iter().filter_map(|m| m.client_id.as_deref()).collect();
-                if ids.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let mut q = sqlx::QueryBuilder::new(format!(
-                    "SELECT {} FROM messages WHERE client_id IN (",
-                    $crate::store::sql::MESSAGE_COLUMNS
-                ));
-                let mut list = q.separated(", ");
-                for id in ids {
-                    list.push_bind(id.to_owned());
-                }
-                q.push(")");
-                Ok(q.build_query_as().fetch_all(&mut **tx).await?)
             }
 
             pub async fn messages_before(

@@ -13,7 +13,11 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
-use super::{Message, StoreError, sql::Backend};
+use super::{Appended, Message, NewMessage, StoreError, plan_batch, sql::Backend};
+use crate::domain::{RoomName, Seq};
+
+/// Columns of a `Message`, in `FromRow` order.
+const MESSAGE_COLUMNS: &str = "id, room, seq, sender_id, sender_email, content, created_at, client_id";
 
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
@@ -64,6 +68,51 @@ impl SqliteStore {
 
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         Ok(self.write.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    pub async fn append_messages(&self, room: &RoomName, batch: &[NewMessage]) -> Result<Vec<Appended>, StoreError> {
+        let now = chrono::Utc::now();
+        let mut tx = self.begin_write().await?;
+        // The single write connection and `BEGIN IMMEDIATE` serialise writers: each sees the
+        // previous one's messages.
+        let (last_seq,): (Seq,) = sqlx::query_as(
+            "INSERT INTO rooms (name, last_seq, created_at) VALUES ($1, 0, $2) \
+             ON CONFLICT (name) DO UPDATE SET last_seq = rooms.last_seq RETURNING last_seq",
+        )
+        .bind(room.as_str())
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let existing = Self::stored_client_ids(&mut tx, batch).await?;
+        let (fresh, out) = plan_batch(batch, &existing, last_seq + 1);
+        if let Some(last) = fresh.last() {
+            sqlx::query("UPDATE rooms SET last_seq = $2 WHERE name = $1")
+                .bind(room.as_str())
+                .bind(last.seq)
+                .execute(&mut *tx)
+                .await?;
+            Self::insert_messages(&mut tx, &fresh).await?;
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Stored messages whose client id matches one in `batch` (callers match senders).
+    async fn stored_client_ids(
+        tx: &mut Transaction<'static, Sqlite>,
+        batch: &[NewMessage],
+    ) -> Result<Vec<Message>, StoreError> {
+        let ids: Vec<&str> = batch.iter().filter_map(|m| m.client_id.as_deref()).collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = sqlx::QueryBuilder::new(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE client_id IN ("));
+        let mut list = q.separated(", ");
+        for id in ids {
+            list.push_bind(id.to_owned());
+        }
+        q.push(")");
+        Ok(q.build_query_as().fetch_all(&mut **tx).await?)
     }
 
     async fn insert_messages(tx: &mut Transaction<'static, Sqlite>, rows: &[Message]) -> Result<(), StoreError> {
