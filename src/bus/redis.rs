@@ -31,6 +31,7 @@ use crate::{
     chat::{
         event::{Encoded, Event, EventKind},
         hub::Hub,
+        session::corked,
     },
     domain::RoomName,
     telemetry,
@@ -42,6 +43,8 @@ const PUBLISH_QUEUE: usize = 65_536;
 const PUBLISH_BATCH: usize = 512;
 /// Events from other nodes waiting for a fan-out task before the subscriber stops reading.
 const DISPATCH_QUEUE: usize = 4096;
+/// Events fanned out under one cork.
+const DISPATCH_BATCH: usize = 256;
 /// How often a node publishes its rooms' member counts, and how long they count as current.
 const PRESENCE_EVERY: Duration = Duration::from_secs(5);
 const PRESENCE_TTL_SECS: i64 = 20;
@@ -345,8 +348,10 @@ fn spawn_dispatchers(hub: &Arc<Hub>) -> Vec<mpsc::Sender<Event>> {
             let (tx, mut rx) = mpsc::channel::<Event>(DISPATCH_QUEUE);
             let hub = Arc::clone(hub);
             tokio::spawn(async move {
-                while let Some(event) = rx.recv().await {
-                    hub.dispatch(&event);
+                let mut events = Vec::with_capacity(DISPATCH_BATCH);
+                while rx.recv_many(&mut events, DISPATCH_BATCH).await > 0 {
+                    // Whatever has arrived goes out as one write per session.
+                    corked(|| events.drain(..).for_each(|event| hub.dispatch(&event)));
                 }
             });
             tx

@@ -7,8 +7,13 @@
 //! would block are frames queued, and the session task finishes writing them when the socket
 //! drains. A queue that overflows marks the session too slow (it is closed with 1013 and
 //! resumes later with `since`) rather than letting memory grow.
+//!
+//! Under load, writes are batched: a room writer delivers a whole committed batch (its acks and
+//! its messages) inside [`corked`], so each recipient gets everything for it in one vectored
+//! write instead of one write per frame.
 
 use std::{
+    cell::RefCell,
     collections::VecDeque,
     future::poll_fn,
     io::IoSlice,
@@ -146,6 +151,9 @@ struct State {
     inflight: usize,
     wake_when_settled: bool,
     closed: bool,
+    /// Frames were queued under a cork on some thread, which writes them when it uncorks
+    /// (unless the session task wrote them first).
+    corked: bool,
 }
 
 /// What a poll of the outbox waits for.
@@ -177,6 +185,7 @@ impl Outbox {
             inflight: 0,
             wake_when_settled: false,
             closed: false,
+            corked: false,
         };
         Arc::new(Self { form, encode_reply, limit, state: Mutex::new(state) })
     }
@@ -191,32 +200,58 @@ impl Outbox {
     }
 
     /// Writes a fan-out event. False: the session is gone or too slow, drop it.
-    pub fn offer_event(&self, ev: &Encoded) -> bool {
-        let frame = ev.frame(self.form).clone();
-        self.lock().push(frame, Some(self.limit))
+    pub fn offer_event(self: &Arc<Self>, ev: &Encoded) -> bool {
+        self.push(ev.frame(self.form).clone(), Some(self.limit))
     }
 
     /// Writes the answer to a command.
-    pub fn offer_reply(&self, reply: &Reply) -> bool {
+    pub fn offer_reply(self: &Arc<Self>, reply: &Reply) -> bool {
         let frames = (self.encode_reply)(reply);
-        let mut st = self.lock();
         if reply.settles_send() {
+            let mut st = self.lock();
             st.inflight = st.inflight.saturating_sub(1);
             if st.inflight == 0 && st.wake_when_settled {
                 st.wake();
             }
         }
-        frames.into_iter().all(|f| st.push(text_frame(f), Some(self.limit)))
+        frames.into_iter().all(|f| self.push(text_frame(f), Some(self.limit)))
     }
 
     /// Writes a text frame outside the queue limit (handshakes, protocol answers).
-    pub fn send_text(&self, payload: Utf8Bytes) -> bool {
+    pub fn send_text(self: &Arc<Self>, payload: Utf8Bytes) -> bool {
         self.send_raw(text_frame(payload))
     }
 
     /// Writes an already framed buffer outside the queue limit (heartbeats, close frames).
-    pub fn send_raw(&self, frame: Bytes) -> bool {
-        self.lock().push(frame, None)
+    pub fn send_raw(self: &Arc<Self>, frame: Bytes) -> bool {
+        self.push(frame, None)
+    }
+
+    fn push(self: &Arc<Self>, frame: Bytes, limit: Option<usize>) -> bool {
+        let cork = CORK.with(|c| c.borrow().is_some());
+        let pushed = self.lock().push(frame, limit, cork);
+        if pushed == Pushed::Corked {
+            CORK.with(|c| {
+                if let Some(list) = c.borrow_mut().as_mut() {
+                    list.push(Arc::clone(self));
+                }
+            });
+        }
+        pushed != Pushed::Refused
+    }
+
+    /// Writes what was queued under a cork, with one vectored write; whatever the socket does
+    /// not take is left to the session task.
+    fn uncork(&self) {
+        let mut st = self.lock();
+        if !std::mem::take(&mut st.corked) {
+            return; // the session task wrote it already
+        }
+        st.flush(&mut Context::from_waker(Waker::noop()));
+        if !st.queue.is_empty() {
+            st.stalled_since.get_or_insert_with(Instant::now);
+            st.wake();
+        }
     }
 
     /// A `send_message` was handed to a room writer; its answer settles it.
@@ -273,6 +308,9 @@ impl Outbox {
         if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             st.waker = Some(cx.waker().clone());
         }
+        // Writing with this task's waker: from now on a blocked socket wakes this task, and
+        // an uncork must not write (with a no-op waker) over that registration.
+        st.corked = false;
         st.flush(cx);
         match (st.failure, until) {
             (Some(Failure::Broken), _) => return Poll::Ready(Err(Failure::Broken)),
@@ -292,36 +330,41 @@ impl Outbox {
 }
 
 impl State {
-    fn push(&mut self, frame: Bytes, limit: Option<usize>) -> bool {
+    fn push(&mut self, frame: Bytes, limit: Option<usize>, cork: bool) -> Pushed {
         match self.failure {
-            _ if self.closed => return false,
-            Some(Failure::Broken) => return false,
-            Some(Failure::Slow) if limit.is_some() => return false,
+            _ if self.closed => return Pushed::Refused,
+            Some(Failure::Broken) => return Pushed::Refused,
+            Some(Failure::Slow) if limit.is_some() => return Pushed::Refused,
             _ => {}
         }
         if self.queue.is_empty() {
+            if cork {
+                self.queue.push_back(frame);
+                self.corked = true;
+                return Pushed::Corked;
+            }
             // Nothing ahead of it: write now, from this task. A socket that would block has the
             // rest queued and the session task woken to finish it with a real waker.
             let mut cx = Context::from_waker(Waker::noop());
             match self.wire.as_mut().poll_write(&mut cx, &frame) {
-                Poll::Ready(Ok(n)) if n == frame.len() => return true,
+                Poll::Ready(Ok(n)) if n == frame.len() => return Pushed::Written,
                 Poll::Ready(Ok(n)) if n > 0 => self.queue.push_back(frame.slice(n..)),
                 Poll::Pending => self.queue.push_back(frame),
                 Poll::Ready(_) => {
                     self.fail(Failure::Broken);
-                    return false;
+                    return Pushed::Refused;
                 }
             }
             self.stalled_since = Some(Instant::now());
             self.wake();
-            return true;
+            return Pushed::Queued;
         }
         if limit.is_some_and(|limit| self.queue.len() >= limit) {
             self.fail(Failure::Slow);
-            return false;
+            return Pushed::Refused;
         }
         self.queue.push_back(frame);
-        true
+        Pushed::Queued
     }
 
     /// Writes as much of the queue as the socket takes now.
@@ -374,6 +417,41 @@ impl State {
             w.wake_by_ref();
         }
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pushed {
+    Written,
+    Queued,
+    /// Queued under this thread's cork; the cork must flush it.
+    Corked,
+    Refused,
+}
+
+thread_local! {
+    /// Outboxes that got frames while this thread is corked.
+    static CORK: RefCell<Option<Vec<Arc<Outbox>>>> = const { RefCell::new(None) };
+}
+
+/// Runs `deliver` with writes held back, then writes each session it reached once, all its
+/// frames in one vectored write. `deliver` must not await (the cork is per thread). Nested
+/// calls join the outermost cork.
+pub fn corked<R>(deliver: impl FnOnce() -> R) -> R {
+    struct Uncork;
+    impl Drop for Uncork {
+        fn drop(&mut self) {
+            // Also on a panic: nothing stays queued without a writer.
+            for out in CORK.with(|c| c.borrow_mut().take()).unwrap_or_default() {
+                out.uncork();
+            }
+        }
+    }
+    if CORK.with(|c| c.borrow().is_some()) {
+        return deliver();
+    }
+    CORK.with(|c| *c.borrow_mut() = Some(Vec::new()));
+    let _uncork = Uncork;
+    deliver()
 }
 
 /// The hub's handle on a session: who it is, and where its frames go.
@@ -446,6 +524,28 @@ mod tests {
         let (frames, drained) = tokio::join!(read_frames(&mut client, accepted + 1), out.drained());
         assert_eq!(drained, Ok(()));
         assert_eq!(frames.last().map(String::as_str), Some("bye"));
+    }
+
+    #[tokio::test]
+    async fn a_cork_holds_writes_back_and_then_writes_each_session_once() {
+        let (server_a, mut client_a) = tokio::io::duplex(4096);
+        let (server_b, mut client_b) = tokio::io::duplex(4096);
+        let (a, b) = (outbox(server_a, 100), outbox(server_b, 100));
+        corked(|| {
+            for i in 0..3 {
+                assert!(a.send_text(Utf8Bytes::from(format!("a{i}"))));
+                assert!(b.send_text(Utf8Bytes::from(format!("b{i}"))));
+            }
+            let mut byte = [0u8; 1];
+            assert!(
+                futures_util::FutureExt::now_or_never(client_a.read(&mut byte)).is_none(),
+                "nothing is written while corked"
+            );
+        });
+        // Written by the uncork itself: nobody drives these outboxes.
+        assert_eq!(read_frames(&mut client_a, 3).await, ["a0", "a1", "a2"]);
+        assert_eq!(read_frames(&mut client_b, 3).await, ["b0", "b1", "b2"]);
+        assert_eq!(a.stalled_for(), Duration::ZERO);
     }
 
     #[tokio::test]

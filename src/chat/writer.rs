@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{
     event,
-    session::{Reply, ReplyBody, SessionHandle, Tag},
+    session::{Reply, ReplyBody, SessionHandle, Tag, corked},
 };
 use crate::{
     bus::Bus,
@@ -74,7 +74,8 @@ async fn run(room: RoomName, mut rx: mpsc::Receiver<WriteRequest>, store: Store,
         let result = store.append_messages(&room, &batch).await;
         commit_time.record(started.elapsed().as_secs_f64());
         match result {
-            Ok(appended) => {
+            // Corked: each session gets its acks and the batch's messages in one write.
+            Ok(appended) => corked(|| {
                 let mut events = Vec::with_capacity(appended.len());
                 for ((tag, reply_to), a) in replies.drain(..).zip(appended) {
                     let body = ReplyBody::Sent { id: a.message.id, seq: a.message.seq };
@@ -85,14 +86,16 @@ async fn run(room: RoomName, mut rx: mpsc::Receiver<WriteRequest>, store: Store,
                 }
                 stored.increment(events.len() as u64);
                 bus.publish(events);
-            }
+            }),
             Err(e) => {
                 let code = if e.is_unavailable() { "unavailable" } else { "internal" };
                 tracing::warn!(room = %room, error = ?e, count = replies.len(), "storing messages failed");
-                for (tag, reply_to) in replies.drain(..) {
-                    let reply = Reply::error(tag, code, "the message could not be stored; try again");
-                    reply_to.outbox.offer_reply(&reply);
-                }
+                corked(|| {
+                    for (tag, reply_to) in replies.drain(..) {
+                        let reply = Reply::error(tag, code, "the message could not be stored; try again");
+                        reply_to.outbox.offer_reply(&reply);
+                    }
+                });
             }
         }
         batch.clear();
