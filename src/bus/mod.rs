@@ -62,6 +62,14 @@ impl Bus {
 
     /// Starts receiving `room`'s events from other nodes; the receiver completes once the
     /// subscription is active (or at once when there is nothing to wait for).
+    /// The hub this bus delivers to.
+    pub fn hub(&self) -> &Arc<Hub> {
+        match self {
+            Self::Local(hub) => hub,
+            Self::Redis(bus) => bus.hub(),
+        }
+    }
+
     pub fn subscribe(&self, room: &RoomName) -> oneshot::Receiver<()> {
         match self {
             Self::Local(_) => {

@@ -103,6 +103,10 @@ impl RedisBus {
         Ok(Self { inner })
     }
 
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.inner.hub
+    }
+
     pub fn connected(&self) -> bool {
         self.inner.connected.load(Ordering::Relaxed)
     }
@@ -351,7 +355,7 @@ fn spawn_dispatchers(hub: &Arc<Hub>) -> Vec<mpsc::Sender<Event>> {
                 let mut events = Vec::with_capacity(DISPATCH_BATCH);
                 while rx.recv_many(&mut events, DISPATCH_BATCH).await > 0 {
                     // Whatever has arrived goes out as one write per session.
-                    corked(|| events.drain(..).for_each(|event| hub.dispatch(&event)));
+                    corked(&hub.flusher, || events.drain(..).for_each(|event| hub.dispatch(&event)));
                 }
             });
             tx

@@ -21,7 +21,7 @@ use tokio::sync::{OnceCell, mpsc, oneshot};
 
 use super::{
     event::{self, Encoded, Event, EventKind},
-    session::{Form, SessionHandle},
+    session::{Flusher, Form, SessionHandle},
     writer::WriteRequest,
 };
 use crate::{
@@ -216,6 +216,8 @@ pub struct Hub {
     shards: Box<[Shard]>,
     hasher: std::collections::hash_map::RandomState,
     store: Store,
+    /// Writes what deliveries corked (see [`session::corked`](super::session::corked)).
+    pub flusher: Arc<Flusher>,
 }
 
 impl Hub {
@@ -224,6 +226,7 @@ impl Hub {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
             store,
+            flusher: Flusher::spawn(),
         })
     }
 

@@ -9,22 +9,24 @@
 //! resumes later with `since`) rather than letting memory grow.
 //!
 //! Under load, writes are batched: a room writer delivers a whole committed batch (its acks and
-//! its messages) inside [`corked`], so each recipient gets everything for it in one vectored
-//! write instead of one write per frame.
+//! its messages) inside [`corked`], and the [`Flusher`] then gives each recipient everything for
+//! it in one write instead of one write per frame.
 
 use std::{
     cell::RefCell,
     collections::VecDeque,
     future::poll_fn,
-    io::IoSlice,
     pin::Pin,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll, Waker},
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
-use tokio::io::AsyncWrite;
+use bytes::{Bytes, BytesMut};
+use tokio::{io::AsyncWrite, sync::mpsc};
 use tokio_tungstenite::tungstenite::{
     Utf8Bytes,
     protocol::frame::{
@@ -164,8 +166,8 @@ enum Until {
     Settled,
 }
 
-/// Frames handed to one vectored write.
-const WRITE_BATCH: usize = 64;
+/// Most bytes of queued frames joined into one write.
+const COALESCE: usize = 16 * 1024;
 /// Queue capacity kept once a backlog has drained.
 const KEEP_QUEUE: usize = 16;
 
@@ -240,7 +242,7 @@ impl Outbox {
         pushed != Pushed::Refused
     }
 
-    /// Writes what was queued under a cork, with one vectored write; whatever the socket does
+    /// Writes what was queued under a cork, in one write; whatever the socket does
     /// not take is left to the session task.
     fn uncork(&self) {
         let mut st = self.lock();
@@ -369,15 +371,21 @@ impl State {
 
     /// Writes as much of the queue as the socket takes now.
     fn flush(&mut self, cx: &mut Context<'_>) {
+        let mut progressed = false;
         while !self.queue.is_empty() && self.failure != Some(Failure::Broken) {
-            let mut slices = [IoSlice::new(&[]); WRITE_BATCH];
-            let n = self.queue.iter().zip(slices.iter_mut()).map(|(frame, slice)| *slice = IoSlice::new(frame)).count();
-            match self.wire.as_mut().poll_write_vectored(cx, &slices[..n]) {
+            self.coalesce();
+            match self.wire.as_mut().poll_write(cx, &self.queue[0]) {
                 Poll::Ready(Ok(written)) if written > 0 => {
                     self.advance(written);
-                    self.stalled_since = Some(Instant::now());
+                    progressed = true;
                 }
-                Poll::Pending => return,
+                Poll::Pending => {
+                    // The clock is read only when the socket is backed up.
+                    if progressed || self.stalled_since.is_none() {
+                        self.stalled_since = Some(Instant::now());
+                    }
+                    return;
+                }
                 Poll::Ready(_) => self.fail(Failure::Broken),
             }
         }
@@ -387,6 +395,25 @@ impl State {
                 self.queue.shrink_to(KEEP_QUEUE);
             }
         }
+    }
+
+    /// Joins the frames at the front of the queue into one buffer (up to [`COALESCE`] bytes),
+    /// so they go out in one write: the upgraded connection has no vectored writes (a
+    /// vectored write would send only the first frame), and a copy of a few small frames costs
+    /// far less than a system call each.
+    fn coalesce(&mut self) {
+        if self.queue.len() < 2 || self.queue[0].len() + self.queue[1].len() > COALESCE {
+            return;
+        }
+        let mut joined = BytesMut::with_capacity(COALESCE.min(self.queue.iter().map(Bytes::len).sum()));
+        while let Some(frame) = self.queue.front() {
+            if joined.len() + frame.len() > COALESCE {
+                break;
+            }
+            joined.extend_from_slice(frame);
+            self.queue.pop_front();
+        }
+        self.queue.push_front(joined.freeze());
     }
 
     /// Drops `written` bytes from the front of the queue.
@@ -433,16 +460,56 @@ thread_local! {
     static CORK: RefCell<Option<Vec<Arc<Outbox>>>> = const { RefCell::new(None) };
 }
 
-/// Runs `deliver` with writes held back, then writes each session it reached once, all its
-/// frames in one vectored write. `deliver` must not await (the cork is per thread). Nested
-/// calls join the outermost cork.
-pub fn corked<R>(deliver: impl FnOnce() -> R) -> R {
-    struct Uncork;
-    impl Drop for Uncork {
+/// Writes corked outboxes on tasks of their own (one per core), just after the batch that
+/// filled them. Under light load that is at once; when the node is busy the flush waits its
+/// turn behind other ready tasks, later batches join the same write, and each session costs
+/// fewer sends per message the busier the node is.
+pub struct Flusher {
+    shards: Vec<mpsc::UnboundedSender<Vec<Arc<Outbox>>>>,
+    next: AtomicUsize,
+}
+
+impl Flusher {
+    /// Starts the flush tasks; they stop when the flusher is dropped.
+    pub fn spawn() -> Arc<Self> {
+        let n = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).clamp(1, 16);
+        let shards = (0..n)
+            .map(|_| {
+                let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Arc<Outbox>>>();
+                tokio::spawn(async move {
+                    let mut lists = Vec::new();
+                    while rx.recv_many(&mut lists, 256).await > 0 {
+                        for out in lists.drain(..).flatten() {
+                            out.uncork();
+                        }
+                    }
+                });
+                tx
+            })
+            .collect();
+        Arc::new(Self { shards, next: AtomicUsize::new(0) })
+    }
+
+    fn submit(&self, list: Vec<Arc<Outbox>>) {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        if let Err(unsent) = self.shards[i].send(list) {
+            // Shutting down: write them here.
+            unsent.0.iter().for_each(|out| out.uncork());
+        }
+    }
+}
+
+/// Runs `deliver` with writes held back; the sessions it reached are then written by the
+/// [`Flusher`], each with one write for all its frames. `deliver` must not await (the
+/// cork is per thread). Nested calls join the outermost cork.
+pub fn corked<R>(flusher: &Flusher, deliver: impl FnOnce() -> R) -> R {
+    struct Uncork<'a>(&'a Flusher);
+    impl Drop for Uncork<'_> {
         fn drop(&mut self) {
             // Also on a panic: nothing stays queued without a writer.
-            for out in CORK.with(|c| c.borrow_mut().take()).unwrap_or_default() {
-                out.uncork();
+            let list = CORK.with(|c| c.borrow_mut().take()).unwrap_or_default();
+            if !list.is_empty() {
+                self.0.submit(list);
             }
         }
     }
@@ -450,7 +517,7 @@ pub fn corked<R>(deliver: impl FnOnce() -> R) -> R {
         return deliver();
     }
     CORK.with(|c| *c.borrow_mut() = Some(Vec::new()));
-    let _uncork = Uncork;
+    let _uncork = Uncork(flusher);
     deliver()
 }
 
@@ -531,7 +598,8 @@ mod tests {
         let (server_a, mut client_a) = tokio::io::duplex(4096);
         let (server_b, mut client_b) = tokio::io::duplex(4096);
         let (a, b) = (outbox(server_a, 100), outbox(server_b, 100));
-        corked(|| {
+        let flusher = Flusher::spawn();
+        corked(&flusher, || {
             for i in 0..3 {
                 assert!(a.send_text(Utf8Bytes::from(format!("a{i}"))));
                 assert!(b.send_text(Utf8Bytes::from(format!("b{i}"))));
@@ -542,7 +610,7 @@ mod tests {
                 "nothing is written while corked"
             );
         });
-        // Written by the uncork itself: nobody drives these outboxes.
+        // Written by the flusher: nobody else drives these outboxes.
         assert_eq!(read_frames(&mut client_a, 3).await, ["a0", "a1", "a2"]);
         assert_eq!(read_frames(&mut client_b, 3).await, ["b0", "b1", "b2"]);
         assert_eq!(a.stalled_for(), Duration::ZERO);

@@ -7,7 +7,7 @@
 //! published, so a sender sees its ack first. A failed commit answers every sender of the
 //! batch with `unavailable`/`internal` and publishes nothing: no ack for anything not stored.
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
@@ -64,6 +64,7 @@ async fn run(room: RoomName, mut rx: mpsc::Receiver<WriteRequest>, store: Store,
         telemetry::STORE_QUERY_DURATION, "query" => "append_messages", "backend" => store.backend()
     );
     let stored = metrics::counter!(telemetry::MESSAGES_STORED);
+    let flusher = Arc::clone(&bus.hub().flusher);
     while rx.recv_many(&mut requests, max_batch).await > 0 {
         // Moved apart, not cloned: the messages go to the store, the reply handles stay here.
         for WriteRequest { msg, tag, reply_to } in requests.drain(..) {
@@ -75,7 +76,7 @@ async fn run(room: RoomName, mut rx: mpsc::Receiver<WriteRequest>, store: Store,
         commit_time.record(started.elapsed().as_secs_f64());
         match result {
             // Corked: each session gets its acks and the batch's messages in one write.
-            Ok(appended) => corked(|| {
+            Ok(appended) => corked(&flusher, || {
                 let mut events = Vec::with_capacity(appended.len());
                 for ((tag, reply_to), a) in replies.drain(..).zip(appended) {
                     let body = ReplyBody::Sent { id: a.message.id, seq: a.message.seq };
@@ -90,7 +91,7 @@ async fn run(room: RoomName, mut rx: mpsc::Receiver<WriteRequest>, store: Store,
             Err(e) => {
                 let code = if e.is_unavailable() { "unavailable" } else { "internal" };
                 tracing::warn!(room = %room, error = ?e, count = replies.len(), "storing messages failed");
-                corked(|| {
+                corked(&flusher, || {
                     for (tag, reply_to) in replies.drain(..) {
                         let reply = Reply::error(tag, code, "the message could not be stored; try again");
                         reply_to.outbox.offer_reply(&reply);
