@@ -2,8 +2,8 @@
 //! handle and the per-room writers.
 //!
 //! Knows nothing of HTTP or of how frames look on a particular transport: the native
-//! WebSocket and Socket.IO codecs both call these methods and drain the same [`Outbound`]
-//! queue, so their clients share one path and one order.
+//! WebSocket and Socket.IO codecs both call these methods and hand the core the same kind of
+//! [`Outbox`], so their clients share one path and one order.
 
 pub mod event;
 pub mod hub;
@@ -254,8 +254,8 @@ impl ChatService {
         }
     }
 
-    /// Validates and queues a message for storing; the ack (or error) comes through the
-    /// session's outbound queue once the room's writer has committed it.
+    /// Validates and queues a message for storing; the ack (or error) goes out through the
+    /// session's outbox once the room's writer has committed it.
     pub async fn send_message(
         &self,
         s: &Session,

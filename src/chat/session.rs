@@ -168,8 +168,6 @@ enum Until {
 
 /// Most bytes of queued frames joined into one write.
 const COALESCE: usize = 16 * 1024;
-/// Queue capacity kept once a backlog has drained.
-const KEEP_QUEUE: usize = 16;
 
 impl Outbox {
     pub fn new(
@@ -391,8 +389,9 @@ impl State {
         }
         if self.queue.is_empty() {
             self.stalled_since = None;
-            if self.queue.capacity() > KEEP_QUEUE {
-                self.queue.shrink_to(KEEP_QUEUE);
+            // Idle sessions keep no queue: most connections are idle most of the time.
+            if self.queue.capacity() > 0 {
+                self.queue = VecDeque::new();
             }
         }
     }

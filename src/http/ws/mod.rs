@@ -1,9 +1,10 @@
 //! WebSocket transports: authentication and origin checks before the upgrade, then one session
-//! loop that turns frames into chat commands and drains the session's outbound queue.
+//! loop that turns frames into chat commands.
 //!
-//! The upgrade is done here rather than with poem's `WebSocket` extractor so that frames are
-//! tungstenite `Utf8Bytes`: an event's bytes are shared by every recipient instead of copied
-//! into a `String` per socket, and the buffers are sized for many idle connections.
+//! The upgrade is done here rather than with poem's `WebSocket` extractor so that the two
+//! directions part ways: tungstenite reads client frames (with small buffers, for many idle
+//! connections), while everything sent goes through the session's [`Outbox`], to which the
+//! chat core writes already framed, shared bytes directly (see [`crate::chat::session`]).
 
 pub mod native;
 pub mod polling;
