@@ -89,30 +89,33 @@ impl Room {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Adds a session. With `since`, it must catch up (see [`Hub::go_live`]).
-    pub fn add_member(&self, handle: SessionHandle, since: Option<Seq>) -> Result<Start, RoomClosed> {
+    /// Adds a session. With `since`, it must catch up (see [`Hub::go_live`]). `joined` runs
+    /// under the room's lock just before the member is added, with the latest seq the join
+    /// answers: whatever it writes to the session precedes every live event of the room.
+    pub fn add_member(
+        &self,
+        handle: SessionHandle,
+        since: Option<Seq>,
+        joined: impl FnOnce(Seq),
+    ) -> Result<Start, RoomClosed> {
         let mut inner = self.lock();
         if inner.closed {
             return Err(RoomClosed);
         }
         let latest = inner.delivered.unwrap_or(0);
         inner.members.retain(|m| m.handle.id != handle.id);
-        let start = match since {
+        let (member, start) = match since {
             Some(from) if from < latest => {
-                inner.members.push(Member { handle, last: from, live: false });
-                Start::CatchUp { latest, from }
+                (Member { handle, last: from, live: false }, Start::CatchUp { latest, from })
             }
             // A client that has seen more than this node delivered so far (it came from a node
             // further ahead) is live at once; what it has seen is skipped as it arrives.
-            Some(from) => {
-                inner.members.push(Member { handle, last: from, live: true });
-                Start::Live { latest: latest.max(from) }
-            }
-            None => {
-                inner.members.push(Member { handle, last: latest, live: true });
-                Start::Live { latest }
-            }
+            Some(from) => (Member { handle, last: from, live: true }, Start::Live { latest: latest.max(from) }),
+            None => (Member { handle, last: latest, live: true }, Start::Live { latest }),
         };
+        let (Start::Live { latest } | Start::CatchUp { latest, .. }) = start;
+        joined(latest);
+        inner.members.push(member);
         Ok(start)
     }
 

@@ -127,10 +127,10 @@ impl Session {
     }
 }
 
-/// A join's result: the room's latest seq, and whether the member must catch up first.
+/// A join's result (the ack with the latest seq is already written): whether the member must catch
+/// up first.
 pub struct Joined {
     pub room: RoomName,
-    pub latest: Seq,
     /// With `since` below the latest: messages after this seq come from [`ChatService::catch_up`].
     pub catch_up_from: Option<Seq>,
 }
@@ -179,8 +179,9 @@ impl ChatService {
         Session { handle, user, rooms: HashMap::new(), last_typing: HashMap::new() }
     }
 
-    /// Joins `room`. Joining a room again restarts delivery from `since` (no new `system`).
-    pub async fn join(&self, s: &mut Session, room: &str, since: Option<Seq>) -> Result<Joined, ChatError> {
+    /// Joins `room` and acks it (tagged `tag`) before any of the room's live messages. Joining a
+    /// room again restarts delivery from `since` (no new `system`).
+    pub async fn join(&self, s: &mut Session, room: &str, since: Option<Seq>, tag: &Tag) -> Result<Joined, ChatError> {
         let name = RoomName::parse(room).map_err(|_| ChatError::InvalidRoom)?;
         if matches!(since, Some(n) if n < 0) {
             return Err(ChatError::InvalidPayload("since must be a seq (0 or more)".into()));
@@ -207,7 +208,12 @@ impl ChatService {
             });
             self.inner.hub.ensure_ready(&room).await?;
             // Err: the room emptied and left the hub meanwhile; look it up again.
-            if let Ok(start) = room.add_member(s.handle.clone(), since) {
+            // The ack goes out under the room's lock, ahead of any live message.
+            let ack = |latest| {
+                let body = ReplyBody::Joined { room: name.to_string(), seq: latest };
+                s.handle.outbox.offer_reply(&Reply::new(tag.clone(), body));
+            };
+            if let Ok(start) = room.add_member(s.handle.clone(), since, ack) {
                 break (room, start);
             }
         };
@@ -216,8 +222,8 @@ impl ChatService {
             self.inner.bus.publish(vec![event::system(&name, Presence::Join, s.id(), s.user.id.0, &s.user.email)]);
         }
         Ok(match start {
-            Start::Live { latest } => Joined { room: name, latest, catch_up_from: None },
-            Start::CatchUp { latest, from } => Joined { room: name, latest, catch_up_from: Some(from) },
+            Start::Live { .. } => Joined { room: name, catch_up_from: None },
+            Start::CatchUp { from, .. } => Joined { room: name, catch_up_from: Some(from) },
         })
     }
 
@@ -286,13 +292,12 @@ impl ChatService {
             // PostgreSQL keeps microseconds: truncate now so live frames and history agree.
             created_at: Utc::now().trunc_subsecs(6),
         };
-        // Counted before the writer can answer, so the answer always finds it counted; a
-        // writer that is gone is answered `unavailable`, which settles it too.
+        // Counted before the writer can answer, so the answer always finds it counted.
         s.handle.outbox.began_send();
-        room.writer
-            .send(WriteRequest { msg, tag, reply_to: s.handle.clone() })
-            .await
-            .map_err(|_| ChatError::Unavailable)
+        room.writer.send(WriteRequest { msg, tag, reply_to: s.handle.clone() }).await.map_err(|_| {
+            s.handle.outbox.cancel_send();
+            ChatError::Unavailable
+        })
     }
 
     /// Tells the room's other members this user is typing (at most once a second).

@@ -83,11 +83,6 @@ impl Reply {
     pub fn error(tag: Tag, code: &'static str, message: impl Into<String>) -> Self {
         Self { tag, body: ReplyBody::Error { code, message: message.into() } }
     }
-
-    /// Whether this answers a `send_message` (stored, or failed to store).
-    pub fn settles_send(&self) -> bool {
-        matches!(self.body, ReplyBody::Sent { .. } | ReplyBody::Error { code: "unavailable" | "internal", .. })
-    }
 }
 
 /// How a session's frames look on the wire.
@@ -152,10 +147,20 @@ struct State {
     /// `send_message` commands not yet answered: shutdown waits for them.
     inflight: usize,
     wake_when_settled: bool,
-    closed: bool,
+    life: Life,
     /// Frames were queued under a cork on some thread, which writes them when it uncorks
     /// (unless the session task wrote them first).
     corked: bool,
+}
+
+/// Where a session is in its life, as far as writing goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Life {
+    Open,
+    /// Only control frames are taken (see [`Outbox::begin_close`]).
+    Closing,
+    /// Nothing is taken, and the backlog is gone.
+    Closed,
 }
 
 /// What a poll of the outbox waits for.
@@ -184,7 +189,7 @@ impl Outbox {
             failure: None,
             inflight: 0,
             wake_when_settled: false,
-            closed: false,
+            life: Life::Open,
             corked: false,
         };
         Arc::new(Self { form, encode_reply, limit, state: Mutex::new(state) })
@@ -201,43 +206,67 @@ impl Outbox {
 
     /// Writes a fan-out event. False: the session is gone or too slow, drop it.
     pub fn offer_event(self: &Arc<Self>, ev: &Encoded) -> bool {
-        self.push(ev.frame(self.form).clone(), Some(self.limit))
+        self.push(std::slice::from_ref(ev.frame(self.form)), Some(self.limit), false)
     }
 
     /// Writes the answer to a command.
     pub fn offer_reply(self: &Arc<Self>, reply: &Reply) -> bool {
-        let frames = (self.encode_reply)(reply);
-        if reply.settles_send() {
-            let mut st = self.lock();
+        self.reply(reply, false)
+    }
+
+    /// Writes the answer to a `send_message` handed to a room writer (its ack, or why it was
+    /// not stored), which settles it: see [`Outbox::settled`].
+    pub fn settle_send(self: &Arc<Self>, reply: &Reply) -> bool {
+        self.reply(reply, true)
+    }
+
+    fn reply(self: &Arc<Self>, reply: &Reply, settles: bool) -> bool {
+        let frames: Vec<Bytes> = (self.encode_reply)(reply).into_iter().map(text_frame).collect();
+        self.push(&frames, Some(self.limit), settles)
+    }
+
+    /// Writes a text frame outside the queue limit (handshakes, protocol answers).
+    pub fn send_text(self: &Arc<Self>, payload: Utf8Bytes) -> bool {
+        self.send_raw(&text_frame(payload))
+    }
+
+    /// Writes an already framed buffer outside the queue limit (heartbeats, close frames).
+    pub fn send_raw(self: &Arc<Self>, frame: &Bytes) -> bool {
+        self.push(std::slice::from_ref(frame), None, false)
+    }
+
+    /// Writes `frames` in order; with `settles`, counts a send as answered once they are in
+    /// (under the same lock, so [`Outbox::settled`] never sees it answered but not queued).
+    fn push(self: &Arc<Self>, frames: &[Bytes], limit: Option<usize>, settles: bool) -> bool {
+        let cork = CORK.with(|c| c.borrow().is_some());
+        let mut st = self.lock();
+        let mut taken = true;
+        let mut corked = false;
+        for frame in frames {
+            match st.push(frame, limit, cork) {
+                Pushed::Refused => {
+                    taken = false;
+                    break;
+                }
+                Pushed::Corked => corked = true,
+                Pushed::Written | Pushed::Queued => {}
+            }
+        }
+        if settles {
             st.inflight = st.inflight.saturating_sub(1);
             if st.inflight == 0 && st.wake_when_settled {
                 st.wake();
             }
         }
-        frames.into_iter().all(|f| self.push(text_frame(f), Some(self.limit)))
-    }
-
-    /// Writes a text frame outside the queue limit (handshakes, protocol answers).
-    pub fn send_text(self: &Arc<Self>, payload: Utf8Bytes) -> bool {
-        self.send_raw(text_frame(payload))
-    }
-
-    /// Writes an already framed buffer outside the queue limit (heartbeats, close frames).
-    pub fn send_raw(self: &Arc<Self>, frame: Bytes) -> bool {
-        self.push(frame, None)
-    }
-
-    fn push(self: &Arc<Self>, frame: Bytes, limit: Option<usize>) -> bool {
-        let cork = CORK.with(|c| c.borrow().is_some());
-        let pushed = self.lock().push(frame, limit, cork);
-        if pushed == Pushed::Corked {
+        drop(st);
+        if corked {
             CORK.with(|c| {
                 if let Some(list) = c.borrow_mut().as_mut() {
                     list.push(Arc::clone(self));
                 }
             });
         }
-        pushed != Pushed::Refused
+        taken
     }
 
     /// Writes what was queued under a cork, in one write; whatever the socket does
@@ -249,20 +278,31 @@ impl Outbox {
         }
         st.flush(&mut Context::from_waker(Waker::noop()));
         if !st.queue.is_empty() {
-            st.stalled_since.get_or_insert_with(Instant::now);
             st.wake();
         }
     }
 
-    /// A `send_message` was handed to a room writer; its answer settles it.
+    /// A `send_message` is being handed to a room writer; [`Outbox::settle_send`] answers it.
     pub fn began_send(&self) {
         self.lock().inflight += 1;
+    }
+
+    /// The room writer never got the send (it is gone), so it will not answer it.
+    pub fn cancel_send(&self) {
+        let mut st = self.lock();
+        st.inflight = st.inflight.saturating_sub(1);
+    }
+
+    /// The session is closing: from now on only control frames (its close frame) are written,
+    /// so nothing follows the close frame. Room writers may still be answering its sends.
+    pub fn begin_close(&self) {
+        self.lock().life = Life::Closing;
     }
 
     /// Whether frames are still taken for delivery.
     pub fn is_open(&self) -> bool {
         let st = self.lock();
-        !st.closed && st.failure.is_none()
+        st.life == Life::Open && st.failure.is_none()
     }
 
     /// How long queued frames have made no progress.
@@ -298,7 +338,7 @@ impl Outbox {
     /// The session is over: later offers are dropped and the backlog is freed.
     pub fn close(&self) {
         let mut st = self.lock();
-        st.closed = true;
+        st.life = Life::Closed;
         st.queue = VecDeque::new();
         st.waker = None;
     }
@@ -330,26 +370,29 @@ impl Outbox {
 }
 
 impl State {
-    fn push(&mut self, frame: Bytes, limit: Option<usize>, cork: bool) -> Pushed {
+    /// Writes `frame`, or queues it (a reference-counted clone: the buffer is shared) when
+    /// something is ahead of it or the socket would block.
+    fn push(&mut self, frame: &Bytes, limit: Option<usize>, cork: bool) -> Pushed {
         match self.failure {
-            _ if self.closed => return Pushed::Refused,
+            _ if self.life == Life::Closed => return Pushed::Refused,
             Some(Failure::Broken) => return Pushed::Refused,
             Some(Failure::Slow) if limit.is_some() => return Pushed::Refused,
+            _ if self.life == Life::Closing && limit.is_some() => return Pushed::Refused,
             _ => {}
         }
         if self.queue.is_empty() {
             if cork {
-                self.queue.push_back(frame);
+                self.queue.push_back(frame.clone());
                 self.corked = true;
                 return Pushed::Corked;
             }
             // Nothing ahead of it: write now, from this task. A socket that would block has the
             // rest queued and the session task woken to finish it with a real waker.
             let mut cx = Context::from_waker(Waker::noop());
-            match self.wire.as_mut().poll_write(&mut cx, &frame) {
+            match self.wire.as_mut().poll_write(&mut cx, frame) {
                 Poll::Ready(Ok(n)) if n == frame.len() => return Pushed::Written,
                 Poll::Ready(Ok(n)) if n > 0 => self.queue.push_back(frame.slice(n..)),
-                Poll::Pending => self.queue.push_back(frame),
+                Poll::Pending => self.queue.push_back(frame.clone()),
                 Poll::Ready(_) => {
                     self.fail(Failure::Broken);
                     return Pushed::Refused;
@@ -363,7 +406,7 @@ impl State {
             self.fail(Failure::Slow);
             return Pushed::Refused;
         }
-        self.queue.push_back(frame);
+        self.queue.push_back(frame.clone());
         Pushed::Queued
     }
 
@@ -404,7 +447,14 @@ impl State {
         if self.queue.len() < 2 || self.queue[0].len() + self.queue[1].len() > COALESCE {
             return;
         }
-        let mut joined = BytesMut::with_capacity(COALESCE.min(self.queue.iter().map(Bytes::len).sum()));
+        let mut size = 0;
+        for frame in &self.queue {
+            if size + frame.len() > COALESCE {
+                break;
+            }
+            size += frame.len();
+        }
+        let mut joined = BytesMut::with_capacity(size);
         while let Some(frame) = self.queue.front() {
             if joined.len() + frame.len() > COALESCE {
                 break;
@@ -636,7 +686,7 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert!(!settled.is_finished());
-        out.offer_reply(&Reply::new(Tag::default(), ReplyBody::Sent { id: Uuid::nil(), seq: 1 }));
+        out.settle_send(&Reply::new(Tag::default(), ReplyBody::Sent { id: Uuid::nil(), seq: 1 }));
         assert_eq!(settled.await.unwrap(), Ok(()));
         assert!(read_frames(&mut client, 1).await[0].starts_with("Sent"));
     }

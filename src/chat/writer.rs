@@ -80,7 +80,7 @@ async fn run(room: RoomName, mut rx: mpsc::Receiver<WriteRequest>, store: Store,
                 let mut events = Vec::with_capacity(appended.len());
                 for ((tag, reply_to), a) in replies.drain(..).zip(appended) {
                     let body = ReplyBody::Sent { id: a.message.id, seq: a.message.seq };
-                    reply_to.outbox.offer_reply(&Reply::new(tag, body));
+                    reply_to.outbox.settle_send(&Reply::new(tag, body));
                     if !a.duplicate {
                         events.push(event::message(&room, &a.message));
                     }
@@ -94,7 +94,7 @@ async fn run(room: RoomName, mut rx: mpsc::Receiver<WriteRequest>, store: Store,
                 corked(&flusher, || {
                     for (tag, reply_to) in replies.drain(..) {
                         let reply = Reply::error(tag, code, "the message could not be stored; try again");
-                        reply_to.outbox.offer_reply(&reply);
+                        reply_to.outbox.settle_send(&reply);
                     }
                 });
             }

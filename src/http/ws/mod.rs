@@ -387,7 +387,7 @@ impl AsyncRead for Duplex {
 
 impl AsyncWrite for Duplex {
     fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Poll::Ready(if self.out.send_raw(Bytes::copy_from_slice(buf)) {
+        Poll::Ready(if self.out.send_raw(&Bytes::copy_from_slice(buf)) {
             Ok(buf.len())
         } else {
             Err(io::ErrorKind::BrokenPipe.into())
@@ -533,7 +533,7 @@ async fn run_session(
                     if last_seen.elapsed() > idle || out.stalled_for() > idle {
                         break End::Timeout;
                     }
-                    if !out.send_raw(codec.heartbeat()) {
+                    if !out.send_raw(&codec.heartbeat()) {
                         break End::Error;
                     }
                 }
@@ -545,8 +545,10 @@ async fn run_session(
             }
         };
     }
-    // Leave rooms first, so no more frames are queued for a socket that is closing.
+    // Leave rooms first, so no more events come; room writers may still answer sends, but
+    // from here on only the close frame is written.
     conn.chat.close_session(&mut conn.session);
+    out.begin_close();
     Box::pin(finish(&mut socket.ws, &out, end.close_frame())).await;
     out.close();
     metrics::gauge!(telemetry::WS_SESSIONS, "transport" => codec.label()).decrement(1.0);
@@ -555,6 +557,7 @@ async fn run_session(
 
 /// Closes a connection that never became a session.
 async fn abandon(mut socket: Box<Socket>) {
+    socket.out.begin_close();
     Box::pin(finish(&mut socket.ws, &socket.out, None)).await;
     socket.out.close();
 }
@@ -680,14 +683,13 @@ impl Conn {
     /// Joins, acks with the latest seq, then — with `since` — streams the missed messages
     /// straight from the store before switching the member to live delivery.
     async fn join(&mut self, room: &str, since: Option<Seq>, tag: Tag) -> Result<(), Failure> {
-        let joined = match self.chat.join(&mut self.session, room, since).await {
+        let joined = match self.chat.join(&mut self.session, room, since, &tag).await {
             Ok(j) => j,
             Err(e) => {
                 self.chat_error(tag, &e);
                 return Ok(());
             }
         };
-        self.reply(&Reply::new(tag, ReplyBody::Joined { room: joined.room.to_string(), seq: joined.latest }));
         let Some(mut sent) = joined.catch_up_from else { return Ok(()) };
         let form = self.codec.form();
         loop {
@@ -706,7 +708,7 @@ impl Conn {
             // A page at a time, each written out before the next is read: a resuming client
             // is not cut off as slow for the backlog it asked for.
             for (seq, frame) in page {
-                self.out.send_raw(frame.frame(form).clone());
+                self.out.send_raw(frame.frame(form));
                 sent = seq;
             }
             self.out.drained().await?;
