@@ -56,6 +56,11 @@ async fn serve(store: Store, mut rx: mpsc::Receiver<(UserId, Answer)>) {
         let mut ids: Vec<UserId> = batch.iter().map(|(id, _)| *id).collect();
         ids.sort_unstable_by_key(|id| id.0);
         ids.dedup();
+        // Padded to a power of two (a repeated id changes nothing in `IN`), so at most nine
+        // statements exist, rather than one per batch size crowding the statement cache.
+        if let Some(&last) = ids.last() {
+            ids.resize(ids.len().next_power_of_two(), last);
+        }
         match store.users_by_ids(&ids).await {
             Ok(users) => {
                 for (id, answer) in batch.drain(..) {
@@ -63,12 +68,14 @@ async fn serve(store: Store, mut rx: mpsc::Receiver<(UserId, Answer)>) {
                 }
             }
             Err(e) => {
+                // Logged once here with its cause; each waiter gets an error of the same kind.
+                tracing::warn!(error = ?e, waiting = batch.len(), "user lookup failed");
                 let unavailable = e.is_unavailable();
                 for (_, answer) in batch.drain(..) {
                     let err = if unavailable {
                         StoreError::Unavailable(sqlx::Error::PoolTimedOut)
                     } else {
-                        StoreError::Other(sqlx::Error::Protocol(e.to_string()))
+                        StoreError::Other(sqlx::Error::Protocol(format!("{e:?}")))
                     };
                     let _ = answer.send(Err(err));
                 }
