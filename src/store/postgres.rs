@@ -128,11 +128,12 @@ impl PgStore {
             return Ok(Vec::new());
         }
         // `client_id IS NOT NULL` lets the planner use the partial unique index.
-        Ok(sqlx::query_as(
-            "SELECT id, room, seq, sender_id, sender_email, content, created_at, client_id FROM messages \
-             WHERE client_id IS NOT NULL \
-               AND (sender_id, client_id) IN (SELECT * FROM UNNEST($1::uuid[], $2::text[]))",
-        )
+        Ok(sqlx::query_as(concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE client_id IS NOT NULL \
+                  AND (sender_id, client_id) IN (SELECT * FROM UNNEST($1::uuid[], $2::text[]))"
+        ))
         .bind(senders)
         .bind(client_ids)
         .fetch_all(&self.write)

@@ -6,6 +6,14 @@
 //! and gets the rest from [`shared_queries!`]. Storing messages is not shared: PostgreSQL does it
 //! in one statement to save round trips (see `postgres.rs`), SQLite step by step in a transaction.
 
+/// The columns of a [`Message`](crate::store::Message), in its `FromRow` order: a literal, so
+/// queries can `concat!` it into `&'static str` SQL.
+macro_rules! message_columns {
+    () => {
+        "id, room, seq, sender_id, sender_email, content, created_at, client_id"
+    };
+}
+
 macro_rules! shared_queries {
     ($store:ty) => {
         impl $store {
@@ -262,8 +270,8 @@ macro_rules! shared_queries {
                 limit: i64,
             ) -> Result<Vec<$crate::store::Message>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(
-                    "SELECT * FROM (SELECT id, room, seq, sender_id, sender_email, content, created_at, client_id \
-                     FROM messages WHERE room = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3) AS page ORDER BY seq",
+                    concat!("SELECT * FROM (SELECT ", message_columns!(), " \
+                     FROM messages WHERE room = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3) AS page ORDER BY seq"),
                 )
                 .bind(room)
                 .bind(before)
@@ -279,8 +287,8 @@ macro_rules! shared_queries {
                 limit: i64,
             ) -> Result<Vec<$crate::store::Message>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(
-                    "SELECT id, room, seq, sender_id, sender_email, content, created_at, client_id \
-                     FROM messages WHERE room = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                    concat!("SELECT ", message_columns!(), " \
+                     FROM messages WHERE room = $1 AND seq > $2 ORDER BY seq LIMIT $3"),
                 )
                 .bind(room)
                 .bind(after)

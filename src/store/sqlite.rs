@@ -17,7 +17,7 @@ use super::{Appended, Message, NewMessage, StoreError, plan_batch, sql::Backend}
 use crate::domain::{RoomName, Seq};
 
 /// Columns of a `Message`, in `FromRow` order.
-const MESSAGE_COLUMNS: &str = "id, room, seq, sender_id, sender_email, content, created_at, client_id";
+const MESSAGE_COLUMNS: &str = message_columns!();
 
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
