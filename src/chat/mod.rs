@@ -195,6 +195,11 @@ impl ChatService {
         if let Some(old) = s.rooms.remove(&name) {
             self.remove_member(&old, s.id());
         }
+        // The room hears of the join before the joiner gets its ack: whatever the joiner (or
+        // anyone it tells) does after the ack — another join, a message — is published after
+        // this announcement, so every member hears joins in ack order and never sees a
+        // member's message before its join.
+        let mut announce = !rejoin;
         let (room, start) = loop {
             let room = self.inner.hub.room_or_insert(&name, || {
                 let writer = writer::spawn(
@@ -207,6 +212,9 @@ impl ChatService {
                 (writer, self.inner.bus.subscribe(&name))
             });
             self.inner.hub.ensure_ready(&room).await?;
+            if std::mem::take(&mut announce) {
+                self.inner.bus.publish(vec![event::system(&name, Presence::Join, s.id(), s.user.id.0, &s.user.email)]);
+            }
             // Err: the room emptied and left the hub meanwhile; look it up again.
             // The ack goes out under the room's lock, ahead of any live message.
             let ack = |latest| {
@@ -218,9 +226,6 @@ impl ChatService {
             }
         };
         s.rooms.insert(name.clone(), room);
-        if !rejoin {
-            self.inner.bus.publish(vec![event::system(&name, Presence::Join, s.id(), s.user.id.0, &s.user.email)]);
-        }
         Ok(match start {
             Start::Live { .. } => Joined { room: name, catch_up_from: None },
             Start::CatchUp { from, .. } => Joined { room: name, catch_up_from: Some(from) },
