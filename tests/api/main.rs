@@ -12,6 +12,7 @@ mod fixtures;
 mod history;
 mod limits;
 mod ops;
+mod ordering;
 mod secret;
 mod security;
 mod tokens;

@@ -255,3 +255,47 @@ macro_rules! both_backends {
     };
 }
 pub(crate) use both_backends;
+
+/// Threads that keep every core busy until dropped, so a test can check what the server
+/// promises on a loaded machine, where a task may be preempted between any two steps. Bounded:
+/// the threads stop when the guard drops, or after [`CpuLoad::MAX`] whatever happens.
+pub struct CpuLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl CpuLoad {
+    /// The longest a load runs, even if its guard is leaked.
+    pub const MAX: Duration = Duration::from_secs(120);
+
+    /// One spinning thread per core.
+    pub fn start() -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        let threads = (0..cores)
+            .map(|_| {
+                let stop = std::sync::Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let until = std::time::Instant::now() + Self::MAX;
+                    let mut x = 0u64;
+                    while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < until {
+                        for i in 0..10_000u64 {
+                            x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(i));
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+}
+
+impl Drop for CpuLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
