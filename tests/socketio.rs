@@ -294,6 +294,21 @@ impl Sio {
         items[0].clone()
     }
 
+    /// The ack `43<id>[payload]`, passing over any events before it (which are dropped).
+    async fn ack_after_events(&mut self, id: u64) -> Value {
+        let prefix = format!("43{id}[");
+        loop {
+            let text = self.text().await;
+            if text.starts_with("42") {
+                continue;
+            }
+            assert!(text.starts_with(&prefix), "expected ACK {prefix}…], got {text:?}");
+            let items: Value = serde_json::from_str(&text[prefix.len() - 1..])
+                .unwrap_or_else(|e| panic!("ACK data is not JSON ({e}): {text}"));
+            return items[0].clone();
+        }
+    }
+
     /// A barrier: a ping event with ack id `id`, whose ack must be the very next frame.
     async fn sync(&mut self, id: u64) {
         self.emit(Some(id), "ping", &Value::Null).await;
@@ -1194,4 +1209,75 @@ async fn interop_with_the_real_socket_io_client() {
     assert!(count("pass ").is_some_and(|n| n > 0), "no interop test ran:\n{stdout}\n{stderr}");
     assert_eq!(count("skipped "), Some(0), "an interop test was skipped:\n{stdout}\n{stderr}");
     eprintln!("{stdout}");
+}
+
+/// PROTOCOL.md's order of `system` events over Socket.IO, with every core busy: 16 users join a
+/// room one after another, each as soon as the previous one's ack is in, and send at once; then
+/// each leaves in turn. The observer (on `observer_node`; the joiners are all on
+/// `joiner_node`) must hear joins and leaves in ack order and each message after its sender's
+/// join, in each of three rooms.
+async fn joins_and_leaves_in_ack_order(observer_node: &Node, joiner_node: &Node) {
+    const JOINERS: usize = 16;
+    let mut observer = Sio::connect(observer_node.addr, &observer_node.register("observer").await.token).await;
+    let mut joiners = Vec::with_capacity(JOINERS);
+    for i in 0..JOINERS {
+        let user = joiner_node.register(&format!("joiner{i}")).await;
+        joiners.push((Sio::connect(joiner_node.addr, &user.token).await, user));
+    }
+    let mut ack_id = 0;
+    for room in ["lobby-1", "lobby-2", "lobby-3"] {
+        ack_id += 1;
+        observer.join(ack_id, room).await;
+        let load = common::CpuLoad::start();
+        for (i, (sio, _)) in joiners.iter_mut().enumerate() {
+            ack_id += 1;
+            sio.emit(Some(ack_id), "join_room", &json!({ "room": room })).await;
+            let ack = sio.ack_after_events(ack_id).await;
+            assert_eq!((&ack["type"], &ack["room"]), (&json!("ack"), &json!(room)), "{ack}");
+            sio.emit(None, "send_message", &json!({ "room": room, "content": format!("hi from {i}") })).await;
+        }
+        for (sio, _) in &mut joiners {
+            ack_id += 1;
+            sio.emit(Some(ack_id), "leave_room", &json!({ "room": room })).await;
+            let ack = sio.ack_after_events(ack_id).await;
+            assert_eq!((&ack["type"], &ack["room"]), (&json!("ack"), &json!(room)), "{ack}");
+        }
+        drop(load);
+
+        let index = |user: &Value| joiners.iter().position(|(_, u)| user.as_str() == Some(u.id.as_str()));
+        let mut seen: Vec<(&'static str, usize)> = Vec::with_capacity(3 * JOINERS);
+        while seen.len() < 3 * JOINERS {
+            let (name, payload) = observer.event().await;
+            let (kind, user) = match name.as_str() {
+                "system" if payload["event"] == "join" => ("join", &payload["userId"]),
+                "system" if payload["event"] == "leave" => ("leave", &payload["userId"]),
+                "message" => ("message", &payload["senderId"]),
+                _ => continue,
+            };
+            assert_eq!(payload["room"], room, "{name} {payload}");
+            seen.push((kind, index(user).unwrap_or_else(|| panic!("a stranger in {name} {payload}"))));
+        }
+        let order = |kind: &str| -> Vec<usize> { seen.iter().filter(|(k, _)| *k == kind).map(|&(_, j)| j).collect() };
+        let in_sequence: Vec<usize> = (0..JOINERS).collect();
+        assert_eq!(order("join"), in_sequence, "{room}: joins out of ack order; everything: {seen:?}");
+        assert_eq!(order("leave"), in_sequence, "{room}: leaves out of ack order; everything: {seen:?}");
+        for j in 0..JOINERS {
+            let at = |kind: &str| seen.iter().position(|&s| s == (kind, j));
+            assert!(at("message").is_some(), "{room}: no message from joiner {j}: {seen:?}");
+            assert!(at("join") < at("message"), "{room}: joiner {j}'s message before its join: {seen:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_and_leaves_are_heard_in_ack_order_on_a_busy_node() {
+    let node = sqlite_node(|_| {}).await;
+    joins_and_leaves_in_ack_order(&node, &node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_from_one_node_are_heard_in_ack_order_on_another() {
+    let Some((a, b)) = pg_redis_pair(|_| {}).await else { return };
+    joins_and_leaves_in_ack_order(&a, &b).await;
+    joins_and_leaves_in_ack_order(&b, &b).await;
 }
