@@ -74,6 +74,8 @@ both_backends!(
     appended_messages_get_gapless_seqs_in_order,
     a_repeated_client_id_returns_the_original_and_takes_no_seq,
     a_client_id_repeated_within_one_batch_is_stored_once,
+    a_client_id_reused_in_another_room_is_a_new_message_there,
+    the_duplicate_look_up_uses_the_index_among_a_million_messages,
     history_pages_oldest_first_and_resumes_after_a_seq,
     rooms_are_listed_with_their_last_seq,
     concurrent_appends_to_one_room_get_seqs_one_to_n,
@@ -266,6 +268,116 @@ async fn a_repeated_client_id_returns_the_original_and_takes_no_seq(backend: Bac
     assert_eq!(seqs(&store.messages_after(&general, 0, 100).await.expect("read")), [1, 2, 3]);
 }
 
+async fn a_client_id_reused_in_another_room_is_a_new_message_there(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let user = store.create_user("jo@example.com", "h").await.expect("create");
+    let (general, random) = (room("general"), room("random"));
+    let first = store.append_message(message(&general, &user, "in general", Some("c-1"))).await.expect("append");
+    // The same client id in another room: stored there, with that room's seq — never an ack
+    // that points at the first room's message.
+    let other = store.append_message(message(&random, &user, "in random", Some("c-1"))).await.expect("append");
+    assert!(!other.duplicate, "a client id is per room: {other:?}");
+    assert_eq!((other.message.room.as_str(), other.message.seq), ("random", 1));
+    assert_ne!(other.message.id, first.message.id);
+    // Resent in either room, it is that room's copy.
+    for (r, original) in [(&general, &first), (&random, &other)] {
+        let again = store.append_message(message(r, &user, "resent", Some("c-1"))).await.expect("append");
+        assert!(again.duplicate);
+        assert_eq!(again.message, original.message);
+    }
+    let contents = |msgs: Vec<confab::store::Message>| msgs.into_iter().map(|m| m.content).collect::<Vec<_>>();
+    assert_eq!(contents(store.messages_after(&general, 0, 10).await.expect("read")), ["in general"]);
+    assert_eq!(contents(store.messages_after(&random, 0, 10).await.expect("read")), ["in random"]);
+}
+
+/// Messages planted straight into the database, to make the table big.
+const PLANTED: i64 = 1_000_000;
+
+/// Stores [`PLANTED`] messages with client ids in room `big` (and `PLANTED` as its last seq)
+/// with one statement, much faster than the store's own path.
+async fn plant_messages(backend: Backend, db: &TestDb, sender: &User) {
+    match backend {
+        Backend::Sqlite => {
+            use sqlx::{Connection as _, SqliteConnection};
+            let mut conn = SqliteConnection::connect(db.url()).await.expect("open the SQLite file");
+            // Planted rows are known to be valid; checking a million foreign keys only costs time.
+            sqlx::query("PRAGMA foreign_keys = OFF").execute(&mut conn).await.expect("pragma");
+            sqlx::query("INSERT INTO rooms (name, last_seq, created_at) VALUES ('big', $1, '2026-01-01T00:00:00Z')")
+                .bind(PLANTED)
+                .execute(&mut conn)
+                .await
+                .expect("plant the room");
+            sqlx::query(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1) \
+                 INSERT INTO messages (id, room, seq, sender_id, sender_email, content, created_at, client_id) \
+                 SELECT CAST(printf('%016d', i) AS BLOB), 'big', i, $2, $3, 'planted', '2026-01-01T00:00:00Z', \
+                        printf('planted-%07d', i) FROM n",
+            )
+            .bind(PLANTED)
+            .bind(sender.id.0)
+            .bind(&sender.email)
+            .execute(&mut conn)
+            .await
+            .expect("plant the messages");
+            sqlx::query("ANALYZE").execute(&mut conn).await.expect("analyze");
+            let _ = conn.close().await;
+        }
+        Backend::Postgres => {
+            use sqlx::{Connection as _, PgConnection};
+            let mut conn = PgConnection::connect(db.url()).await.expect("connect to the test database");
+            // Planted rows are known to be valid; checking a million foreign keys only costs time
+            // (the test role may create databases, and owns this one).
+            sqlx::query("SET session_replication_role = replica").execute(&mut conn).await.expect("skip FK triggers");
+            sqlx::query("INSERT INTO rooms (name, last_seq, created_at) VALUES ('big', $1, now())")
+                .bind(PLANTED)
+                .execute(&mut conn)
+                .await
+                .expect("plant the room");
+            sqlx::query(
+                "INSERT INTO messages (id, room, seq, sender_id, sender_email, content, created_at, client_id) \
+                 SELECT lpad(to_hex(i), 32, '0')::uuid, 'big', i, $2, $3, 'planted', now(), \
+                        'planted-' || lpad(i::text, 7, '0') \
+                 FROM generate_series(1, $1::bigint) AS i",
+            )
+            .bind(PLANTED)
+            .bind(sender.id.0)
+            .bind(&sender.email)
+            .execute(&mut conn)
+            .await
+            .expect("plant the messages");
+            // What autovacuum would do soon after on a real server.
+            sqlx::query("ANALYZE messages").execute(&mut conn).await.expect("analyze");
+            let _ = conn.close().await;
+        }
+    }
+}
+
+/// A send with a client id looks for an earlier copy before storing: among a million stored
+/// messages that look-up must be an index range (the plan says so), not a scan that grows with
+/// the table. Timings are printed for the record, not asserted (the benchmark checks speed).
+async fn the_duplicate_look_up_uses_the_index_among_a_million_messages(backend: Backend) {
+    let (store, db) = open(backend).await;
+    let user = store.create_user("big@example.com", "h").await.expect("create");
+    let started = std::time::Instant::now();
+    plant_messages(backend, &db, &user).await;
+    eprintln!("{backend:?}: planted {PLANTED} messages in {:?}", started.elapsed());
+
+    let plan = store.dedupe_plan().await.expect("explain").join("\n");
+    assert!(plan.contains("messages_room_client_idx"), "{backend:?}: the look-up does not use the index:\n{plan}");
+    assert!(!plan.contains("SCAN messages") && !plan.contains("Seq Scan"), "{backend:?}: a table scan:\n{plan}");
+
+    let big = room("big");
+    let started = std::time::Instant::now();
+    for i in 1..=50 {
+        let sent = store.append_message(message(&big, &user, "new", Some(&format!("new-{i}")))).await.expect("append");
+        assert_eq!((sent.duplicate, sent.message.seq), (false, PLANTED + i));
+    }
+    let resent = store.append_message(message(&big, &user, "again", Some("planted-0000777"))).await.expect("append");
+    assert!(resent.duplicate, "a planted client id is found");
+    assert_eq!((resent.message.seq, resent.message.content.as_str()), (777, "planted"));
+    eprintln!("{backend:?}: 51 sends with a client id after {PLANTED} messages took {:?}", started.elapsed());
+}
+
 async fn a_client_id_repeated_within_one_batch_is_stored_once(backend: Backend) {
     let (store, _db) = open(backend).await;
     let user = store.create_user("hal@example.com", "h").await.expect("create");
@@ -390,32 +502,40 @@ async fn concurrent_appends_with_one_client_id_store_one_message(backend: Backen
     let user = store.create_user("kai@example.com", "h").await.expect("create");
     let store = Arc::new(store);
 
-    // The same resend racing itself, to one room and (a confused client) to several rooms.
-    for (case, rooms) in [("same room", vec!["general"; WRITERS]), ("several rooms", vec!["r1", "r2", "r3", "r4"])] {
-        let client_id = format!("resend-{case}");
-        let tasks: Vec<_> = rooms
-            .iter()
-            .map(|name| {
-                let (store, user, client_id, r) = (Arc::clone(&store), user.clone(), client_id.clone(), room(name));
-                tokio::spawn(async move { store.append_message(message(&r, &user, "once", Some(&client_id))).await })
-            })
-            .collect();
-        let mut results = Vec::new();
-        for task in tasks {
-            let appended = tokio::time::timeout(SERVICE_TIMEOUT, task).await.expect("finish").expect("task");
-            results.push(appended.unwrap_or_else(|e| panic!("{case}: append failed: {e:?}")));
-        }
-        let fresh = results.iter().filter(|a| !a.duplicate).count();
-        assert_eq!(fresh, 1, "{case}: exactly one append stores the message");
-        let ids: HashSet<Uuid> = results.iter().map(|a| a.message.id).collect();
-        assert_eq!(ids.len(), 1, "{case}: everyone gets the one stored message back");
-        let winner = &results.iter().find(|a| !a.duplicate).expect("one fresh").message;
-        assert_eq!(winner.seq, 1, "{case}");
+    // The same resend racing itself in one room: one message, everyone gets it back.
+    let client_id = "resend";
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|_| {
+            let (store, user, r) = (Arc::clone(&store), user.clone(), room("general"));
+            tokio::spawn(async move { store.append_message(message(&r, &user, "once", Some(client_id))).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        let appended = tokio::time::timeout(SERVICE_TIMEOUT, task).await.expect("finish").expect("task");
+        results.push(appended.unwrap_or_else(|e| panic!("append failed: {e:?}")));
+    }
+    assert_eq!(results.iter().filter(|a| !a.duplicate).count(), 1, "exactly one append stores the message");
+    let ids: HashSet<Uuid> = results.iter().map(|a| a.message.id).collect();
+    assert_eq!(ids.len(), 1, "everyone gets the one stored message back");
+    assert_eq!(results[0].message.seq, 1);
+    assert_eq!(store.messages_after(&room("general"), 0, 100).await.expect("read").len(), 1, "one message stored");
 
-        let mut stored = 0;
-        for name in rooms.iter().collect::<HashSet<_>>() {
-            stored += store.messages_after(&room(name), 0, 100).await.expect("read").len();
-        }
-        assert_eq!(stored, 1, "{case}: one message stored in total");
+    // The same client id racing into several rooms (a confused client): a client id is per
+    // room, so each room stores its own message, and no ack points into another room.
+    let rooms = ["r1", "r2", "r3", "r4"];
+    let tasks: Vec<_> = rooms
+        .iter()
+        .map(|name| {
+            let (store, user, r) = (Arc::clone(&store), user.clone(), room(name));
+            tokio::spawn(async move { store.append_message(message(&r, &user, "once", Some(client_id))).await })
+        })
+        .collect();
+    for (task, name) in tasks.into_iter().zip(rooms) {
+        let appended = tokio::time::timeout(SERVICE_TIMEOUT, task).await.expect("finish").expect("task");
+        let appended = appended.unwrap_or_else(|e| panic!("append to {name} failed: {e:?}"));
+        assert!(!appended.duplicate, "{name}: {appended:?}");
+        assert_eq!((appended.message.room.as_str(), appended.message.seq), (name, 1));
+        assert_eq!(store.messages_after(&room(name), 0, 100).await.expect("read").len(), 1, "{name}");
     }
 }

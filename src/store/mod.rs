@@ -4,7 +4,7 @@
 //! One enum, one method per query. The SQL both backends share is written once (see
 //! [`sql`]); each backend adds only what its dialect does differently (connecting, storing
 //! messages). Invariant kept here, not by callers: a room's seqs are 1, 2, 3… with no hole and no
-//! duplicate, however many nodes write at once, and a `(sender, client_id)` pair is stored once.
+//! duplicate, however many nodes write at once, and a `(room, sender, client_id)` is stored once.
 
 #[macro_use]
 mod sql;
@@ -265,7 +265,7 @@ impl Store {
     }
 
     /// Stores messages of one room at its next seqs, in order, in one transaction (group
-    /// commit). Messages whose `(sender, client_id)` is already stored, or repeats earlier in
+    /// commit). Messages whose `(sender, client_id)` is already stored in this room, or repeats earlier in
     /// `batch`, come back as duplicates of the first copy and take no seq.
     pub async fn append_messages(&self, room: &RoomName, batch: &[NewMessage]) -> Result<Vec<Appended>, StoreError> {
         if batch.is_empty() {
@@ -312,6 +312,12 @@ impl Store {
     /// Rooms with at least one message, by name.
     pub async fn list_rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
         each_backend!(self, s => s.list_rooms().await)
+    }
+
+    /// The database's plan for the send path's duplicate look-up, one line per step, as its
+    /// `EXPLAIN` prints it: for tests and diagnostics.
+    pub async fn dedupe_plan(&self) -> Result<Vec<String>, StoreError> {
+        each_backend!(self, s => s.dedupe_plan().await)
     }
 }
 
