@@ -129,6 +129,10 @@ impl App {
                 message_max_len: config.chat.message_max_len,
                 messages_per_second: config.limits.messages_per_second,
                 message_burst: config.limits.message_burst,
+                joins_per_second: config.limits.joins_per_second,
+                join_burst: config.limits.join_burst,
+                max_rooms_per_session: config.chat.max_rooms_per_session,
+                max_sessions_per_user: config.ws.max_sessions_per_user,
                 outbound_queue: config.ws.outbound_queue,
             },
         );

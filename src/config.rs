@@ -236,6 +236,8 @@ pub struct HttpConfig {
 pub struct ChatConfig {
     /// Longest message, in characters after trimming.
     pub message_max_len: usize,
+    /// Rooms one connection may be in at once: bounds what one socket makes the node hold.
+    pub max_rooms_per_session: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -247,6 +249,12 @@ pub struct LimitsConfig {
     pub messages_per_second: u32,
     /// Messages a user may send in a burst above the sustained rate.
     pub message_burst: u32,
+    /// Sustained `join_room` + `leave_room` commands per user per second (each announces itself
+    /// to the room); 0 disables the limit.
+    pub joins_per_second: u32,
+    /// Joins and leaves a user may make in a burst: enough for a reconnecting client to rejoin
+    /// every room it was in at once.
+    pub join_burst: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -260,6 +268,9 @@ pub struct WsConfig {
     pub ping_interval: HumanDuration,
     /// A connection that has sent nothing (not even a pong) for this long is dropped.
     pub idle_timeout: HumanDuration,
+    /// Open WebSocket sessions (native and Socket.IO together) one account may have on this
+    /// node; one more is refused with close code 1008. 0 means no limit.
+    pub max_sessions_per_user: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -321,13 +332,13 @@ impl Default for HttpConfig {
 
 impl Default for ChatConfig {
     fn default() -> Self {
-        Self { message_max_len: 2000 }
+        Self { message_max_len: 2000, max_rooms_per_session: 256 }
     }
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { auth_per_minute: 20, messages_per_second: 10, message_burst: 20 }
+        Self { auth_per_minute: 20, messages_per_second: 10, message_burst: 20, joins_per_second: 20, join_burst: 300 }
     }
 }
 
@@ -338,6 +349,7 @@ impl Default for WsConfig {
             outbound_queue: 1024,
             ping_interval: HumanDuration(Duration::from_secs(25)),
             idle_timeout: HumanDuration(Duration::from_secs(60)),
+            max_sessions_per_user: 20,
         }
     }
 }
@@ -451,6 +463,10 @@ impl Config {
         in_range("limits.auth_per_minute", self.limits.auth_per_minute, 0, 1_000_000)?;
         in_range("limits.messages_per_second", self.limits.messages_per_second, 0, 1_000_000)?;
         in_range("limits.message_burst", self.limits.message_burst, 1, 1_000_000)?;
+        in_range("limits.joins_per_second", self.limits.joins_per_second, 0, 1_000_000)?;
+        in_range("limits.join_burst", self.limits.join_burst, 1, 1_000_000)?;
+        in_range("chat.max_rooms_per_session", self.chat.max_rooms_per_session, 1, 100_000)?;
+        in_range("ws.max_sessions_per_user", self.ws.max_sessions_per_user, 0, 1_000_000)?;
         in_range("ws.max_frame", self.ws.max_frame, 1024, 16 * 1024 * 1024)?;
         in_range("ws.outbound_queue", self.ws.outbound_queue, 8, 1_000_000)?;
         duration_in_range("ws.ping_interval", self.ws.ping_interval, 1, 3600)?;

@@ -526,6 +526,27 @@ async fn connect_with_a_valid_token_gets_a_sid_and_can_talk() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_over_its_session_cap_gets_connect_error_and_a_1008_close() {
+    let node = sqlite_node(|c| c.ws.max_sessions_per_user = 2).await;
+    let mallory = node.register("mallory").await;
+    let mut open = vec![Sio::connect(node.addr, &mallory.token).await, Sio::connect(node.addr, &mallory.token).await];
+    let (mut extra, _) = Sio::open(node.addr).await;
+    extra.send(&format!("40{}", json!({ "token": mallory.token }))).await;
+    assert_eq!(extra.text().await, r#"44{"message":"too_many_sessions"}"#);
+    let close = extra.expect_closed(TIMEOUT).await.expect("a close frame");
+    assert_eq!(close.code, CloseCode::Policy, "{close:?}");
+    // The open ones still work; closing one frees its place.
+    for (i, sio) in open.iter_mut().enumerate() {
+        sio.sync(u64::try_from(i).expect("small") + 1).await;
+    }
+    let mut first = open.remove(0);
+    first.send("41").await;
+    first.expect_closed(TIMEOUT).await;
+    let mut again = Sio::connect(node.addr, &mallory.token).await;
+    again.sync(9).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_or_missing_token_gets_connect_error_and_may_retry_on_the_same_connection() {
     let node = sqlite_node(|_| {}).await;
     let alice = node.register("alice").await;

@@ -7,6 +7,7 @@
 
 pub mod event;
 pub mod hub;
+pub mod quota;
 pub mod session;
 pub mod writer;
 
@@ -24,6 +25,7 @@ pub use self::session::{Failure, Form, Outbox, Reply, ReplyBody, Tag};
 use self::{
     event::{Encoded, Presence},
     hub::{Hub, Room, Start},
+    quota::{SessionQuota, SessionSlot},
     session::SessionHandle,
     writer::WriteRequest,
 };
@@ -32,10 +34,8 @@ use crate::{
     domain::{ClientId, Content, InvalidContent, RoomName, Seq},
     ratelimit::KeyedLimiter,
     store::{NewMessage, Store, StoreError, User},
+    telemetry,
 };
-
-/// Rooms one session may be in at once: bounds what one connection can make the node hold.
-pub const MAX_ROOMS_PER_SESSION: usize = 256;
 /// At most one `typing` per user and room in this interval is passed on.
 const TYPING_INTERVAL: Duration = Duration::from_millis(1000);
 
@@ -48,8 +48,10 @@ pub enum ChatError {
     InvalidRoom,
     #[error("message is longer than {max} characters")]
     TooLong { max: usize },
-    #[error("too many messages; slow down")]
-    RateLimited,
+    #[error("too many {0}; slow down")]
+    RateLimited(&'static str),
+    #[error("this account has {max} connections open already; close one first")]
+    TooManySessions { max: u32 },
     #[error("join the room before using it")]
     NotJoined,
     #[error("the server is shutting down or overloaded; try again")]
@@ -65,7 +67,8 @@ impl ChatError {
             Self::InvalidPayload(_) => "invalid_payload",
             Self::InvalidRoom => "invalid_room",
             Self::TooLong { .. } => "too_long",
-            Self::RateLimited => "rate_limited",
+            Self::RateLimited(_) => "rate_limited",
+            Self::TooManySessions { .. } => "too_many_sessions",
             Self::NotJoined => "not_joined",
             Self::Unavailable => "unavailable",
             Self::Store(e) if e.is_unavailable() => "unavailable",
@@ -91,6 +94,10 @@ pub struct ChatSettings {
     pub message_max_len: usize,
     pub messages_per_second: u32,
     pub message_burst: u32,
+    pub joins_per_second: u32,
+    pub join_burst: u32,
+    pub max_rooms_per_session: usize,
+    pub max_sessions_per_user: u32,
     pub outbound_queue: usize,
 }
 
@@ -105,6 +112,9 @@ struct Inner {
     bus: Bus,
     store: Store,
     limiter: KeyedLimiter<Uuid>,
+    /// Joins and leaves per user: each is announced to the whole room.
+    membership_limiter: KeyedLimiter<Uuid>,
+    sessions: Arc<SessionQuota>,
     settings: ChatSettings,
     /// Room writers, so shutdown can wait for in-flight commits.
     writers: TaskTracker,
@@ -116,6 +126,10 @@ pub struct Session {
     pub user: User,
     rooms: HashMap<RoomName, Arc<Room>>,
     last_typing: HashMap<RoomName, Instant>,
+    /// This session's place in its account's session count: freed by
+    /// [`ChatService::close_session`], before the client hears the close, so it can reconnect
+    /// at once (or when the session drops, whatever ended it).
+    slot: Option<SessionSlot>,
 }
 
 impl Session {
@@ -138,7 +152,11 @@ pub struct Joined {
 impl ChatService {
     pub fn new(hub: Arc<Hub>, bus: Bus, store: Store, settings: ChatSettings) -> Self {
         let limiter = KeyedLimiter::per_second(settings.messages_per_second, settings.message_burst);
-        Self { inner: Arc::new(Inner { hub, bus, store, limiter, settings, writers: TaskTracker::new() }) }
+        let membership_limiter = KeyedLimiter::per_second(settings.joins_per_second, settings.join_burst);
+        let sessions = SessionQuota::new(settings.max_sessions_per_user);
+        let inner =
+            Inner { hub, bus, store, limiter, membership_limiter, sessions, settings, writers: TaskTracker::new() };
+        Self { inner: Arc::new(inner) }
     }
 
     pub fn bus(&self) -> &Bus {
@@ -165,6 +183,7 @@ impl ChatService {
     /// Forgets rate-limit state of users who went quiet. Call periodically.
     pub fn sweep(&self) {
         self.inner.limiter.sweep();
+        self.inner.membership_limiter.sweep();
     }
 
     /// Waits (up to `grace`) for room writers to finish in-flight commits.
@@ -173,10 +192,23 @@ impl ChatService {
         let _ = tokio::time::timeout(grace, self.inner.writers.wait()).await;
     }
 
-    /// A new session for `user`, whose frames go out through `outbox`.
-    pub fn open_session(&self, user: User, outbox: Arc<Outbox>) -> Session {
+    /// A new session for `user`, whose frames go out through `outbox`; refused when the account
+    /// has `ws.max_sessions_per_user` open on this node already.
+    pub fn open_session(&self, user: User, outbox: Arc<Outbox>) -> Result<Session, ChatError> {
+        let Ok(slot) = self.inner.sessions.admit(user.id.0) else {
+            metrics::counter!(telemetry::WS_SESSIONS_REFUSED, "reason" => "too_many_sessions").increment(1);
+            return Err(ChatError::TooManySessions { max: self.inner.sessions.max() });
+        };
         let handle = SessionHandle::new(user.id.0, outbox);
-        Session { handle, user, rooms: HashMap::new(), last_typing: HashMap::new() }
+        Ok(Session { handle, user, rooms: HashMap::new(), last_typing: HashMap::new(), slot: Some(slot) })
+    }
+
+    /// Takes a token from the user's join/leave bucket.
+    fn check_membership_rate(&self, s: &Session) -> Result<(), ChatError> {
+        self.inner.membership_limiter.check(&s.user.id.0).map_err(|_| {
+            metrics::counter!(telemetry::CHAT_RATE_LIMITED, "command" => "membership").increment(1);
+            ChatError::RateLimited("joins and leaves")
+        })
     }
 
     /// Joins `room` and acks it (tagged `tag`) before any of the room's live messages. Joining a
@@ -187,11 +219,11 @@ impl ChatService {
             return Err(ChatError::InvalidPayload("since must be a seq (0 or more)".into()));
         }
         let rejoin = s.rooms.contains_key(&name);
-        if !rejoin && s.rooms.len() >= MAX_ROOMS_PER_SESSION {
-            return Err(ChatError::InvalidPayload(format!(
-                "a connection can be in at most {MAX_ROOMS_PER_SESSION} rooms"
-            )));
+        let max_rooms = self.inner.settings.max_rooms_per_session;
+        if !rejoin && s.rooms.len() >= max_rooms {
+            return Err(ChatError::InvalidPayload(format!("a connection can be in at most {max_rooms} rooms")));
         }
+        self.check_membership_rate(s)?;
         if let Some(old) = s.rooms.remove(&name) {
             self.remove_member(&old, s.id());
         }
@@ -248,21 +280,33 @@ impl ChatService {
         }
     }
 
+    /// `leave_room`: leaves and tells the room (rate limited with joins).
     pub fn leave(&self, s: &mut Session, room: &str) -> Result<RoomName, ChatError> {
         let name = RoomName::parse(room).map_err(|_| ChatError::InvalidRoom)?;
-        let r = s.rooms.remove(&name).ok_or(ChatError::NotJoined)?;
-        self.remove_member(&r, s.id());
-        s.last_typing.remove(&name);
-        self.inner.bus.publish(vec![event::system(&name, Presence::Leave, s.id(), s.user.id.0, &s.user.email)]);
+        if !s.rooms.contains_key(&name) {
+            return Err(ChatError::NotJoined);
+        }
+        self.check_membership_rate(s)?;
+        self.part(s, &name);
         Ok(name)
     }
 
-    /// Leaves every room (the connection ended).
+    /// Leaves `room` (if a member) and tells the room; never refused, for the server's own
+    /// leaves (the connection ended, a resume failed).
+    pub fn part(&self, s: &mut Session, room: &RoomName) {
+        let Some(r) = s.rooms.remove(room) else { return };
+        self.remove_member(&r, s.id());
+        s.last_typing.remove(room);
+        self.inner.bus.publish(vec![event::system(room, Presence::Leave, s.id(), s.user.id.0, &s.user.email)]);
+    }
+
+    /// Leaves every room and frees the account's place (the connection is ending).
     pub fn close_session(&self, s: &mut Session) {
         let rooms: Vec<RoomName> = s.rooms.keys().cloned().collect();
         for room in rooms {
-            let _ = self.leave(s, room.as_str());
+            self.part(s, &room);
         }
+        s.slot = None;
     }
 
     /// Validates and queues a message for storing; the ack (or error) goes out through the
@@ -286,7 +330,10 @@ impl ChatService {
             })
             .transpose()?;
         let room = s.rooms.get(&name).ok_or(ChatError::NotJoined)?;
-        self.inner.limiter.check(&s.user.id.0).map_err(|_| ChatError::RateLimited)?;
+        self.inner.limiter.check(&s.user.id.0).map_err(|_| {
+            metrics::counter!(telemetry::CHAT_RATE_LIMITED, "command" => "send_message").increment(1);
+            ChatError::RateLimited("messages")
+        })?;
         let msg = NewMessage {
             id: Uuid::now_v7(),
             room: name,

@@ -451,13 +451,26 @@ impl TestSocket {
     }
 
     pub async fn connect_request(req: tungstenite::handshake::client::Request) -> Self {
+        let mut socket = Self::upgrade(req).await;
+        let hello = socket.next_frame().await;
+        Self::greeted(socket, hello)
+    }
+
+    /// Connects to `/ws` with a bearer token and expects the upgrade, but nothing after it:
+    /// for sessions the server refuses once upgraded.
+    pub async fn connect_unchecked(app: &TestApp, token: &str) -> Self {
+        Self::upgrade(ws_request(app, Some(token))).await
+    }
+
+    /// The upgrade alone: 101 is required.
+    async fn upgrade(req: tungstenite::handshake::client::Request) -> Self {
         let uri = req.uri().clone();
         let Ok(result) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(req)).await else {
             panic!("{uri}: the handshake timed out")
         };
         let (ws, resp) = result.unwrap_or_else(|e| panic!("{uri}: the upgrade failed: {e}"));
         assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
-        let mut socket = Self {
+        Self {
             ws,
             hello: Value::Null,
             user_id: String::new(),
@@ -465,8 +478,10 @@ impl TestSocket {
             node: String::new(),
             refs: 0,
             buffered: VecDeque::new(),
-        };
-        let hello = socket.next_frame().await;
+        }
+    }
+
+    fn greeted(socket: Self, hello: Value) -> Self {
         assert_eq!(hello["type"], "hello", "the first frame is hello: {hello}");
         let mut keys: Vec<&str> = hello.as_object().expect("object").keys().map(String::as_str).collect();
         keys.sort_unstable();
@@ -475,11 +490,13 @@ impl TestSocket {
             hello["user"].as_object().expect("user object").keys().map(String::as_str).collect();
         user_keys.sort_unstable();
         assert_eq!(user_keys, ["email", "id"], "{hello}");
-        socket.user_id = hello["user"]["id"].as_str().expect("user.id").to_owned();
-        socket.email = hello["user"]["email"].as_str().expect("user.email").to_owned();
-        socket.node = hello["node"].as_str().expect("node").to_owned();
-        socket.hello = hello;
-        socket
+        Self {
+            user_id: hello["user"]["id"].as_str().expect("user.id").to_owned(),
+            email: hello["user"]["email"].as_str().expect("user.email").to_owned(),
+            node: hello["node"].as_str().expect("node").to_owned(),
+            hello,
+            ..socket
+        }
     }
 
     /// `email on node`, for failure messages.

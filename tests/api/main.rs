@@ -6,6 +6,7 @@
 mod common;
 mod helpers;
 
+mod abuse;
 mod auth;
 mod cluster;
 mod fixtures;

@@ -152,6 +152,8 @@ impl Targets {
                 ("CONFAB_AUTH__JWT_SECRET", jwt_secret.as_str()),
                 ("CONFAB_LIMITS__AUTH_PER_MINUTE", "0"),
                 ("CONFAB_LIMITS__MESSAGES_PER_SECOND", "0"),
+                ("CONFAB_LIMITS__JOINS_PER_SECOND", "0"),
+                ("CONFAB_WS__MAX_SESSIONS_PER_USER", "0"),
                 ("CONFAB_AUTH__ARGON2__MEMORY_KIB", "64"),
                 ("CONFAB_AUTH__ARGON2__ITERATIONS", "1"),
                 ("CONFAB_LOG_LEVEL", "warn"),

@@ -468,7 +468,10 @@ async fn run_session(
 ) {
     let (out, codec) = (Arc::clone(&socket.out), socket.codec);
     let chat = state.chat.clone();
-    let session = chat.open_session(user, Arc::clone(&out));
+    let session = match chat.open_session(user, Arc::clone(&out)) {
+        Ok(session) => session,
+        Err(e) => return refuse(socket, codec, &e).await,
+    };
     let mut conn = Conn { chat, session, out: Arc::clone(&out), codec, attachments_to_skip: 0 };
     metrics::gauge!(telemetry::WS_SESSIONS, "transport" => codec.label()).increment(1.0);
     let shutdown = state.shutdown.clone();
@@ -553,6 +556,21 @@ async fn run_session(
     out.close();
     metrics::gauge!(telemetry::WS_SESSIONS, "transport" => codec.label()).decrement(1.0);
     metrics::counter!(telemetry::WS_SESSIONS_CLOSED, "reason" => end.label()).increment(1);
+}
+
+/// Refuses an authenticated connection that may not become a session (its account has too
+/// many): says why the transport's way (an `error` frame, or Socket.IO's CONNECT_ERROR), then
+/// closes with 1008 and the reason.
+async fn refuse(mut socket: Box<Socket>, codec: Codec, e: &ChatError) {
+    let why = match codec {
+        Codec::Native => native::reply(&Reply::error(Tag::default(), e.code(), e.client_message())),
+        Codec::SocketIo => socketio::connect_error("/", e.code()),
+    };
+    let _ = socket.out.send_text(why);
+    socket.out.begin_close();
+    let close = CloseFrame { code: CloseCode::Policy, reason: "too many connections for this account".into() };
+    Box::pin(finish(&mut socket.ws, &socket.out, Some(close))).await;
+    socket.out.close();
 }
 
 /// Closes a connection that never became a session.
@@ -697,7 +715,7 @@ impl Conn {
                 Ok(page) => page,
                 Err(e) => {
                     // Cannot resume now: leave, so the client's retry starts clean.
-                    let _ = self.chat.leave(&mut self.session, joined.room.as_str());
+                    self.chat.part(&mut self.session, &joined.room);
                     self.chat_error(Tag::default(), &e);
                     return Ok(());
                 }

@@ -1,0 +1,138 @@
+//! What one client (or one account) can make a node do or hold, tried as an abuser would: each
+//! test pushes past a bound and checks the clear answer, that nothing is lost, that the bound is
+//! counted in `/metrics`, and that the node serves everyone else meanwhile.
+
+use serde_json::json;
+
+use crate::{
+    common::{Backend, both_backends},
+    helpers::{TestApp, TestSocket, spawn_chat_node},
+    ws::{connect_user, system},
+};
+
+both_backends!(
+    a_client_id_reused_in_another_room_is_a_new_message_there_not_a_false_ack,
+    one_account_cannot_open_more_sessions_than_its_cap,
+    joins_and_leaves_are_rate_limited_per_account,
+    a_session_cannot_join_more_rooms_than_its_cap,
+);
+
+/// The value of the Prometheus sample whose line starts with `series` (name and labels), 0 if
+/// absent.
+async fn metric(app: &TestApp, series: &str) -> f64 {
+    let text = app.get("/metrics").await.text().await.expect("metrics body");
+    text.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+async fn a_client_id_reused_in_another_room_is_a_new_message_there_not_a_false_ack(backend: Backend) {
+    let app = spawn_chat_node(backend, |_| {}).await;
+    let (_, mut alice) = connect_user(&app, "alice@example.com").await;
+    let (b, mut bob) = connect_user(&app, "bob@example.com").await;
+    alice.join("general").await;
+    alice.join("random").await;
+    bob.join("random").await;
+    assert_eq!(alice.next_frame().await, system("random", "join", &b));
+
+    let first = alice.send_with_client_id("general", "in general", "cid-1").await;
+    assert_eq!(first.seq, 1);
+    // The web client's clientIds are unique, but a confused client may reuse one elsewhere:
+    // that is a new message in that room, acked with that room's seq.
+    let second = alice.send_with_client_id("random", "in random", "cid-1").await;
+    assert_eq!(second.seq, 1, "random's first message");
+    assert_ne!(second.id, first.id, "not the general message's ack");
+    let got = bob.next_message().await;
+    assert_eq!((got.id.as_str(), got.content.as_str(), got.seq), (second.id.as_str(), "in random", 1));
+    // And resending it in random is a duplicate of random's copy.
+    let again = alice.send_with_client_id("random", "in random", "cid-1").await;
+    assert_eq!((again.id.as_str(), again.seq), (second.id.as_str(), 1));
+}
+
+async fn one_account_cannot_open_more_sessions_than_its_cap(backend: Backend) {
+    let app = spawn_chat_node(backend, |c| c.ws.max_sessions_per_user = 3).await;
+    let (mallory, first) = connect_user(&app, "mallory@example.com").await;
+    let mut open = vec![first];
+    for _ in 1..3 {
+        open.push(TestSocket::connect(&app, &mallory.token).await);
+    }
+    let refused_before = metric(&app, "confab_ws_sessions_refused_total{reason=\"too_many_sessions\"}").await;
+
+    // The fourth: told why, then closed with 1008.
+    let mut extra = TestSocket::connect_unchecked(&app, &mallory.token).await;
+    let frames = extra.expect_close(1008).await;
+    assert_eq!(frames.len(), 1, "one error frame before the close: {frames:?}");
+    assert_eq!(frames[0]["type"], "error");
+    assert_eq!(frames[0]["code"], "too_many_sessions");
+    let refused_after = metric(&app, "confab_ws_sessions_refused_total{reason=\"too_many_sessions\"}").await;
+    assert!(refused_after > refused_before, "counted: {refused_before} -> {refused_after}");
+
+    // Another account is not affected, and the open sessions still work.
+    let (_, mut bob) = connect_user(&app, "bob@example.com").await;
+    bob.ping().await;
+    for socket in &mut open {
+        socket.ping().await;
+    }
+    // Closing one frees its place.
+    open.pop().expect("three open").close().await;
+    let mut again = TestSocket::connect(&app, &mallory.token).await;
+    again.ping().await;
+}
+
+async fn joins_and_leaves_are_rate_limited_per_account(backend: Backend) {
+    let app = spawn_chat_node(backend, |c| {
+        c.limits.joins_per_second = 1;
+        c.limits.join_burst = 6;
+    })
+    .await;
+    let (_, mut watcher) = connect_user(&app, "watcher@example.com").await;
+    let (m, mut mallory) = connect_user(&app, "mallory@example.com").await;
+    watcher.join("lobby").await;
+    let limited_before = metric(&app, "confab_chat_rate_limited_total{command=\"membership\"}").await;
+
+    // Join/leave cycles as fast as the server answers, until one is refused: the burst of six
+    // goes through, then roughly one a second (however slowly this machine runs the loop).
+    let started = std::time::Instant::now();
+    let mut allowed = Vec::new();
+    let refused = loop {
+        let kind = if allowed.len() % 2 == 0 { "join_room" } else { "leave_room" };
+        let reply = mallory.request(json!({ "type": kind, "room": "lobby" })).await;
+        if reply["type"] == "error" {
+            break reply;
+        }
+        assert_eq!(reply["type"], "ack", "{reply}");
+        allowed.push(if kind == "join_room" { "join" } else { "leave" });
+        assert!(allowed.len() <= 100, "never refused");
+    };
+    let elapsed = started.elapsed();
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    assert!(refused["message"].as_str().is_some_and(|m| m.contains("joins")), "{refused}");
+    let refill = usize::try_from(elapsed.as_secs()).expect("seconds fit") + 1;
+    assert!(
+        (6..=6 + refill).contains(&allowed.len()),
+        "{} allowed in {elapsed:?} with a burst of 6 at 1/s",
+        allowed.len()
+    );
+    let limited_after = metric(&app, "confab_chat_rate_limited_total{command=\"membership\"}").await;
+    assert!(limited_after > limited_before, "counted: {limited_before} -> {limited_after}");
+
+    // The room heard exactly the allowed ones, then nothing of the refused one (bob's join,
+    // which mallory's bucket does not limit, is the marker).
+    for event in allowed {
+        assert_eq!(watcher.next_frame().await, system("lobby", event, &m));
+    }
+    let (b, mut bob) = connect_user(&app, "bob@example.com").await;
+    bob.join("lobby").await;
+    assert_eq!(watcher.next_frame().await, system("lobby", "join", &b), "the refused join was not announced");
+}
+
+async fn a_session_cannot_join_more_rooms_than_its_cap(backend: Backend) {
+    let app = spawn_chat_node(backend, |c| c.chat.max_rooms_per_session = 2).await;
+    let (_, mut alice) = connect_user(&app, "alice@example.com").await;
+    alice.join("one").await;
+    alice.join("two").await;
+    let refused = alice.request_error(json!({ "type": "join_room", "room": "three" }), "invalid_payload").await;
+    assert!(refused["message"].as_str().is_some_and(|m| m.contains("at most 2 rooms")), "{refused}");
+    // Rejoining a room it is in is not a new room; leaving one makes space.
+    alice.join("two").await;
+    alice.leave("one").await;
+    alice.join("three").await;
+}
