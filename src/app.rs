@@ -198,6 +198,11 @@ impl App {
                 }
             })
         };
+        let revocations = {
+            let (chat, stop) = (state.chat.clone(), stop.clone());
+            let every = state.config.auth.revocation_check_interval.0;
+            tokio::spawn(async move { chat.watch_revocations(every, stop).await })
+        };
         let metrics_server = metrics.map(|(acceptor, addr)| {
             tracing::info!(%addr, "metrics listening");
             let stop = stop.clone();
@@ -237,6 +242,7 @@ impl App {
         // The bus removes this node from the cluster's presence on its way out.
         let _ = tokio::time::timeout(Duration::from_secs(2), background_tasks.wait()).await;
         let _ = sweeper.await;
+        let _ = revocations.await;
         if let Some(task) = metrics_server {
             let _ = task.await;
         }

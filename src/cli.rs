@@ -64,6 +64,12 @@ pub enum UserCommand {
         #[arg(long)]
         email: String,
     },
+    /// Sign an account out everywhere: its refresh tokens are revoked and its open sessions, on
+    /// every node, are closed within `auth.revocation_check_interval`.
+    Kick {
+        #[arg(long)]
+        email: String,
+    },
     /// Set a new password (and sign the account out everywhere).
     SetPassword {
         #[arg(long)]
@@ -142,6 +148,14 @@ async fn run_user(cmd: UserCommand, config: &Config) -> anyhow::Result<()> {
                     bail!("no user with email {email}");
                 }
                 println!("disabled {email}");
+                Ok(())
+            }
+            UserCommand::Kick { email } => {
+                let email = Email::parse(&email).context("invalid --email")?;
+                if !store.revoke_sessions(email.as_str()).await? {
+                    bail!("no user with email {email}");
+                }
+                println!("signed {email} out everywhere");
                 Ok(())
             }
             UserCommand::Enable { email } => {

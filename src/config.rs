@@ -206,6 +206,9 @@ pub struct AuthConfig {
     pub jwt_secret: Option<Secret>,
     pub access_token_ttl: HumanDuration,
     pub refresh_token_ttl: HumanDuration,
+    /// How often each node looks for revoked accounts (disabled, password changed, signed out
+    /// everywhere) and closes their live sessions: the bound on how long a revoked session runs.
+    pub revocation_check_interval: HumanDuration,
     pub argon2: Argon2Config,
 }
 
@@ -313,6 +316,7 @@ impl Default for AuthConfig {
             jwt_secret: None,
             access_token_ttl: HumanDuration(Duration::from_secs(15 * 60)),
             refresh_token_ttl: HumanDuration(Duration::from_secs(30 * 24 * 3600)),
+            revocation_check_interval: HumanDuration(Duration::from_secs(2)),
             argon2: Argon2Config::default(),
         }
     }
@@ -437,6 +441,10 @@ impl Config {
         }
         duration_in_range("auth.access_token_ttl", self.auth.access_token_ttl, 10, 7 * 24 * 3600)?;
         duration_in_range("auth.refresh_token_ttl", self.auth.refresh_token_ttl, 60, 365 * 24 * 3600)?;
+        let check = self.auth.revocation_check_interval.0;
+        if check < Duration::from_millis(100) || check > Duration::from_secs(60) {
+            return Err(ConfigError::invalid("auth.revocation_check_interval", "out of range; use 100ms to 60s"));
+        }
         in_range("auth.argon2.memory_kib", self.auth.argon2.memory_kib, 8, 4 * 1024 * 1024)?;
         in_range("auth.argon2.iterations", self.auth.argon2.iterations, 1, 100)?;
         in_range("auth.argon2.parallelism", self.auth.argon2.parallelism, 1, 64)?;

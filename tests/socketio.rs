@@ -547,6 +547,30 @@ async fn an_account_over_its_session_cap_gets_connect_error_and_a_1008_close() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_account_gets_an_error_event_and_a_1008_close_and_auth_extends_a_session() {
+    let node = sqlite_node(|c| c.auth.revocation_check_interval = HumanDuration(Duration::from_millis(200))).await;
+    let alice = node.register("alice").await;
+    let bob = node.register("bob").await;
+    let mut sio = Sio::connect(node.addr, &alice.token).await;
+    let mut other = Sio::connect(node.addr, &bob.token).await;
+    // In-band refresh over Socket.IO: the ack carries the new expiry.
+    let fresh = node.register("carol").await;
+    other.emit(Some(1), "auth", &json!({ "token": bob.token })).await;
+    let ack = other.ack(1).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert!(ack["expiresAt"].as_i64().is_some(), "{ack}");
+    other.emit(Some(2), "auth", &json!({ "token": fresh.token })).await;
+    assert_error(&other.ack(2).await, "unauthorized");
+
+    assert!(node.state.store.set_user_disabled(&alice.email, true).await.expect("disable"));
+    let error = sio.expect_event("error").await;
+    assert_eq!(error["code"], "session_revoked", "{error}");
+    let close = sio.expect_closed(TIMEOUT).await.expect("a close frame");
+    assert_eq!(close.code, CloseCode::Policy, "{close:?}");
+    other.sync(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_or_missing_token_gets_connect_error_and_may_retry_on_the_same_connection() {
     let node = sqlite_node(|_| {}).await;
     let alice = node.register("alice").await;

@@ -77,6 +77,9 @@ export class Connection extends EventTarget {
     this.#auth = auth;
     this.#url = url;
     this.#WebSocket = WebSocket;
+    // A refreshed token is handed to the open socket (`auth`), which would otherwise be closed
+    // when the token it opened with expires.
+    auth?.addEventListener?.('refreshed', () => this.#reauthenticate());
     this.onOnline = () => this.retryNow();
     this.onOffline = () => {
       if (this.state !== 'connected') this.#setState('offline');
@@ -128,6 +131,15 @@ export class Connection extends EventTarget {
       this.#pending.set(ref, { resolve, reject, timer });
       this.#ws.send(JSON.stringify({ ...frame, ref }));
     });
+  }
+
+  /** Extends the open session with the current token; a failure is left to the reconnect. */
+  #reauthenticate() {
+    if (!this.connected) return;
+    this.#auth
+      .token()
+      .then((token) => this.request({ type: 'auth', token }))
+      .catch(() => {});
   }
 
   /** Sends a frame that expects no answer (`typing`); false when not connected. */

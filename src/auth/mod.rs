@@ -151,7 +151,11 @@ impl AuthService {
         if user.disabled_at.is_some() {
             return Err(AuthError::InvalidRefreshToken);
         }
-        Ok(Tokens { access: self.keys.issue(user.id, &user.email), refresh, expires_in: self.keys.ttl().as_secs() })
+        Ok(Tokens {
+            access: self.keys.issue(user.id, &user.email, user.session_epoch),
+            refresh,
+            expires_in: self.keys.ttl().as_secs(),
+        })
     }
 
     /// Revokes the token's family: that device is signed out.
@@ -165,12 +169,19 @@ impl AuthService {
 
     /// The live, enabled user a bearer token belongs to.
     pub async fn authenticate(&self, access_token: &str) -> Result<User, AuthError> {
+        Ok(self.authenticate_session(access_token).await?.0)
+    }
+
+    /// The live, enabled user a bearer token belongs to, and the token's claims (a session
+    /// lives only as long as its token, and only in its epoch). A token of an older epoch than
+    /// the user's was revoked (password change, disable, kick).
+    pub async fn authenticate_session(&self, access_token: &str) -> Result<(User, token::Claims), AuthError> {
         let claims = self.keys.verify(access_token).ok_or(AuthError::Unauthorized)?;
         let user = self.users.user(crate::domain::UserId(claims.sub)).await?.ok_or(AuthError::Unauthorized)?;
-        if user.disabled_at.is_some() {
+        if user.disabled_at.is_some() || claims.sep < user.session_epoch {
             return Err(AuthError::Unauthorized);
         }
-        Ok(user)
+        Ok((user, claims))
     }
 
     async fn issue(&self, user: &User, family_id: Uuid) -> Result<Tokens, AuthError> {
@@ -183,7 +194,11 @@ impl AuthService {
                 expires_at: self.refresh_expiry(),
             })
             .await?;
-        Ok(Tokens { access: self.keys.issue(user.id, &user.email), refresh, expires_in: self.keys.ttl().as_secs() })
+        Ok(Tokens {
+            access: self.keys.issue(user.id, &user.email, user.session_epoch),
+            refresh,
+            expires_in: self.keys.ttl().as_secs(),
+        })
     }
 
     fn refresh_expiry(&self) -> chrono::DateTime<chrono::Utc> {

@@ -26,6 +26,10 @@ pub struct Claims {
     pub exp: i64,
     pub iss: String,
     pub aud: String,
+    /// The user's session epoch when the token was issued: a token of an older epoch was
+    /// revoked (see `users.session_epoch`). Tokens from before epochs existed count as 0.
+    #[serde(default)]
+    pub sep: i64,
 }
 
 /// Signs and verifies access tokens with one key.
@@ -53,8 +57,8 @@ impl TokenKeys {
         self.ttl
     }
 
-    /// A signed access token for this user.
-    pub fn issue(&self, user: UserId, email: &str) -> String {
+    /// A signed access token for this user, of its current session epoch.
+    pub fn issue(&self, user: UserId, email: &str, epoch: i64) -> String {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: user.0,
@@ -63,6 +67,7 @@ impl TokenKeys {
             exp: now + i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX / 2),
             iss: ISSUER.into(),
             aud: ISSUER.into(),
+            sep: epoch,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing of plain claims cannot fail")
@@ -107,7 +112,7 @@ mod tests {
     #[test]
     fn a_signed_token_verifies_with_its_claims() {
         let id = UserId(Uuid::new_v4());
-        let token = keys().issue(id, "a@b.co");
+        let token = keys().issue(id, "a@b.co", 0);
         let claims = keys().verify(&token).expect("valid token");
         assert_eq!((claims.sub, claims.email.as_str(), claims.iss.as_str()), (id.0, "a@b.co", "confab"));
         assert_eq!(claims.exp - claims.iat, 60);
@@ -117,10 +122,10 @@ mod tests {
     fn tokens_from_another_key_or_algorithm_are_refused() {
         let id = UserId(Uuid::new_v4());
         let other = TokenKeys::new(b"another-secret-another-secret-xx", Duration::from_secs(60));
-        assert!(keys().verify(&other.issue(id, "a@b.co")).is_none());
+        assert!(keys().verify(&other.issue(id, "a@b.co", 0)).is_none());
         // alg: none, with otherwise perfect claims.
         let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
-        let body = keys().issue(id, "a@b.co");
+        let body = keys().issue(id, "a@b.co", 0);
         let payload = body.split('.').nth(1).unwrap();
         assert!(keys().verify(&format!("{header}.{payload}.")).is_none());
         assert!(keys().verify("garbage").is_none());

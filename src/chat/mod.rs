@@ -7,7 +7,7 @@
 
 pub mod event;
 pub mod hub;
-pub mod quota;
+pub mod registry;
 pub mod session;
 pub mod writer;
 
@@ -21,11 +21,11 @@ use chrono::{SubsecRound as _, Utc};
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-pub use self::session::{Failure, Form, Outbox, Reply, ReplyBody, Tag};
+pub use self::session::{Failure, Form, Outbox, Reply, ReplyBody, Revocation, Tag};
 use self::{
     event::{Encoded, Presence},
     hub::{Hub, Room, Start},
-    quota::{SessionQuota, SessionSlot},
+    registry::{SessionRegistry, SessionSlot},
     session::SessionHandle,
     writer::WriteRequest,
 };
@@ -38,6 +38,10 @@ use crate::{
 };
 /// At most one `typing` per user and room in this interval is passed on.
 const TYPING_INTERVAL: Duration = Duration::from_millis(1000);
+/// How far back each look for revocations reaches. Wide, to cover clocks of the processes that
+/// revoke (another node, the CLI on another machine) that run behind this one, and commits that
+/// land late; seeing a revocation again is harmless, as a session ends only once.
+const REVOCATION_LOOKBACK: Duration = Duration::from_secs(60);
 
 /// Everything a chat command can fail with. Each variant is exactly one wire `code`.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +118,7 @@ struct Inner {
     limiter: KeyedLimiter<Uuid>,
     /// Joins and leaves per user: each is announced to the whole room.
     membership_limiter: KeyedLimiter<Uuid>,
-    sessions: Arc<SessionQuota>,
+    sessions: Arc<SessionRegistry>,
     settings: ChatSettings,
     /// Room writers, so shutdown can wait for in-flight commits.
     writers: TaskTracker,
@@ -153,7 +157,7 @@ impl ChatService {
     pub fn new(hub: Arc<Hub>, bus: Bus, store: Store, settings: ChatSettings) -> Self {
         let limiter = KeyedLimiter::per_second(settings.messages_per_second, settings.message_burst);
         let membership_limiter = KeyedLimiter::per_second(settings.joins_per_second, settings.join_burst);
-        let sessions = SessionQuota::new(settings.max_sessions_per_user);
+        let sessions = SessionRegistry::new(settings.max_sessions_per_user);
         let inner =
             Inner { hub, bus, store, limiter, membership_limiter, sessions, settings, writers: TaskTracker::new() };
         Self { inner: Arc::new(inner) }
@@ -180,6 +184,33 @@ impl ChatService {
         counts
     }
 
+    /// Every `every`, ends this node's sessions of accounts revoked since (by any process that
+    /// shares the database), until `stop`. Through the database, so a CLI run against the same
+    /// SQLite file reaches a running server, and every node of a cluster hears every change.
+    pub async fn watch_revocations(&self, every: Duration, stop: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let lookback = i64::try_from(REVOCATION_LOOKBACK.as_millis()).unwrap_or(i64::MAX);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            let since = Utc::now().timestamp_millis().saturating_sub(lookback);
+            match self.inner.store.revoked_users_since(since).await {
+                Ok(users) => {
+                    for user in &users {
+                        let ended = self.revoke_sessions(user);
+                        if ended > 0 {
+                            tracing::info!(user = %user.id.0, sessions = ended, "ended the sessions of a revoked account");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "looking for revoked accounts failed; trying again"),
+            }
+        }
+    }
+
     /// Forgets rate-limit state of users who went quiet. Call periodically.
     pub fn sweep(&self) {
         self.inner.limiter.sweep();
@@ -192,15 +223,29 @@ impl ChatService {
         let _ = tokio::time::timeout(grace, self.inner.writers.wait()).await;
     }
 
-    /// A new session for `user`, whose frames go out through `outbox`; refused when the account
-    /// has `ws.max_sessions_per_user` open on this node already.
-    pub fn open_session(&self, user: User, outbox: Arc<Outbox>) -> Result<Session, ChatError> {
-        let Ok(slot) = self.inner.sessions.admit(user.id.0) else {
+    /// A new session for `user` on a token of session epoch `epoch`, whose frames go out
+    /// through `outbox`; refused when the account has `ws.max_sessions_per_user` open on this
+    /// node already.
+    pub fn open_session(&self, user: User, epoch: i64, outbox: Arc<Outbox>) -> Result<Session, ChatError> {
+        let handle = SessionHandle::new(user.id.0, outbox);
+        let Ok(slot) = self.inner.sessions.admit(user.id.0, handle.id, epoch, &handle.outbox) else {
             metrics::counter!(telemetry::WS_SESSIONS_REFUSED, "reason" => "too_many_sessions").increment(1);
             return Err(ChatError::TooManySessions { max: self.inner.sessions.max() });
         };
-        let handle = SessionHandle::new(user.id.0, outbox);
         Ok(Session { handle, user, rooms: HashMap::new(), last_typing: HashMap::new(), slot: Some(slot) })
+    }
+
+    /// The session now runs on a token of session epoch `epoch` (refreshed in-band).
+    pub fn refresh_session(&self, s: &Session, epoch: i64) {
+        if let Some(slot) = &s.slot {
+            slot.set_epoch(epoch);
+        }
+    }
+
+    /// Ends this node's sessions of `user` that its current state no longer allows: all of them
+    /// if it is disabled, otherwise those on tokens of an older session epoch. Returns how many.
+    pub fn revoke_sessions(&self, user: &User) -> usize {
+        self.inner.sessions.revoke(user.id.0, user.session_epoch, user.disabled_at.is_some())
     }
 
     /// Takes a token from the user's join/leave bucket.

@@ -68,6 +68,10 @@ pub enum ReplyBody {
     Left {
         room: String,
     },
+    /// `auth`: the session now runs until the new token's expiry (Unix seconds).
+    Authenticated {
+        expires_at: i64,
+    },
     Pong,
     Error {
         code: &'static str,
@@ -119,6 +123,34 @@ pub enum Failure {
     Slow,
     /// The socket failed.
     Broken,
+    /// The session lost its right to run: it must end, telling the client why.
+    Revoked(Revocation),
+}
+
+/// Why a session lost its right to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Revocation {
+    /// Its access token expired and was not refreshed in-band.
+    Expired,
+    /// The account was disabled, its password changed, or it was signed out everywhere.
+    Revoked,
+}
+
+impl Revocation {
+    /// The `error` code the client is told before the close.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Expired => "token_expired",
+            Self::Revoked => "session_revoked",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::Expired => "the access token expired: refresh it and reconnect (or send auth before it expires)",
+            Self::Revoked => "this session was revoked: sign in again",
+        }
+    }
 }
 
 /// Turns a reply into the text payloads of its frames, the transport's way.
@@ -299,6 +331,18 @@ impl Outbox {
         self.lock().life = Life::Closing;
     }
 
+    /// Ends the session for `why`: deliveries stop at once (its rooms drop it as they would a
+    /// slow member) and the session task wakes to tell the client and close. False if the
+    /// session had already failed or is closing.
+    pub fn revoke(&self, why: Revocation) -> bool {
+        let mut st = self.lock();
+        if st.failure.is_some() || st.life != Life::Open {
+            return false;
+        }
+        st.fail(Failure::Revoked(why));
+        true
+    }
+
     /// Whether frames are still taken for delivery.
     pub fn is_open(&self) -> bool {
         let st = self.lock();
@@ -354,7 +398,9 @@ impl Outbox {
         st.flush(cx);
         match (st.failure, until) {
             (Some(Failure::Broken), _) => return Poll::Ready(Err(Failure::Broken)),
-            (Some(Failure::Slow), Until::Failure | Until::Settled) => return Poll::Ready(Err(Failure::Slow)),
+            (Some(f @ (Failure::Slow | Failure::Revoked(_))), Until::Failure | Until::Settled) => {
+                return Poll::Ready(Err(f));
+            }
             _ => {}
         }
         let done = match until {
@@ -376,7 +422,7 @@ impl State {
         match self.failure {
             _ if self.life == Life::Closed => return Pushed::Refused,
             Some(Failure::Broken) => return Pushed::Refused,
-            Some(Failure::Slow) if limit.is_some() => return Pushed::Refused,
+            Some(Failure::Slow | Failure::Revoked(_)) if limit.is_some() => return Pushed::Refused,
             _ if self.life == Life::Closing && limit.is_some() => return Pushed::Refused,
             _ => {}
         }

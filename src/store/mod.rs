@@ -74,6 +74,9 @@ pub struct User {
     pub email: String,
     pub created_at: DateTime<Utc>,
     pub disabled_at: Option<DateTime<Utc>>,
+    /// Bumped whenever the user's tokens and sessions are revoked (disable, password change,
+    /// kick): tokens and sessions of an older epoch are refused.
+    pub session_epoch: i64,
 }
 
 impl From<Uuid> for UserId {
@@ -238,13 +241,26 @@ impl Store {
         each_backend!(self, s => s.list_users().await)
     }
 
-    /// Disables (or re-enables) an account; a disabled account's refresh tokens are revoked.
+    /// Disables (or re-enables) an account; a disabled account's refresh tokens and sessions are
+    /// revoked.
     /// Returns false when no such user exists.
     pub async fn set_user_disabled(&self, email: &str, disabled: bool) -> Result<bool, StoreError> {
         each_backend!(self, s => s.set_user_disabled(email, disabled, Utc::now()).await)
     }
 
-    /// Replaces a user's password hash and revokes their refresh tokens. False if no such user.
+    /// Signs a user out everywhere: refresh tokens revoked, and access tokens and live sessions
+    /// refused from now on (they carry an older epoch). False if no such user.
+    pub async fn revoke_sessions(&self, email: &str) -> Result<bool, StoreError> {
+        each_backend!(self, s => s.revoke_sessions(email, Utc::now()).await)
+    }
+
+    /// Users whose sessions were revoked at or after `since_ms` (Unix milliseconds).
+    pub async fn revoked_users_since(&self, since_ms: i64) -> Result<Vec<User>, StoreError> {
+        each_backend!(self, s => s.revoked_users_since(since_ms).await)
+    }
+
+    /// Replaces a user's password hash and revokes their refresh tokens and sessions. False if
+    /// no such user.
     pub async fn set_password_hash(&self, email: &str, password_hash: &str) -> Result<bool, StoreError> {
         each_backend!(self, s => s.set_password_hash(email, password_hash, Utc::now()).await)
     }

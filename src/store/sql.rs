@@ -65,14 +65,14 @@ macro_rules! shared_queries {
                     .bind(now)
                     .execute(&self.write)
                     .await?;
-                Ok($crate::store::User { id, email: email.to_owned(), created_at: now, disabled_at: None })
+                Ok($crate::store::User { id, email: email.to_owned(), created_at: now, disabled_at: None, session_epoch: 0 })
             }
 
             pub async fn user_by_id(
                 &self,
                 id: $crate::domain::UserId,
             ) -> Result<Option<$crate::store::User>, $crate::store::StoreError> {
-                Ok(sqlx::query_as("SELECT id, email, created_at, disabled_at FROM users WHERE id = $1")
+                Ok(sqlx::query_as("SELECT id, email, created_at, disabled_at, session_epoch FROM users WHERE id = $1")
                     .bind(id.0)
                     .fetch_optional(&self.read)
                     .await?)
@@ -86,7 +86,7 @@ macro_rules! shared_queries {
                 if ids.is_empty() {
                     return Ok(Vec::new());
                 }
-                let mut q = sqlx::QueryBuilder::new("SELECT id, email, created_at, disabled_at FROM users WHERE id IN (");
+                let mut q = sqlx::QueryBuilder::new("SELECT id, email, created_at, disabled_at, session_epoch FROM users WHERE id IN (");
                 let mut list = q.separated(", ");
                 for id in ids {
                     list.push_bind(id.0);
@@ -100,7 +100,7 @@ macro_rules! shared_queries {
                 email: &str,
             ) -> Result<Option<$crate::store::Credentials>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(
-                    "SELECT id, email, created_at, disabled_at, password_hash FROM users WHERE email = $1",
+                    "SELECT id, email, created_at, disabled_at, session_epoch, password_hash FROM users WHERE email = $1",
                 )
                 .bind(email)
                 .fetch_optional(&self.read)
@@ -108,7 +108,7 @@ macro_rules! shared_queries {
             }
 
             pub async fn list_users(&self) -> Result<Vec<$crate::store::User>, $crate::store::StoreError> {
-                Ok(sqlx::query_as("SELECT id, email, created_at, disabled_at FROM users ORDER BY created_at, email")
+                Ok(sqlx::query_as("SELECT id, email, created_at, disabled_at, session_epoch FROM users ORDER BY created_at, email")
                     .fetch_all(&self.read)
                     .await?)
             }
@@ -129,6 +129,7 @@ macro_rules! shared_queries {
                     > 0;
                 if found && disabled {
                     Self::revoke_user_tokens(&mut tx, email, now).await?;
+                    Self::bump_session_epoch(&mut tx, email, now).await?;
                 }
                 tx.commit().await?;
                 Ok(found)
@@ -150,9 +151,59 @@ macro_rules! shared_queries {
                     > 0;
                 if found {
                     Self::revoke_user_tokens(&mut tx, email, now).await?;
+                    Self::bump_session_epoch(&mut tx, email, now).await?;
                 }
                 tx.commit().await?;
                 Ok(found)
+            }
+
+            /// Signs the user out everywhere: refresh tokens revoked, access tokens and live
+            /// sessions of the current epoch refused. False if no such user.
+            pub async fn revoke_sessions(
+                &self,
+                email: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let mut tx = self.begin_write().await?;
+                let found = Self::bump_session_epoch(&mut tx, email, now).await?;
+                if found {
+                    Self::revoke_user_tokens(&mut tx, email, now).await?;
+                }
+                tx.commit().await?;
+                Ok(found)
+            }
+
+            /// Users whose sessions were revoked at or after `since_ms` (Unix milliseconds),
+            /// with their current epoch: an index range, normally a handful of rows.
+            pub async fn revoked_users_since(
+                &self,
+                since_ms: i64,
+            ) -> Result<Vec<$crate::store::User>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT id, email, created_at, disabled_at, session_epoch FROM users \
+                     WHERE sessions_revoked_ms IS NOT NULL AND sessions_revoked_ms >= $1",
+                )
+                .bind(since_ms)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            /// Makes every access token and live session of the user stale. Returns whether
+            /// the user exists.
+            async fn bump_session_epoch(
+                tx: &mut sqlx::Transaction<'static, <Self as $crate::store::sql::Backend>::Db>,
+                email: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                Ok(sqlx::query(
+                    "UPDATE users SET session_epoch = session_epoch + 1, sessions_revoked_ms = $2 WHERE email = $1",
+                )
+                .bind(email)
+                .bind(now.timestamp_millis())
+                .execute(&mut **tx)
+                .await?
+                .rows_affected()
+                    > 0)
             }
 
             async fn revoke_user_tokens(

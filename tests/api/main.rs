@@ -14,6 +14,7 @@ mod history;
 mod limits;
 mod ops;
 mod ordering;
+mod revocation;
 mod secret;
 mod security;
 mod tokens;

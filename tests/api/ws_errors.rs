@@ -119,8 +119,11 @@ async fn a_disabled_user_is_refused_at_connect(backend: Backend) {
     assert_eq!(ws_refused(ws_request(&app, Some(&s.token))).await, StatusCode::UNAUTHORIZED);
     expect_error(upgrade_over_http(&app, Some(&s.token), None).await, StatusCode::UNAUTHORIZED, "unauthorized").await;
 
+    // Re-enabled, the account signs in again; tokens from before the disable stay revoked.
     assert!(app.state.store.set_user_disabled("dan@example.com", false).await.expect("enable"));
-    TestSocket::connect(&app, &s.token).await.close().await;
+    assert_eq!(ws_refused(ws_request(&app, Some(&s.token))).await, StatusCode::UNAUTHORIZED);
+    let again = app.login("dan@example.com", crate::helpers::PASSWORD).await;
+    TestSocket::connect(&app, &again.token).await.close().await;
 }
 
 #[tokio::test]

@@ -42,7 +42,7 @@ use tokio_tungstenite::{
 
 use super::{AppState, error};
 use crate::{
-    chat::{ChatError, ChatService, Failure, Form, Outbox, Reply, ReplyBody, Session, Tag},
+    chat::{ChatError, ChatService, Failure, Form, Outbox, Reply, ReplyBody, Revocation, Session, Tag},
     config::WsConfig,
     domain::Seq,
     store::User,
@@ -52,11 +52,42 @@ use crate::{
 /// A transport-neutral command decoded from a frame.
 #[derive(Debug)]
 pub enum Command {
-    Join { room: String, since: Option<Seq> },
-    Leave { room: String },
-    Send { room: String, content: String, client_id: Option<String> },
-    Typing { room: String },
+    Join {
+        room: String,
+        since: Option<Seq>,
+    },
+    Leave {
+        room: String,
+    },
+    Send {
+        room: String,
+        content: String,
+        client_id: Option<String>,
+    },
+    Typing {
+        room: String,
+    },
     Ping,
+    /// A fresh access token for the open session (in-band refresh).
+    Auth {
+        token: String,
+    },
+}
+
+/// Who a session runs as, and for how long: the user, and the claims of the token that
+/// admitted it (a session lives only as long as its token, and only in its session epoch).
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub user: User,
+    /// Unix seconds when the token expires; the session ends then unless refreshed in-band.
+    pub expires_at: i64,
+    pub epoch: i64,
+}
+
+impl Identity {
+    fn new(user: User, claims: &crate::auth::token::Claims) -> Self {
+        Self { user, expires_at: claims.exp, epoch: claims.sep }
+    }
 }
 
 /// How a session's frames look on the wire. Everything else about a session is shared.
@@ -83,6 +114,16 @@ impl Codec {
         match self {
             Self::Native => Bytes::from_static(&[0x89, 0x00]),
             Self::SocketIo => Bytes::from_static(&[0x81, 0x01, b'2']),
+        }
+    }
+
+    /// The frame that tells a client why its session ends: an `error` frame, or a Socket.IO
+    /// `error` event.
+    fn revoked(self, why: Revocation) -> Utf8Bytes {
+        let reply = Reply::error(Tag::default(), why.code(), why.message());
+        match self {
+            Self::Native => native::reply(&reply),
+            Self::SocketIo => Utf8Bytes::from(format!("42[\"error\",{}]", native::reply_json(&reply))),
         }
     }
 
@@ -116,8 +157,8 @@ pub async fn native_endpoint(req: &Request, state: Data<&AppState>) -> Response 
     let Some(token) = bearer_token(req) else {
         return json_error(StatusCode::UNAUTHORIZED, "missing access token", "unauthorized");
     };
-    let user = match state.auth.authenticate(&token).await {
-        Ok(user) => user,
+    let who = match state.auth.authenticate_session(&token).await {
+        Ok((user, claims)) => Identity::new(user, &claims),
         Err(e) => {
             let status =
                 if e.code() == "unavailable" { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::UNAUTHORIZED };
@@ -125,8 +166,8 @@ pub async fn native_endpoint(req: &Request, state: Data<&AppState>) -> Response 
         }
     };
     upgrade(req, &state, Codec::Native, move |socket, state| async move {
-        let hello = native::hello(&user, &state.node_id);
-        run_session(socket, state, user, vec![hello], Vec::new()).await;
+        let hello = native::hello(&who.user, &state.node_id);
+        run_session(socket, state, who, vec![hello], Vec::new()).await;
     })
 }
 
@@ -201,13 +242,14 @@ fn open_packet(state: &AppState, sid: &str, upgrades: bool) -> Utf8Bytes {
 /// The user a CONNECT's auth payload (`{"token": "…"}`) belongs to, or the CONNECT_ERROR
 /// message: `unauthorized`, or `unavailable` when the database cannot say (as `/ws` answers 503:
 /// a client told "unauthorized" would drop a good token).
-async fn connect_user(state: &AppState, auth: &str) -> Result<User, &'static str> {
+async fn connect_user(state: &AppState, auth: &str) -> Result<Identity, &'static str> {
     let token = socketio::token(auth).ok_or("unauthorized")?;
-    state
+    let (user, claims) = state
         .auth
-        .authenticate(&token)
+        .authenticate_session(&token)
         .await
-        .map_err(|e| if e.code() == "unavailable" { "unavailable" } else { "unauthorized" })
+        .map_err(|e| if e.code() == "unavailable" { "unavailable" } else { "unauthorized" })?;
+    Ok(Identity::new(user, &claims))
 }
 
 /// The WebSocket half of a polling upgrade: `2probe` → `3probe`, then `5`. Returns the user
@@ -217,7 +259,7 @@ async fn finish_upgrade(
     socket: &mut Socket,
     session: &polling::PollSession,
     state: &AppState,
-) -> Option<(User, Vec<Utf8Bytes>, Vec<String>)> {
+) -> Option<(Identity, Vec<Utf8Bytes>, Vec<String>)> {
     let wait = state.config.ws.idle_timeout.0;
     loop {
         let Message::Text(text) = tokio::time::timeout(wait, socket.ws.next()).await.ok()??.ok()? else { continue };
@@ -238,7 +280,7 @@ async fn finish_upgrade(
 
 /// Waits for a CONNECT to the default namespace with a valid token. Refused attempts get
 /// CONNECT_ERROR and may be retried on the same connection.
-async fn socketio_handshake(socket: &mut Socket, state: &AppState) -> Option<User> {
+async fn socketio_handshake(socket: &mut Socket, state: &AppState) -> Option<Identity> {
     let ws = &state.config.ws;
     let mut attempts = 0;
     loop {
@@ -412,6 +454,7 @@ enum End {
     Timeout,
     Error,
     Refused(CloseCode, &'static str),
+    Revoked(Revocation),
 }
 
 impl End {
@@ -422,6 +465,8 @@ impl End {
             Self::Shutdown => "shutdown",
             Self::Timeout => "timeout",
             Self::Error | Self::Refused(..) => "error",
+            Self::Revoked(Revocation::Expired) => "expired",
+            Self::Revoked(Revocation::Revoked) => "revoked",
         }
     }
 
@@ -431,6 +476,8 @@ impl End {
             Self::Shutdown => (CloseCode::Away, "server shutting down"),
             Self::Timeout => (CloseCode::Policy, "idle timeout"),
             Self::Refused(code, reason) => (code, reason),
+            Self::Revoked(Revocation::Expired) => (CloseCode::Policy, "token expired"),
+            Self::Revoked(Revocation::Revoked) => (CloseCode::Policy, "session revoked"),
             Self::Client | Self::Error => return None,
         };
         Some(CloseFrame { code, reason: reason.into() })
@@ -442,6 +489,7 @@ impl From<Failure> for End {
         match failure {
             Failure::Slow => Self::Slow,
             Failure::Broken => Self::Error,
+            Failure::Revoked(why) => Self::Revoked(why),
         }
     }
 }
@@ -454,6 +502,9 @@ struct Conn {
     /// Binary frames still due as attachments of a refused Socket.IO binary packet: dropped
     /// quietly, since the packet itself was already answered.
     attachments_to_skip: usize,
+    /// Unix seconds when the session's token expires (later after an in-band `auth`).
+    expires_at: i64,
+    state: AppState,
 }
 
 /// The session loop shared by both transports: frames in become chat commands; the chat core
@@ -462,17 +513,19 @@ struct Conn {
 async fn run_session(
     mut socket: Box<Socket>,
     state: AppState,
-    user: User,
+    who: Identity,
     greeting: Vec<Utf8Bytes>,
     replay: Vec<String>,
 ) {
     let (out, codec) = (Arc::clone(&socket.out), socket.codec);
     let chat = state.chat.clone();
-    let session = match chat.open_session(user, Arc::clone(&out)) {
+    let expires_at = who.expires_at;
+    let session = match chat.open_session(who.user, who.epoch, Arc::clone(&out)) {
         Ok(session) => session,
         Err(e) => return refuse(socket, codec, &e).await,
     };
-    let mut conn = Conn { chat, session, out: Arc::clone(&out), codec, attachments_to_skip: 0 };
+    let mut conn =
+        Conn { chat, session, out: Arc::clone(&out), codec, attachments_to_skip: 0, expires_at, state: state.clone() };
     metrics::gauge!(telemetry::WS_SESSIONS, "transport" => codec.label()).increment(1.0);
     let shutdown = state.shutdown.clone();
     let ws_config = &state.config.ws;
@@ -536,6 +589,10 @@ async fn run_session(
                     if last_seen.elapsed() > idle || out.stalled_for() > idle {
                         break End::Timeout;
                     }
+                    // Checked on the heartbeat, so an idle session costs no timer of its own.
+                    if chrono::Utc::now().timestamp() >= conn.expires_at {
+                        break End::Revoked(Revocation::Expired);
+                    }
                     if !out.send_raw(&codec.heartbeat()) {
                         break End::Error;
                     }
@@ -551,6 +608,10 @@ async fn run_session(
     // Leave rooms first, so no more events come; room writers may still answer sends, but
     // from here on only the close frame is written.
     conn.chat.close_session(&mut conn.session);
+    if let End::Revoked(why) = end {
+        // Said before the close, so clients that cannot read close reasons know what to do.
+        let _ = out.send_text(codec.revoked(why));
+    }
     out.begin_close();
     Box::pin(finish(&mut socket.ws, &out, end.close_frame())).await;
     out.close();
@@ -685,6 +746,7 @@ impl Conn {
                 .map(|()| None), // the writer acks once the message is stored
             Command::Typing { room } => self.chat.typing(&mut self.session, &room).map(|()| None),
             Command::Ping => Ok(Some(ReplyBody::Pong)),
+            Command::Auth { token } => Ok(Some(self.reauthenticate(&token).await)),
         };
         match result {
             Ok(Some(body)) => self.reply(&Reply::new(tag, body)),
@@ -692,6 +754,26 @@ impl Conn {
             Err(e) => self.chat_error(tag, &e),
         }
         Ok(true)
+    }
+
+    /// In-band refresh: a new access token for this session's user extends it to the new
+    /// token's expiry. A bad token is answered and changes nothing (the old one still runs).
+    async fn reauthenticate(&mut self, token: &str) -> ReplyBody {
+        match self.state.auth.authenticate_session(token).await {
+            Ok((user, claims)) if user.id == self.session.user.id => {
+                self.expires_at = claims.exp;
+                self.chat.refresh_session(&self.session, claims.sep);
+                ReplyBody::Authenticated { expires_at: claims.exp }
+            }
+            Ok(_) => ReplyBody::Error { code: "unauthorized", message: "the token is another user's".into() },
+            Err(e) => {
+                let message = match e.code() {
+                    "unauthorized" => e.to_string(),
+                    _ => "the token could not be checked now; try again".to_owned(),
+                };
+                ReplyBody::Error { code: e.code(), message }
+            }
+        }
     }
 
     fn chat_error(&self, tag: Tag, e: &ChatError) {

@@ -44,6 +44,11 @@ enum ClientFrame {
         #[serde(rename = "ref")]
         cmd_ref: Option<String>,
     },
+    Auth {
+        token: String,
+        #[serde(rename = "ref")]
+        cmd_ref: Option<String>,
+    },
 }
 
 /// Just the `ref`, to answer a frame that failed to parse as a whole.
@@ -74,6 +79,7 @@ pub fn decode(text: &str) -> Result<(Command, Tag), DecodeError> {
         }
         ClientFrame::Typing { room, cmd_ref } => (Command::Typing { room }, cmd_ref),
         ClientFrame::Ping { cmd_ref } => (Command::Ping, cmd_ref),
+        ClientFrame::Auth { token, cmd_ref } => (Command::Auth { token }, cmd_ref),
     };
     if cmd_ref.as_ref().is_some_and(|r| r.chars().count() > MAX_REF) {
         return Err(DecodeError { cmd_ref: None, message: format!("ref must be at most {MAX_REF} characters") });
@@ -106,6 +112,9 @@ enum ServerFrame<'a> {
         room: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         seq: Option<Seq>,
+        /// Unix seconds when the session's new token expires (`auth`).
+        #[serde(rename = "expiresAt", skip_serializing_if = "Option::is_none")]
+        expires_at: Option<i64>,
     },
     Pong {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
@@ -134,9 +143,18 @@ pub fn hello(user: &User, node: &str) -> Utf8Bytes {
 pub fn reply_json(reply: &Reply) -> String {
     let cmd_ref = reply.tag.cmd_ref.as_deref();
     let frame = match &reply.body {
-        ReplyBody::Sent { id, seq } => ServerFrame::Ack { cmd_ref, id: Some(*id), room: None, seq: Some(*seq) },
-        ReplyBody::Joined { room, seq } => ServerFrame::Ack { cmd_ref, id: None, room: Some(room), seq: Some(*seq) },
-        ReplyBody::Left { room } => ServerFrame::Ack { cmd_ref, id: None, room: Some(room), seq: None },
+        ReplyBody::Sent { id, seq } => {
+            ServerFrame::Ack { cmd_ref, id: Some(*id), room: None, seq: Some(*seq), expires_at: None }
+        }
+        ReplyBody::Joined { room, seq } => {
+            ServerFrame::Ack { cmd_ref, id: None, room: Some(room), seq: Some(*seq), expires_at: None }
+        }
+        ReplyBody::Left { room } => {
+            ServerFrame::Ack { cmd_ref, id: None, room: Some(room), seq: None, expires_at: None }
+        }
+        ReplyBody::Authenticated { expires_at } => {
+            ServerFrame::Ack { cmd_ref, id: None, room: None, seq: None, expires_at: Some(*expires_at) }
+        }
         ReplyBody::Pong => ServerFrame::Pong { cmd_ref },
         ReplyBody::Error { code, message } => ServerFrame::Error { cmd_ref, code, message },
     };

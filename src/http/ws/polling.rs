@@ -17,8 +17,9 @@ use std::{
 use poem::{Response, http::StatusCode};
 use tokio::sync::Notify;
 
+use super::Identity;
 use super::socketio;
-use crate::{http::AppState, store::User};
+use crate::http::AppState;
 
 /// Engine.IO's packet separator in a polling payload.
 const SEPARATOR: char = '\u{1e}';
@@ -67,7 +68,7 @@ pub struct PollSession {
 
 #[derive(Default)]
 struct PollState {
-    user: Option<User>,
+    user: Option<Identity>,
     /// Packets for the client's next poll.
     outbox: Vec<String>,
     /// Socket.IO packets the client sent before upgrading, replayed after.
@@ -84,7 +85,7 @@ impl PollSession {
 
     /// The upgrade is complete: a pending poll returns a noop, and the WebSocket session takes
     /// the user, the undelivered packets and the early events.
-    pub fn upgrade(&self) -> (Option<User>, Vec<String>, Vec<String>) {
+    pub fn upgrade(&self) -> (Option<Identity>, Vec<String>, Vec<String>) {
         let mut s = self.lock();
         s.upgraded = true;
         let taken = (s.user.clone(), std::mem::take(&mut s.outbox), std::mem::take(&mut s.inbox));

@@ -165,6 +165,7 @@ pub fn decode_event(data: &str, ack_id: Option<u64>) -> Result<(Command, Tag), D
             },
         },
         "ping" => Command::Ping,
+        "auth" => Command::Auth { token: text("token").ok_or_else(|| fail(tag.clone(), "missing field `token`"))? },
         "" => return Err(fail(tag, "event name missing")),
         other => return Err(fail(tag, &format!("unknown event `{other}`"))),
     };

@@ -1,0 +1,189 @@
+//! The sessions open on this node, by account: how many each account has (so one account
+//! cannot make the node hold an unbounded number of sockets and, with each one's rooms,
+//! unbounded memory), and a way to end an account's sessions when its tokens are revoked.
+//!
+//! A session takes a [`SessionSlot`] when it opens and gives it back when the slot drops, so a
+//! session that ends any way at all (client close, error, panic in its task) frees its place.
+//! Not on the message path: only opening, closing and revoking a session touch the map, under
+//! one of a few sharded locks.
+
+use std::{
+    collections::HashMap,
+    hash::BuildHasher as _,
+    sync::{Arc, Mutex, MutexGuard, Weak},
+};
+
+use uuid::Uuid;
+
+use super::session::{Outbox, Revocation};
+
+const SHARDS: usize = 16;
+
+/// One open session, as the registry knows it.
+struct Entry {
+    session: u64,
+    /// The epoch of the token the session runs on (see `users.session_epoch`).
+    epoch: i64,
+    /// Weak: the registry never keeps a finished session's socket alive.
+    out: Weak<Outbox>,
+}
+
+/// One shard of the registry: the open sessions of the accounts that hash to it.
+type Shard = Mutex<HashMap<Uuid, Vec<Entry>>>;
+
+/// Open sessions by account.
+pub struct SessionRegistry {
+    /// At most this many per account; 0 means no limit.
+    max: u32,
+    shards: Box<[Shard]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+/// One open session's place in the registry; dropping it frees the place.
+pub struct SessionSlot {
+    registry: Arc<SessionRegistry>,
+    user: Uuid,
+    session: u64,
+}
+
+/// The account has as many sessions open as it may.
+#[derive(Debug)]
+pub struct QuotaFull;
+
+impl SessionRegistry {
+    pub fn new(max: u32) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        })
+    }
+
+    pub fn max(&self) -> u32 {
+        self.max
+    }
+
+    fn shard(&self, user: &Uuid) -> MutexGuard<'_, HashMap<Uuid, Vec<Entry>>> {
+        let idx = usize::try_from(self.hasher.hash_one(user) % SHARDS as u64).unwrap_or(0);
+        // Every update leaves the map consistent before anything that could panic.
+        self.shards[idx].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers session `session` of `user` (token epoch `epoch`, writing to `out`), unless the
+    /// account has `max` open already.
+    pub fn admit(
+        self: &Arc<Self>,
+        user: Uuid,
+        session: u64,
+        epoch: i64,
+        out: &Arc<Outbox>,
+    ) -> Result<SessionSlot, QuotaFull> {
+        let mut shard = self.shard(&user);
+        let open = shard.entry(user).or_default();
+        if self.max > 0 && open.len() >= self.max as usize {
+            if open.is_empty() {
+                shard.remove(&user);
+            }
+            return Err(QuotaFull);
+        }
+        open.push(Entry { session, epoch, out: Arc::downgrade(out) });
+        Ok(SessionSlot { registry: Arc::clone(self), user, session })
+    }
+
+    /// Sessions `user` has open here.
+    pub fn open(&self, user: Uuid) -> usize {
+        self.shard(&user).get(&user).map_or(0, Vec::len)
+    }
+
+    /// Ends `user`'s sessions whose token epoch is older than `epoch` (all of them when
+    /// `disabled`); returns how many were told to end.
+    pub fn revoke(&self, user: Uuid, epoch: i64, disabled: bool) -> usize {
+        let shard = self.shard(&user);
+        let Some(open) = shard.get(&user) else { return 0 };
+        let mut ended = 0;
+        for entry in open.iter().filter(|e| disabled || e.epoch < epoch) {
+            if let Some(out) = entry.out.upgrade()
+                && out.revoke(Revocation::Revoked)
+            {
+                ended += 1;
+            }
+        }
+        ended
+    }
+}
+
+impl SessionSlot {
+    /// The session now runs on a token of `epoch` (refreshed in-band).
+    pub fn set_epoch(&self, epoch: i64) {
+        let mut shard = self.registry.shard(&self.user);
+        if let Some(entry) = shard.get_mut(&self.user).and_then(|v| v.iter_mut().find(|e| e.session == self.session)) {
+            entry.epoch = epoch;
+        }
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        let mut shard = self.registry.shard(&self.user);
+        if let Some(open) = shard.get_mut(&self.user) {
+            open.retain(|e| e.session != self.session);
+            if open.is_empty() {
+                // No entry for accounts without sessions: the map stays as small as what is open.
+                shard.remove(&self.user);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::session::{Failure, Form};
+
+    fn outbox() -> Arc<Outbox> {
+        Outbox::new(tokio::io::sink(), Form::Native, |_| Vec::new(), 8)
+    }
+
+    #[tokio::test]
+    async fn an_account_gets_max_places_and_a_dropped_one_is_free_again() {
+        let registry = SessionRegistry::new(2);
+        let (alice, bob, out) = (Uuid::new_v4(), Uuid::new_v4(), outbox());
+        let first = registry.admit(alice, 1, 0, &out).expect("first");
+        let second = registry.admit(alice, 2, 0, &out).expect("second");
+        assert!(registry.admit(alice, 3, 0, &out).is_err(), "a third is refused");
+        assert!(registry.admit(bob, 4, 0, &out).is_ok(), "another account has its own count");
+        drop(first);
+        assert_eq!(registry.open(alice), 1);
+        let third = registry.admit(alice, 5, 0, &out).expect("a freed place is taken again");
+        drop((second, third));
+        assert_eq!(registry.open(alice), 0);
+        assert!(!registry.shard(&alice).contains_key(&alice), "no entry is left for an account without sessions");
+    }
+
+    #[tokio::test]
+    async fn zero_means_no_limit() {
+        let registry = SessionRegistry::new(0);
+        let (user, out) = (Uuid::new_v4(), outbox());
+        let slots: Vec<_> = (0..1000).map(|i| registry.admit(user, i, 0, &out).expect("never refused")).collect();
+        assert_eq!(registry.open(user), 1000);
+        drop(slots);
+        assert_eq!(registry.open(user), 0);
+    }
+
+    #[tokio::test]
+    async fn revoking_ends_the_sessions_of_older_epochs_or_all_when_disabled() {
+        let registry = SessionRegistry::new(0);
+        let user = Uuid::new_v4();
+        let (old, refreshed, current) = (outbox(), outbox(), outbox());
+        let _a = registry.admit(user, 1, 0, &old).expect("admit");
+        let b = registry.admit(user, 2, 0, &refreshed).expect("admit");
+        let _c = registry.admit(user, 3, 1, &current).expect("admit");
+        b.set_epoch(1);
+        assert_eq!(registry.revoke(user, 1, false), 1, "only the session still on epoch 0");
+        assert_eq!(old.failed().await, Failure::Revoked(Revocation::Revoked));
+        assert!(refreshed.is_open() && current.is_open());
+        assert_eq!(registry.revoke(user, 1, false), 0, "seeing the same revocation again ends nothing more");
+        assert_eq!(registry.revoke(user, 1, true), 2, "a disabled account loses every session");
+        assert!(!refreshed.is_open() && !current.is_open());
+    }
+}
