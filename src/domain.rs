@@ -29,10 +29,15 @@ pub struct InvalidEmail;
 pub struct Email(String);
 
 impl Email {
-    /// Deliberately modest: one `@`, a non-empty local part, a dotted domain, no spaces or
-    /// control characters, at most 254 characters (RFC 5321's path limit).
+    /// Deliberately modest: one `@`, a non-empty local part, a dotted domain, no spaces,
+    /// control or invisible characters, at most 254 characters (RFC 5321's path limit). NFKC
+    /// first, so compatibility look-alikes (full-width letters, ligatures) are one address.
     pub fn parse(raw: &str) -> Result<Self, InvalidEmail> {
-        let email = raw.trim().to_lowercase();
+        use unicode_normalization::UnicodeNormalization as _;
+        if raw.chars().any(is_invisible) {
+            return Err(InvalidEmail);
+        }
+        let email = raw.nfkc().collect::<String>().trim().to_lowercase();
         let Some((local, domain)) = email.split_once('@') else {
             return Err(InvalidEmail);
         };
@@ -55,6 +60,34 @@ impl Email {
     pub fn into_string(self) -> String {
         self.0
     }
+}
+
+/// Characters that show as nothing, or reorder the text around them: zero-width spaces and
+/// joiners, bidi controls, the byte-order mark, soft hyphens, variation selectors, tags and other
+/// default-ignorable code points. Inside a name or address they make one look like another.
+pub fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFF8}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
 }
 
 impl fmt::Display for Email {
@@ -204,6 +237,21 @@ mod tests {
         assert_eq!(Email::parse("  Alice@Example.COM ").unwrap().as_str(), "alice@example.com");
         for bad in ["", "alice", "@x.io", "a@b", "a@.b.c", "a@b.c.", "a b@c.d", "a@b@c.d", "a@b..c"] {
             assert!(Email::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn look_alike_emails_are_one_address_or_refused() {
+        // Full-width letters and the `ﬁ` ligature are their plain forms after NFKC.
+        assert_eq!(Email::parse("ａｌｉｃｅ@example.com").unwrap().as_str(), "alice@example.com");
+        assert_eq!(Email::parse("\u{FB01}n@example.com").unwrap().as_str(), "fin@example.com");
+        // Invisible and reordering characters are refused wherever they are.
+        for c in ['\u{200B}', '\u{200D}', '\u{202E}', '\u{2066}', '\u{FEFF}', '\u{00AD}', '\u{E0041}'] {
+            for bad in
+                [format!("ali{c}ce@example.com"), format!("alice@exam{c}ple.com"), format!("{c}alice@example.com")]
+            {
+                assert!(Email::parse(&bad).is_err(), "{bad:?} accepted");
+            }
         }
     }
 

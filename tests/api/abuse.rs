@@ -2,11 +2,12 @@
 //! test pushes past a bound and checks the clear answer, that nothing is lost, that the bound is
 //! counted in `/metrics`, and that the node serves everyone else meanwhile.
 
+use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::{
     common::{Backend, both_backends},
-    helpers::{TestApp, TestSocket, spawn_chat_node},
+    helpers::{PASSWORD, TestApp, TestSocket, expect_error, spawn_chat_node},
     ws::{connect_user, system},
 };
 
@@ -15,6 +16,8 @@ both_backends!(
     one_account_cannot_open_more_sessions_than_its_cap,
     joins_and_leaves_are_rate_limited_per_account,
     a_session_cannot_join_more_rooms_than_its_cap,
+    look_alike_emails_are_one_account_or_refused,
+    invalid_utf8_closes_with_1007_and_old_websocket_versions_get_426,
 );
 
 /// The value of the Prometheus sample whose line starts with `series` (name and labels), 0 if
@@ -135,4 +138,45 @@ async fn a_session_cannot_join_more_rooms_than_its_cap(backend: Backend) {
     alice.join("two").await;
     alice.leave("one").await;
     alice.join("three").await;
+}
+
+async fn look_alike_emails_are_one_account_or_refused(backend: Backend) {
+    let app = spawn_chat_node(backend, |_| {}).await;
+    app.register("alice@example.com").await;
+    // A zero-width space, a right-to-left override, a byte-order mark: refused outright.
+    for bad in ["ali\u{200B}ce@example.com", "alice\u{202E}@example.com", "\u{FEFF}alice@example.com"] {
+        let resp = app.post_json("/api/auth/register", &json!({ "email": bad, "password": PASSWORD })).await;
+        expect_error(resp, StatusCode::BAD_REQUEST, "invalid_email").await;
+    }
+    // Full-width letters are the same address after NFKC: taken already, and alice can sign
+    // in with them.
+    let resp =
+        app.post_json("/api/auth/register", &json!({ "email": "ａｌｉｃｅ@example.com", "password": PASSWORD })).await;
+    expect_error(resp, StatusCode::CONFLICT, "email_taken").await;
+    let session = app.login("ａｌｉｃｅ@EXAMPLE.com", PASSWORD).await;
+    assert_eq!(session.email, "alice@example.com");
+}
+
+async fn invalid_utf8_closes_with_1007_and_old_websocket_versions_get_426(backend: Backend) {
+    let app = spawn_chat_node(backend, |_| {}).await;
+    let (s, mut mallory) = connect_user(&app, "mallory@example.com").await;
+    mallory.send_raw_text(vec![b'{', 0xff, 0xfe, b'}']).await;
+    mallory.expect_close(1007).await;
+
+    let resp = app
+        .client
+        .get(app.url("/ws"))
+        .bearer_auth(&s.token)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "8")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .expect("upgrade request");
+    assert_eq!(resp.headers().get("sec-websocket-version").map(|v| v.as_bytes()), Some(&b"13"[..]));
+    expect_error(resp, StatusCode::UPGRADE_REQUIRED, "unsupported_version").await;
+    // The node serves everyone else meanwhile.
+    let (_, mut bob) = connect_user(&app, "bob@example.com").await;
+    bob.ping().await;
 }

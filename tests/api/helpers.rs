@@ -523,6 +523,15 @@ impl TestSocket {
         self.write(Message::binary(bytes)).await;
     }
 
+    /// Sends a text frame whose payload is `bytes` as they are (valid UTF-8 or not).
+    pub async fn send_raw_text(&mut self, bytes: Vec<u8>) {
+        use tungstenite::protocol::frame::{
+            Frame,
+            coding::{Data, OpCode},
+        };
+        self.write(Message::Frame(Frame::message(bytes, OpCode::Data(Data::Text), true))).await;
+    }
+
     async fn write(&mut self, message: Message) {
         let Ok(result) = tokio::time::timeout(FRAME_TIMEOUT, self.ws.send(message)).await else {
             panic!("{}: writing a frame timed out", self.who())

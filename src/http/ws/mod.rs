@@ -322,6 +322,16 @@ fn check_upgrade(req: &Request, state: &AppState) -> Result<(), Box<Response>> {
             Some("this endpoint speaks WebSocket: send an upgrade request".into()),
         )));
     }
+    // RFC 6455 is version 13; anything else gets 426 and the version this server speaks.
+    if req.headers().get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
+        let mut resp = json_error(
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported WebSocket version: use version 13 (RFC 6455)",
+            "unsupported_version",
+        );
+        resp.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, header::HeaderValue::from_static("13"));
+        return Err(Box::new(resp));
+    }
     if !origin_allowed(req, &state.config.http.cors_origins.0) {
         return Err(Box::new(json_error(StatusCode::FORBIDDEN, "origin not allowed", "forbidden_origin")));
     }
@@ -579,6 +589,9 @@ async fn run_session(
                             let message = format!("frame larger than {} bytes", ws_config.max_frame);
                             conn.reply(&Reply::error(Tag::default(), "invalid_payload", message));
                             break End::Refused(CloseCode::Size, "frame too large");
+                        }
+                        Some(Err(WsError::Utf8(_))) => {
+                            break End::Refused(CloseCode::Invalid, "text frames must be UTF-8");
                         }
                         Some(Err(_)) => break End::Error,
                     }
