@@ -174,7 +174,10 @@ async fn invalid_utf8_closes_with_1007_and_old_websocket_versions_get_426(backen
         .send()
         .await
         .expect("upgrade request");
-    assert_eq!(resp.headers().get("sec-websocket-version").map(|v| v.as_bytes()), Some(&b"13"[..]));
+    assert_eq!(
+        resp.headers().get("sec-websocket-version").map(reqwest::header::HeaderValue::as_bytes),
+        Some(&b"13"[..])
+    );
     expect_error(resp, StatusCode::UPGRADE_REQUIRED, "unsupported_version").await;
     // The node serves everyone else meanwhile.
     let (_, mut bob) = connect_user(&app, "bob@example.com").await;
