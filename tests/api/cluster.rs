@@ -94,10 +94,22 @@ async fn members_on_three_nodes_get_each_others_events_in_order() {
         assert_eq!(got[0].sender_id, a.user_id);
         assert_eq!(got[2].content, "from node 2");
     }
-    // Each node counts its own members.
+    // Every node counts the members on all three: its own at once, the others' from their
+    // presence heartbeats (every 5 s), so poll until the first round of those is in.
     for node in &cluster.nodes {
-        let rooms = crate::helpers::expect_json(node.get_authed("/api/rooms", &a.token).await, StatusCode::OK).await;
-        assert_eq!(rooms, json!({ "rooms": [{ "name": "general", "lastSeq": 3, "members": 1 }] }));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let rooms =
+                crate::helpers::expect_json(node.get_authed("/api/rooms", &a.token).await, StatusCode::OK).await;
+            if rooms == json!({ "rooms": [{ "name": "general", "lastSeq": 3, "members": 3 }] }) {
+                break;
+            }
+            let members = rooms["rooms"][0]["members"].as_u64().unwrap_or(0);
+            assert!((1..3).contains(&members), "{rooms}");
+            assert!(Instant::now() < deadline, "never counted every node's members: {rooms}");
+            // The pause between polls, bounded by the deadline; heartbeats are not observable.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     alice.leave("general").await;
     assert_eq!(bob.next_frame().await, system("general", "leave", &a));
