@@ -89,7 +89,7 @@ impl App {
                 .await
                 .context("cannot read or store the generated JWT key")?,
         };
-        let hasher = PasswordHasher::new(&config.auth.argon2)?;
+        let hasher = PasswordHasher::with_limits(&config.auth.argon2, config.auth.hash_limits())?;
         let keys = TokenKeys::new(secret.as_bytes(), config.auth.access_token_ttl.0);
         let auth = AuthService::new(store.clone(), hasher, keys, config.auth.refresh_token_ttl.0);
 

@@ -209,6 +209,13 @@ pub struct AuthConfig {
     /// How often each node looks for revoked accounts (disabled, password changed, signed out
     /// everywhere) and closes their live sessions: the bound on how long a revoked session runs.
     pub revocation_check_interval: HumanDuration,
+    /// Password hashes (register, login, set-password) running at once, each on its own
+    /// thread and holding `argon2.memory_kib`; 0 means one per core.
+    pub hash_concurrency: u32,
+    /// Password checks that may wait for a hashing thread; more are answered 503 at once.
+    pub hash_queue: u32,
+    /// Longest a password check waits for a hashing thread before it is answered 503.
+    pub hash_queue_timeout: HumanDuration,
     pub argon2: Argon2Config,
 }
 
@@ -317,6 +324,9 @@ impl Default for AuthConfig {
             access_token_ttl: HumanDuration(Duration::from_secs(15 * 60)),
             refresh_token_ttl: HumanDuration(Duration::from_secs(30 * 24 * 3600)),
             revocation_check_interval: HumanDuration(Duration::from_secs(2)),
+            hash_concurrency: 0,
+            hash_queue: 32,
+            hash_queue_timeout: HumanDuration(Duration::from_secs(2)),
             argon2: Argon2Config::default(),
         }
     }
@@ -369,6 +379,17 @@ impl Default for ShutdownConfig {
 pub enum DatabaseKind {
     Sqlite,
     Postgres,
+}
+
+impl AuthConfig {
+    /// The bounds on password hashing, as the hasher takes them.
+    pub fn hash_limits(&self) -> crate::auth::password::HashLimits {
+        crate::auth::password::HashLimits {
+            concurrency: self.hash_concurrency as usize,
+            queue: self.hash_queue as usize,
+            queue_timeout: self.hash_queue_timeout.0,
+        }
+    }
 }
 
 impl Config {
@@ -446,6 +467,9 @@ impl Config {
             return Err(ConfigError::invalid("auth.revocation_check_interval", "out of range; use 100ms to 60s"));
         }
         in_range("auth.argon2.memory_kib", self.auth.argon2.memory_kib, 8, 4 * 1024 * 1024)?;
+        in_range("auth.hash_concurrency", self.auth.hash_concurrency, 0, 256)?;
+        in_range("auth.hash_queue", self.auth.hash_queue, 0, 100_000)?;
+        duration_in_range("auth.hash_queue_timeout", self.auth.hash_queue_timeout, 0, 60)?;
         in_range("auth.argon2.iterations", self.auth.argon2.iterations, 1, 100)?;
         in_range("auth.argon2.parallelism", self.auth.argon2.parallelism, 1, 64)?;
         for origin in &self.http.cors_origins.0 {

@@ -19,6 +19,9 @@ pub const MESSAGES_DELIVERED: &str = "confab_messages_delivered_total";
 pub const STORE_QUERY_DURATION: &str = "confab_store_query_duration_seconds";
 pub const BUS_PUBLISH_ERRORS: &str = "confab_bus_publish_errors_total";
 pub const AUTH_RATE_LIMITED: &str = "confab_auth_rate_limited_total";
+pub const AUTH_HASH_RUNNING: &str = "confab_auth_hash_running";
+pub const AUTH_HASH_QUEUED: &str = "confab_auth_hash_queued";
+pub const AUTH_HASH_REJECTED: &str = "confab_auth_hash_rejected_total";
 pub const WS_SESSIONS_REFUSED: &str = "confab_ws_sessions_refused_total";
 pub const CHAT_RATE_LIMITED: &str = "confab_chat_rate_limited_total";
 
@@ -67,6 +70,9 @@ fn describe() {
     metrics::describe_histogram!(STORE_QUERY_DURATION, metrics::Unit::Seconds, "store query latency");
     metrics::describe_counter!(BUS_PUBLISH_ERRORS, "failed publishes to the fan-out bus");
     metrics::describe_counter!(AUTH_RATE_LIMITED, "auth requests refused by the per-IP rate limit");
+    metrics::describe_gauge!(AUTH_HASH_RUNNING, "password hashes running on the hashing threads");
+    metrics::describe_gauge!(AUTH_HASH_QUEUED, "password hashes waiting for a hashing thread");
+    metrics::describe_counter!(AUTH_HASH_REJECTED, "password checks refused as busy, by reason");
     metrics::describe_counter!(WS_SESSIONS_REFUSED, "WebSocket sessions refused after authentication, by reason");
     metrics::describe_counter!(CHAT_RATE_LIMITED, "chat commands refused by a per-user rate limit, by command");
 }

@@ -54,6 +54,7 @@ impl AuthError {
             Self::Disabled => "account_disabled",
             Self::InvalidRefreshToken | Self::Unauthorized => "unauthorized",
             Self::Store(e) if e.is_unavailable() => "unavailable",
+            Self::Hash(password::HashError::Busy { .. }) => "busy",
             Self::Store(_) | Self::Hash(_) => "internal",
         }
     }
@@ -122,7 +123,7 @@ impl AuthService {
             Some(c) => (Some(c.user), Some(c.password_hash)),
             None => (None, None),
         };
-        if !self.hasher.verify(password.to_owned(), hash).await {
+        if !self.hasher.verify(password.to_owned(), hash).await? {
             return Err(AuthError::InvalidCredentials);
         }
         let user = user.ok_or(AuthError::InvalidCredentials)?;

@@ -42,9 +42,10 @@ pub enum ApiError {
     /// Too many requests from this client; retry after `Retry-After` seconds.
     #[oai(status = 429)]
     TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
-    /// A dependency (database) is unavailable; retry later.
+    /// A dependency (database) is unavailable, or the server is too busy (password checks);
+    /// retry after `Retry-After` seconds.
     #[oai(status = 503)]
-    Unavailable(Json<ErrorBody>),
+    Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
     /// Something failed on the server; details are in its log, not here.
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
@@ -72,7 +73,7 @@ impl ApiError {
     }
 
     pub fn unavailable() -> Self {
-        Self::Unavailable(body("service temporarily unavailable, try again later", "unavailable"))
+        Self::Unavailable(body("service temporarily unavailable, try again later", "unavailable"), 1)
     }
 
     /// As a `poem::Error`, for places that must return one (security scheme checkers).
@@ -98,6 +99,10 @@ impl From<AuthError> for ApiError {
             }
             AuthError::Disabled => Self::Forbidden(body(e.to_string(), code)),
             AuthError::Store(e) => e.into(),
+            AuthError::Hash(crate::auth::password::HashError::Busy { retry_after }) => {
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                Self::Unavailable(body(e.to_string(), code), secs.max(1))
+            }
             AuthError::Hash(e) => {
                 tracing::error!(error = %e, "password hashing failed");
                 Self::internal()

@@ -18,6 +18,7 @@ both_backends!(
     a_session_cannot_join_more_rooms_than_its_cap,
     look_alike_emails_are_one_account_or_refused,
     invalid_utf8_closes_with_1007_and_old_websocket_versions_get_426,
+    a_login_storm_is_bounded_by_the_hashing_threads_and_answered_503,
 );
 
 /// The value of the Prometheus sample whose line starts with `series` (name and labels), 0 if
@@ -182,4 +183,46 @@ async fn invalid_utf8_closes_with_1007_and_old_websocket_versions_get_426(backen
     // The node serves everyone else meanwhile.
     let (_, mut bob) = connect_user(&app, "bob@example.com").await;
     bob.ping().await;
+}
+
+async fn a_login_storm_is_bounded_by_the_hashing_threads_and_answered_503(backend: Backend) {
+    // One hashing thread, nobody waiting, and a hash that takes a while: parallel logins (no
+    // account needed) beyond the one running are refused with 503 and Retry-After, not queued
+    // without bound in memory.
+    let app = spawn_chat_node(backend, |c| {
+        c.auth.argon2 = confab::config::Argon2Config { memory_kib: 16 * 1024, iterations: 6, parallelism: 1 };
+        c.auth.hash_concurrency = 1;
+        c.auth.hash_queue = 0;
+    })
+    .await;
+    let rejected_before = metric(&app, "confab_auth_hash_rejected_total{reason=\"queue_full\"}").await;
+    let storm: Vec<_> = (0..20)
+        .map(|i| {
+            let (client, url) = (app.client.clone(), app.url("/api/auth/login"));
+            tokio::spawn(async move {
+                let body = json!({ "email": format!("nobody{i}@example.com"), "password": PASSWORD });
+                client.post(url).json(&body).send().await.expect("login request")
+            })
+        })
+        .collect();
+    let (mut refused, mut answered) = (0, 0);
+    for request in storm {
+        let resp = request.await.expect("task");
+        match resp.status() {
+            StatusCode::UNAUTHORIZED => answered += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                let retry: u64 = resp.headers()["retry-after"].to_str().expect("ascii").parse().expect("seconds");
+                assert!(retry >= 1, "Retry-After {retry}");
+                expect_error(resp, StatusCode::SERVICE_UNAVAILABLE, "busy").await;
+                refused += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(answered >= 1 && refused >= 1, "answered {answered}, refused {refused}");
+    let rejected_after = metric(&app, "confab_auth_hash_rejected_total{reason=\"queue_full\"}").await;
+    assert!(rejected_after >= rejected_before + f64::from(refused), "{rejected_before} -> {rejected_after}");
+    // Once the storm is over, logins work again.
+    let session = app.register("late@example.com").await;
+    assert_eq!(app.login("late@example.com", PASSWORD).await.user_id, session.user_id);
 }
