@@ -239,6 +239,12 @@ pub struct HttpConfig {
     pub trusted_proxies: List,
     /// Send `Strict-Transport-Security` (only behind HTTPS).
     pub hsts: bool,
+    /// A request's headers must arrive whole within this, and an idle keep-alive connection
+    /// is closed after it: half-sent requests cannot hold connections open.
+    pub header_read_timeout: HumanDuration,
+    /// Open connections (WebSockets included) per client address; trusted proxies are exempt.
+    /// 0 means no limit.
+    pub max_connections_per_ip: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -340,7 +346,14 @@ impl Default for Argon2Config {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { cors_origins: List::default(), body_limit: 64 * 1024, trusted_proxies: List::default(), hsts: false }
+        Self {
+            cors_origins: List::default(),
+            body_limit: 64 * 1024,
+            trusted_proxies: List::default(),
+            hsts: false,
+            header_read_timeout: HumanDuration(Duration::from_secs(10)),
+            max_connections_per_ip: 256,
+        }
     }
 }
 
@@ -491,6 +504,8 @@ impl Config {
         }
         self.trusted_proxies()?;
         in_range("http.body_limit", self.http.body_limit, 1024, 64 * 1024 * 1024)?;
+        duration_in_range("http.header_read_timeout", self.http.header_read_timeout, 1, 3600)?;
+        in_range("http.max_connections_per_ip", self.http.max_connections_per_ip, 0, 10_000_000)?;
         in_range("chat.message_max_len", self.chat.message_max_len, 1, 100_000)?;
         in_range("limits.auth_per_minute", self.limits.auth_per_minute, 0, 1_000_000)?;
         in_range("limits.messages_per_second", self.limits.messages_per_second, 0, 1_000_000)?;

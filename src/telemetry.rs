@@ -12,6 +12,8 @@ use crate::config::LogFormat;
 
 pub const HTTP_REQUESTS: &str = "confab_http_requests_total";
 pub const HTTP_DURATION: &str = "confab_http_request_duration_seconds";
+pub const HTTP_CONNECTIONS: &str = "confab_http_connections";
+pub const HTTP_CONNECTIONS_REFUSED: &str = "confab_http_connections_refused_total";
 pub const WS_SESSIONS: &str = "confab_ws_sessions";
 pub const WS_SESSIONS_CLOSED: &str = "confab_ws_sessions_closed_total";
 pub const MESSAGES_STORED: &str = "confab_messages_stored_total";
@@ -63,6 +65,8 @@ pub fn metrics_handle() -> PrometheusHandle {
 fn describe() {
     metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status");
     metrics::describe_histogram!(HTTP_DURATION, metrics::Unit::Seconds, "HTTP request latency");
+    metrics::describe_gauge!(HTTP_CONNECTIONS, "open client connections, upgraded WebSockets included");
+    metrics::describe_counter!(HTTP_CONNECTIONS_REFUSED, "connections closed at accept, by reason");
     metrics::describe_gauge!(WS_SESSIONS, "open WebSocket sessions");
     metrics::describe_counter!(WS_SESSIONS_CLOSED, "WebSocket sessions closed, by reason");
     metrics::describe_counter!(MESSAGES_STORED, "messages durably stored by this node");

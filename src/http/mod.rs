@@ -6,6 +6,7 @@ pub mod api;
 pub mod error;
 mod middleware;
 mod ops;
+pub mod server;
 mod ui;
 pub mod ws;
 

@@ -2,8 +2,17 @@
 //! test pushes past a bound and checks the clear answer, that nothing is lost, that the bound is
 //! counted in `/metrics`, and that the node serves everyone else meanwhile.
 
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
 use reqwest::StatusCode;
 use serde_json::json;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
 
 use crate::{
     common::{Backend, both_backends},
@@ -19,6 +28,8 @@ both_backends!(
     look_alike_emails_are_one_account_or_refused,
     invalid_utf8_closes_with_1007_and_old_websocket_versions_get_426,
     a_login_storm_is_bounded_by_the_hashing_threads_and_answered_503,
+    half_sent_requests_and_idle_connections_are_closed_after_the_header_timeout,
+    connections_per_address_are_capped_websockets_included,
 );
 
 /// The value of the Prometheus sample whose line starts with `series` (name and labels), 0 if
@@ -186,13 +197,13 @@ async fn invalid_utf8_closes_with_1007_and_old_websocket_versions_get_426(backen
 }
 
 async fn a_login_storm_is_bounded_by_the_hashing_threads_and_answered_503(backend: Backend) {
-    // One hashing thread, nobody waiting, and a hash that takes a while: parallel logins (no
-    // account needed) beyond the one running are refused with 503 and Retry-After, not queued
-    // without bound in memory.
+    // One hashing thread, one waiting place, and a hash that takes a while: parallel logins (no
+    // account needed) beyond those are refused with 503 and Retry-After, not queued without
+    // bound in memory.
     let app = spawn_chat_node(backend, |c| {
         c.auth.argon2 = confab::config::Argon2Config { memory_kib: 16 * 1024, iterations: 6, parallelism: 1 };
         c.auth.hash_concurrency = 1;
-        c.auth.hash_queue = 0;
+        c.auth.hash_queue = 1;
     })
     .await;
     let rejected_before = metric(&app, "confab_auth_hash_rejected_total{reason=\"queue_full\"}").await;
@@ -225,4 +236,104 @@ async fn a_login_storm_is_bounded_by_the_hashing_threads_and_answered_503(backen
     // Once the storm is over, logins work again.
     let session = app.register("late@example.com").await;
     assert_eq!(app.login("late@example.com", PASSWORD).await.user_id, session.user_id);
+}
+
+/// Reads until the server closes `conn` (EOF or reset), within `within`; returns what it sent.
+async fn closed_by_server(conn: &mut TcpStream, within: Duration) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let Ok(read) = tokio::time::timeout_at(deadline, conn.read(&mut buf)).await else {
+            panic!("the server kept the connection open past {within:?}; it sent {got:?}")
+        };
+        match read {
+            Ok(0) | Err(_) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+async fn half_sent_requests_and_idle_connections_are_closed_after_the_header_timeout(backend: Backend) {
+    let app = spawn_chat_node(backend, |c| {
+        c.http.header_read_timeout = confab::config::HumanDuration(Duration::from_secs(1));
+    })
+    .await;
+    // Slowloris: a request whose headers never end, dribbled a byte every 300 ms, which would
+    // keep it open for ever if the timeout restarted with each byte.
+    let mut slow = TcpStream::connect(app.addr).await.expect("connect");
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: confab\r\n").await.expect("write");
+    let started = Instant::now();
+    let dribbled = async {
+        let (mut rd, mut wr) = slow.split();
+        let mut buf = [0u8; 1024];
+        loop {
+            tokio::select! {
+                r = rd.read(&mut buf) => if matches!(r, Ok(0) | Err(_)) { break started.elapsed() },
+                () = tokio::time::sleep(Duration::from_millis(300)) => { let _ = wr.write_all(b"X").await; }
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "still open after 20 s of dribbling");
+        }
+    };
+    // Meanwhile a whole request on another connection is served.
+    let (closed_after, health) = tokio::join!(dribbled, app.get("/health"));
+    assert_eq!(health.status(), StatusCode::OK);
+    // The timeout is 1 s; the bound leaves room for a busy machine.
+    assert!(closed_after < Duration::from_secs(10), "closed only after {closed_after:?}");
+
+    // An idle keep-alive connection, after a complete exchange, is closed too.
+    let mut idle = TcpStream::connect(app.addr).await.expect("connect");
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: confab\r\n\r\n").await.expect("write");
+    let answer = closed_by_server(&mut idle, Duration::from_secs(10)).await;
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+}
+
+/// A TCP connection to `app` from the loopback address `source`.
+async fn connect_from(app: &TestApp, source: IpAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket.bind(SocketAddr::new(source, 0)).expect("bind the source address");
+    socket.connect(app.addr).await.expect("connect")
+}
+
+async fn connections_per_address_are_capped_websockets_included(backend: Backend) {
+    let app = spawn_chat_node(backend, |c| c.http.max_connections_per_ip = 3).await;
+    // Mallory's machine is 127.0.0.2; everything else here comes from 127.0.0.1.
+    let mallory_ip: IpAddr = [127, 0, 0, 2].into();
+    let mallory = app.register("mallory@example.com").await;
+    let mut ws = TestSocket::connect_from(&app, &mallory.token, mallory_ip).await;
+    // The WebSocket is one; two more connections make three, each served.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut conn = connect_from(&app, mallory_ip).await;
+        conn.write_all(b"GET /health HTTP/1.1\r\nHost: confab\r\n\r\n").await.expect("write");
+        let mut buf = [0u8; 12];
+        conn.read_exact(&mut buf).await.expect("an answer");
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        held.push(conn);
+    }
+    let refused_before = metric(&app, "confab_http_connections_refused_total{reason=\"per_ip\"}").await;
+    // The fourth is closed at once, before a byte of HTTP.
+    let mut fourth = connect_from(&app, mallory_ip).await;
+    let _ = fourth.write_all(b"GET /health HTTP/1.1\r\nHost: confab\r\n\r\n").await;
+    assert!(closed_by_server(&mut fourth, Duration::from_secs(10)).await.is_empty(), "served past the cap");
+    let refused_after = metric(&app, "confab_http_connections_refused_total{reason=\"per_ip\"}").await;
+    assert!(refused_after > refused_before, "{refused_before} -> {refused_after}");
+    // Other addresses are not affected, and mallory's open ones still work.
+    let (_, mut bob) = connect_user(&app, "bob@example.com").await;
+    bob.ping().await;
+    ws.ping().await;
+
+    // Closing one frees its place (the server notices the close, so poll for it).
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut conn = connect_from(&app, mallory_ip).await;
+        let _ = conn.write_all(b"GET /health HTTP/1.1\r\nHost: confab\r\nConnection: close\r\n\r\n").await;
+        let answer = closed_by_server(&mut conn, Duration::from_secs(10)).await;
+        if answer.starts_with(b"HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the closed connection's place was never freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -462,6 +462,34 @@ impl TestSocket {
         Self::upgrade(ws_request(app, Some(token))).await
     }
 
+    /// Connects to `/ws` from the loopback address `source` (say 127.0.0.2), as a client on
+    /// another machine would, and expects `hello`.
+    pub async fn connect_from(app: &TestApp, token: &str, source: std::net::IpAddr) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket.bind(std::net::SocketAddr::new(source, 0)).expect("bind the source address");
+        let stream = tokio::time::timeout(TIMEOUT, socket.connect(app.addr)).await.expect("connect in time");
+        let stream = stream.expect("connect");
+        let req = ws_request(app, Some(token));
+        let Ok(result) =
+            tokio::time::timeout(TIMEOUT, tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream))).await
+        else {
+            panic!("the handshake timed out")
+        };
+        let (ws, resp) = result.unwrap_or_else(|e| panic!("the upgrade failed: {e}"));
+        assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+        let mut socket = Self {
+            ws,
+            hello: Value::Null,
+            user_id: String::new(),
+            email: String::new(),
+            node: String::new(),
+            refs: 0,
+            buffered: VecDeque::new(),
+        };
+        let hello = socket.next_frame().await;
+        Self::greeted(socket, hello)
+    }
+
     /// The upgrade alone: 101 is required.
     async fn upgrade(req: tungstenite::handshake::client::Request) -> Self {
         let uri = req.uri().clone();

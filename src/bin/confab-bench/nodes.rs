@@ -154,6 +154,7 @@ impl Targets {
                 ("CONFAB_LIMITS__MESSAGES_PER_SECOND", "0"),
                 ("CONFAB_LIMITS__JOINS_PER_SECOND", "0"),
                 ("CONFAB_WS__MAX_SESSIONS_PER_USER", "0"),
+                ("CONFAB_HTTP__MAX_CONNECTIONS_PER_IP", "0"),
                 ("CONFAB_AUTH__ARGON2__MEMORY_KIB", "64"),
                 ("CONFAB_AUTH__ARGON2__ITERATIONS", "1"),
                 ("CONFAB_LOG_LEVEL", "warn"),
