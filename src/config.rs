@@ -287,6 +287,12 @@ pub struct WsConfig {
     /// Open WebSocket sessions (native and Socket.IO together) one account may have on this
     /// node; one more is refused with close code 1008. 0 means no limit.
     pub max_sessions_per_user: u32,
+    /// How long a new connection may take to authenticate (the Socket.IO CONNECT, over
+    /// polling or WebSocket) before it is dropped.
+    pub handshake_timeout: HumanDuration,
+    /// Socket.IO long-polling connections not yet upgraded to WebSocket; one more is answered
+    /// 503 `busy`.
+    pub max_pending_handshakes: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -377,6 +383,8 @@ impl Default for WsConfig {
             ping_interval: HumanDuration(Duration::from_secs(25)),
             idle_timeout: HumanDuration(Duration::from_secs(60)),
             max_sessions_per_user: 20,
+            handshake_timeout: HumanDuration(Duration::from_secs(10)),
+            max_pending_handshakes: 1024,
         }
     }
 }
@@ -514,6 +522,8 @@ impl Config {
         in_range("limits.join_burst", self.limits.join_burst, 1, 1_000_000)?;
         in_range("chat.max_rooms_per_session", self.chat.max_rooms_per_session, 1, 100_000)?;
         in_range("ws.max_sessions_per_user", self.ws.max_sessions_per_user, 0, 1_000_000)?;
+        duration_in_range("ws.handshake_timeout", self.ws.handshake_timeout, 1, 600)?;
+        in_range("ws.max_pending_handshakes", self.ws.max_pending_handshakes, 1, 10_000_000)?;
         in_range("ws.max_frame", self.ws.max_frame, 1024, 16 * 1024 * 1024)?;
         in_range("ws.outbound_queue", self.ws.outbound_queue, 8, 1_000_000)?;
         duration_in_range("ws.ping_interval", self.ws.ping_interval, 1, 3600)?;

@@ -14,6 +14,7 @@ pub const HTTP_REQUESTS: &str = "confab_http_requests_total";
 pub const HTTP_DURATION: &str = "confab_http_request_duration_seconds";
 pub const HTTP_CONNECTIONS: &str = "confab_http_connections";
 pub const HTTP_CONNECTIONS_REFUSED: &str = "confab_http_connections_refused_total";
+pub const ENGINEIO_PENDING: &str = "confab_engineio_pending_sessions";
 pub const WS_SESSIONS: &str = "confab_ws_sessions";
 pub const WS_SESSIONS_CLOSED: &str = "confab_ws_sessions_closed_total";
 pub const MESSAGES_STORED: &str = "confab_messages_stored_total";
@@ -66,7 +67,8 @@ fn describe() {
     metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status");
     metrics::describe_histogram!(HTTP_DURATION, metrics::Unit::Seconds, "HTTP request latency");
     metrics::describe_gauge!(HTTP_CONNECTIONS, "open client connections, upgraded WebSockets included");
-    metrics::describe_counter!(HTTP_CONNECTIONS_REFUSED, "connections closed at accept, by reason");
+    metrics::describe_counter!(HTTP_CONNECTIONS_REFUSED, "connections refused before they became sessions, by reason");
+    metrics::describe_gauge!(ENGINEIO_PENDING, "Socket.IO polling connections not yet upgraded (as of the last open)");
     metrics::describe_gauge!(WS_SESSIONS, "open WebSocket sessions");
     metrics::describe_counter!(WS_SESSIONS_CLOSED, "WebSocket sessions closed, by reason");
     metrics::describe_counter!(MESSAGES_STORED, "messages durably stored by this node");

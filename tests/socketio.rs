@@ -456,6 +456,44 @@ async fn unknown_transports_and_old_engine_io_versions_get_a_clear_400() {
 
 /// The long-polling start of a default `io(url)` client: OPEN offering the upgrade, CONNECT
 /// answered through the next poll, an event sent before the upgrade replayed after it, and the
+/// Polling handshakes need no login, so they are bounded: at most `ws.max_pending_handshakes`
+/// at once (one more gets 503 `busy`), and one that does not authenticate within
+/// `ws.handshake_timeout` is dropped, making room. Over WebSocket, a connection that sends no
+/// CONNECT within the timeout is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_handshakes_are_capped_and_expire() {
+    let node = sqlite_node(|c| {
+        c.ws.max_pending_handshakes = 2;
+        c.ws.handshake_timeout = HumanDuration(Duration::from_secs(1));
+    })
+    .await;
+    let base = node.url("/socket.io/?EIO=4&transport=polling");
+    let open = || async { node.http.get(&base).send().await.expect("GET open") };
+    let started = std::time::Instant::now();
+    for _ in 0..2 {
+        assert_eq!(open().await.status(), 200);
+    }
+    let refused = open().await;
+    assert_eq!(refused.status(), 503);
+    let body: Value = refused.json().await.expect("JSON");
+    assert_eq!(body["code"], "busy", "{body}");
+    // Once the two have been pending past the handshake timeout, they make room.
+    let deadline = started + Duration::from_secs(20);
+    loop {
+        let resp = open().await;
+        if resp.status() == 200 {
+            assert!(started.elapsed() >= Duration::from_secs(1), "room was made before the timeout");
+            break;
+        }
+        assert_eq!(resp.status(), 503);
+        assert!(std::time::Instant::now() < deadline, "expired handshakes never made room");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A WebSocket that never sends CONNECT is closed after the timeout.
+    let (mut silent, _) = Sio::open(node.addr).await;
+    silent.expect_closed(TIMEOUT).await;
+}
+
 /// pending poll released with a noop once the WebSocket takes over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_start_hands_over_to_the_websocket() {

@@ -260,9 +260,11 @@ async fn finish_upgrade(
     session: &polling::PollSession,
     state: &AppState,
 ) -> Option<(Identity, Vec<Utf8Bytes>, Vec<String>)> {
-    let wait = state.config.ws.idle_timeout.0;
+    let deadline = tokio::time::Instant::now() + state.config.ws.handshake_timeout.0;
     loop {
-        let Message::Text(text) = tokio::time::timeout(wait, socket.ws.next()).await.ok()??.ok()? else { continue };
+        let Message::Text(text) = tokio::time::timeout_at(deadline, socket.ws.next()).await.ok()??.ok()? else {
+            continue;
+        };
         match text.as_str() {
             "2probe" => socket.send_now(Utf8Bytes::from_static("3probe")).await?,
             "5" => break,
@@ -281,10 +283,11 @@ async fn finish_upgrade(
 /// Waits for a CONNECT to the default namespace with a valid token. Refused attempts get
 /// CONNECT_ERROR and may be retried on the same connection.
 async fn socketio_handshake(socket: &mut Socket, state: &AppState) -> Option<Identity> {
-    let ws = &state.config.ws;
+    // One deadline for the whole handshake: retries do not extend it.
+    let deadline = tokio::time::Instant::now() + state.config.ws.handshake_timeout.0;
     let mut attempts = 0;
     loop {
-        let frame = tokio::time::timeout(ws.idle_timeout.0, socket.ws.next()).await.ok()??.ok()?;
+        let frame = tokio::time::timeout_at(deadline, socket.ws.next()).await.ok()??.ok()?;
         let Message::Text(text) = frame else { continue };
         let answer = match socketio::parse(&text) {
             socketio::Packet::Connect { nsp: "/", auth } => {

@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 
 use super::Identity;
 use super::socketio;
-use crate::http::AppState;
+use crate::{http::AppState, telemetry};
 
 /// Engine.IO's packet separator in a polling payload.
 const SEPARATOR: char = '\u{1e}';
@@ -45,9 +45,21 @@ impl Registry {
         self.lock().remove(sid);
     }
 
-    fn insert(&self) -> Arc<PollSession> {
+    /// A new polling connection, unless `max` are pending already. Expired ones go first:
+    /// unauthenticated after `handshake_timeout`, any after [`UPGRADE_WITHIN`]. The scan is
+    /// bounded by `max`, so it stays cheap however many clients try.
+    fn insert(&self, max: usize, handshake_timeout: Duration) -> Option<Arc<PollSession>> {
         let mut map = self.lock();
-        map.retain(|_, s| s.created.elapsed() < UPGRADE_WITHIN);
+        if map.len() >= max {
+            map.retain(|_, s| {
+                let age = s.created.elapsed();
+                age < UPGRADE_WITHIN && (age < handshake_timeout || s.lock().user.is_some())
+            });
+            metrics::gauge!(telemetry::ENGINEIO_PENDING).set(f64::from(u32::try_from(map.len()).unwrap_or(u32::MAX)));
+            if map.len() >= max {
+                return None;
+            }
+        }
         let session = Arc::new(PollSession {
             sid: uuid::Uuid::new_v4().simple().to_string(),
             created: Instant::now(),
@@ -55,7 +67,8 @@ impl Registry {
             notify: Notify::new(),
         });
         map.insert(session.sid.clone(), Arc::clone(&session));
-        session
+        metrics::gauge!(telemetry::ENGINEIO_PENDING).set(f64::from(u32::try_from(map.len()).unwrap_or(u32::MAX)));
+        Some(session)
     }
 }
 
@@ -105,7 +118,15 @@ fn bad(message: &str) -> Response {
 
 /// `GET /socket.io/?EIO=4&transport=polling` without a sid: a new connection.
 pub fn open(state: &AppState) -> Response {
-    let session = state.polling.insert();
+    let ws = &state.config.ws;
+    let Some(session) = state.polling.insert(ws.max_pending_handshakes as usize, ws.handshake_timeout.0) else {
+        metrics::counter!(telemetry::HTTP_CONNECTIONS_REFUSED, "reason" => "engineio_pending").increment(1);
+        return super::json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many Socket.IO connections are opening at once; try again shortly",
+            "busy",
+        );
+    };
     text(StatusCode::OK, super::open_packet(state, &session.sid, true).to_string())
 }
 
