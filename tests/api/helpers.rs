@@ -477,15 +477,7 @@ impl TestSocket {
         };
         let (ws, resp) = result.unwrap_or_else(|e| panic!("the upgrade failed: {e}"));
         assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
-        let mut socket = Self {
-            ws,
-            hello: Value::Null,
-            user_id: String::new(),
-            email: String::new(),
-            node: String::new(),
-            refs: 0,
-            buffered: VecDeque::new(),
-        };
+        let mut socket = Self::over(ws);
         let hello = socket.next_frame().await;
         Self::greeted(socket, hello)
     }
@@ -498,6 +490,11 @@ impl TestSocket {
         };
         let (ws, resp) = result.unwrap_or_else(|e| panic!("{uri}: the upgrade failed: {e}"));
         assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+        Self::over(ws)
+    }
+
+    /// A client over an upgraded connection, before its `hello`.
+    fn over(ws: Ws) -> Self {
         Self {
             ws,
             hello: Value::Null,
