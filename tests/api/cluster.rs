@@ -75,11 +75,13 @@ async fn members_on_three_nodes_get_each_others_events_in_order() {
     assert_eq!(alice.next_frame().await, system("general", "join", &b));
     carol.join("general").await;
     assert_eq!(alice.next_frame().await, system("general", "join", &c));
-    assert_eq!(bob.next_frame().await, system("general", "join", &c));
+    // Alice's join, made on node 0, may reach node 1 after bob's own (events of different
+    // nodes have no order); carol's may likewise hear of alice and bob late.
+    assert_eq!(bob.next_frame_after_late_joins("general", &[&a]).await, system("general", "join", &c));
     carol.typing("general").await;
     let typing = json!({ "type": "typing", "room": "general", "userId": c.user_id, "email": c.email });
     assert_eq!(alice.next_frame().await, typing);
-    assert_eq!(bob.next_frame().await, typing);
+    assert_eq!(bob.next_frame_after_late_joins("general", &[&a]).await, typing);
 
     // One message from each node: everyone has all three, in seq order.
     let sent = [
@@ -112,9 +114,10 @@ async fn members_on_three_nodes_get_each_others_events_in_order() {
         }
     }
     alice.leave("general").await;
-    assert_eq!(bob.next_frame().await, system("general", "leave", &a));
-    assert_eq!(carol.next_frame().await, system("general", "leave", &a));
+    assert_eq!(bob.next_frame_after_late_joins("general", &[&a]).await, system("general", "leave", &a));
+    assert_eq!(carol.next_frame_after_late_joins("general", &[&a, &b]).await, system("general", "leave", &a));
     for socket in [&mut alice, &mut bob, &mut carol] {
+        socket.drop_late_joins("general", &[&a, &b]);
         socket.expect_no_frame_within(QUIET).await;
     }
 }
@@ -497,7 +500,7 @@ async fn a_redis_outage_mid_traffic_loses_and_repeats_nothing() {
 async fn clients_of_a_stopping_node_get_1001_and_resume_on_another() {
     let Some(mut cluster) = spawn_cluster(2, |_| {}).await else { return };
     let room = "moving";
-    let (_, mut alice) = connect_user(cluster.node(0), "alice@example.com").await;
+    let (a, mut alice) = connect_user(cluster.node(0), "alice@example.com").await;
     let (b, mut bob) = connect_user(cluster.node(1), "bob@example.com").await;
     alice.join(room).await;
     bob.join(room).await;
@@ -509,7 +512,9 @@ async fn clients_of_a_stopping_node_get_1001_and_resume_on_another() {
     let node1 = cluster.nodes.pop().expect("two nodes");
     let (stopped, frames) = tokio::join!(tokio::time::timeout(FRAME_TIMEOUT * 2, node1.stop()), bob.expect_close(1001));
     stopped.expect("node-1 stopped in time");
-    assert!(frames.is_empty(), "{frames:?}");
+    // Nothing but, perhaps, alice's join, made on node 0 and announced on node 1 after bob's own
+    // (events of different nodes have no order).
+    assert!(frames.iter().all(|f| f == &system(room, "join", &a)), "{frames:?}");
 
     for i in 4..=6 {
         alice.send(room, &format!("m{i}")).await;

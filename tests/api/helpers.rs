@@ -746,6 +746,24 @@ impl TestSocket {
         while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, self.ws.next()).await {}
     }
 
+    /// The next frame that is not the `system` join of one of `earlier` in `room`. A member that
+    /// joined on another node just before this one may be announced here late: events of
+    /// different nodes have no order (PROTOCOL.md), so such a join can follow this socket's own.
+    pub async fn next_frame_after_late_joins(&mut self, room: &str, earlier: &[&Session]) -> Value {
+        loop {
+            let frame = self.next_frame().await;
+            if !is_join_of(&frame, room, earlier) {
+                return frame;
+            }
+        }
+    }
+
+    /// Forgets kept frames that are late `system` joins of `earlier` in `room` (see
+    /// [`TestSocket::next_frame_after_late_joins`]).
+    pub fn drop_late_joins(&mut self, room: &str, earlier: &[&Session]) {
+        self.buffered.retain(|f| !is_join_of(f, room, earlier));
+    }
+
     /// Frames read but not yet handed out.
     pub fn unread(&self) -> &VecDeque<Value> {
         &self.buffered
@@ -850,4 +868,12 @@ pub async fn stored_messages(app: &TestApp, room: &str) -> Vec<confab::store::Me
         }
         all.extend(page);
     }
+}
+
+/// Whether `frame` is the `system` join of one of `users` in `room`.
+fn is_join_of(frame: &Value, room: &str, users: &[&Session]) -> bool {
+    frame["type"] == "system"
+        && frame["event"] == "join"
+        && frame["room"] == room
+        && users.iter().any(|u| frame["userId"] == u.user_id.as_str())
 }
