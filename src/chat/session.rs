@@ -528,8 +528,13 @@ impl State {
         if self.failure != Some(Failure::Broken) {
             self.failure = Some(failure);
         }
-        if failure == Failure::Broken {
-            self.queue = VecDeque::new();
+        match failure {
+            Failure::Broken => self.queue = VecDeque::new(),
+            // What a slow peer has not taken yet is dropped (it resumes with `since`), so the
+            // close frame that tells it so is next in line. The head may be partly written
+            // and is kept whole: the frames behind it start on a frame boundary.
+            Failure::Slow => self.queue.truncate(1),
+            Failure::Revoked(_) => {}
         }
         self.wake();
     }

@@ -497,6 +497,12 @@ impl End {
     }
 }
 
+impl End {
+    fn linger(self) -> Duration {
+        if self == Self::Slow { SLOW_CLOSE_LINGER } else { CLOSE_LINGER }
+    }
+}
+
 impl From<Failure> for End {
     fn from(failure: Failure) -> Self {
         match failure {
@@ -629,7 +635,7 @@ async fn run_session(
         let _ = out.send_text(codec.revoked(why));
     }
     out.begin_close();
-    Box::pin(finish(&mut socket.ws, &out, end.close_frame())).await;
+    Box::pin(finish(&mut socket.ws, &out, end.close_frame(), end.linger())).await;
     out.close();
     metrics::gauge!(telemetry::WS_SESSIONS, "transport" => codec.label()).decrement(1.0);
     metrics::counter!(telemetry::WS_SESSIONS_CLOSED, "reason" => end.label()).increment(1);
@@ -646,25 +652,33 @@ async fn refuse(mut socket: Box<Socket>, codec: Codec, e: &ChatError) {
     let _ = socket.out.send_text(why);
     socket.out.begin_close();
     let close = CloseFrame { code: CloseCode::Policy, reason: "too many connections for this account".into() };
-    Box::pin(finish(&mut socket.ws, &socket.out, Some(close))).await;
+    Box::pin(finish(&mut socket.ws, &socket.out, Some(close), CLOSE_LINGER)).await;
     socket.out.close();
 }
 
 /// Closes a connection that never became a session.
 async fn abandon(mut socket: Box<Socket>) {
     socket.out.begin_close();
-    Box::pin(finish(&mut socket.ws, &socket.out, None)).await;
+    Box::pin(finish(&mut socket.ws, &socket.out, None, CLOSE_LINGER)).await;
     socket.out.close();
 }
 
-/// Sends the close frame (or answers the client's) behind whatever is still queued, then ends
-/// the TCP connection without destroying what is still on its way to the peer: FIN, then read
-/// and discard whatever the peer still sends (the rest of an oversized frame, its close reply)
-/// until it hangs up, for at most a second each. Dropping a socket with unread input makes the
-/// kernel answer with a reset, and a peer that gets one loses the close frame and anything
-/// else it has not read yet.
-async fn finish(ws: &mut WebSocketStream<Duplex>, out: &Outbox, close: Option<CloseFrame>) {
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+/// How long a closing connection may take to take its close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// How long a consumer cut off as too slow has to read what was already on its way and then
+/// its 1013 close. Its queue is gone by then, so this holds only the descriptor and the
+/// kernel's buffers (and the per-address connection cap bounds how many).
+const SLOW_CLOSE_LINGER: Duration = Duration::from_secs(5);
+
+/// Sends the close frame (or answers the client's) behind whatever is still queued, waiting
+/// `linger` at most for the peer to take it, then ends the TCP connection without destroying
+/// what is still on its way to the peer: FIN, then read and discard whatever the peer still
+/// sends (the rest of an oversized frame, its close reply) until it hangs up, for at most a
+/// second. Dropping a socket with unread input makes the kernel answer with a reset, and a
+/// peer that gets one loses the close frame and anything else it has not read yet.
+async fn finish(ws: &mut WebSocketStream<Duplex>, out: &Outbox, close: Option<CloseFrame>, linger: Duration) {
+    let _ = tokio::time::timeout(linger, async {
         let _ = ws.close(close).await;
         let _ = out.drained().await;
     })
