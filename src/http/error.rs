@@ -5,7 +5,7 @@
 use poem::{IntoResponse, Response, http::StatusCode};
 use poem_openapi::{ApiResponse, Object, payload::Json};
 
-use crate::{auth::AuthError, store::StoreError};
+use crate::{auth::AuthError, domain::InvalidRoom, store::StoreError};
 
 /// Body of every error response.
 #[derive(Debug, Clone, Object)]
@@ -39,6 +39,9 @@ pub enum ApiError {
     /// The resource already exists (email taken).
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
+    /// The body is not sent as `Content-Type: application/json`.
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
     /// Too many requests from this client; retry after `Retry-After` seconds.
     #[oai(status = 429)]
     TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
@@ -86,6 +89,21 @@ impl ApiError {
 #[allow(clippy::needless_pass_by_value)] // the signature poem-openapi calls
 fn bad_request(err: poem::Error) -> ApiError {
     ApiError::bad_request(err.to_string(), "invalid_payload")
+}
+
+/// The refusal of a parameter that broke a rule the OpenAPI document states and poem-openapi
+/// checks (room name pattern, `limit` and `before` ranges), with the rule's own code and
+/// message. `detail` is poem-openapi's text for a bad parameter, which names it:
+/// ``failed to parse parameter `limit`: …``.
+pub fn rule_broken(detail: &str) -> Option<ApiError> {
+    let name = detail.strip_prefix("failed to parse parameter `")?.split('`').next()?;
+    let (message, code) = match name {
+        "room" => (InvalidRoom.to_string(), "invalid_room"),
+        "limit" => ("limit must be between 1 and 200".to_owned(), "invalid_limit"),
+        "before" => ("before must be a positive seq".to_owned(), "invalid_before"),
+        _ => return None,
+    };
+    Some(ApiError::bad_request(message, code))
 }
 
 impl From<AuthError> for ApiError {

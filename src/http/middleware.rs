@@ -1,6 +1,6 @@
 //! Middleware every response passes through.
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
 use poem::{
     Endpoint, IntoResponse, Middleware, Request, Response, Result,
@@ -125,6 +125,11 @@ impl<E: Endpoint> Endpoint for JsonErrorsEndpoint<E> {
         let (parts, body) = resp.into_parts();
         // poem's own errors carry a short plain-text reason; keep it as the human message.
         let detail = body.into_bytes_limit(1024).await.ok().and_then(|b| String::from_utf8(b.to_vec()).ok());
+        if status == StatusCode::BAD_REQUEST
+            && let Some(refusal) = detail.as_deref().and_then(error::rule_broken)
+        {
+            return Ok(refusal.into_response());
+        }
         let mut out = error::from_status(status, detail);
         for name in [header::RETRY_AFTER, header::ALLOW, header::WWW_AUTHENTICATE] {
             if let Some(v) = parts.headers.get(&name) {
@@ -132,6 +137,79 @@ impl<E: Endpoint> Endpoint for JsonErrorsEndpoint<E> {
             }
         }
         Ok(out)
+    }
+}
+
+/// Adds the `Allow` header RFC 9110 requires on a 405 to the answers of the OpenAPI routes,
+/// from the methods the OpenAPI document lists for the path (`HEAD` wherever `GET` is: poem
+/// answers it).
+pub struct AllowHeader {
+    routes: Arc<Vec<(Vec<String>, HeaderValue)>>,
+}
+
+impl AllowHeader {
+    /// `prefix` is where the API is nested; `spec` the OpenAPI document.
+    pub fn from_spec(prefix: &str, spec: &str) -> Self {
+        const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+        let doc: serde_json::Value = serde_json::from_str(spec).unwrap_or_default();
+        let routes = doc["paths"]
+            .as_object()
+            .map(|paths| {
+                paths
+                    .iter()
+                    .filter_map(|(path, ops)| {
+                        let mut methods: Vec<String> = ops
+                            .as_object()?
+                            .keys()
+                            .filter(|m| METHODS.contains(&m.as_str()))
+                            .map(|m| m.to_uppercase())
+                            .collect();
+                        if methods.iter().any(|m| m == "GET") && !methods.iter().any(|m| m == "HEAD") {
+                            methods.push("HEAD".into());
+                        }
+                        let value = HeaderValue::from_str(&methods.join(", ")).ok()?;
+                        Some((segments(&format!("{prefix}{path}")), value))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self { routes: Arc::new(routes) }
+    }
+}
+
+fn segments(path: &str) -> Vec<String> {
+    path.split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+impl<E: Endpoint> Middleware<E> for AllowHeader {
+    type Output = AllowHeaderEndpoint<E>;
+    fn transform(&self, inner: E) -> Self::Output {
+        AllowHeaderEndpoint { inner, routes: Arc::clone(&self.routes) }
+    }
+}
+
+pub struct AllowHeaderEndpoint<E> {
+    inner: E,
+    routes: Arc<Vec<(Vec<String>, HeaderValue)>>,
+}
+
+impl<E: Endpoint> Endpoint for AllowHeaderEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> Result<Response> {
+        let path = req.uri().path().to_owned();
+        let mut resp = flatten(self.inner.call(req).await);
+        if resp.status() == StatusCode::METHOD_NOT_ALLOWED && !resp.headers().contains_key(header::ALLOW) {
+            let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+            let found = self.routes.iter().find(|(template, _)| {
+                template.len() == parts.len()
+                    && template.iter().zip(&parts).all(|(t, p)| (t.starts_with('{') && t.ends_with('}')) || t == p)
+            });
+            if let Some((_, allow)) = found {
+                resp.headers_mut().insert(header::ALLOW, allow.clone());
+            }
+        }
+        Ok(resp)
     }
 }
 

@@ -64,6 +64,7 @@ pub struct Shared {
 /// All routes with their middleware.
 pub fn routes(state: AppState) -> impl Endpoint + 'static {
     let api = api::service();
+    let allow = middleware::AllowHeader::from_spec("/api", &api.spec());
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
     let config = Arc::clone(&state.config);
@@ -96,6 +97,7 @@ pub fn routes(state: AppState) -> impl Endpoint + 'static {
         .with(middleware::SameOrigin)
         .with(middleware::BodyLimit::new(config.http.body_limit))
         .with(middleware::JsonErrors)
+        .with(allow)
         .with(middleware::SecurityHeaders::new(config.http.hsts))
         .with(middleware::AccessLog)
         .data(state)

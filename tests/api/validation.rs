@@ -30,15 +30,14 @@ async fn missing_fields_and_wrong_types_are_400_invalid_payload() {
             assert_eq!(error["code"], "invalid_payload", "{path} {body}: {error}");
             assert!(error["error"].as_str().is_some_and(|e| !e.is_empty()), "{error}");
         }
-        // Scalars where strings belong are turned into strings by the OpenAPI layer, and then
-        // fail the email or password rules: still a 400 with the error shape.
-        for (body, code) in [
-            (json!({ "email": 42, "password": PASSWORD }), "invalid_email"),
-            (json!({ "email": "a@example.com", "password": true }), "invalid_password"),
-        ] {
+        // Scalars where strings belong: registration takes nothing but strings, as its schema
+        // says; login turns them into text, which then matches no account.
+        for body in
+            [json!({ "email": 42, "password": PASSWORD }), json!({ "email": "a@example.com", "password": true })]
+        {
             let resp = app.post_json(path, &body).await;
             if path.ends_with("register") {
-                expect_error(resp, StatusCode::BAD_REQUEST, code).await;
+                expect_error(resp, StatusCode::BAD_REQUEST, "invalid_payload").await;
             } else {
                 // Login never says which rule a credential broke.
                 expect_error(resp, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
@@ -151,4 +150,50 @@ async fn a_wrong_method_is_405_in_json() {
     expect_error(app.get("/api/auth/login").await, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
     let resp = app.client.delete(app.url("/api/me")).send().await.expect("send");
     expect_error(resp, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
+}
+
+#[tokio::test]
+async fn a_405_under_api_says_which_methods_the_path_allows() {
+    let app = spawn_app(Backend::Sqlite).await;
+    for (method, path, allow) in [
+        ("DELETE", "/api/rooms", "GET, HEAD"),
+        ("TRACE", "/api/me", "GET, HEAD"),
+        ("PUT", "/api/messages/general", "GET, HEAD"),
+        ("GET", "/api/auth/login", "POST"),
+        ("DELETE", "/api/auth/register", "POST"),
+    ] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let resp = app.client.request(method.clone(), app.url(path)).send().await.expect("request");
+        assert_eq!(resp.headers().get("allow").and_then(|v| v.to_str().ok()), Some(allow), "{method} {path}");
+        expect_error(resp, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
+    }
+}
+
+/// What the server checks, the OpenAPI document states: clients (and schemathesis) can rely
+/// on it.
+#[tokio::test]
+async fn the_openapi_document_states_the_rules_the_server_checks() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let doc = expect_json(app.get("/api/openapi.json").await, StatusCode::OK).await;
+    let history = &doc["paths"]["/messages/{room}"]["get"];
+    let param = |name: &str| {
+        history["parameters"].as_array().expect("parameters").iter().find(|p| p["name"] == name).expect("param")["schema"]
+            .clone()
+    };
+    assert_eq!(param("room")["pattern"], "^[A-Za-z0-9:_-]{1,64}$");
+    assert_eq!((param("limit")["minimum"].as_f64(), param("limit")["maximum"].as_f64()), (Some(1.0), Some(200.0)));
+    assert_eq!(param("before")["minimum"].as_f64(), Some(1.0));
+    let register = &doc["components"]["schemas"]["RegisterBody"]["properties"];
+    assert_eq!(register["password"]["minLength"], 8);
+    assert_eq!(register["password"]["maxLength"], 1024);
+    assert_eq!(register["email"]["maxLength"], 254);
+    for path in ["/auth/register", "/auth/login", "/auth/refresh", "/auth/logout"] {
+        assert!(doc["paths"][path]["post"]["responses"]["415"].is_object(), "{path} documents 415");
+    }
+    // And the parameter rules answer with their own codes.
+    let session = app.register("rules@example.com").await;
+    for (query, code) in [("messages/bad%20room", "invalid_room"), ("messages/general?limit=201", "invalid_limit")] {
+        let resp = app.get_authed(&format!("/api/{query}"), &session.token).await;
+        expect_error(resp, StatusCode::BAD_REQUEST, code).await;
+    }
 }

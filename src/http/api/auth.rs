@@ -1,18 +1,112 @@
 //! `POST /api/auth/{register,login,refresh,logout}`.
 
+use std::borrow::Cow;
+
 use poem::Request;
-use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
+use poem_openapi::{
+    ApiResponse, Object, OpenApi,
+    payload::Json,
+    registry::{MetaSchema, MetaSchemaRef},
+    types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type},
+};
 
 use super::{ApiTags, UserView};
-use crate::http::{AppState, client_ip, error::ApiError};
+use crate::{
+    domain::Password,
+    http::{AppState, client_ip, error::ApiError},
+};
+
+/// A string field checked by the handler rather than by poem-openapi, and strictly a JSON
+/// string (poem's `String` would take `42` or `true` as text, which the schema says is not
+/// valid), documented with the rules the handler applies.
+macro_rules! checked_string {
+    ($(#[$doc:meta])* $name:ident, $title:literal, |$schema:ident| $describe:block) => {
+        $(#[$doc])*
+        struct $name(String);
+
+        impl Type for $name {
+            const IS_REQUIRED: bool = true;
+            type RawValueType = Self;
+            type RawElementValueType = Self;
+
+            fn name() -> Cow<'static, str> {
+                $title.into()
+            }
+
+            fn schema_ref() -> MetaSchemaRef {
+                let mut $schema = MetaSchema::new("string");
+                $describe
+                MetaSchemaRef::Inline(Box::new($schema))
+            }
+
+            fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+                Some(self)
+            }
+
+            fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+                Box::new(self.as_raw_value().into_iter())
+            }
+        }
+
+        impl ParseFromJSON for $name {
+            fn parse_from_json(value: Option<serde_json::Value>) -> ParseResult<Self> {
+                match value {
+                    Some(serde_json::Value::String(s)) => Ok(Self(s)),
+                    other => Err(ParseError::expected_type(other.unwrap_or_default())),
+                }
+            }
+        }
+
+        impl ToJSON for $name {
+            fn to_json(&self) -> Option<serde_json::Value> {
+                Some(serde_json::Value::String(self.0.clone()))
+            }
+        }
+    };
+}
+
+checked_string!(
+    /// A new account's email: `domain::Email`'s rules, internationalized addresses included.
+    NewEmail,
+    "string(email)",
+    |schema| {
+        schema.format = Some("email");
+        schema.max_length = Some(254);
+    }
+);
+
+checked_string!(
+    /// A new password: `domain::Password`'s length rules, in characters.
+    NewPassword,
+    "string(password)",
+    |schema| {
+        schema.format = Some("password");
+        schema.min_length = Some(Password::MIN_CHARS);
+        schema.max_length = Some(Password::MAX_CHARS);
+    }
+);
+
+/// Email and a new password.
+#[derive(Object)]
+#[oai(example)]
+struct RegisterBody {
+    /// Any valid address; stored trimmed, lowercased and NFKC-normalized.
+    email: NewEmail,
+    /// 8 to 1024 characters.
+    password: NewPassword,
+}
+
+impl poem_openapi::types::Example for RegisterBody {
+    fn example() -> Self {
+        Self { email: NewEmail("alice@example.com".into()), password: NewPassword("correct horse battery".into()) }
+    }
+}
 
 /// Email and password.
 #[derive(Object)]
 #[oai(example)]
 struct CredentialsBody {
-    /// Any valid address; stored trimmed and lowercased.
     email: String,
-    /// At least 8 characters.
     password: String,
 }
 
@@ -66,9 +160,9 @@ impl AuthApi {
     ///
     /// Rate limited per client IP (`limits.auth_per_minute`).
     #[oai(path = "/register", method = "post")]
-    async fn register(&self, req: &Request, body: Json<CredentialsBody>) -> Result<Json<SessionBody>, ApiError> {
+    async fn register(&self, req: &Request, body: Json<RegisterBody>) -> Result<Json<SessionBody>, ApiError> {
         let state = limited(req)?;
-        let (user, tokens) = state.auth.register(&body.email, &body.password).await?;
+        let (user, tokens) = state.auth.register(&body.email.0, &body.password.0).await?;
         Ok(Json(SessionBody {
             token: tokens.access,
             refresh_token: tokens.refresh,

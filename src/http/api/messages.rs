@@ -84,10 +84,13 @@ impl MessagesApi {
         req: &Request,
         _auth: BearerAuth,
         /// Room name: 1 to 64 characters of `A-Z a-z 0-9 : _ -`.
+        #[oai(validator(pattern = "^[A-Za-z0-9:_-]{1,64}$"))]
         room: Path<String>,
         /// How many messages, 1 to 200 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
         limit: Query<Option<i64>>,
         /// Only messages with a smaller seq.
+        #[oai(validator(minimum(value = "1")))]
         before: Query<Option<Seq>>,
     ) -> Result<Json<MessagesBody>, ApiError> {
         let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
