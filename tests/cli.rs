@@ -518,11 +518,24 @@ async fn serve_takes_a_listen_flag_and_idle_connections_do_not_delay_shutdown() 
     let dir = temp_dir();
     let addr = format!("127.0.0.1:{}", free_port());
     let mut cmd = confab(dir.path());
-    cmd.args(["serve", "--listen", &addr]).env("CONFAB_LISTEN", "127.0.0.1:1");
+    // The operator's own allocator setting wins over serve's.
+    cmd.args(["serve", "--listen", &addr]).env("CONFAB_LISTEN", "127.0.0.1:1").env("MALLOC_ARENA_MAX", "4");
     let mut server = Server::spawn(cmd, dir.path(), addr);
 
     let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().expect("client");
     server.wait_healthy(&client).await;
+    // serve executed itself again (same process, same arguments) with glibc's allocator
+    // settings it was started without.
+    let environ = std::fs::read(format!("/proc/{}/environ", server.pid)).expect("environ");
+    let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+    for var in [&b"MALLOC_MMAP_THRESHOLD_=1048576"[..], b"MALLOC_ARENA_MAX=4"] {
+        assert!(
+            vars.contains(&var),
+            "{} is not set: {:?}",
+            String::from_utf8_lossy(var),
+            String::from_utf8_lossy(&environ)
+        );
+    }
     // Keep-alive connections left idle by a client that is still around.
     for _ in 0..3 {
         client.get(server.url("/health")).send().await.expect("health").error_for_status().expect("200");
