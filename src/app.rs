@@ -106,6 +106,7 @@ impl App {
                 max_rooms_per_session: config.chat.max_rooms_per_session,
                 max_sessions_per_user: config.ws.max_sessions_per_user,
                 outbound_queue: config.ws.outbound_queue,
+                auto_create_rooms: config.rooms.auto_create,
             },
         );
         let node_id = config.node_id.clone().unwrap_or_else(|| format!("{}:{}", hostname(), local_addr.port()));

@@ -176,6 +176,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub http: HttpConfig,
     pub chat: ChatConfig,
+    pub rooms: RoomsConfig,
     pub limits: LimitsConfig,
     pub ws: WsConfig,
     pub shutdown: ShutdownConfig,
@@ -258,6 +259,21 @@ pub struct ChatConfig {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct RoomsConfig {
+    /// Joining a room that does not exist creates it as a public room (how the original
+    /// platform's clients use free-form room names); false: only rooms created with
+    /// `POST /api/rooms` can be joined.
+    pub auto_create: bool,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        Self { auto_create: true }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Register/login/refresh/logout requests per client IP per minute; 0 disables the limit.
     pub auth_per_minute: u32,
@@ -316,6 +332,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             http: HttpConfig::default(),
             chat: ChatConfig::default(),
+            rooms: RoomsConfig::default(),
             limits: LimitsConfig::default(),
             ws: WsConfig::default(),
             shutdown: ShutdownConfig::default(),

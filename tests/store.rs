@@ -8,7 +8,7 @@ use std::{collections::HashSet, sync::Arc};
 use chrono::{Duration, Utc};
 use confab::{
     domain::{RoomName, UserId},
-    store::{Appended, NewMessage, NewRefreshToken, Refreshed, Store, StoreError, User},
+    store::{Appended, NewMessage, NewRefreshToken, NewRoom, Refreshed, Role, RoomKind, Store, StoreError, User},
 };
 use uuid::Uuid;
 
@@ -80,6 +80,8 @@ both_backends!(
     rooms_are_listed_with_their_last_seq,
     concurrent_appends_to_one_room_get_seqs_one_to_n,
     concurrent_appends_with_one_client_id_store_one_message,
+    a_database_of_the_previous_release_keeps_its_rooms_public_and_its_writers_members,
+    rooms_are_created_once_and_list_public_ones_and_mine,
 );
 
 async fn migrating_again_applies_nothing(backend: Backend) {
@@ -538,4 +540,83 @@ async fn concurrent_appends_with_one_client_id_store_one_message(backend: Backen
         assert_eq!((appended.message.room.as_str(), appended.message.seq), (name, 1));
         assert_eq!(store.messages_after(&room(name), 0, 100).await.expect("read").len(), 1, "{name}");
     }
+}
+
+/// A database made by the release before rooms became entities (migrations 1 to 3), with
+/// messages in it, migrated now: each room is public, whoever wrote there is a member, and
+/// every message reads as before.
+async fn a_database_of_the_previous_release_keeps_its_rooms_public_and_its_writers_members(backend: Backend) {
+    use sqlx::Connection as _;
+    let db = TestDb::create(backend).await;
+    let store = Store::connect(backend.kind(), db.url(), 4).await.expect("connect");
+    let dir = match backend {
+        Backend::Sqlite => "migrations/sqlite",
+        Backend::Postgres => "migrations/postgres",
+    };
+    let mut old = sqlx::migrate::Migrator::new(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir))
+        .await
+        .expect("migrations");
+    old.migrations = std::borrow::Cow::Owned(old.migrations.iter().filter(|m| m.version <= 3).cloned().collect());
+    match backend {
+        Backend::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(db.url()).await.expect("sqlite");
+            old.run(&mut conn).await.expect("old schema");
+        }
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(db.url()).await.expect("postgres");
+            old.run(&mut conn).await.expect("old schema");
+        }
+    }
+    let writer = store.create_user("writer@example.com", "hash").await.expect("user");
+    let reader = store.create_user("reader@example.com", "hash").await.expect("user");
+    let general = room("general");
+    for text in ["one", "two"] {
+        store.append_message(message(&general, &writer, text, None)).await.expect("append");
+    }
+
+    assert_eq!(store.migrate().await.expect("migrate"), 1, "only the rooms migration is new");
+    let found = store.room(&general).await.expect("room").expect("general exists");
+    assert_eq!((found.kind, found.last_seq), (RoomKind::Public, 2));
+    assert_eq!(store.membership(&general, writer.id).await.expect("membership").map(|m| m.role), Some(Role::Member));
+    assert_eq!(store.membership(&general, reader.id).await.expect("membership"), None);
+    let listed = store.rooms_for(reader.id).await.expect("rooms");
+    assert_eq!(
+        listed.iter().map(|r| (r.room.name.as_str(), r.role.as_deref())).collect::<Vec<_>>(),
+        [("general", None)]
+    );
+    let history = store.messages_after(&general, 0, 10).await.expect("history");
+    assert_eq!(history.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["one", "two"]);
+}
+
+async fn rooms_are_created_once_and_list_public_ones_and_mine(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let owner = store.create_user("owner@example.com", "hash").await.expect("user");
+    let other = store.create_user("other@example.com", "hash").await.expect("user");
+    let new = |name: &str, kind| NewRoom { name: room(name), kind, title: None, topic: None, created_by: owner.id };
+    assert!(store.create_room(&new("open", RoomKind::Public), Some(owner.id)).await.expect("create"));
+    assert!(store.create_room(&new("closed", RoomKind::Private), Some(owner.id)).await.expect("create"));
+    assert!(
+        !store.create_room(&new("closed", RoomKind::Public), None).await.expect("create again"),
+        "the name is taken"
+    );
+    let names =
+        |rooms: Vec<confab::store::RoomListing>| rooms.into_iter().map(|r| (r.room.name, r.role)).collect::<Vec<_>>();
+    assert_eq!(
+        names(store.rooms_for(owner.id).await.expect("rooms")),
+        [("closed".to_owned(), Some("owner".to_owned())), ("open".to_owned(), Some("owner".to_owned()))]
+    );
+    assert_eq!(names(store.rooms_for(other.id).await.expect("rooms")), [("open".to_owned(), None)]);
+    assert!(store.add_member(&room("closed"), other.id, Role::Member).await.expect("add"));
+    assert!(
+        !store.add_member(&room("closed"), other.id, Role::Moderator).await.expect("add again"),
+        "a standing is kept"
+    );
+    assert_eq!(names(store.rooms_for(other.id).await.expect("rooms")).len(), 2);
+    let members = store.members(&room("closed"), 10).await.expect("members");
+    assert_eq!(
+        members.iter().map(|m| (m.email.as_str(), m.role)).collect::<Vec<_>>(),
+        [("owner@example.com", Role::Owner), ("other@example.com", Role::Member)]
+    );
+    assert!(store.remove_member(&room("closed"), other.id).await.expect("remove"));
+    assert!(!store.remove_member(&room("closed"), other.id).await.expect("remove again"));
 }

@@ -31,9 +31,9 @@ use self::{
 };
 use crate::{
     bus::Bus,
-    domain::{ClientId, Content, InvalidContent, RoomName, Seq},
+    domain::{ClientId, Content, InvalidContent, RoomName, Seq, UserId},
     ratelimit::KeyedLimiter,
-    store::{NewMessage, Store, StoreError, User},
+    store::{NewMessage, NewRoom, Role, RoomKind, Store, StoreError, User},
     telemetry,
 };
 /// At most one `typing` per user and room in this interval is passed on.
@@ -58,6 +58,10 @@ pub enum ChatError {
     TooManySessions { max: u32 },
     #[error("join the room before using it")]
     NotJoined,
+    #[error("no such room")]
+    NoSuchRoom,
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error("the server is shutting down or overloaded; try again")]
     Unavailable,
     #[error(transparent)]
@@ -74,6 +78,8 @@ impl ChatError {
             Self::RateLimited(_) => "rate_limited",
             Self::TooManySessions { .. } => "too_many_sessions",
             Self::NotJoined => "not_joined",
+            Self::NoSuchRoom => "not_found",
+            Self::Forbidden(_) => "forbidden",
             Self::Unavailable => "unavailable",
             Self::Store(e) if e.is_unavailable() => "unavailable",
             Self::Store(_) => "internal",
@@ -103,6 +109,8 @@ pub struct ChatSettings {
     pub max_rooms_per_session: usize,
     pub max_sessions_per_user: u32,
     pub outbound_queue: usize,
+    /// Joining an unknown room creates it (public).
+    pub auto_create_rooms: bool,
 }
 
 /// The chat core. Cheap to clone.
@@ -269,6 +277,9 @@ impl ChatService {
             return Err(ChatError::InvalidPayload(format!("a connection can be in at most {max_rooms} rooms")));
         }
         self.check_membership_rate(s)?;
+        if !rejoin {
+            self.admit(&name, s.user.id).await?;
+        }
         if let Some(old) = s.rooms.remove(&name) {
             self.remove_member(&old, s.id());
         }
@@ -307,6 +318,36 @@ impl ChatService {
             Start::Live { .. } => Joined { room: name, catch_up_from: None },
             Start::CatchUp { from, .. } => Joined { room: name, catch_up_from: Some(from) },
         })
+    }
+
+    /// Whether `user` may join `room`, making them a member of a public room (created first,
+    /// when unknown and `rooms.auto_create` is on). Private and direct rooms admit their
+    /// members only; a ban keeps anyone out; an archived room admits nobody.
+    async fn admit(&self, room: &RoomName, user: UserId) -> Result<(), ChatError> {
+        let store = &self.inner.store;
+        let found = match store.room(room).await? {
+            Some(found) => found,
+            None if self.inner.settings.auto_create_rooms => {
+                let new =
+                    NewRoom { name: room.clone(), kind: RoomKind::Public, title: None, topic: None, created_by: user };
+                // Lost races are fine: someone else created it.
+                store.create_room(&new, None).await?;
+                store.room(room).await?.ok_or(ChatError::NoSuchRoom)?
+            }
+            None => return Err(ChatError::NoSuchRoom),
+        };
+        if found.archived_at.is_some() {
+            return Err(ChatError::Forbidden("this room is archived"));
+        }
+        match store.membership(room, user).await? {
+            Some(m) if m.banned_at.is_some() => Err(ChatError::Forbidden("you are banned from this room")),
+            Some(_) => Ok(()),
+            None if found.kind == RoomKind::Public => {
+                store.add_member(room, user, Role::Member).await?;
+                Ok(())
+            }
+            None => Err(ChatError::Forbidden("this room is for its members only")),
+        }
     }
 
     /// The next page of messages after `after` for a catching-up member, encoded. An empty

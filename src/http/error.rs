@@ -33,10 +33,13 @@ pub enum ApiError {
     /// Missing, invalid or expired credentials.
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>),
-    /// The account is disabled.
+    /// The account is disabled, or its role does not allow this.
     #[oai(status = 403)]
     Forbidden(Json<ErrorBody>),
-    /// The resource already exists (email taken).
+    /// No such resource, or one the caller may not see (a private room it is not in).
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// The resource already exists (email taken, room name taken).
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
     /// The body is not sent as `Content-Type: application/json`.
@@ -61,6 +64,18 @@ fn body(error: impl Into<String>, code: &str) -> Json<ErrorBody> {
 impl ApiError {
     pub fn bad_request(error: impl Into<String>, code: &str) -> Self {
         Self::BadRequest(body(error, code))
+    }
+
+    pub fn not_found(error: impl Into<String>) -> Self {
+        Self::NotFound(body(error, "not_found"))
+    }
+
+    pub fn forbidden(error: impl Into<String>) -> Self {
+        Self::Forbidden(body(error, "forbidden"))
+    }
+
+    pub fn conflict(error: impl Into<String>, code: &str) -> Self {
+        Self::Conflict(body(error, code))
     }
 
     pub fn unauthorized() -> Self {

@@ -136,6 +136,122 @@ pub struct Appended {
     pub duplicate: bool,
 }
 
+/// Who may find and join a room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RoomKind {
+    /// Listed to everyone; anyone may join (and so becomes a member).
+    Public,
+    /// Listed to and joined by its members only; members are invited.
+    Private,
+    /// Two users' conversation.
+    Direct,
+}
+
+impl RoomKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Public => "public",
+            Self::Private => "private",
+            Self::Direct => "direct",
+        }
+    }
+}
+
+impl TryFrom<String> for RoomKind {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        match s.as_str() {
+            "public" => Ok(Self::Public),
+            "private" => Ok(Self::Private),
+            "direct" => Ok(Self::Direct),
+            _ => Err(format!("unknown room kind {s:?}")),
+        }
+    }
+}
+
+/// A member's role in a room, from least to most power.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    Member,
+    /// Deletes any message, kicks, bans and mutes members.
+    Moderator,
+    /// A moderator who also manages the room and its moderators.
+    Owner,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Member => "member",
+            Self::Moderator => "moderator",
+            Self::Owner => "owner",
+        }
+    }
+}
+
+impl TryFrom<String> for Role {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        match s.as_str() {
+            "member" => Ok(Self::Member),
+            "moderator" => Ok(Self::Moderator),
+            "owner" => Ok(Self::Owner),
+            _ => Err(format!("unknown role {s:?}")),
+        }
+    }
+}
+
+/// A room as stored.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Room {
+    pub name: String,
+    #[sqlx(try_from = "String")]
+    pub kind: RoomKind,
+    pub title: Option<String>,
+    pub topic: Option<String>,
+    pub created_by: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub archived_at: Option<DateTime<Utc>>,
+    pub last_seq: Seq,
+}
+
+/// A room listed for a user, with the user's role when a member.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct RoomListing {
+    #[sqlx(flatten)]
+    pub room: Room,
+    pub role: Option<String>,
+}
+
+/// One user's standing in one room.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Membership {
+    #[sqlx(try_from = "String")]
+    pub role: Role,
+    pub banned_at: Option<DateTime<Utc>>,
+    pub muted_until: Option<DateTime<Utc>>,
+}
+
+/// A member as a room's member list shows it.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Member {
+    pub user_id: Uuid,
+    pub email: String,
+    #[sqlx(try_from = "String")]
+    pub role: Role,
+    pub joined_at: DateTime<Utc>,
+}
+
+/// A room to create.
+#[derive(Clone, Debug)]
+pub struct NewRoom {
+    pub name: RoomName,
+    pub kind: RoomKind,
+    pub title: Option<String>,
+    pub topic: Option<String>,
+    pub created_by: UserId,
+}
+
 /// A room with activity.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct RoomSummary {
@@ -328,6 +444,40 @@ impl Store {
     /// Rooms with at least one message, by name.
     pub async fn list_rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
         each_backend!(self, s => s.list_rooms().await)
+    }
+
+    /// Creates `room`, with `owner` (if any) as its owner. False if the name is taken.
+    pub async fn create_room(&self, room: &NewRoom, owner: Option<UserId>) -> Result<bool, StoreError> {
+        each_backend!(self, s => s.create_room(room, owner, Utc::now()).await)
+    }
+
+    pub async fn room(&self, name: &RoomName) -> Result<Option<Room>, StoreError> {
+        each_backend!(self, s => s.room(name.as_str()).await)
+    }
+
+    /// Public rooms and the rooms `user` is a member of, archived ones left out.
+    pub async fn rooms_for(&self, user: UserId) -> Result<Vec<RoomListing>, StoreError> {
+        each_backend!(self, s => s.rooms_for(user.0).await)
+    }
+
+    pub async fn membership(&self, room: &RoomName, user: UserId) -> Result<Option<Membership>, StoreError> {
+        each_backend!(self, s => s.membership(room.as_str(), user.0).await)
+    }
+
+    /// Makes `user` a member with `role` unless they already have a standing in the room
+    /// (a role, or a ban). True if they were added.
+    pub async fn add_member(&self, room: &RoomName, user: UserId, role: Role) -> Result<bool, StoreError> {
+        each_backend!(self, s => s.add_member(room.as_str(), user.0, role.as_str(), Utc::now()).await)
+    }
+
+    /// Ends `user`'s membership (a ban stays). True if they were a member.
+    pub async fn remove_member(&self, room: &RoomName, user: UserId) -> Result<bool, StoreError> {
+        each_backend!(self, s => s.remove_member(room.as_str(), user.0).await)
+    }
+
+    /// The room's members (not the banned), oldest first, at most `limit`.
+    pub async fn members(&self, room: &RoomName, limit: u32) -> Result<Vec<Member>, StoreError> {
+        each_backend!(self, s => s.members(room.as_str(), i64::from(limit)).await)
     }
 
     /// The database's plan for the send path's duplicate look-up, one line per step, as its

@@ -356,6 +356,127 @@ macro_rules! shared_queries {
                 Ok(row.map_or(0, |(s,)| s))
             }
 
+            pub async fn create_room(
+                &self,
+                room: &$crate::store::NewRoom,
+                owner: Option<$crate::domain::UserId>,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let mut tx = self.begin_write().await?;
+                let created = sqlx::query(
+                    "INSERT INTO rooms (name, last_seq, created_at, kind, title, topic, created_by) \
+                     VALUES ($1, 0, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
+                )
+                .bind(room.name.as_str())
+                .bind(now)
+                .bind(room.kind.as_str())
+                .bind(room.title.as_deref())
+                .bind(room.topic.as_deref())
+                .bind(room.created_by.0)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if created && let Some(owner) = owner {
+                    sqlx::query("INSERT INTO room_members (room, user_id, role, joined_at) VALUES ($1, $2, 'owner', $3)")
+                        .bind(room.name.as_str())
+                        .bind(owner.0)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(created)
+            }
+
+            pub async fn room(&self, name: &str) -> Result<Option<$crate::store::Room>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT name, kind, title, topic, created_by, created_at, archived_at, last_seq \
+                     FROM rooms WHERE name = $1",
+                )
+                .bind(name)
+                .fetch_optional(&self.read)
+                .await?)
+            }
+
+            pub async fn rooms_for(
+                &self,
+                user: uuid::Uuid,
+            ) -> Result<Vec<$crate::store::RoomListing>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT r.name, r.kind, r.title, r.topic, r.created_by, r.created_at, r.archived_at, r.last_seq, \
+                            m.role \
+                     FROM rooms r \
+                     LEFT JOIN room_members m ON m.room = r.name AND m.user_id = $1 AND m.banned_at IS NULL \
+                     WHERE r.archived_at IS NULL AND (r.kind = 'public' OR m.role IS NOT NULL) \
+                     ORDER BY r.name",
+                )
+                .bind(user)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            pub async fn membership(
+                &self,
+                room: &str,
+                user: uuid::Uuid,
+            ) -> Result<Option<$crate::store::Membership>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT role, banned_at, muted_until FROM room_members WHERE room = $1 AND user_id = $2",
+                )
+                .bind(room)
+                .bind(user)
+                .fetch_optional(&self.read)
+                .await?)
+            }
+
+            pub async fn add_member(
+                &self,
+                room: &str,
+                user: uuid::Uuid,
+                role: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                Ok(sqlx::query(
+                    "INSERT INTO room_members (room, user_id, role, joined_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (room, user_id) DO NOTHING",
+                )
+                .bind(room)
+                .bind(user)
+                .bind(role)
+                .bind(now)
+                .execute(&self.write)
+                .await?
+                .rows_affected()
+                    == 1)
+            }
+
+            pub async fn remove_member(&self, room: &str, user: uuid::Uuid) -> Result<bool, $crate::store::StoreError> {
+                Ok(sqlx::query("DELETE FROM room_members WHERE room = $1 AND user_id = $2 AND banned_at IS NULL")
+                    .bind(room)
+                    .bind(user)
+                    .execute(&self.write)
+                    .await?
+                    .rows_affected()
+                    == 1)
+            }
+
+            pub async fn members(
+                &self,
+                room: &str,
+                limit: i64,
+            ) -> Result<Vec<$crate::store::Member>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT m.user_id, u.email, m.role, m.joined_at FROM room_members m \
+                     JOIN users u ON u.id = m.user_id \
+                     WHERE m.room = $1 AND m.banned_at IS NULL ORDER BY m.joined_at, m.user_id LIMIT $2",
+                )
+                .bind(room)
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
             pub async fn list_rooms(&self) -> Result<Vec<$crate::store::RoomSummary>, $crate::store::StoreError> {
                 Ok(sqlx::query_as("SELECT name, last_seq FROM rooms WHERE last_seq > 0 ORDER BY name")
                     .fetch_all(&self.read)

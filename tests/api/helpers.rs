@@ -877,3 +877,9 @@ fn is_join_of(frame: &Value, room: &str, users: &[&Session]) -> bool {
         && frame["room"] == room
         && users.iter().any(|u| frame["userId"] == u.user_id.as_str())
 }
+
+/// `GET /api/rooms`' answer with only each room's name, latest seq and live member count.
+pub fn room_counts(rooms: &Value) -> Value {
+    let list = rooms["rooms"].as_array().unwrap_or_else(|| panic!("no rooms: {rooms}"));
+    json!({ "rooms": list.iter().map(|r| json!({ "name": r["name"], "lastSeq": r["lastSeq"], "members": r["members"] })).collect::<Vec<_>>() })
+}

@@ -15,6 +15,7 @@ mod limits;
 mod ops;
 mod ordering;
 mod revocation;
+mod rooms;
 mod secret;
 mod security;
 mod tokens;

@@ -1,4 +1,4 @@
-//! `GET /api/messages/{room}` (history) and `GET /api/rooms`.
+//! `GET /api/messages/{room}`: history.
 
 use chrono::{DateTime, Utc};
 use poem::Request;
@@ -54,22 +54,6 @@ struct MessagesBody {
     messages: Vec<MessageView>,
 }
 
-/// A room with activity.
-#[derive(Object)]
-#[oai(rename_all = "camelCase")]
-struct RoomView {
-    name: String,
-    /// Seq of the room's latest message.
-    last_seq: Seq,
-    /// Members currently joined, on every node (other nodes' counts refresh every few seconds).
-    members: u64,
-}
-
-#[derive(Object)]
-struct RoomsBody {
-    rooms: Vec<RoomView>,
-}
-
 pub struct MessagesApi;
 
 #[OpenApi(tag = "ApiTags::Chat")]
@@ -77,12 +61,13 @@ impl MessagesApi {
     /// A room's message history.
     ///
     /// Returns the newest `limit` messages with `seq < before` (or the newest overall), oldest
-    /// first. Page backwards by passing the smallest `seq` you have as `before`.
+    /// first. Page backwards by passing the smallest `seq` you have as `before`. A room that
+    /// does not exist has no messages; a private room is readable by its members only (404).
     #[oai(path = "/messages/:room", method = "get")]
     async fn messages(
         &self,
         req: &Request,
-        _auth: BearerAuth,
+        auth: BearerAuth,
         /// Room name: 1 to 64 characters of `A-Z a-z 0-9 : _ -`.
         #[oai(validator(pattern = "^[A-Za-z0-9:_-]{1,64}$"))]
         room: Path<String>,
@@ -103,22 +88,8 @@ impl MessagesApi {
         if matches!(before.0, Some(b) if b < 1) {
             return Err(ApiError::bad_request("before must be a positive seq", "invalid_before"));
         }
+        super::rooms::readable(state, &room, auth.0.id).await?;
         let messages = state.store.messages_before(&room, before.0, limit).await?;
         Ok(Json(MessagesBody { messages: messages.into_iter().map(Into::into).collect() }))
-    }
-
-    /// Rooms with at least one message, with their latest seq and current member count.
-    #[oai(path = "/rooms", method = "get")]
-    async fn rooms(&self, req: &Request, _auth: BearerAuth) -> Result<Json<RoomsBody>, ApiError> {
-        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
-        let rooms = state.store.list_rooms().await?;
-        let names: Vec<String> = rooms.iter().map(|r| r.name.clone()).collect();
-        let members = state.chat.member_counts(&names).await;
-        let rooms = rooms
-            .into_iter()
-            .zip(members)
-            .map(|(r, members)| RoomView { members, name: r.name, last_seq: r.last_seq })
-            .collect();
-        Ok(Json(RoomsBody { rooms }))
     }
 }

@@ -4,6 +4,7 @@
 mod auth;
 mod me;
 mod messages;
+mod rooms;
 pub mod security;
 
 use chrono::{DateTime, Utc};
@@ -18,7 +19,7 @@ enum ApiTags {
     Auth,
     /// The signed-in account.
     Account,
-    /// Message history and rooms.
+    /// Rooms, their members, and message history.
     Chat,
 }
 
@@ -37,15 +38,19 @@ impl From<User> for UserView {
     }
 }
 
-pub type Api = (auth::AuthApi, me::MeApi, messages::MessagesApi);
+pub type Api = (auth::AuthApi, me::MeApi, messages::MessagesApi, rooms::RoomsApi);
 
 /// The OpenAPI service, mounted at `/api`.
 pub fn service() -> OpenApiService<Api, ()> {
-    OpenApiService::new((auth::AuthApi, me::MeApi, messages::MessagesApi), "confab", env!("CARGO_PKG_VERSION"))
-        .description(
-            "REST API of confab, a real-time chat server. Real-time messaging itself happens over \
+    OpenApiService::new(
+        (auth::AuthApi, me::MeApi, messages::MessagesApi, rooms::RoomsApi),
+        "confab",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "REST API of confab, a real-time chat server. Real-time messaging itself happens over \
              the WebSocket at `/ws` (see PROTOCOL.md). Authorize with the `token` from register or \
              login.",
-        )
-        .server("/api")
+    )
+    .server("/api")
 }

@@ -1,0 +1,352 @@
+//! `/api/rooms`: rooms as entities (public and private), and their members.
+
+use chrono::{DateTime, Utc};
+use poem::Request;
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi, param::Path, payload::Json};
+use uuid::Uuid;
+
+use super::{ApiTags, security::BearerAuth};
+use crate::{
+    domain::{RoomName, Seq, UserId},
+    http::{AppState, error::ApiError},
+    store::{Member, NewRoom, Role, Room, RoomKind},
+};
+
+/// Most members a member list returns.
+const MEMBERS_LIMIT: u32 = 1000;
+/// Longest title and topic, in characters.
+const TITLE_MAX: usize = 100;
+const TOPIC_MAX: usize = 500;
+
+/// Who may find and join a room.
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+#[oai(rename_all = "lowercase")]
+enum KindView {
+    /// Listed to everyone; anyone may join.
+    Public,
+    /// Listed to and joined by its members only; members are invited.
+    Private,
+    /// Two users' conversation.
+    Direct,
+}
+
+impl From<RoomKind> for KindView {
+    fn from(k: RoomKind) -> Self {
+        match k {
+            RoomKind::Public => Self::Public,
+            RoomKind::Private => Self::Private,
+            RoomKind::Direct => Self::Direct,
+        }
+    }
+}
+
+/// A member's role in a room.
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+#[oai(rename_all = "lowercase")]
+enum RoleView {
+    Member,
+    /// Deletes any message, kicks, bans and mutes members.
+    Moderator,
+    /// Created the room; a moderator who also manages it.
+    Owner,
+}
+
+impl From<Role> for RoleView {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::Member => Self::Member,
+            Role::Moderator => Self::Moderator,
+            Role::Owner => Self::Owner,
+        }
+    }
+}
+
+/// A room.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+struct RoomView {
+    name: String,
+    kind: KindView,
+    /// Shown instead of the name when set.
+    #[oai(skip_serializing_if_is_none)]
+    title: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    topic: Option<String>,
+    created_at: DateTime<Utc>,
+    /// Seq of the room's latest message (0: none yet).
+    last_seq: Seq,
+    /// Members currently joined, on every node (other nodes' counts refresh every few seconds).
+    members: u64,
+    /// My role, if I am a member.
+    #[oai(skip_serializing_if_is_none)]
+    role: Option<RoleView>,
+}
+
+impl RoomView {
+    fn new(room: Room, members: u64, role: Option<Role>) -> Self {
+        Self {
+            name: room.name,
+            kind: room.kind.into(),
+            title: room.title,
+            topic: room.topic,
+            created_at: room.created_at,
+            last_seq: room.last_seq,
+            members,
+            role: role.map(Into::into),
+        }
+    }
+}
+
+#[derive(Object)]
+struct RoomsBody {
+    rooms: Vec<RoomView>,
+}
+
+/// A room to create. I become its owner.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+struct CreateRoomBody {
+    /// 1 to 64 characters of `A-Z a-z 0-9 : _ -`.
+    #[oai(validator(pattern = "^[A-Za-z0-9:_-]{1,64}$"))]
+    name: String,
+    /// `public` (default) or `private`.
+    kind: Option<KindView>,
+    /// At most 100 characters.
+    #[oai(validator(max_length = 100))]
+    title: Option<String>,
+    /// At most 500 characters.
+    #[oai(validator(max_length = 500))]
+    topic: Option<String>,
+}
+
+#[derive(ApiResponse)]
+enum Created {
+    /// The room, with me as its owner.
+    #[oai(status = 201)]
+    Room(Json<RoomView>),
+}
+
+/// A room member.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+struct MemberView {
+    user_id: Uuid,
+    email: String,
+    role: RoleView,
+    joined_at: DateTime<Utc>,
+}
+
+impl From<Member> for MemberView {
+    fn from(m: Member) -> Self {
+        Self { user_id: m.user_id, email: m.email, role: m.role.into(), joined_at: m.joined_at }
+    }
+}
+
+#[derive(Object)]
+struct MembersBody {
+    /// Oldest first, at most 1000.
+    members: Vec<MemberView>,
+}
+
+/// Whom to add to the room.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+struct InviteBody {
+    user_id: Uuid,
+}
+
+#[derive(ApiResponse)]
+enum Removed {
+    /// No longer a member.
+    #[oai(status = 204)]
+    Done,
+}
+
+/// The room, if `user` may read it: a public room, or one `user` is a member of and not banned
+/// from. `None`: no such room (which has no messages). A private room is hidden from others
+/// (404), as is every room from those banned from it.
+pub async fn readable(state: &AppState, name: &RoomName, user: UserId) -> Result<Option<Room>, ApiError> {
+    let Some(room) = state.store.room(name).await? else { return Ok(None) };
+    let membership = state.store.membership(name, user).await?;
+    match membership {
+        Some(m) if m.banned_at.is_some() => Err(ApiError::not_found("no such room")),
+        Some(_) => Ok(Some(room)),
+        None if room.kind == RoomKind::Public => Ok(Some(room)),
+        None => Err(ApiError::not_found("no such room")),
+    }
+}
+
+fn room_name(raw: &str) -> Result<RoomName, ApiError> {
+    RoomName::parse(raw).map_err(|e| ApiError::bad_request(e.to_string(), "invalid_room"))
+}
+
+fn bounded(text: Option<String>, max: usize, what: &str) -> Result<Option<String>, ApiError> {
+    let text = text.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
+    if text.as_ref().is_some_and(|t| t.chars().count() > max || t.chars().any(crate::domain::is_invisible)) {
+        return Err(ApiError::bad_request(format!("{what} is at most {max} visible characters"), "invalid_payload"));
+    }
+    Ok(text)
+}
+
+pub struct RoomsApi;
+
+#[OpenApi(tag = "ApiTags::Chat")]
+impl RoomsApi {
+    /// Rooms I can see.
+    ///
+    /// Every public room and every room I am a member of (archived rooms left out), with the
+    /// latest seq, the members joined right now and my role.
+    #[oai(path = "/rooms", method = "get")]
+    async fn rooms(&self, req: &Request, auth: BearerAuth) -> Result<Json<RoomsBody>, ApiError> {
+        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
+        let rooms = state.store.rooms_for(auth.0.id).await?;
+        let names: Vec<String> = rooms.iter().map(|r| r.room.name.clone()).collect();
+        let members = state.chat.member_counts(&names).await;
+        let rooms = rooms
+            .into_iter()
+            .zip(members)
+            .map(|(r, members)| {
+                let role = r.role.and_then(|role| Role::try_from(role).ok());
+                RoomView::new(r.room, members, role)
+            })
+            .collect();
+        Ok(Json(RoomsBody { rooms }))
+    }
+
+    /// Create a room.
+    ///
+    /// Public rooms are listed to everyone and anyone may join them; private rooms only to
+    /// their members, who are invited. 409 `room_exists` if the name is taken.
+    #[oai(path = "/rooms", method = "post")]
+    async fn create(&self, req: &Request, auth: BearerAuth, body: Json<CreateRoomBody>) -> Result<Created, ApiError> {
+        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
+        let body = body.0;
+        let kind = match body.kind.unwrap_or(KindView::Public) {
+            KindView::Public => RoomKind::Public,
+            KindView::Private => RoomKind::Private,
+            KindView::Direct => {
+                return Err(ApiError::bad_request(
+                    "direct rooms are opened with a user, not created",
+                    "invalid_payload",
+                ));
+            }
+        };
+        let new = NewRoom {
+            name: room_name(&body.name)?,
+            kind,
+            title: bounded(body.title, TITLE_MAX, "title")?,
+            topic: bounded(body.topic, TOPIC_MAX, "topic")?,
+            created_by: auth.0.id,
+        };
+        if !state.store.create_room(&new, Some(auth.0.id)).await? {
+            return Err(ApiError::conflict("a room with this name exists", "room_exists"));
+        }
+        let room = state.store.room(&new.name).await?.ok_or_else(ApiError::internal)?;
+        Ok(Created::Room(Json(RoomView::new(room, 0, Some(Role::Owner)))))
+    }
+
+    /// One room.
+    #[oai(path = "/rooms/:room", method = "get")]
+    async fn describe(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        /// Room name.
+        #[oai(validator(pattern = "^[A-Za-z0-9:_-]{1,64}$"))]
+        room: Path<String>,
+    ) -> Result<Json<RoomView>, ApiError> {
+        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
+        let name = room_name(&room.0)?;
+        let found = readable(state, &name, auth.0.id).await?.ok_or_else(|| ApiError::not_found("no such room"))?;
+        let role = state.store.membership(&name, auth.0.id).await?.map(|m| m.role);
+        let members = state.chat.member_counts(std::slice::from_ref(&found.name)).await.first().copied().unwrap_or(0);
+        Ok(Json(RoomView::new(found, members, role)))
+    }
+
+    /// A room's members, with their roles.
+    #[oai(path = "/rooms/:room/members", method = "get")]
+    async fn members(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        /// Room name.
+        #[oai(validator(pattern = "^[A-Za-z0-9:_-]{1,64}$"))]
+        room: Path<String>,
+    ) -> Result<Json<MembersBody>, ApiError> {
+        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
+        let name = room_name(&room.0)?;
+        readable(state, &name, auth.0.id).await?.ok_or_else(|| ApiError::not_found("no such room"))?;
+        let members = state.store.members(&name, MEMBERS_LIMIT).await?;
+        Ok(Json(MembersBody { members: members.into_iter().map(Into::into).collect() }))
+    }
+
+    /// Add a user to a room.
+    ///
+    /// Owners and moderators add members to private rooms; anyone may add anyone to a public
+    /// room (which anyone may join anyway). 404 if the user does not exist.
+    #[oai(path = "/rooms/:room/members", method = "post")]
+    async fn invite(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        /// Room name.
+        #[oai(validator(pattern = "^[A-Za-z0-9:_-]{1,64}$"))]
+        room: Path<String>,
+        body: Json<InviteBody>,
+    ) -> Result<Json<MemberView>, ApiError> {
+        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
+        let name = room_name(&room.0)?;
+        let found = readable(state, &name, auth.0.id).await?.ok_or_else(|| ApiError::not_found("no such room"))?;
+        let my_role = state.store.membership(&name, auth.0.id).await?.map(|m| m.role);
+        if found.kind != RoomKind::Public && my_role < Some(Role::Moderator) {
+            return Err(ApiError::forbidden("only the room's owners and moderators add members"));
+        }
+        if found.archived_at.is_some() {
+            return Err(ApiError::forbidden("this room is archived"));
+        }
+        let invitee = UserId(body.0.user_id);
+        let user = state.store.user_by_id(invitee).await?.ok_or_else(|| ApiError::not_found("no such user"))?;
+        if state.store.membership(&name, invitee).await?.is_some_and(|m| m.banned_at.is_some()) {
+            return Err(ApiError::forbidden("this user is banned from the room"));
+        }
+        state.store.add_member(&name, invitee, Role::Member).await?;
+        let member = state
+            .store
+            .members(&name, MEMBERS_LIMIT)
+            .await?
+            .into_iter()
+            .find(|m| m.user_id == user.id.0)
+            .ok_or_else(ApiError::internal)?;
+        Ok(Json(member.into()))
+    }
+
+    /// Remove a member (kick), or leave.
+    ///
+    /// Anyone may remove themselves; owners and moderators remove members of a lower role.
+    #[oai(path = "/rooms/:room/members/:user_id", method = "delete")]
+    async fn remove(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        /// Room name.
+        #[oai(validator(pattern = "^[A-Za-z0-9:_-]{1,64}$"))]
+        room: Path<String>,
+        /// The member to remove.
+        user_id: Path<Uuid>,
+    ) -> Result<Removed, ApiError> {
+        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
+        let name = room_name(&room.0)?;
+        readable(state, &name, auth.0.id).await?.ok_or_else(|| ApiError::not_found("no such room"))?;
+        let target = UserId(user_id.0);
+        let their_role = state.store.membership(&name, target).await?.filter(|m| m.banned_at.is_none()).map(|m| m.role);
+        let Some(their_role) = their_role else { return Err(ApiError::not_found("not a member")) };
+        if target != auth.0.id {
+            let my_role = state.store.membership(&name, auth.0.id).await?.map(|m| m.role);
+            if my_role < Some(Role::Moderator) || my_role <= Some(their_role) {
+                return Err(ApiError::forbidden("only owners and moderators remove members, of a lower role"));
+            }
+        }
+        state.store.remove_member(&name, target).await?;
+        Ok(Removed::Done)
+    }
+}
