@@ -175,6 +175,7 @@ fn encode(instance: u64, e: &Event) -> Vec<u8> {
         EventKind::Message { seq } => ('m', seq.to_string()),
         EventKind::System { origin } => ('s', origin.to_string()),
         EventKind::Typing { user } => ('t', user.to_string()),
+        EventKind::Removed { user } => ('r', user.to_string()),
     };
     let frame = e.frame.native.as_bytes();
     let mut out = Vec::with_capacity(frame.len() + 64);
@@ -196,6 +197,7 @@ fn decode(instance: u64, room: RoomName, payload: &[u8]) -> Option<Event> {
         b"m" => EventKind::Message { seq: arg.parse().ok()? },
         b"s" => EventKind::System { origin: arg.parse().ok()? },
         b"t" => EventKind::Typing { user: arg.parse::<Uuid>().ok()? },
+        b"r" => EventKind::Removed { user: arg.parse::<Uuid>().ok()? },
         _ => return None,
     };
     let frame = Utf8Bytes::try_from(bytes::Bytes::copy_from_slice(parts.next()?)).ok()?;
@@ -413,6 +415,12 @@ mod tests {
         assert_eq!(back.frame.kind, EventKind::Message { seq: 42 });
         assert_eq!(back.frame.native.as_str(), r#"{"type":"message","a":"|"}"#);
         assert!(decode(7, room.clone(), &payload).is_none(), "own event");
-        assert!(decode(8, room, b"garbage").is_none());
+        assert!(decode(8, room.clone(), b"garbage").is_none());
+        // Every kind carries its routing argument across.
+        let user = Uuid::new_v4();
+        for kind in [EventKind::System { origin: 9 }, EventKind::Typing { user }, EventKind::Removed { user }] {
+            let event = Event { room: room.clone(), frame: Encoded::new(kind, Utf8Bytes::from_static("{}")) };
+            assert_eq!(decode(8, room.clone(), &encode(7, &event)).expect("decodes").frame.kind, kind);
+        }
     }
 }

@@ -28,6 +28,9 @@ pub enum EventKind {
     System { origin: u64 },
     /// A member is typing; not delivered to that user's sessions.
     Typing { user: Uuid },
+    /// A user is no longer a member (kicked, banned, or left over REST): delivered to everyone
+    /// in the room, the user's own sessions included, which then leave it.
+    Removed { user: Uuid },
 }
 
 impl EventKind {
@@ -37,6 +40,7 @@ impl EventKind {
             Self::Message { .. } => "message",
             Self::System { .. } => "system",
             Self::Typing { .. } => "typing",
+            Self::Removed { .. } => "removed",
         }
     }
 }
@@ -99,6 +103,7 @@ enum Wire<'a> {
     Message(&'a Message),
     System { room: &'a str, event: &'a str, user_id: Uuid, email: &'a str, message: String },
     Typing { room: &'a str, user_id: Uuid, email: &'a str },
+    Removed { room: &'a str, user_id: Uuid, reason: &'a str },
 }
 
 fn encode(kind: EventKind, wire: &Wire<'_>) -> Arc<Encoded> {
@@ -132,6 +137,13 @@ pub fn system(room: &RoomName, presence: Presence, origin: u64, user_id: Uuid, e
 pub fn typing(room: &RoomName, user_id: Uuid, email: &str) -> Event {
     let wire = Wire::Typing { room: room.as_str(), user_id, email };
     Event { room: room.clone(), frame: encode(EventKind::Typing { user: user_id }, &wire) }
+}
+
+/// The `removed` event: `user` is no longer a member of `room`, for `reason` (`kicked`,
+/// `left`).
+pub fn removed(room: &RoomName, user_id: Uuid, reason: &str) -> Event {
+    let wire = Wire::Removed { room: room.as_str(), user_id, reason };
+    Event { room: room.clone(), frame: encode(EventKind::Removed { user: user_id }, &wire) }
 }
 
 #[cfg(test)]

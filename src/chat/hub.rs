@@ -153,7 +153,7 @@ impl Room {
             let skip = match kind {
                 EventKind::System { origin } => m.handle.id == origin,
                 EventKind::Typing { user } => m.handle.user == user,
-                EventKind::Message { .. } => false,
+                EventKind::Message { .. } | EventKind::Removed { .. } => false,
             };
             if !skip && !m.handle.outbox.offer_event(frame) {
                 kicked = true;
@@ -161,6 +161,17 @@ impl Room {
         }
         if kicked {
             remove_kicked(&mut inner);
+        }
+        // The removed user's sessions, told above, are members no more: nothing else of this
+        // room reaches them, and their sessions refuse to use it.
+        if let EventKind::Removed { user } = kind {
+            inner.members.retain(|m| {
+                let stays = m.handle.user != user;
+                if !stays {
+                    m.handle.evict(&self.name);
+                }
+                stays
+            });
         }
     }
 }

@@ -271,6 +271,7 @@ impl ChatService {
         if matches!(since, Some(n) if n < 0) {
             return Err(ChatError::InvalidPayload("since must be a seq (0 or more)".into()));
         }
+        self.forget_evicted(s);
         let rejoin = s.rooms.contains_key(&name);
         let max_rooms = self.inner.settings.max_rooms_per_session;
         if !rejoin && s.rooms.len() >= max_rooms {
@@ -369,6 +370,7 @@ impl ChatService {
     /// `leave_room`: leaves and tells the room (rate limited with joins).
     pub fn leave(&self, s: &mut Session, room: &str) -> Result<RoomName, ChatError> {
         let name = RoomName::parse(room).map_err(|_| ChatError::InvalidRoom)?;
+        self.forget_evicted(s);
         if !s.rooms.contains_key(&name) {
             return Err(ChatError::NotJoined);
         }
@@ -416,6 +418,9 @@ impl ChatService {
             })
             .transpose()?;
         let room = s.rooms.get(&name).ok_or(ChatError::NotJoined)?;
+        if s.handle.is_evicted_from(&name) {
+            return Err(ChatError::Forbidden("you are no longer a member of this room"));
+        }
         self.inner.limiter.check(&s.user.id.0).map_err(|_| {
             metrics::counter!(telemetry::CHAT_RATE_LIMITED, "command" => "send_message").increment(1);
             ChatError::RateLimited("messages")
@@ -441,6 +446,7 @@ impl ChatService {
     /// Tells the room's other members this user is typing (at most once a second).
     pub fn typing(&self, s: &mut Session, room: &str) -> Result<(), ChatError> {
         let name = RoomName::parse(room).map_err(|_| ChatError::InvalidRoom)?;
+        self.forget_evicted(s);
         if !s.rooms.contains_key(&name) {
             return Err(ChatError::NotJoined);
         }
@@ -451,6 +457,22 @@ impl ChatService {
         s.last_typing.insert(name.clone(), now);
         self.inner.bus.publish(vec![event::typing(&name, s.user.id.0, &s.user.email)]);
         Ok(())
+    }
+
+    /// Tells every node that `user` is no longer a member of `room` (`reason`: `kicked`,
+    /// `left`): the room hears it, and the user's sessions there, told too, leave it.
+    pub fn evict(&self, room: &RoomName, user: UserId, reason: &str) {
+        self.inner.bus.publish(vec![event::removed(room, user.0, reason)]);
+    }
+
+    /// Drops the rooms this session was removed from (the room dropped it already).
+    fn forget_evicted(&self, s: &mut Session) {
+        for name in s.handle.take_evicted() {
+            if let Some(room) = s.rooms.remove(&name) {
+                self.remove_member(&room, s.id());
+                s.last_typing.remove(&name);
+            }
+        }
     }
 
     fn remove_member(&self, room: &Arc<Room>, session: u64) {

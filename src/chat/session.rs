@@ -18,8 +18,8 @@ use std::{
     future::poll_fn,
     pin::Pin,
     sync::{
-        Arc, Mutex, MutexGuard,
-        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     task::{Context, Poll, Waker},
     time::{Duration, Instant},
@@ -37,7 +37,7 @@ use tokio_tungstenite::tungstenite::{
 use uuid::Uuid;
 
 use super::event::Encoded;
-use crate::domain::Seq;
+use crate::domain::{RoomName, Seq};
 
 /// Which command a reply answers: the native `ref` and/or the Socket.IO ack id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -628,11 +628,43 @@ pub struct SessionHandle {
     pub id: u64,
     pub user: Uuid,
     pub outbox: Arc<Outbox>,
+    /// Rooms the user was removed from while this session was in them.
+    evicted: Arc<Evicted>,
+}
+
+/// Rooms a session was removed from by someone else, until the session catches up with it.
+#[derive(Default)]
+struct Evicted {
+    /// Whether `rooms` has anything: the check every send makes, without the lock.
+    any: AtomicBool,
+    rooms: Mutex<Vec<RoomName>>,
 }
 
 impl SessionHandle {
     pub fn new(user: Uuid, outbox: Arc<Outbox>) -> Self {
-        Self { id: rand::random(), user, outbox }
+        Self { id: rand::random(), user, outbox, evicted: Arc::default() }
+    }
+
+    /// The user is no longer a member of `room`.
+    pub fn evict(&self, room: &RoomName) {
+        let mut rooms = self.evicted.rooms.lock().unwrap_or_else(PoisonError::into_inner);
+        if !rooms.contains(room) {
+            rooms.push(room.clone());
+        }
+        self.evicted.any.store(true, Ordering::Release);
+    }
+
+    pub fn is_evicted_from(&self, room: &RoomName) -> bool {
+        self.evicted.any.load(Ordering::Acquire)
+            && self.evicted.rooms.lock().unwrap_or_else(PoisonError::into_inner).contains(room)
+    }
+
+    /// The rooms removed from since the last call.
+    pub fn take_evicted(&self) -> Vec<RoomName> {
+        if !self.evicted.any.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *self.evicted.rooms.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 

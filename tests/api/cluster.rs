@@ -123,6 +123,36 @@ async fn members_on_three_nodes_get_each_others_events_in_order() {
     }
 }
 
+/// A member removed over REST on one node leaves the room at once on the node its socket is on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_kicked_on_one_node_leaves_the_room_on_another() {
+    let Some(cluster) = spawn_cluster(2, |_| {}).await else { return };
+    let (owner, mut owner_ws) = connect_user(cluster.node(0), "owner@example.com").await;
+    let (ben, mut ben_ws) = connect_user(cluster.node(1), "ben@example.com").await;
+    let http = &cluster.node(0).client;
+    let url = |path: &str| cluster.node(0).url(path);
+    let created =
+        http.post(url("/api/rooms")).bearer_auth(&owner.token).json(&json!({ "name": "club", "kind": "private" }));
+    assert_eq!(created.send().await.expect("create").status(), StatusCode::CREATED);
+    let invite =
+        http.post(url("/api/rooms/club/members")).bearer_auth(&owner.token).json(&json!({ "userId": ben.user_id }));
+    assert_eq!(invite.send().await.expect("invite").status(), StatusCode::OK);
+    owner_ws.join("club").await;
+    ben_ws.join("club").await;
+    // Ben's join reached node 0: from here on, node 0's events reach node 1's members.
+    assert_eq!(owner_ws.next_of_type("system").await["userId"], ben.user_id.as_str());
+
+    let kick = http.delete(url(&format!("/api/rooms/club/members/{}", ben.user_id))).bearer_auth(&owner.token);
+    assert_eq!(kick.send().await.expect("kick").status(), StatusCode::NO_CONTENT);
+    let removed = json!({ "type": "removed", "room": "club", "userId": ben.user_id, "reason": "kicked" });
+    assert_eq!(ben_ws.next_of_type("removed").await, removed);
+    assert_eq!(owner_ws.next_of_type("removed").await, removed);
+    ben_ws
+        .request_error(json!({ "type": "send_message", "room": "club", "content": "still here?" }), "forbidden")
+        .await;
+    ben_ws.request_error(json!({ "type": "join_room", "room": "club" }), "forbidden").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_senders_on_three_nodes_deliver_every_message_once_in_order() {
     const NODES: usize = 3;

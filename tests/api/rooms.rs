@@ -127,7 +127,7 @@ async fn a_private_room_is_hidden_from_non_members_until_they_are_invited(backen
 
 async fn members_are_removed_by_themselves_or_by_a_higher_role_only(backend: Backend) {
     let app = spawn_chat_node(backend, |_| {}).await;
-    let (owner, _) = connect_user(&app, "owner@example.com").await;
+    let (owner, mut owner_ws) = connect_user(&app, "owner@example.com").await;
     let (ann, _) = connect_user(&app, "ann@example.com").await;
     let (ben, mut ben_ws) = connect_user(&app, "ben@example.com").await;
     create(&app, &owner, json!({ "name": "club", "kind": "private" })).await;
@@ -143,12 +143,26 @@ async fn members_are_removed_by_themselves_or_by_a_higher_role_only(backend: Bac
             call(&app, Method::DELETE, &format!("/api/rooms/club/members/{}", target.user_id), &ann.token, None).await;
         expect_error(resp, StatusCode::FORBIDDEN, "forbidden").await;
     }
-    // Ann leaves; the owner removes Ben, who can no longer join or read.
+    // Ann leaves; the owner removes Ben, who is in the room on a socket: it hears so at once,
+    // as does everyone there, and may no longer send, join or read.
     let left = call(&app, Method::DELETE, &format!("/api/rooms/club/members/{}", ann.user_id), &ann.token, None).await;
     assert_eq!(left.status(), StatusCode::NO_CONTENT);
+    ben_ws.join("club").await;
+    owner_ws.join("club").await;
     let kicked =
         call(&app, Method::DELETE, &format!("/api/rooms/club/members/{}", ben.user_id), &owner.token, None).await;
     assert_eq!(kicked.status(), StatusCode::NO_CONTENT);
+    let removed = json!({ "type": "removed", "room": "club", "userId": ben.user_id, "reason": "kicked" });
+    assert_eq!(ben_ws.next_of_type("removed").await, removed);
+    assert_eq!(owner_ws.next_of_type("removed").await, removed);
+    ben_ws
+        .request_error(json!({ "type": "send_message", "room": "club", "content": "still here?" }), "forbidden")
+        .await;
+    let after = owner_ws.send("club", "ben is gone").await;
+    assert_eq!(owner_ws.next_message().await.id, after.id);
+    // Ben's pong comes after anything the room sent him meanwhile: nothing.
+    ben_ws.ping().await;
+    assert!(ben_ws.unread().iter().all(|f| f["type"] != "message"), "ben got a message after his removal");
     assert_eq!(roles(&app, &owner, "club").await, [("owner@example.com".to_owned(), "owner".to_owned())]);
     ben_ws.request_error(json!({ "type": "join_room", "room": "club" }), "forbidden").await;
     expect_error(app.get_authed("/api/messages/club", &ben.token).await, StatusCode::NOT_FOUND, "not_found").await;

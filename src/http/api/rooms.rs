@@ -347,6 +347,8 @@ impl RoomsApi {
             }
         }
         state.store.remove_member(&name, target).await?;
+        // Their sessions in the room, on every node, leave it now.
+        state.chat.evict(&name, target, if target == auth.0.id { "left" } else { "kicked" });
         Ok(Removed::Done)
     }
 }
