@@ -42,6 +42,9 @@ pub enum Command {
         /// Read the password from the first line of standard input instead of prompting.
         #[arg(long)]
         password_stdin: bool,
+        /// Make the account a server administrator (sees and moderates every room).
+        #[arg(long)]
+        admin: bool,
     },
     /// Print the effective configuration (secrets redacted) and exit; fails if it is invalid.
     Config,
@@ -67,6 +70,16 @@ pub enum UserCommand {
     /// Sign an account out everywhere: its refresh tokens are revoked and its open sessions, on
     /// every node, are closed within `auth.revocation_check_interval`.
     Kick {
+        #[arg(long)]
+        email: String,
+    },
+    /// Make an account a server administrator: it sees and moderates every room.
+    Promote {
+        #[arg(long)]
+        email: String,
+    },
+    /// Take server administration away from an account.
+    Demote {
         #[arg(long)]
         email: String,
     },
@@ -104,16 +117,20 @@ pub async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             store.close().await;
             Ok(())
         }
-        Command::CreateUser { email, password_stdin } => {
+        Command::CreateUser { email, password_stdin, admin } => {
             let email = Email::parse(&email).context("invalid --email")?;
             let password = read_password(password_stdin)?;
             let store = open_store(&config, config.auto_migrate).await?;
             let hasher = PasswordHasher::new(&config.auth.argon2)?;
-            let result = auth::create_account(&store, &hasher, email.as_str(), password.expose()).await;
+            let mut result = auth::create_account(&store, &hasher, email.as_str(), password.expose()).await;
+            if admin && let Ok(user) = &result {
+                result = store.set_admin(&user.email, true).await.map(|_| user.clone()).map_err(AuthError::from);
+            }
             store.close().await;
             match result {
                 Ok(user) => {
-                    println!("created user {} ({})", user.email, user.id);
+                    let what = if admin { "administrator" } else { "user" };
+                    println!("created {what} {} ({})", user.email, user.id);
                     Ok(())
                 }
                 Err(AuthError::EmailTaken) => bail!("a user with email {email} already exists"),
@@ -135,7 +152,8 @@ async fn run_user(cmd: UserCommand, config: &Config) -> anyhow::Result<()> {
             UserCommand::List => {
                 for u in store.list_users().await? {
                     let state = if u.disabled_at.is_some() { "disabled" } else { "active" };
-                    println!("{}\t{}\t{}\t{}", u.id, u.email, u.created_at.to_rfc3339(), state);
+                    let role = if u.is_admin { "admin" } else { "user" };
+                    println!("{}\t{}\t{}\t{}\t{}", u.id, u.email, u.created_at.to_rfc3339(), state, role);
                 }
                 Ok(())
             }
@@ -148,6 +166,25 @@ async fn run_user(cmd: UserCommand, config: &Config) -> anyhow::Result<()> {
                     bail!("no user with email {email}");
                 }
                 println!("disabled {email}");
+                Ok(())
+            }
+            UserCommand::Promote { email } | UserCommand::Demote { email } if Email::parse(&email).is_err() => {
+                bail!("invalid --email")
+            }
+            UserCommand::Promote { email } => {
+                let email = Email::parse(&email).context("invalid --email")?;
+                if !store.set_admin(email.as_str(), true).await? {
+                    bail!("no user with email {email}");
+                }
+                println!("{email} is an administrator");
+                Ok(())
+            }
+            UserCommand::Demote { email } => {
+                let email = Email::parse(&email).context("invalid --email")?;
+                if !store.set_admin(email.as_str(), false).await? {
+                    bail!("no user with email {email}");
+                }
+                println!("{email} is no longer an administrator");
                 Ok(())
             }
             UserCommand::Kick { email } => {

@@ -94,7 +94,7 @@ fn temp_dir() -> TempDir {
 #[test]
 fn every_subcommand_has_help() {
     let dir = temp_dir();
-    let subcommands: [&[&str]; 10] = [
+    let subcommands: [&[&str]; 12] = [
         &[],
         &["serve"],
         &["migrate"],
@@ -105,6 +105,8 @@ fn every_subcommand_has_help() {
         &["user", "disable"],
         &["user", "enable"],
         &["user", "set-password"],
+        &["user", "promote"],
+        &["user", "demote"],
     ];
     for args in subcommands {
         let mut cmd = confab(dir.path());
@@ -215,7 +217,7 @@ fn create_user_reads_the_password_from_stdin_and_refuses_duplicates() {
     assert_success(&listed);
     let lines: Vec<String> = stdout(&listed).lines().map(str::to_owned).collect();
     assert_eq!(lines.len(), 1, "{lines:?}");
-    assert!(lines[0].contains("x@y.zz") && lines[0].ends_with("active"), "{lines:?}");
+    assert!(lines[0].contains("x@y.zz") && lines[0].ends_with("active\tuser"), "{lines:?}");
 }
 
 #[test]
@@ -238,10 +240,43 @@ fn users_can_be_disabled_and_enabled() {
         run(cmd, None)
     };
     assert_success(&user(&["disable", "--email", "Zoe@y.zz"]));
-    assert!(stdout(&user(&["list"])).trim_end().ends_with("disabled"));
+    assert!(stdout(&user(&["list"])).trim_end().ends_with("disabled\tuser"));
     assert_success(&user(&["enable", "--email", "zoe@y.zz"]));
-    assert!(stdout(&user(&["list"])).trim_end().ends_with("active"));
+    assert!(stdout(&user(&["list"])).trim_end().ends_with("active\tuser"));
     let missing = user(&["disable", "--email", "nobody@y.zz"]);
+    assert!(!missing.status.success());
+    assert!(stderr(&missing).contains("nobody@y.zz"), "{}", stderr(&missing));
+}
+
+#[test]
+fn administrators_are_made_at_creation_or_by_promotion_and_unmade_by_demotion() {
+    let dir = temp_dir();
+    let user = |args: &[&str]| {
+        let mut cmd = confab(dir.path());
+        cmd.args(args);
+        run(cmd, None)
+    };
+    let mut cmd = confab(dir.path());
+    cmd.args(["create-user", "--email", "root@y.zz", "--admin", "--password-stdin"]);
+    let created = run(cmd, Some(&format!("{PASSWORD}\n")));
+    assert_success(&created);
+    assert!(stdout(&created).contains("created administrator root@y.zz"), "{}", stdout(&created));
+    assert_success(&create_user(dir.path(), "amy@y.zz", Some(PASSWORD)));
+    let roles = || -> Vec<String> {
+        stdout(&user(&["user", "list"]))
+            .lines()
+            .map(|l| l.split('\t').map(str::to_owned).collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    let listed = roles();
+    assert!(listed.iter().any(|l| l.contains("root@y.zz") && l.ends_with("admin")), "{listed:?}");
+    assert!(listed.iter().any(|l| l.contains("amy@y.zz") && l.ends_with("user")), "{listed:?}");
+    assert_success(&user(&["user", "promote", "--email", "Amy@y.zz"]));
+    assert_success(&user(&["user", "demote", "--email", "root@y.zz"]));
+    let listed = roles();
+    assert!(listed.iter().any(|l| l.contains("amy@y.zz") && l.ends_with("admin")), "{listed:?}");
+    assert!(listed.iter().any(|l| l.contains("root@y.zz") && l.ends_with("user")), "{listed:?}");
+    let missing = user(&["user", "promote", "--email", "nobody@y.zz"]);
     assert!(!missing.status.success());
     assert!(stderr(&missing).contains("nobody@y.zz"), "{}", stderr(&missing));
 }

@@ -279,7 +279,7 @@ impl ChatService {
         }
         self.check_membership_rate(s)?;
         if !rejoin {
-            self.admit(&name, s.user.id).await?;
+            self.admit(&name, &s.user).await?;
         }
         if let Some(old) = s.rooms.remove(&name) {
             self.remove_member(&old, s.id());
@@ -323,8 +323,10 @@ impl ChatService {
 
     /// Whether `user` may join `room`, making them a member of a public room (created first,
     /// when unknown and `rooms.auto_create` is on). Private and direct rooms admit their
-    /// members only; a ban keeps anyone out; an archived room admits nobody.
-    async fn admit(&self, room: &RoomName, user: UserId) -> Result<(), ChatError> {
+    /// members (and administrators) only; a ban keeps anyone out; an archived room admits
+    /// nobody.
+    async fn admit(&self, room: &RoomName, who: &User) -> Result<(), ChatError> {
+        let user = who.id;
         let store = &self.inner.store;
         let found = match store.room(room).await? {
             Some(found) => found,
@@ -343,6 +345,8 @@ impl ChatService {
         match store.membership(room, user).await? {
             Some(m) if m.banned_at.is_some() => Err(ChatError::Forbidden("you are banned from this room")),
             Some(_) => Ok(()),
+            // Administrators enter any room without becoming members of it.
+            None if who.is_admin && found.kind != RoomKind::Public => Ok(()),
             None if found.kind == RoomKind::Public => {
                 store.add_member(room, user, Role::Member).await?;
                 Ok(())

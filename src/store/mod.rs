@@ -77,6 +77,8 @@ pub struct User {
     /// Bumped whenever the user's tokens and sessions are revoked (disable, password change,
     /// kick): tokens and sessions of an older epoch are refused.
     pub session_epoch: i64,
+    /// A server administrator: sees and moderates every room.
+    pub is_admin: bool,
 }
 
 impl From<Uuid> for UserId {
@@ -240,6 +242,14 @@ pub struct Member {
     #[sqlx(try_from = "String")]
     pub role: Role,
     pub joined_at: DateTime<Utc>,
+}
+
+/// A user banned from a room.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Ban {
+    pub user_id: Uuid,
+    pub email: String,
+    pub banned_at: DateTime<Utc>,
 }
 
 /// A room to create.
@@ -455,7 +465,8 @@ impl Store {
         each_backend!(self, s => s.room(name.as_str()).await)
     }
 
-    /// Public rooms and the rooms `user` is a member of, archived ones left out.
+    /// Public rooms and the rooms `user` is a member of, without archived rooms and rooms
+    /// `user` is banned from.
     pub async fn rooms_for(&self, user: UserId) -> Result<Vec<RoomListing>, StoreError> {
         each_backend!(self, s => s.rooms_for(user.0).await)
     }
@@ -473,6 +484,26 @@ impl Store {
     /// Ends `user`'s membership (a ban stays). True if they were a member.
     pub async fn remove_member(&self, room: &RoomName, user: UserId) -> Result<bool, StoreError> {
         each_backend!(self, s => s.remove_member(room.as_str(), user.0).await)
+    }
+
+    /// Grants (or takes) server administration. False if there is no user with `email`.
+    pub async fn set_admin(&self, email: &str, admin: bool) -> Result<bool, StoreError> {
+        each_backend!(self, s => s.set_admin(email, admin).await)
+    }
+
+    /// Bans `user` from `room`, whether or not a member: a member loses their role.
+    pub async fn ban_member(&self, room: &RoomName, user: UserId) -> Result<(), StoreError> {
+        each_backend!(self, s => s.ban_member(room.as_str(), user.0, Utc::now()).await)
+    }
+
+    /// Lifts `user`'s ban from `room`; false if they were not banned.
+    pub async fn unban_member(&self, room: &RoomName, user: UserId) -> Result<bool, StoreError> {
+        each_backend!(self, s => s.unban_member(room.as_str(), user.0).await)
+    }
+
+    /// Who is banned from `room`, earliest first, at most `limit`.
+    pub async fn bans(&self, room: &RoomName, limit: u32) -> Result<Vec<Ban>, StoreError> {
+        each_backend!(self, s => s.bans(room.as_str(), i64::from(limit)).await)
     }
 
     /// The room's members (not the banned), oldest first, at most `limit`.

@@ -14,6 +14,13 @@ macro_rules! message_columns {
     };
 }
 
+/// The columns of a [`User`](crate::store::User), in its `FromRow` order.
+macro_rules! user_columns {
+    () => {
+        "id, email, created_at, disabled_at, session_epoch, is_admin"
+    };
+}
+
 macro_rules! shared_queries {
     ($store:ty) => {
         impl $store {
@@ -65,14 +72,21 @@ macro_rules! shared_queries {
                     .bind(now)
                     .execute(&self.write)
                     .await?;
-                Ok($crate::store::User { id, email: email.to_owned(), created_at: now, disabled_at: None, session_epoch: 0 })
+                Ok($crate::store::User {
+                    id,
+                    email: email.to_owned(),
+                    created_at: now,
+                    disabled_at: None,
+                    session_epoch: 0,
+                    is_admin: false,
+                })
             }
 
             pub async fn user_by_id(
                 &self,
                 id: $crate::domain::UserId,
             ) -> Result<Option<$crate::store::User>, $crate::store::StoreError> {
-                Ok(sqlx::query_as("SELECT id, email, created_at, disabled_at, session_epoch FROM users WHERE id = $1")
+                Ok(sqlx::query_as(concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1"))
                     .bind(id.0)
                     .fetch_optional(&self.read)
                     .await?)
@@ -86,7 +100,7 @@ macro_rules! shared_queries {
                 if ids.is_empty() {
                     return Ok(Vec::new());
                 }
-                let mut q = sqlx::QueryBuilder::new("SELECT id, email, created_at, disabled_at, session_epoch FROM users WHERE id IN (");
+                let mut q = sqlx::QueryBuilder::new(concat!("SELECT ", user_columns!(), " FROM users WHERE id IN ("));
                 let mut list = q.separated(", ");
                 for id in ids {
                     list.push_bind(id.0);
@@ -100,7 +114,7 @@ macro_rules! shared_queries {
                 email: &str,
             ) -> Result<Option<$crate::store::Credentials>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(
-                    "SELECT id, email, created_at, disabled_at, session_epoch, password_hash FROM users WHERE email = $1",
+                    concat!("SELECT ", user_columns!(), ", password_hash FROM users WHERE email = $1"),
                 )
                 .bind(email)
                 .fetch_optional(&self.read)
@@ -108,7 +122,7 @@ macro_rules! shared_queries {
             }
 
             pub async fn list_users(&self) -> Result<Vec<$crate::store::User>, $crate::store::StoreError> {
-                Ok(sqlx::query_as("SELECT id, email, created_at, disabled_at, session_epoch FROM users ORDER BY created_at, email")
+                Ok(sqlx::query_as(concat!("SELECT ", user_columns!(), " FROM users ORDER BY created_at, email"))
                     .fetch_all(&self.read)
                     .await?)
             }
@@ -179,10 +193,11 @@ macro_rules! shared_queries {
                 &self,
                 since_ms: i64,
             ) -> Result<Vec<$crate::store::User>, $crate::store::StoreError> {
-                Ok(sqlx::query_as(
-                    "SELECT id, email, created_at, disabled_at, session_epoch FROM users \
-                     WHERE sessions_revoked_ms IS NOT NULL AND sessions_revoked_ms >= $1",
-                )
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    user_columns!(),
+                    " FROM users WHERE sessions_revoked_ms IS NOT NULL AND sessions_revoked_ms >= $1"
+                ))
                 .bind(since_ms)
                 .fetch_all(&self.read)
                 .await?)
@@ -356,6 +371,58 @@ macro_rules! shared_queries {
                 Ok(row.map_or(0, |(s,)| s))
             }
 
+            /// Grants or takes server administration; false if there is no such user.
+            pub async fn set_admin(&self, email: &str, admin: bool) -> Result<bool, $crate::store::StoreError> {
+                Ok(sqlx::query("UPDATE users SET is_admin = $2 WHERE email = $1")
+                    .bind(email)
+                    .bind(admin)
+                    .execute(&self.write)
+                    .await?
+                    .rows_affected()
+                    == 1)
+            }
+
+            /// Bans `user` from `room` (a member or not): they stay out until unbanned.
+            pub async fn ban_member(
+                &self,
+                room: &str,
+                user: uuid::Uuid,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::store::StoreError> {
+                sqlx::query(
+                    "INSERT INTO room_members (room, user_id, role, joined_at, banned_at) VALUES ($1, $2, 'member', $3, $3) \
+                     ON CONFLICT (room, user_id) DO UPDATE SET banned_at = excluded.banned_at, role = 'member'",
+                )
+                .bind(room)
+                .bind(user)
+                .bind(now)
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+
+            /// Lifts a ban: the user is then neither banned nor a member. False if not banned.
+            pub async fn unban_member(&self, room: &str, user: uuid::Uuid) -> Result<bool, $crate::store::StoreError> {
+                Ok(sqlx::query("DELETE FROM room_members WHERE room = $1 AND user_id = $2 AND banned_at IS NOT NULL")
+                    .bind(room)
+                    .bind(user)
+                    .execute(&self.write)
+                    .await?
+                    .rows_affected()
+                    == 1)
+            }
+
+            pub async fn bans(&self, room: &str, limit: i64) -> Result<Vec<$crate::store::Ban>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT m.user_id, u.email, m.banned_at FROM room_members m JOIN users u ON u.id = m.user_id \
+                     WHERE m.room = $1 AND m.banned_at IS NOT NULL ORDER BY m.banned_at, m.user_id LIMIT $2",
+                )
+                .bind(room)
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
             pub async fn create_room(
                 &self,
                 room: &$crate::store::NewRoom,
@@ -407,8 +474,8 @@ macro_rules! shared_queries {
                     "SELECT r.name, r.kind, r.title, r.topic, r.created_by, r.created_at, r.archived_at, r.last_seq, \
                             m.role \
                      FROM rooms r \
-                     LEFT JOIN room_members m ON m.room = r.name AND m.user_id = $1 AND m.banned_at IS NULL \
-                     WHERE r.archived_at IS NULL AND (r.kind = 'public' OR m.role IS NOT NULL) \
+                     LEFT JOIN room_members m ON m.room = r.name AND m.user_id = $1 \
+                     WHERE r.archived_at IS NULL AND m.banned_at IS NULL AND (r.kind = 'public' OR m.role IS NOT NULL) \
                      ORDER BY r.name",
                 )
                 .bind(user)

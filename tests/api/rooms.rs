@@ -16,6 +16,8 @@ both_backends!(
     a_private_room_is_hidden_from_non_members_until_they_are_invited,
     members_are_removed_by_themselves_or_by_a_higher_role_only,
     with_auto_create_off_only_created_rooms_can_be_joined,
+    a_ban_keeps_a_user_out_until_lifted,
+    administrators_see_and_moderate_every_room,
 );
 
 async fn call(app: &TestApp, method: Method, path: &str, token: &str, body: Option<Value>) -> reqwest::Response {
@@ -187,4 +189,71 @@ async fn with_auto_create_off_only_created_rooms_can_be_joined(backend: Backend)
     assert_eq!(described["kind"], "public");
     // Whoever came first is a member, not its owner.
     assert_eq!(roles(&app, &first, "general").await, [("first@example.com".to_owned(), "member".to_owned())]);
+}
+
+async fn a_ban_keeps_a_user_out_until_lifted(backend: Backend) {
+    let app = spawn_chat_node(backend, |_| {}).await;
+    let (owner, mut owner_ws) = connect_user(&app, "owner@example.com").await;
+    let (member, _) = connect_user(&app, "member@example.com").await;
+    let (eve, mut eve_ws) = connect_user(&app, "eve@example.com").await;
+    create(&app, &owner, json!({ "name": "hall" })).await;
+    owner_ws.join("hall").await;
+    eve_ws.join("hall").await;
+    let ban = |by: &Session, who: &Session| {
+        let (app, token, body) = (&app, by.token.clone(), json!({ "userId": who.user_id }));
+        async move { call(app, Method::POST, "/api/rooms/hall/bans", &token, Some(body)).await }
+    };
+    // Members do not ban; nobody bans the owner.
+    expect_error(ban(&member, &eve).await, StatusCode::FORBIDDEN, "forbidden").await;
+    expect_error(ban(&member, &owner).await, StatusCode::FORBIDDEN, "forbidden").await;
+    expect_error(app.get_authed("/api/rooms/hall/bans", &member.token).await, StatusCode::FORBIDDEN, "forbidden").await;
+
+    assert_eq!(ban(&owner, &eve).await.status(), StatusCode::NO_CONTENT);
+    let removed = json!({ "type": "removed", "room": "hall", "userId": eve.user_id, "reason": "banned" });
+    assert_eq!(eve_ws.next_of_type("removed").await, removed);
+    assert_eq!(owner_ws.next_of_type("removed").await, removed);
+    // Out: not listed, not readable, not joinable, not even with since.
+    assert!(listed(&app, &eve).await.is_empty());
+    expect_error(app.get_authed("/api/messages/hall", &eve.token).await, StatusCode::NOT_FOUND, "not_found").await;
+    eve_ws.request_error(json!({ "type": "join_room", "room": "hall", "since": 0 }), "forbidden").await;
+    let bans = expect_json(app.get_authed("/api/rooms/hall/bans", &owner.token).await, StatusCode::OK).await;
+    assert_eq!(bans["bans"][0]["email"], "eve@example.com");
+
+    // Lifted, she may join the public room again.
+    let unban = call(&app, Method::DELETE, &format!("/api/rooms/hall/bans/{}", eve.user_id), &owner.token, None).await;
+    assert_eq!(unban.status(), StatusCode::NO_CONTENT);
+    let again = call(&app, Method::DELETE, &format!("/api/rooms/hall/bans/{}", eve.user_id), &owner.token, None).await;
+    expect_error(again, StatusCode::NOT_FOUND, "not_found").await;
+    eve_ws.join("hall").await;
+}
+
+async fn administrators_see_and_moderate_every_room(backend: Backend) {
+    let app = spawn_chat_node(backend, |_| {}).await;
+    let (owner, _) = connect_user(&app, "owner@example.com").await;
+    let (member, _) = connect_user(&app, "member@example.com").await;
+    let (admin, _) = connect_user(&app, "admin@example.com").await;
+    create(&app, &owner, json!({ "name": "backroom", "kind": "private" })).await;
+    let invited = call(
+        &app,
+        Method::POST,
+        "/api/rooms/backroom/members",
+        &owner.token,
+        Some(json!({ "userId": member.user_id })),
+    )
+    .await;
+    expect_json(invited, StatusCode::OK).await;
+    expect_error(app.get_authed("/api/rooms/backroom", &admin.token).await, StatusCode::NOT_FOUND, "not_found").await;
+
+    assert!(app.state.store.set_admin("admin@example.com", true).await.expect("promote"));
+    // The same token now carries an administrator's rights: they are looked up per request.
+    expect_json(app.get_authed("/api/rooms/backroom", &admin.token).await, StatusCode::OK).await;
+    assert_eq!(roles(&app, &admin, "backroom").await.len(), 2);
+    let kicked =
+        call(&app, Method::DELETE, &format!("/api/rooms/backroom/members/{}", member.user_id), &admin.token, None)
+            .await;
+    assert_eq!(kicked.status(), StatusCode::NO_CONTENT);
+    // A new session joins the private room without becoming a member.
+    let mut admin_ws = crate::helpers::TestSocket::connect(&app, &admin.token).await;
+    admin_ws.join("backroom").await;
+    assert_eq!(roles(&app, &owner, "backroom").await, [("owner@example.com".to_owned(), "owner".to_owned())]);
 }

@@ -88,7 +88,7 @@ impl MessagesApi {
         if matches!(before.0, Some(b) if b < 1) {
             return Err(ApiError::bad_request("before must be a positive seq", "invalid_before"));
         }
-        super::rooms::readable(state, &room, auth.0.id).await?;
+        super::rooms::readable(state, &room, &auth.0).await?;
         let messages = state.store.messages_before(&room, before.0, limit).await?;
         Ok(Json(MessagesBody { messages: messages.into_iter().map(Into::into).collect() }))
     }

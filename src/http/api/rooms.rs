@@ -9,7 +9,7 @@ use super::{ApiTags, security::BearerAuth};
 use crate::{
     domain::{RoomName, Seq, UserId},
     http::{AppState, error::ApiError},
-    store::{Member, NewRoom, Role, Room, RoomKind},
+    store::{Ban, Member, NewRoom, Role, Room, RoomKind, User},
 };
 
 /// Most members a member list returns.
@@ -155,25 +155,67 @@ struct InviteBody {
     user_id: Uuid,
 }
 
+/// A user banned from a room.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+struct BanView {
+    user_id: Uuid,
+    email: String,
+    banned_at: DateTime<Utc>,
+}
+
+impl From<Ban> for BanView {
+    fn from(b: Ban) -> Self {
+        Self { user_id: b.user_id, email: b.email, banned_at: b.banned_at }
+    }
+}
+
+#[derive(Object)]
+struct BansBody {
+    /// Earliest first, at most 1000.
+    bans: Vec<BanView>,
+}
+
 #[derive(ApiResponse)]
 enum Removed {
-    /// No longer a member.
+    /// Done: no longer a member, banned, or unbanned.
     #[oai(status = 204)]
     Done,
 }
 
-/// The room, if `user` may read it: a public room, or one `user` is a member of and not banned
-/// from. `None`: no such room (which has no messages). A private room is hidden from others
-/// (404), as is every room from those banned from it.
-pub async fn readable(state: &AppState, name: &RoomName, user: UserId) -> Result<Option<Room>, ApiError> {
+/// The room, if `user` may read it: a public room, one `user` is a member of and not banned
+/// from, or any room for an administrator. `None`: no such room (which has no messages). A
+/// private room is hidden from others (404), as is every room from those banned from it.
+pub async fn readable(state: &AppState, name: &RoomName, user: &User) -> Result<Option<Room>, ApiError> {
     let Some(room) = state.store.room(name).await? else { return Ok(None) };
-    let membership = state.store.membership(name, user).await?;
+    if user.is_admin {
+        return Ok(Some(room));
+    }
+    let membership = state.store.membership(name, user.id).await?;
     match membership {
         Some(m) if m.banned_at.is_some() => Err(ApiError::not_found("no such room")),
         Some(_) => Ok(Some(room)),
         None if room.kind == RoomKind::Public => Ok(Some(room)),
         None => Err(ApiError::not_found("no such room")),
     }
+}
+
+/// What `user` may do in `room`: their role there, or an owner's for an administrator.
+async fn power(state: &AppState, name: &RoomName, user: &User) -> Result<Option<Role>, ApiError> {
+    if user.is_admin {
+        return Ok(Some(Role::Owner));
+    }
+    Ok(state.store.membership(name, user.id).await?.filter(|m| m.banned_at.is_none()).map(|m| m.role))
+}
+
+/// Refuses unless `user` moderates `room` and outranks `target` (who may be no member at all).
+async fn may_moderate(state: &AppState, name: &RoomName, user: &User, target: UserId) -> Result<(), ApiError> {
+    let mine = power(state, name, user).await?;
+    let theirs = state.store.membership(name, target).await?.filter(|m| m.banned_at.is_none()).map(|m| m.role);
+    if mine < Some(Role::Moderator) || theirs >= mine {
+        return Err(ApiError::forbidden("only owners and moderators do this, to members of a lower role"));
+    }
+    Ok(())
 }
 
 fn room_name(raw: &str) -> Result<RoomName, ApiError> {
@@ -257,7 +299,7 @@ impl RoomsApi {
     ) -> Result<Json<RoomView>, ApiError> {
         let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
         let name = room_name(&room.0)?;
-        let found = readable(state, &name, auth.0.id).await?.ok_or_else(|| ApiError::not_found("no such room"))?;
+        let found = readable(state, &name, &auth.0).await?.ok_or_else(|| ApiError::not_found("no such room"))?;
         let role = state.store.membership(&name, auth.0.id).await?.map(|m| m.role);
         let members = state.chat.member_counts(std::slice::from_ref(&found.name)).await.first().copied().unwrap_or(0);
         Ok(Json(RoomView::new(found, members, role)))
@@ -275,7 +317,7 @@ impl RoomsApi {
     ) -> Result<Json<MembersBody>, ApiError> {
         let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
         let name = room_name(&room.0)?;
-        readable(state, &name, auth.0.id).await?.ok_or_else(|| ApiError::not_found("no such room"))?;
+        readable(state, &name, &auth.0).await?.ok_or_else(|| ApiError::not_found("no such room"))?;
         let members = state.store.members(&name, MEMBERS_LIMIT).await?;
         Ok(Json(MembersBody { members: members.into_iter().map(Into::into).collect() }))
     }
@@ -296,8 +338,8 @@ impl RoomsApi {
     ) -> Result<Json<MemberView>, ApiError> {
         let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
         let name = room_name(&room.0)?;
-        let found = readable(state, &name, auth.0.id).await?.ok_or_else(|| ApiError::not_found("no such room"))?;
-        let my_role = state.store.membership(&name, auth.0.id).await?.map(|m| m.role);
+        let found = readable(state, &name, &auth.0).await?.ok_or_else(|| ApiError::not_found("no such room"))?;
+        let my_role = power(state, &name, &auth.0).await?;
         if found.kind != RoomKind::Public && my_role < Some(Role::Moderator) {
             return Err(ApiError::forbidden("only the room's owners and moderators add members"));
         }
@@ -336,19 +378,91 @@ impl RoomsApi {
     ) -> Result<Removed, ApiError> {
         let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
         let name = room_name(&room.0)?;
-        readable(state, &name, auth.0.id).await?.ok_or_else(|| ApiError::not_found("no such room"))?;
+        readable(state, &name, &auth.0).await?.ok_or_else(|| ApiError::not_found("no such room"))?;
         let target = UserId(user_id.0);
         let their_role = state.store.membership(&name, target).await?.filter(|m| m.banned_at.is_none()).map(|m| m.role);
         let Some(their_role) = their_role else { return Err(ApiError::not_found("not a member")) };
+        let _ = their_role;
         if target != auth.0.id {
-            let my_role = state.store.membership(&name, auth.0.id).await?.map(|m| m.role);
-            if my_role < Some(Role::Moderator) || my_role <= Some(their_role) {
-                return Err(ApiError::forbidden("only owners and moderators remove members, of a lower role"));
-            }
+            may_moderate(state, &name, &auth.0, target).await?;
         }
         state.store.remove_member(&name, target).await?;
         // Their sessions in the room, on every node, leave it now.
         state.chat.evict(&name, target, if target == auth.0.id { "left" } else { "kicked" });
         Ok(Removed::Done)
+    }
+
+    /// Ban a user from a room.
+    ///
+    /// Owners and moderators (and administrators) ban anyone of a lower role, member or not:
+    /// a banned user cannot see, read or join the room until unbanned, and their sessions in
+    /// it, on every node, leave it at once (event `removed`, reason `banned`).
+    #[oai(path = "/rooms/:room/bans", method = "post")]
+    async fn ban(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        /// Room name.
+        #[oai(validator(pattern = "^[A-Za-z0-9:_-]{1,64}$"))]
+        room: Path<String>,
+        body: Json<InviteBody>,
+    ) -> Result<Removed, ApiError> {
+        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
+        let name = room_name(&room.0)?;
+        readable(state, &name, &auth.0).await?.ok_or_else(|| ApiError::not_found("no such room"))?;
+        let target = UserId(body.0.user_id);
+        if target == auth.0.id {
+            return Err(ApiError::bad_request("you cannot ban yourself", "invalid_payload"));
+        }
+        state.store.user_by_id(target).await?.ok_or_else(|| ApiError::not_found("no such user"))?;
+        may_moderate(state, &name, &auth.0, target).await?;
+        state.store.ban_member(&name, target).await?;
+        state.chat.evict(&name, target, "banned");
+        Ok(Removed::Done)
+    }
+
+    /// Lift a ban. The user is then not a member: they may join a public room again, and
+    /// must be invited to a private one.
+    #[oai(path = "/rooms/:room/bans/:user_id", method = "delete")]
+    async fn unban(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        /// Room name.
+        #[oai(validator(pattern = "^[A-Za-z0-9:_-]{1,64}$"))]
+        room: Path<String>,
+        /// The banned user.
+        user_id: Path<Uuid>,
+    ) -> Result<Removed, ApiError> {
+        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
+        let name = room_name(&room.0)?;
+        readable(state, &name, &auth.0).await?.ok_or_else(|| ApiError::not_found("no such room"))?;
+        if power(state, &name, &auth.0).await? < Some(Role::Moderator) {
+            return Err(ApiError::forbidden("only owners and moderators lift bans"));
+        }
+        if !state.store.unban_member(&name, UserId(user_id.0)).await? {
+            return Err(ApiError::not_found("not banned"));
+        }
+        Ok(Removed::Done)
+    }
+
+    /// Who is banned from a room (owners and moderators only).
+    #[oai(path = "/rooms/:room/bans", method = "get")]
+    async fn bans(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        /// Room name.
+        #[oai(validator(pattern = "^[A-Za-z0-9:_-]{1,64}$"))]
+        room: Path<String>,
+    ) -> Result<Json<BansBody>, ApiError> {
+        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
+        let name = room_name(&room.0)?;
+        readable(state, &name, &auth.0).await?.ok_or_else(|| ApiError::not_found("no such room"))?;
+        if power(state, &name, &auth.0).await? < Some(Role::Moderator) {
+            return Err(ApiError::forbidden("only owners and moderators see the bans"));
+        }
+        let bans = state.store.bans(&name, MEMBERS_LIMIT).await?;
+        Ok(Json(BansBody { bans: bans.into_iter().map(Into::into).collect() }))
     }
 }
