@@ -88,6 +88,9 @@ async fn the_openapi_document_lists_every_rest_route_with_bearer_auth() {
         ("/rooms/{room}/members", "get", true),
         ("/rooms/{room}/members", "post", true),
         ("/rooms/{room}/members/{user_id}", "delete", true),
+        ("/rooms/{room}/bans", "get", true),
+        ("/rooms/{room}/bans", "post", true),
+        ("/rooms/{room}/bans/{user_id}", "delete", true),
     ];
     let paths = spec["paths"].as_object().expect("paths");
     for (path, method, authed) in routes {

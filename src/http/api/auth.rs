@@ -1,69 +1,13 @@
 //! `POST /api/auth/{register,login,refresh,logout}`.
 
-use std::borrow::Cow;
-
 use poem::Request;
-use poem_openapi::{
-    ApiResponse, Object, OpenApi,
-    payload::Json,
-    registry::{MetaSchema, MetaSchemaRef},
-    types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type},
-};
+use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 
 use super::{ApiTags, UserView};
 use crate::{
     domain::Password,
     http::{AppState, client_ip, error::ApiError},
 };
-
-/// A string field checked by the handler rather than by poem-openapi, and strictly a JSON
-/// string (poem's `String` would take `42` or `true` as text, which the schema says is not
-/// valid), documented with the rules the handler applies.
-macro_rules! checked_string {
-    ($(#[$doc:meta])* $name:ident, $title:literal, |$schema:ident| $describe:block) => {
-        $(#[$doc])*
-        struct $name(String);
-
-        impl Type for $name {
-            const IS_REQUIRED: bool = true;
-            type RawValueType = Self;
-            type RawElementValueType = Self;
-
-            fn name() -> Cow<'static, str> {
-                $title.into()
-            }
-
-            fn schema_ref() -> MetaSchemaRef {
-                let mut $schema = MetaSchema::new("string");
-                $describe
-                MetaSchemaRef::Inline(Box::new($schema))
-            }
-
-            fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-                Some(self)
-            }
-
-            fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-                Box::new(self.as_raw_value().into_iter())
-            }
-        }
-
-        impl ParseFromJSON for $name {
-            fn parse_from_json(value: Option<serde_json::Value>) -> ParseResult<Self> {
-                match value {
-                    Some(serde_json::Value::String(s)) => Ok(Self(s)),
-                    other => Err(ParseError::expected_type(other.unwrap_or_default())),
-                }
-            }
-        }
-
-        impl ToJSON for $name {
-            fn to_json(&self) -> Option<serde_json::Value> {
-                Some(serde_json::Value::String(self.0.clone()))
-            }
-        }
-    };
-}
 
 checked_string!(
     /// A new account's email: `domain::Email`'s rules, internationalized addresses included.

@@ -1,6 +1,106 @@
 //! The REST API under `/api`, described by poem-openapi: the doc comments on operations and
 //! types here *are* the documentation at `/api/docs` and `/api/openapi.json`.
 
+// Field types whose JSON and schema poem-openapi's own would get wrong; defined before the
+// modules that use them.
+/// A string field checked by the handler rather than by poem-openapi, and strictly a JSON
+/// string (poem's `String` would take `42` or `true` as text, which the schema says is not
+/// valid), documented with the rules the handler applies.
+macro_rules! checked_string {
+    ($(#[$doc:meta])* $name:ident, $title:literal, |$schema:ident| $describe:block) => {
+        $(#[$doc])*
+        struct $name(String);
+
+        impl poem_openapi::types::Type for $name {
+            const IS_REQUIRED: bool = true;
+            type RawValueType = Self;
+            type RawElementValueType = Self;
+
+            fn name() -> std::borrow::Cow<'static, str> {
+                $title.into()
+            }
+
+            fn schema_ref() -> poem_openapi::registry::MetaSchemaRef {
+                let mut $schema = poem_openapi::registry::MetaSchema::new("string");
+                $describe
+                poem_openapi::registry::MetaSchemaRef::Inline(Box::new($schema))
+            }
+
+            fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+                Some(self)
+            }
+
+            fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+                Box::new(self.as_raw_value().into_iter())
+            }
+        }
+
+        impl poem_openapi::types::ParseFromJSON for $name {
+            fn parse_from_json(value: Option<serde_json::Value>) -> poem_openapi::types::ParseResult<Self> {
+                match value {
+                    Some(serde_json::Value::String(s)) => Ok(Self(s)),
+                    other => Err(poem_openapi::types::ParseError::expected_type(other.unwrap_or_default())),
+                }
+            }
+        }
+
+        impl poem_openapi::types::ToJSON for $name {
+            fn to_json(&self) -> Option<serde_json::Value> {
+                Some(serde_json::Value::String(self.0.clone()))
+            }
+        }
+    };
+}
+
+/// Optional text of bounded length: absent, or a JSON string (not `null`, which the schema
+/// does not allow), trimmed, empty meaning absent.
+macro_rules! optional_text {
+    ($(#[$doc:meta])* $name:ident, $max:expr) => {
+        $(#[$doc])*
+        struct $name(Option<String>);
+
+        impl poem_openapi::types::Type for $name {
+            const IS_REQUIRED: bool = false;
+            type RawValueType = String;
+            type RawElementValueType = String;
+
+            fn name() -> std::borrow::Cow<'static, str> {
+                "string".into()
+            }
+
+            fn schema_ref() -> poem_openapi::registry::MetaSchemaRef {
+                let mut schema = poem_openapi::registry::MetaSchema::new("string");
+                schema.max_length = Some($max);
+                poem_openapi::registry::MetaSchemaRef::Inline(Box::new(schema))
+            }
+
+            fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+                self.0.as_ref()
+            }
+
+            fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+                Box::new(self.as_raw_value().into_iter())
+            }
+        }
+
+        impl poem_openapi::types::ParseFromJSON for $name {
+            fn parse_from_json(value: Option<serde_json::Value>) -> poem_openapi::types::ParseResult<Self> {
+                match value {
+                    None => Ok(Self(None)),
+                    Some(serde_json::Value::String(s)) => Ok(Self(Some(s))),
+                    Some(other) => Err(poem_openapi::types::ParseError::expected_type(other)),
+                }
+            }
+        }
+
+        impl poem_openapi::types::ToJSON for $name {
+            fn to_json(&self) -> Option<serde_json::Value> {
+                self.0.clone().map(serde_json::Value::String)
+            }
+        }
+    };
+}
+
 mod auth;
 mod me;
 mod messages;

@@ -102,21 +102,51 @@ struct RoomsBody {
     rooms: Vec<RoomView>,
 }
 
+/// The kinds of room `POST /api/rooms` makes.
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+#[oai(rename_all = "lowercase")]
+enum NewKind {
+    /// Listed to everyone; anyone may join.
+    Public,
+    /// Listed to and joined by its members only; members are invited.
+    Private,
+}
+
+checked_string!(
+    /// A new room's name: 1 to 64 characters of `A-Z a-z 0-9 : _ -`.
+    RoomNameInput,
+    "string(room)",
+    |schema| {
+        schema.pattern = Some("^[A-Za-z0-9:_-]{1,64}$".into());
+        schema.min_length = Some(1);
+        schema.max_length = Some(RoomName::MAX_LEN);
+    }
+);
+
+optional_text!(
+    /// A room's title: at most 100 characters.
+    TitleInput,
+    TITLE_MAX
+);
+optional_text!(
+    /// A room's topic: at most 500 characters.
+    TopicInput,
+    TOPIC_MAX
+);
+
 /// A room to create. I become its owner.
 #[derive(Object)]
 #[oai(rename_all = "camelCase")]
 struct CreateRoomBody {
     /// 1 to 64 characters of `A-Z a-z 0-9 : _ -`.
-    #[oai(validator(pattern = "^[A-Za-z0-9:_-]{1,64}$"))]
-    name: String,
+    name: RoomNameInput,
     /// `public` (default) or `private`.
-    kind: Option<KindView>,
-    /// At most 100 characters.
-    #[oai(validator(max_length = 100))]
-    title: Option<String>,
+    #[oai(nullable)]
+    kind: Option<NewKind>,
+    /// At most 100 characters; shown instead of the name.
+    title: TitleInput,
     /// At most 500 characters.
-    #[oai(validator(max_length = 500))]
-    topic: Option<String>,
+    topic: TopicInput,
 }
 
 #[derive(ApiResponse)]
@@ -222,12 +252,17 @@ fn room_name(raw: &str) -> Result<RoomName, ApiError> {
     RoomName::parse(raw).map_err(|e| ApiError::bad_request(e.to_string(), "invalid_room"))
 }
 
+/// Display text as stored: at most `max` characters as sent; control and invisible
+/// characters (which could make one title look like another) dropped; trimmed; empty meaning
+/// none.
 fn bounded(text: Option<String>, max: usize, what: &str) -> Result<Option<String>, ApiError> {
-    let text = text.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
-    if text.as_ref().is_some_and(|t| t.chars().count() > max || t.chars().any(crate::domain::is_invisible)) {
-        return Err(ApiError::bad_request(format!("{what} is at most {max} visible characters"), "invalid_payload"));
+    if text.as_ref().is_some_and(|t| t.chars().count() > max) {
+        return Err(ApiError::bad_request(format!("{what} is at most {max} characters"), "invalid_payload"));
     }
-    Ok(text)
+    Ok(text
+        .map(|t| t.chars().filter(|c| !c.is_control() && !crate::domain::is_invisible(*c)).collect::<String>())
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty()))
 }
 
 pub struct RoomsApi;
@@ -263,21 +298,15 @@ impl RoomsApi {
     async fn create(&self, req: &Request, auth: BearerAuth, body: Json<CreateRoomBody>) -> Result<Created, ApiError> {
         let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
         let body = body.0;
-        let kind = match body.kind.unwrap_or(KindView::Public) {
-            KindView::Public => RoomKind::Public,
-            KindView::Private => RoomKind::Private,
-            KindView::Direct => {
-                return Err(ApiError::bad_request(
-                    "direct rooms are opened with a user, not created",
-                    "invalid_payload",
-                ));
-            }
+        let kind = match body.kind.unwrap_or(NewKind::Public) {
+            NewKind::Public => RoomKind::Public,
+            NewKind::Private => RoomKind::Private,
         };
         let new = NewRoom {
-            name: room_name(&body.name)?,
+            name: room_name(&body.name.0)?,
             kind,
-            title: bounded(body.title, TITLE_MAX, "title")?,
-            topic: bounded(body.topic, TOPIC_MAX, "topic")?,
+            title: bounded(body.title.0, TITLE_MAX, "title")?,
+            topic: bounded(body.topic.0, TOPIC_MAX, "topic")?,
             created_by: auth.0.id,
         };
         if !state.store.create_room(&new, Some(auth.0.id)).await? {
@@ -412,7 +441,7 @@ impl RoomsApi {
         readable(state, &name, &auth.0).await?.ok_or_else(|| ApiError::not_found("no such room"))?;
         let target = UserId(body.0.user_id);
         if target == auth.0.id {
-            return Err(ApiError::bad_request("you cannot ban yourself", "invalid_payload"));
+            return Err(ApiError::forbidden("you cannot ban yourself"));
         }
         state.store.user_by_id(target).await?.ok_or_else(|| ApiError::not_found("no such user"))?;
         may_moderate(state, &name, &auth.0, target).await?;
