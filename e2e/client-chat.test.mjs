@@ -232,6 +232,25 @@ test('typing is sent at most every two seconds', async () => {
   assert.equal(conn.notified.length, 1);
 });
 
+test('being removed from a room shuts it with the reason; others being removed is a notice', async () => {
+  const { conn, chat } = setup();
+  const notices = [];
+  const errors = [];
+  chat.addEventListener('system', (e) => notices.push(e.detail.frame.message));
+  chat.addEventListener('join-error', (e) => errors.push(e.detail.message));
+  conn.open();
+  const room = chat.join('general');
+  conn.take('join_room').resolve({ type: 'ack', room: 'general', seq: 0 });
+  await tick();
+  conn.frame({ type: 'removed', room: 'general', userId: 'other', reason: 'kicked' });
+  assert.deepEqual(notices, ['A member was kicked from the room']);
+  assert.equal(room.joined, true);
+  conn.frame({ type: 'removed', room: 'general', userId: ME.id, reason: 'banned' });
+  assert.equal(room.joined, false);
+  assert.equal(room.joinError, 'You were banned from this room.');
+  assert.deepEqual(errors, ['You were banned from this room.']);
+});
+
 test('reconnect backoff grows, is capped, and is jittered', () => {
   assert.ok(backoff(0, () => 0) >= 250 && backoff(0, () => 1) <= 500);
   assert.ok(backoff(3, () => 0.5) > backoff(1, () => 0.5));

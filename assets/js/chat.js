@@ -361,6 +361,9 @@ export class Chat extends EventTarget {
       case 'system':
         this.#emit('system', { room, frame, at: new Date(this.#now()).toISOString() });
         break;
+      case 'removed':
+        this.#onRemoved(room, frame);
+        break;
       case 'typing':
         if (frame.userId === this.me.id) return;
         room.typing.set(frame.userId, { email: frame.email, until: this.#now() + TYPING_SHOWN_FOR });
@@ -369,6 +372,30 @@ export class Chat extends EventTarget {
         break;
       default:
     }
+  }
+
+  /** Someone is no longer a member; if it is me, the room is shut until I may join again. */
+  #onRemoved(room, frame) {
+    const at = new Date(this.#now()).toISOString();
+    if (frame.userId !== this.me.id) {
+      const message = frame.reason === 'left' ? 'A member left the room' : `A member was ${frame.reason} from the room`;
+      this.#emit('system', { room, frame: { ...frame, message }, at });
+      return;
+    }
+    room.joined = false;
+    room.joinError = {
+      banned: 'You were banned from this room.',
+      kicked: 'You were removed from this room.',
+    }[frame.reason] ?? 'You are no longer a member of this room.';
+    for (const entry of room.outbox.values()) {
+      if (entry.status === 'queued' || entry.status === 'sending') {
+        entry.status = 'failed';
+        entry.error = room.joinError;
+        this.#emit('outbox', { room, entry });
+      }
+    }
+    this.#emit('rooms');
+    this.#emit('join-error', { room, message: room.joinError });
   }
 
   #onMessage(room, frame) {
