@@ -30,6 +30,8 @@ let bob;
 const run = randomBytes(4).toString('hex');
 const emailA = `alice-${run}@example.com`;
 const emailB = `bob-${run}@example.com`;
+const nameA = emailA.split('@')[0];
+const nameB = emailB.split('@')[0];
 
 /** Refresh requests each page made: the token it presented and the answer's status. */
 const refreshes = { alice: [], bob: [] };
@@ -197,7 +199,7 @@ test('two users chat in browsers across two nodes, through restarts', options, a
   await t.test('A registers on node 1 and B on node 2; both join general', async () => {
     await register(a(), node1.url, emailA);
     await register(b(), node2.url, emailB);
-    assert.equal(await a().textContent('#me'), emailA);
+    assert.equal(await a().textContent('#me'), nameA, 'the display name, defaulting to the local part');
     await join(a(), 'general');
     await join(b(), 'general');
   });
@@ -206,7 +208,8 @@ test('two users chat in browsers across two nodes, through restarts', options, a
     await send(a(), 'hello from A');
     await waitForText(b(), 'general', 'hello from A');
     const head = await b().$eval('section.room[data-room="general"] .msg[data-seq] .msg-head', (e) => e.textContent);
-    assert.match(head, new RegExp(emailA.replace(/[.]/g, '\\.')));
+    assert.match(head, new RegExp(nameA.replace(/[.]/g, '\\.')));
+    assert.doesNotMatch(head, /@/, 'no address in the room');
     await settled(a());
   });
 
@@ -228,7 +231,7 @@ test('two users chat in browsers across two nodes, through restarts', options, a
     await b().focus('#composer-input');
     // At a person's pace: a notice goes out at most every two seconds.
     await b().keyboard.type('typing something', { delay: 150 });
-    await a().waitForFunction((email) => document.querySelector('#typing').textContent.includes(email), emailB, {
+    await a().waitForFunction((name) => document.querySelector('#typing').textContent.includes(name), nameB, {
       timeout: 5_000,
     });
     assert.match(await a().textContent('#typing'), /is typing…/);

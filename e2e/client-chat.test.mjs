@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { Chat, ROOM_RULE_MESSAGE } from '../assets/js/chat.js';
 import { Disconnected, ServerError, backoff } from '../assets/js/connection.js';
 
-const ME = { id: 'me', email: 'me@example.com' };
+const ME = { id: 'me', email: 'me@example.com', displayName: 'Me' };
 
 /** A connection whose requests the test answers by hand. */
 class FakeConn extends EventTarget {
@@ -56,7 +56,7 @@ function msg(seq, { sender = 'other', clientId, content = `m${seq}` } = {}) {
     room: 'general',
     seq,
     senderId: sender,
-    senderEmail: sender === 'me' ? ME.email : 'other@example.com',
+    senderName: sender === 'me' ? ME.displayName : 'Other',
     content,
     createdAt: new Date(1_700_000_000_000 + seq * 1000).toISOString(),
     ...(clientId ? { clientId } : {}),

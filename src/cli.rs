@@ -1,4 +1,5 @@
-//! The command line: `serve`, `migrate`, `create-user`, `config` and `user …` admin commands.
+//! The command line: `serve`, `migrate`, `create-user`, `config`, and the `user …`, `invite …`
+//! and `audit …` admin commands.
 
 use std::{io::BufRead as _, path::PathBuf};
 
@@ -8,8 +9,9 @@ use clap::{Parser, Subcommand};
 use crate::{
     app::{App, open_store},
     auth::{self, AuthError, PasswordHasher},
-    config::Config,
+    config::{Config, HumanDuration},
     domain::{Email, Password},
+    store::{NewAudit, Store},
 };
 
 /// confab: a single-binary real-time chat server.
@@ -51,6 +53,35 @@ pub enum Command {
     /// Manage accounts.
     #[command(subcommand)]
     User(UserCommand),
+    /// Invitation codes, for `auth.registration = "invite"`.
+    #[command(subcommand)]
+    Invite(InviteCommand),
+    /// The audit log of administrative and moderation actions.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InviteCommand {
+    /// Create a single-use invitation code and print it.
+    Create {
+        /// How long it stays valid (e.g. 7d, 12h); default `auth.invite_ttl`.
+        #[arg(long)]
+        ttl: Option<HumanDuration>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print the newest entries, newest first: id, time, actor, source, action, target, room, detail.
+    List {
+        /// How many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,6 +157,10 @@ pub async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             if admin && let Ok(user) = &result {
                 result = store.set_admin(&user.email, true).await.map(|_| user.clone()).map_err(AuthError::from);
             }
+            if let Ok(user) = &result {
+                let detail = admin.then(|| "administrator".to_owned());
+                audit_cli(&store, "user.create", Some(user.email.clone()), detail).await;
+            }
             store.close().await;
             match result {
                 Ok(user) => {
@@ -142,75 +177,143 @@ pub async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::User(cmd) => run_user(cmd, &config).await,
+        Command::Invite(cmd) => run_invite(cmd, &config).await,
+        Command::Audit(cmd) => run_audit(cmd, &config).await,
     }
 }
 
 async fn run_user(cmd: UserCommand, config: &Config) -> anyhow::Result<()> {
     let store = open_store(config, config.auto_migrate).await?;
+    let result = run_user_on(cmd, config, &store).await;
+    store.close().await;
+    result
+}
+
+async fn run_user_on(cmd: UserCommand, config: &Config, store: &Store) -> anyhow::Result<()> {
+    let email_of = |raw: &str| Email::parse(raw).context("invalid --email");
+    let (action, found, email, done) = match cmd {
+        UserCommand::List => {
+            for u in store.list_users().await? {
+                let state = if u.disabled_at.is_some() { "disabled" } else { "active" };
+                let role = if u.is_admin { "admin" } else { "user" };
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    u.id,
+                    u.email,
+                    u.display_name,
+                    u.created_at.to_rfc3339(),
+                    state,
+                    role
+                );
+            }
+            return Ok(());
+        }
+        UserCommand::Disable { email } => {
+            let email = email_of(&email)?;
+            ("user.disable", store.set_user_disabled(email.as_str(), true).await?, email, "disabled")
+        }
+        UserCommand::Enable { email } => {
+            let email = email_of(&email)?;
+            ("user.enable", store.set_user_disabled(email.as_str(), false).await?, email, "enabled")
+        }
+        UserCommand::Promote { email } => {
+            let email = email_of(&email)?;
+            ("user.promote", store.set_admin(email.as_str(), true).await?, email, "promoted")
+        }
+        UserCommand::Demote { email } => {
+            let email = email_of(&email)?;
+            ("user.demote", store.set_admin(email.as_str(), false).await?, email, "demoted")
+        }
+        UserCommand::Kick { email } => {
+            let email = email_of(&email)?;
+            ("user.kick", store.revoke_sessions(email.as_str()).await?, email, "kicked")
+        }
+        UserCommand::SetPassword { email, password_stdin } => {
+            let email = email_of(&email)?;
+            let password = read_password(password_stdin)?;
+            let hash = PasswordHasher::new(&config.auth.argon2)?.hash(password.expose().to_owned()).await?;
+            let found = store.set_password_hash(email.as_str(), &hash).await?;
+            ("user.set_password", found, email, "password changed")
+        }
+    };
+    if !found {
+        bail!("no user with email {email}");
+    }
+    audit_cli(store, action, Some(email.as_str().to_owned()), None).await;
+    match action {
+        "user.disable" => println!("disabled {email}"),
+        "user.enable" => println!("enabled {email}"),
+        "user.promote" => println!("{email} is an administrator"),
+        "user.demote" => println!("{email} is no longer an administrator"),
+        "user.kick" => println!("signed {email} out everywhere"),
+        _ => println!("{done} for {email}; its sessions are signed out"),
+    }
+    Ok(())
+}
+
+/// Records an action taken on the command line. The action is done: a failure to record it is
+/// reported but does not undo it.
+async fn audit_cli(store: &Store, action: &'static str, target: Option<String>, detail: Option<String>) {
+    let login = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| "unknown".into());
+    let entry = NewAudit {
+        actor_id: None,
+        actor: "cli".into(),
+        source: format!("cli:{login}"),
+        action,
+        target,
+        room: None,
+        detail,
+    };
+    if let Err(e) = store.append_audit(&entry).await {
+        eprintln!("warning: could not record this action in the audit log: {e}");
+    }
+}
+
+async fn run_invite(cmd: InviteCommand, config: &Config) -> anyhow::Result<()> {
+    let store = open_store(config, config.auto_migrate).await?;
     let result = async {
         match cmd {
-            UserCommand::List => {
-                for u in store.list_users().await? {
-                    let state = if u.disabled_at.is_some() { "disabled" } else { "active" };
-                    let role = if u.is_admin { "admin" } else { "user" };
-                    println!("{}\t{}\t{}\t{}\t{}", u.id, u.email, u.created_at.to_rfc3339(), state, role);
-                }
+            InviteCommand::Create { ttl } => {
+                let ttl = ttl.map_or(config.auth.invite_ttl.0, |t| t.0);
+                let expires_at = chrono::Utc::now() + chrono::Duration::from_std(ttl).context("--ttl is too long")?;
+                let code = auth::new_invite_code();
+                store.insert_invite(&auth::invite_hash(&code), None, expires_at).await?;
+                audit_cli(&store, "invite.create", None, Some(format!("expires {}", expires_at.to_rfc3339()))).await;
+                println!("{code}");
+                eprintln!("single-use invitation code, valid until {}", expires_at.to_rfc3339());
                 Ok(())
             }
-            UserCommand::Disable { email } | UserCommand::Enable { email } if Email::parse(&email).is_err() => {
-                bail!("invalid --email")
-            }
-            UserCommand::Disable { email } => {
-                let email = Email::parse(&email).context("invalid --email")?;
-                if !store.set_user_disabled(email.as_str(), true).await? {
-                    bail!("no user with email {email}");
+        }
+    }
+    .await;
+    store.close().await;
+    result
+}
+
+async fn run_audit(cmd: AuditCommand, config: &Config) -> anyhow::Result<()> {
+    let store = open_store(config, config.auto_migrate).await?;
+    let result = async {
+        match cmd {
+            AuditCommand::List { limit, json } => {
+                let entries = store.audit_log(None, limit.clamp(1, 10_000)).await?;
+                for e in entries {
+                    if json {
+                        println!("{}", serde_json::to_string(&e)?);
+                    } else {
+                        let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+                        println!(
+                            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                            e.id,
+                            e.at.to_rfc3339(),
+                            e.actor,
+                            e.source,
+                            e.action,
+                            opt(&e.target),
+                            opt(&e.room),
+                            opt(&e.detail)
+                        );
+                    }
                 }
-                println!("disabled {email}");
-                Ok(())
-            }
-            UserCommand::Promote { email } | UserCommand::Demote { email } if Email::parse(&email).is_err() => {
-                bail!("invalid --email")
-            }
-            UserCommand::Promote { email } => {
-                let email = Email::parse(&email).context("invalid --email")?;
-                if !store.set_admin(email.as_str(), true).await? {
-                    bail!("no user with email {email}");
-                }
-                println!("{email} is an administrator");
-                Ok(())
-            }
-            UserCommand::Demote { email } => {
-                let email = Email::parse(&email).context("invalid --email")?;
-                if !store.set_admin(email.as_str(), false).await? {
-                    bail!("no user with email {email}");
-                }
-                println!("{email} is no longer an administrator");
-                Ok(())
-            }
-            UserCommand::Kick { email } => {
-                let email = Email::parse(&email).context("invalid --email")?;
-                if !store.revoke_sessions(email.as_str()).await? {
-                    bail!("no user with email {email}");
-                }
-                println!("signed {email} out everywhere");
-                Ok(())
-            }
-            UserCommand::Enable { email } => {
-                let email = Email::parse(&email).context("invalid --email")?;
-                if !store.set_user_disabled(email.as_str(), false).await? {
-                    bail!("no user with email {email}");
-                }
-                println!("enabled {email}");
-                Ok(())
-            }
-            UserCommand::SetPassword { email, password_stdin } => {
-                let email = Email::parse(&email).context("invalid --email")?;
-                let password = read_password(password_stdin)?;
-                let hash = PasswordHasher::new(&config.auth.argon2)?.hash(password.expose().to_owned()).await?;
-                if !store.set_password_hash(email.as_str(), &hash).await? {
-                    bail!("no user with email {email}");
-                }
-                println!("password changed for {email}; its sessions are signed out");
                 Ok(())
             }
         }

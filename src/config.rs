@@ -113,6 +113,18 @@ impl Serialize for HumanDuration {
     }
 }
 
+impl std::str::FromStr for HumanDuration {
+    type Err = String;
+
+    /// `"7d"`, `"12h"`, or whole seconds (for command-line flags).
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        if let Ok(secs) = raw.trim().parse::<u64>() {
+            return Ok(Self(Duration::from_secs(secs)));
+        }
+        humantime::parse_duration(raw.trim()).map(Self).map_err(|e| format!("`{raw}` is not a duration like 7d ({e})"))
+    }
+}
+
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = StringOrNumber::deserialize(d)?.0;
@@ -153,6 +165,19 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log shippers.
     Json,
+}
+
+/// Who may create an account with `POST /api/auth/register`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    /// Anyone (the quick start).
+    #[default]
+    Open,
+    /// Whoever holds a single-use invitation code from an administrator.
+    Invite,
+    /// Nobody: administrators create accounts with `confab create-user`.
+    Closed,
 }
 
 /// The whole configuration. Field docs are the documentation of each key.
@@ -218,6 +243,11 @@ pub struct AuthConfig {
     /// Longest a password check waits for a hashing thread before it is answered 503.
     pub hash_queue_timeout: HumanDuration,
     pub argon2: Argon2Config,
+    /// Who may register: `open`, `invite` (with a code from `confab invite create` or
+    /// `POST /api/admin/invites`) or `closed`.
+    pub registration: Registration,
+    /// How long a new invitation code stays valid.
+    pub invite_ttl: HumanDuration,
 }
 
 /// argon2id cost; the defaults are OWASP's recommendation (19 MiB, 2 passes, 1 lane).
@@ -357,6 +387,8 @@ impl Default for AuthConfig {
             hash_queue: 32,
             hash_queue_timeout: HumanDuration(Duration::from_secs(2)),
             argon2: Argon2Config::default(),
+            registration: Registration::Open,
+            invite_ttl: HumanDuration(Duration::from_secs(7 * 24 * 3600)),
         }
     }
 }

@@ -96,6 +96,61 @@ impl fmt::Display for Email {
     }
 }
 
+/// Why a display name was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("display names are 1 to 32 characters, without control or invisible characters")]
+pub struct InvalidDisplayName;
+
+/// What rooms show of a user instead of their email: NFKC-normalised, trimmed, runs of white
+/// space made one space, 1..=32 characters, no control or invisible characters. Not unique.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DisplayName(String);
+
+impl DisplayName {
+    pub const MAX_CHARS: usize = 32;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidDisplayName> {
+        use unicode_normalization::UnicodeNormalization as _;
+        if raw.chars().any(|c| is_invisible(c) || (c.is_control() && !c.is_whitespace())) {
+            return Err(InvalidDisplayName);
+        }
+        let name = raw.nfkc().collect::<String>().split_whitespace().collect::<Vec<_>>().join(" ");
+        let n = name.chars().count();
+        if n == 0 || n > Self::MAX_CHARS { Err(InvalidDisplayName) } else { Ok(Self(name)) }
+    }
+
+    /// A name made presentable rather than refused (what the REST API does with what it is
+    /// sent): control and invisible characters dropped, NFKC, white space tidied, cut to 32
+    /// characters. None if nothing is left.
+    pub fn tidy(raw: &str) -> Option<Self> {
+        use unicode_normalization::UnicodeNormalization as _;
+        let visible: String = raw.chars().filter(|c| !is_invisible(*c) && !c.is_control()).collect();
+        let name = visible.nfkc().collect::<String>().split_whitespace().collect::<Vec<_>>().join(" ");
+        let cut: String = name.chars().take(Self::MAX_CHARS).collect();
+        let cut = cut.trim_end();
+        (!cut.is_empty()).then(|| Self(cut.to_owned()))
+    }
+
+    /// A new account's name when it chose none: its address's local part, cut to fit.
+    pub fn from_email(email: &Email) -> Self {
+        Self::default_for(email.as_str())
+    }
+
+    /// The default name for a stored address: its local part, tidied and cut to fit.
+    pub fn default_for(email: &str) -> Self {
+        let local = email.split('@').next().unwrap_or_default();
+        Self::tidy(local).unwrap_or_else(|| Self("user".to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
 /// Why a password was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidPassword {
@@ -253,6 +308,25 @@ mod tests {
                 assert!(Email::parse(&bad).is_err(), "{bad:?} accepted");
             }
         }
+    }
+
+    #[test]
+    fn display_names_are_tidied_and_bounded() {
+        assert_eq!(DisplayName::parse("  Alice \t Liddell ").unwrap().as_str(), "Alice Liddell");
+        assert_eq!(DisplayName::parse("ＡＬ").unwrap().as_str(), "AL");
+        assert_eq!(DisplayName::parse(&"é".repeat(32)).unwrap().as_str().chars().count(), 32);
+        for bad in ["", "   ", "a\u{200B}b", "bell\u{7}", "\u{202E}evil", &"x".repeat(33)] {
+            assert!(DisplayName::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        let email = Email::parse("Some.Body+tag@example.com").unwrap();
+        assert_eq!(DisplayName::from_email(&email).as_str(), "some.body+tag");
+        let long = Email::parse(&format!("{}@example.com", "a".repeat(60))).unwrap();
+        assert_eq!(DisplayName::from_email(&long).as_str().len(), 32);
+        // Tidied rather than refused: what the REST API does.
+        assert_eq!(DisplayName::tidy(" z\u{200B}e\u{7}d  x ").unwrap().as_str(), "zed x");
+        assert_eq!(DisplayName::tidy("\u{FDFA}").unwrap().as_str().chars().count(), 18, "NFKC expands it");
+        assert_eq!(DisplayName::tidy(&"\u{FDFA}".repeat(2)).unwrap().as_str().chars().count(), 32, "then it is cut");
+        assert!(DisplayName::tidy(" \u{200B}\t").is_none());
     }
 
     #[test]

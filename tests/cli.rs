@@ -94,7 +94,7 @@ fn temp_dir() -> TempDir {
 #[test]
 fn every_subcommand_has_help() {
     let dir = temp_dir();
-    let subcommands: [&[&str]; 12] = [
+    let subcommands: [&[&str]; 16] = [
         &[],
         &["serve"],
         &["migrate"],
@@ -107,6 +107,10 @@ fn every_subcommand_has_help() {
         &["user", "set-password"],
         &["user", "promote"],
         &["user", "demote"],
+        &["invite"],
+        &["invite", "create"],
+        &["audit"],
+        &["audit", "list"],
     ];
     for args in subcommands {
         let mut cmd = confab(dir.path());
@@ -119,7 +123,7 @@ fn every_subcommand_has_help() {
     let mut cmd = confab(dir.path());
     cmd.arg("--help");
     let top = stdout(&run(cmd, None));
-    for name in ["serve", "migrate", "create-user", "config", "user"] {
+    for name in ["serve", "migrate", "create-user", "config", "user", "invite", "audit"] {
         assert!(top.contains(name), "top-level help does not list {name}:\n{top}");
     }
     let mut cmd = confab(dir.path());
@@ -496,7 +500,60 @@ impl Drop for Server {
     }
 }
 
-both_backends!(a_user_created_on_the_command_line_signs_in_to_serve_until_sigterm);
+both_backends!(
+    a_user_created_on_the_command_line_signs_in_to_serve_until_sigterm,
+    an_invitation_from_the_command_line_lets_one_person_register_and_the_audit_log_records_it,
+);
+
+async fn an_invitation_from_the_command_line_lets_one_person_register_and_the_audit_log_records_it(backend: Backend) {
+    let dir = temp_dir();
+    let db = TestDb::create(backend).await;
+    let env = [("CONFAB_DATABASE__URL", db.url()), ("CONFAB_AUTH__REGISTRATION", "invite")];
+    let cli = |args: &[&str]| {
+        let mut cmd = confab(dir.path());
+        cmd.args(args).envs(env);
+        run(cmd, None)
+    };
+    let made = cli(&["invite", "create", "--ttl", "1h"]);
+    assert_success(&made);
+    let code = stdout(&made).trim().to_owned();
+    assert!(code.len() >= 22 && !code.contains(char::is_whitespace), "{code:?}");
+
+    let mut server = Server::start(dir.path(), &env);
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().expect("client");
+    server.wait_healthy(&client).await;
+    let register = |email: &str, code: Option<&str>| {
+        let mut body = json!({ "email": email, "password": PASSWORD });
+        if let Some(code) = code {
+            body["inviteCode"] = json!(code);
+        }
+        client.post(server.url("/api/auth/register")).json(&body).send()
+    };
+    let refused = register("new@example.com", None).await.expect("register");
+    assert_eq!(refused.status(), reqwest::StatusCode::FORBIDDEN);
+    let joined = register("new@example.com", Some(&code)).await.expect("register");
+    assert_eq!(joined.status(), reqwest::StatusCode::OK);
+    let spent = register("other@example.com", Some(&code)).await.expect("register");
+    assert_eq!(spent.status(), reqwest::StatusCode::FORBIDDEN, "single use");
+    drop(server);
+
+    assert_success(&cli(&["user", "disable", "--email", "new@example.com"]));
+    let listed = cli(&["audit", "list", "--json"]);
+    assert_success(&listed);
+    let entries: Vec<Value> =
+        stdout(&listed).lines().map(|l| serde_json::from_str(l).expect("one JSON object a line")).collect();
+    let actions: Vec<(&str, &str, Option<&str>)> = entries
+        .iter()
+        .map(|e| (e["action"].as_str().expect("action"), e["actor"].as_str().expect("actor"), e["target"].as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        [("user.disable", "cli", Some("new@example.com")), ("invite.create", "cli", None)],
+        "newest first: {entries:?}"
+    );
+    assert!(entries.iter().all(|e| e["source"].as_str().is_some_and(|s| s.starts_with("cli:"))), "{entries:?}");
+    assert!(!stdout(&listed).contains(&code), "the code itself is never recorded");
+}
 
 async fn a_user_created_on_the_command_line_signs_in_to_serve_until_sigterm(backend: Backend) {
     let dir = temp_dir();

@@ -66,6 +66,8 @@ struct User {
     token: String,
     id: String,
     email: String,
+    /// What rooms show of the user (Socket.IO events add the email for the original clients).
+    name: String,
 }
 
 /// Starts a node on `db` (and `redis`, under its test prefix), with cheap hashing, no rate
@@ -154,6 +156,7 @@ impl Node {
             token: body["token"].as_str().expect("token").to_owned(),
             id: body["user"]["id"].as_str().expect("user id").to_owned(),
             email: body["user"]["email"].as_str().expect("user email").to_owned(),
+            name: body["user"]["displayName"].as_str().expect("user displayName").to_owned(),
         }
     }
 }
@@ -781,7 +784,7 @@ async fn send_is_acked_then_delivered_as_a_message_event() {
         system,
         json!({
             "type": "system", "room": "general", "event": "join", "userId": bob.id, "email": bob.email,
-            "message": format!("{} joined general", bob.email),
+            "name": bob.name, "message": format!("{} joined general", bob.name),
         })
     );
 
@@ -794,7 +797,8 @@ async fn send_is_acked_then_delivered_as_a_message_event() {
     chrono::DateTime::parse_from_rfc3339(&created_at).expect("createdAt is RFC 3339");
     let expected = json!({
         "type": "message", "id": id, "room": "general", "seq": 1, "senderId": alice.id,
-        "senderEmail": alice.email, "content": "hello", "createdAt": created_at, "clientId": "c-1",
+        "senderEmail": alice.email, "senderName": alice.name, "content": "hello", "createdAt": created_at,
+        "clientId": "c-1",
     });
     assert_eq!(msg, expected);
     assert_eq!(b.expect_event("message").await, expected, "every member gets the same event");
@@ -1025,7 +1029,7 @@ async fn disconnect_closes_the_connection_and_leaves_the_rooms() {
             left,
             json!({
                 "type": "system", "room": "general", "event": "leave", "userId": bob.id, "email": bob.email,
-                "message": format!("{} left general", bob.email),
+                "name": bob.name, "message": format!("{} left general", bob.name),
             }),
             "after {goodbye:?}"
         );
@@ -1127,6 +1131,24 @@ async fn join_with_since_resumes_over_socket_io() {
 /// Sends per client in the cross-transport test.
 const ROUNDS: u64 = 10;
 
+/// Socket.IO `message` events as a native client gets them: each one's `senderEmail` checked
+/// against its sender and taken out.
+fn as_native(events: &[Value], senders: &[&User]) -> Vec<Value> {
+    events
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            let email = m
+                .as_object_mut()
+                .and_then(|o| o.remove("senderEmail"))
+                .unwrap_or_else(|| panic!("no senderEmail: {m}"));
+            let sender = senders.iter().find(|u| m["senderId"] == u.id.as_str()).map(|u| u.email.as_str());
+            assert_eq!(email.as_str(), sender, "{m}");
+            m
+        })
+        .collect()
+}
+
 /// A Socket.IO client on node A and a native client on node B (PostgreSQL + Redis) see the same
 /// messages in the same order; system and typing events cross transports and nodes too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1142,7 +1164,7 @@ async fn socket_io_and_native_clients_on_two_nodes_see_the_same_messages_in_the_
     native.send(&json!({ "type": "join_room", "room": "general", "ref": "j" })).await;
     assert_eq!(native.expect("ack").await, json!({ "type": "ack", "ref": "j", "room": "general", "seq": 0 }));
     let joined = sio.expect_event("system").await;
-    assert_eq!(joined["message"], format!("{} joined general", bob.email));
+    assert_eq!(joined["message"], format!("{} joined general", bob.name));
     assert_eq!(joined["userId"], bob.id.as_str());
     // A second Socket.IO client, on node B.
     let mut sio_b = Sio::connect(node_b.addr, &carol.token).await;
@@ -1151,7 +1173,8 @@ async fn socket_io_and_native_clients_on_two_nodes_see_the_same_messages_in_the_
     // Alice's join, made on node A, may reach node B after bob's own: events of different nodes
     // have no order (PROTOCOL.md). Carol's, made on node B, comes after bob's.
     let late_join = |frame: &Value| frame["event"] == "join" && frame["userId"] == alice.id.as_str();
-    assert_eq!(native.expect_except("system", late_join).await["email"], carol.email.as_str());
+    let carol_joined = native.expect_except("system", late_join).await;
+    assert_eq!((&carol_joined["name"], carol_joined.get("email")), (&json!(carol.name), None), "native: no address");
 
     // Interleaved sends from both transports on both nodes, without waiting for acks.
     for i in 0..ROUNDS {
@@ -1202,7 +1225,9 @@ async fn socket_io_and_native_clients_on_two_nodes_see_the_same_messages_in_the_
     assert_eq!(native_acks, ROUNDS);
     let seqs: Vec<i64> = from_sio.iter().map(|m| m["seq"].as_i64().expect("seq")).collect();
     assert_eq!(seqs, (1..=i64::try_from(total).expect("small")).collect::<Vec<_>>(), "gapless, in order");
-    assert_eq!(from_sio, from_native, "the same events, byte for byte, in the same order");
+    // Socket.IO events are the native ones plus the sender's address, for the original clients.
+    let without_email = as_native(&from_sio, &[&alice, &bob, &carol]);
+    assert_eq!(without_email, from_native, "the same events, in the same order");
     assert_eq!(from_sio, from_sio_b);
     // Each sender's own messages are in its send order.
     for prefix in ["sio ", "native ", "carol "] {
@@ -1216,13 +1241,13 @@ async fn socket_io_and_native_clients_on_two_nodes_see_the_same_messages_in_the_
         let (id, rest) = ack[2..].split_at(ack[2..].find('[').expect("ack data"));
         let reply: Value = serde_json::from_str::<Value>(rest).expect("JSON")[0].clone();
         let msg = &from_sio[usize::try_from(reply["seq"].as_i64().expect("seq") - 1).expect("seq ≥ 1")];
-        assert_eq!(msg["id"], reply["id"], "ack {id}");
-        assert_eq!(msg["senderEmail"], alice.email.as_str());
+        assert_eq!((&msg["id"], &msg["senderId"]), (&reply["id"], &json!(alice.id)), "ack {id}");
     }
 
     // typing from the native client reaches the Socket.IO clients, not the typist.
     native.send(&json!({ "type": "typing", "room": "general" })).await;
-    let expected = json!({ "type": "typing", "room": "general", "userId": bob.id, "email": bob.email });
+    let expected =
+        json!({ "type": "typing", "room": "general", "userId": bob.id, "email": bob.email, "name": bob.name });
     assert_eq!(sio.expect_event("typing").await, expected);
     assert_eq!(sio_b.expect_event("typing").await, expected);
 
@@ -1238,13 +1263,20 @@ async fn socket_io_and_native_clients_on_two_nodes_see_the_same_messages_in_the_
     assert_eq!((&back["room"], &back["content"]), (&json!("general"), &json!("back")));
     assert_eq!(sio_b.expect_event("message").await, back);
 
-    // A Socket.IO disconnect is a leave for the native client on the other node.
-    sio_b.send("41").await;
-    sio_b.expect_closed(TIMEOUT).await;
-    assert_eq!(native.expect("message").await, back);
+    assert_eq!([native.expect("message").await], *as_native(&[back], &[&bob]));
+    a_socketio_disconnect_is_a_leave_elsewhere(sio_b, &mut sio, &mut native, &carol).await;
+}
+
+/// `carol`'s Socket.IO client (`gone`, on node B) disconnects: the native client (node B) and
+/// the other Socket.IO client (node A) hear her leave.
+async fn a_socketio_disconnect_is_a_leave_elsewhere(mut gone: Sio, sio: &mut Sio, native: &mut Native, carol: &User) {
+    gone.send("41").await;
+    gone.expect_closed(TIMEOUT).await;
     let left = native.expect("system").await;
-    assert_eq!((&left["event"], &left["email"]), (&json!("leave"), &json!(carol.email)));
-    assert_eq!(sio.expect_event("system").await, left);
+    assert_eq!((&left["event"], &left["name"], left.get("email")), (&json!("leave"), &json!(carol.name), None));
+    let mut sio_left = left.clone();
+    sio_left["email"] = json!(carol.email);
+    assert_eq!(sio.expect_event("system").await, sio_left, "the same event, with the address for Socket.IO");
 }
 
 // ---------------------------------------------------------------------------------------------

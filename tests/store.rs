@@ -36,6 +36,7 @@ fn message(room: &RoomName, sender: &User, content: &str, client_id: Option<&str
         room: room.clone(),
         sender_id: sender.id,
         sender_email: sender.email.clone(),
+        sender_name: sender.display_name.clone(),
         content: content.to_owned(),
         client_id: client_id.map(str::to_owned),
         created_at: Utc::now(),
@@ -558,35 +559,66 @@ async fn a_database_of_the_previous_release_keeps_its_rooms_public_and_its_write
         .expect("migrations");
     let newer = old.migrations.iter().filter(|m| m.version > 3).count();
     old.migrations = std::borrow::Cow::Owned(old.migrations.iter().filter(|m| m.version <= 3).cloned().collect());
+    let (writer, reader) = (UserId(Uuid::now_v7()), UserId(Uuid::now_v7()));
+    // The old release's rows, written with its own columns.
+    macro_rules! old_release {
+        ($conn:expr) => {{
+            let conn = $conn;
+            old.run(&mut *conn).await.expect("old schema");
+            for (id, email) in [(writer, "writer@example.com"), (reader, "reader@example.com")] {
+                sqlx::query("INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, 'hash', $3)")
+                    .bind(id.0)
+                    .bind(email)
+                    .bind(Utc::now())
+                    .execute(&mut *conn)
+                    .await
+                    .expect("old user");
+            }
+            sqlx::query("INSERT INTO rooms (name, last_seq, created_at) VALUES ('general', 2, $1)")
+                .bind(Utc::now())
+                .execute(&mut *conn)
+                .await
+                .expect("old room");
+            for (seq, text) in [(1_i64, "one"), (2, "two")] {
+                sqlx::query(
+                    "INSERT INTO messages (id, room, seq, sender_id, sender_email, content, created_at) \
+                     VALUES ($1, 'general', $2, $3, 'writer@example.com', $4, $5)",
+                )
+                .bind(Uuid::now_v7())
+                .bind(seq)
+                .bind(writer.0)
+                .bind(text)
+                .bind(Utc::now())
+                .execute(&mut *conn)
+                .await
+                .expect("old message");
+            }
+        }};
+    }
     match backend {
-        Backend::Sqlite => {
-            let mut conn = sqlx::SqliteConnection::connect(db.url()).await.expect("sqlite");
-            old.run(&mut conn).await.expect("old schema");
-        }
-        Backend::Postgres => {
-            let mut conn = sqlx::PgConnection::connect(db.url()).await.expect("postgres");
-            old.run(&mut conn).await.expect("old schema");
-        }
+        Backend::Sqlite => old_release!(&mut sqlx::SqliteConnection::connect(db.url()).await.expect("sqlite")),
+        Backend::Postgres => old_release!(&mut sqlx::PgConnection::connect(db.url()).await.expect("postgres")),
     }
-    let writer = store.create_user("writer@example.com", "hash").await.expect("user");
-    let reader = store.create_user("reader@example.com", "hash").await.expect("user");
     let general = room("general");
-    for text in ["one", "two"] {
-        store.append_message(message(&general, &writer, text, None)).await.expect("append");
-    }
 
     assert_eq!(store.migrate().await.expect("migrate"), newer, "every later migration applies");
     let found = store.room(&general).await.expect("room").expect("general exists");
     assert_eq!((found.kind, found.last_seq), (RoomKind::Public, 2));
-    assert_eq!(store.membership(&general, writer.id).await.expect("membership").map(|m| m.role), Some(Role::Member));
-    assert_eq!(store.membership(&general, reader.id).await.expect("membership"), None);
-    let listed = store.rooms_for(reader.id).await.expect("rooms");
+    assert_eq!(store.membership(&general, writer).await.expect("membership").map(|m| m.role), Some(Role::Member));
+    assert_eq!(store.membership(&general, reader).await.expect("membership"), None);
+    let listed = store.rooms_for(reader).await.expect("rooms");
     assert_eq!(
         listed.iter().map(|r| (r.room.name.as_str(), r.role.as_deref())).collect::<Vec<_>>(),
         [("general", None)]
     );
     let history = store.messages_after(&general, 0, 10).await.expect("history");
     assert_eq!(history.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["one", "two"]);
+    // Everyone got a display name from their address, and old messages carry it.
+    assert!(history.iter().all(|m| m.sender_name == "writer"), "{history:?}");
+    let users = store.users_by_ids(&[writer, reader]).await.expect("users");
+    let mut names: Vec<&str> = users.iter().map(|u| u.display_name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["reader", "writer"]);
 }
 
 async fn rooms_are_created_once_and_list_public_ones_and_mine(backend: Backend) {
@@ -615,8 +647,8 @@ async fn rooms_are_created_once_and_list_public_ones_and_mine(backend: Backend) 
     assert_eq!(names(store.rooms_for(other.id).await.expect("rooms")).len(), 2);
     let members = store.members(&room("closed"), 10).await.expect("members");
     assert_eq!(
-        members.iter().map(|m| (m.email.as_str(), m.role)).collect::<Vec<_>>(),
-        [("owner@example.com", Role::Owner), ("other@example.com", Role::Member)]
+        members.iter().map(|m| (m.display_name.as_str(), m.role)).collect::<Vec<_>>(),
+        [("owner", Role::Owner), ("other", Role::Member)]
     );
     assert!(store.remove_member(&room("closed"), other.id).await.expect("remove"));
     assert!(!store.remove_member(&room("closed"), other.id).await.expect("remove again"));

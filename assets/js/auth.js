@@ -97,12 +97,13 @@ export class Auth extends EventTarget {
     return this.#signIn('/api/auth/login', email, password);
   }
 
-  async register(email, password) {
-    return this.#signIn('/api/auth/register', email, password);
+  /** `extra`: optional `displayName` and `inviteCode`. */
+  async register(email, password, extra = {}) {
+    return this.#signIn('/api/auth/register', email, password, extra);
   }
 
-  async #signIn(path, email, password) {
-    const body = await this.#post(path, { email, password });
+  async #signIn(path, email, password, extra = {}) {
+    const body = await this.#post(path, { email, password, ...extra });
     this.#accept(body, body.user);
     this.dispatchEvent(new Event('signedin'));
     return body.user;
@@ -226,7 +227,7 @@ export class Auth extends EventTarget {
       refreshToken: body.refreshToken,
       expiresAt: this.#now() + ttlMs,
       ttlMs,
-      user: { id: user.id, email: user.email },
+      user: { id: user.id, email: user.email, displayName: user.displayName ?? user.email },
     };
     this.#schedule();
   }

@@ -207,7 +207,7 @@ export class Chat extends EventTarget {
     const room = this.rooms.get(name);
     if (!room) return [];
     const now = this.#now();
-    return [...room.typing.values()].filter((t) => t.until > now).map((t) => t.email);
+    return [...room.typing.values()].filter((t) => t.until > now).map((t) => t.name);
   }
 
   /** Fetches the page of history before the oldest message held (infinite scroll upward). */
@@ -340,7 +340,7 @@ export class Chat extends EventTarget {
         room: room.name,
         seq,
         senderId: this.me.id,
-        senderEmail: this.me.email,
+        senderName: this.me.displayName ?? this.me.email,
         content: entry.content,
         createdAt: entry.createdAt,
         clientId,
@@ -366,7 +366,7 @@ export class Chat extends EventTarget {
         break;
       case 'typing':
         if (frame.userId === this.me.id) return;
-        room.typing.set(frame.userId, { email: frame.email, until: this.#now() + TYPING_SHOWN_FOR });
+        room.typing.set(frame.userId, { name: frame.name ?? frame.email, until: this.#now() + TYPING_SHOWN_FOR });
         this.#emit('typing', { room });
         this.#scheduleTypingExpiry();
         break;

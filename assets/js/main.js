@@ -19,6 +19,9 @@ const form = {
   email: byId('auth-email'),
   password: byId('auth-password'),
   hint: byId('auth-password-hint'),
+  registerFields: byId('auth-register-fields'),
+  displayName: byId('auth-name'),
+  invite: byId('auth-invite'),
   submit: byId('auth-submit'),
   switchText: byId('auth-switch-text'),
   switchButton: byId('auth-switch'),
@@ -34,6 +37,7 @@ function setMode(next) {
   form.switchButton.textContent = register ? 'Sign in instead' : 'Create an account';
   form.password.autocomplete = register ? 'new-password' : 'current-password';
   form.hint.hidden = !register;
+  form.registerFields.hidden = !register;
   showError(null);
 }
 
@@ -68,8 +72,14 @@ form.form.addEventListener('submit', async (e) => {
   form.submit.disabled = true;
   form.form.setAttribute('aria-busy', 'true');
   try {
-    if (mode === 'register') await auth.register(email, password);
+    if (mode === 'register') {
+      await auth.register(email, password, {
+        displayName: form.displayName.value.trim() || undefined,
+        inviteCode: form.invite.value.trim() || undefined,
+      });
+    }
     else await auth.login(email, password);
+    form.invite.value = '';
   } catch (err) {
     showError(err.message);
     form.password.focus();

@@ -184,7 +184,7 @@ class RoomView {
         class: `msg${own ? ' msg--own' : ''}`,
         dataset: { key: String(msg.seq), seq: String(msg.seq), sender: msg.senderId, time: String(Date.parse(msg.createdAt)) },
       },
-      h('div', { class: 'msg-head' }, h('span', { class: 'msg-sender' }, msg.senderEmail), ' ', timeElement(msg.createdAt)),
+      h('div', { class: 'msg-head' }, h('span', { class: 'msg-sender' }, msg.senderName ?? msg.senderEmail), ' ', timeElement(msg.createdAt)),
       h('p', { class: 'msg-body' }, msg.content),
     );
   }
@@ -212,7 +212,7 @@ class RoomView {
         dataset: { clientId: entry.clientId, sender: chat.me.id, time: String(Date.parse(entry.createdAt)) },
         'aria-busy': entry.status === 'failed' ? null : 'true',
       },
-      h('div', { class: 'msg-head' }, h('span', { class: 'msg-sender' }, chat.me.email), ' ', timeElement(entry.createdAt)),
+      h('div', { class: 'msg-head' }, h('span', { class: 'msg-sender' }, chat.me.displayName ?? chat.me.email), ' ', timeElement(entry.createdAt)),
       h('p', { class: 'msg-body' }, entry.content),
       status,
     );
@@ -302,7 +302,7 @@ class RoomView {
         class: 'sys',
         dataset: { key: String(last + 0.5), event: frame.event, user: frame.userId, time: String(Date.parse(at)) },
       },
-      h('span', {}, frame.message ?? `${frame.email} ${frame.event === 'leave' ? 'left' : 'joined'}`),
+      h('span', {}, frame.message ?? `${frame.name ?? frame.email} ${frame.event === 'leave' ? 'left' : 'joined'}`),
       ' ',
       timeElement(at),
     );
@@ -397,7 +397,8 @@ export class ChatView {
       announcer: byId('announcer'),
     };
     const el = this.el;
-    el.me.textContent = chat.me.email;
+    el.me.textContent = chat.me.displayName ?? chat.me.email;
+    el.me.title = chat.me.email;
     el.input.maxLength = MESSAGE_MAX_LEN;
 
     on(el.logout, 'click', onLogout);
@@ -604,7 +605,7 @@ export class ChatView {
     if (!v) return;
     const shown = v.addLive(msg);
     if (room.name === this.chat.active && msg.senderId !== this.chat.me.id && shown) {
-      this.el.announcer.textContent = `${msg.senderEmail}: ${msg.content}`;
+      this.el.announcer.textContent = `${msg.senderName ?? msg.senderEmail}: ${msg.content}`;
     }
     this.renderTitle();
   }

@@ -15,9 +15,34 @@ pub use password::PasswordHasher;
 pub use token::TokenKeys;
 
 use crate::{
-    domain::{Email, InvalidPassword, Password},
+    config::Registration,
+    domain::{DisplayName, Email, InvalidPassword, Password},
     store::{NewRefreshToken, Refreshed, Store, StoreError, User},
 };
+
+/// What `POST /api/auth/register` was given besides email and password.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Signup<'a> {
+    /// Tidied (see [`DisplayName::tidy`]); nothing left, or none given, means the address's
+    /// local part.
+    pub display_name: Option<&'a str>,
+    /// Required when registration is by invitation.
+    pub invite_code: Option<&'a str>,
+}
+
+/// A new single-use invitation code: 128 random bits, URL-safe base64 (22 characters).
+pub fn new_invite_code() -> String {
+    use base64::Engine as _;
+    use rand::RngCore as _;
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// What is stored for an invitation code: its SHA-256, as for refresh tokens.
+pub fn invite_hash(code: &str) -> String {
+    token::hash_refresh_token(code.trim())
+}
 
 /// Everything an auth operation can fail with; each variant is one `code` on the wire.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +53,10 @@ pub enum AuthError {
     InvalidPassword(#[from] InvalidPassword),
     #[error("this email is already registered")]
     EmailTaken,
+    #[error("registration is closed on this server; ask an administrator for an account")]
+    RegistrationClosed,
+    #[error("registration needs a valid invitation code (unused and unexpired)")]
+    InvalidInvite,
     /// Unknown email and wrong password are deliberately the same answer.
     #[error("invalid credentials")]
     InvalidCredentials,
@@ -50,6 +79,8 @@ impl AuthError {
             Self::InvalidEmail => "invalid_email",
             Self::InvalidPassword(_) => "invalid_password",
             Self::EmailTaken => "email_taken",
+            Self::RegistrationClosed => "registration_closed",
+            Self::InvalidInvite => "invalid_invite",
             Self::InvalidCredentials => "invalid_credentials",
             Self::Disabled => "account_disabled",
             Self::InvalidRefreshToken | Self::Unauthorized => "unauthorized",
@@ -105,9 +136,32 @@ impl AuthService {
         &self.keys
     }
 
-    /// Registers and signs in.
-    pub async fn register(&self, email: &str, password: &str) -> Result<(User, Tokens), AuthError> {
-        let user = create_account(&self.store, &self.hasher, email, password).await?;
+    /// Registers and signs in, as `policy` allows.
+    pub async fn register(
+        &self,
+        email: &str,
+        password: &str,
+        signup: Signup<'_>,
+        policy: Registration,
+    ) -> Result<(User, Tokens), AuthError> {
+        let invite = match (policy, signup.invite_code) {
+            (Registration::Closed, _) => return Err(AuthError::RegistrationClosed),
+            (Registration::Invite, None) => return Err(AuthError::InvalidInvite),
+            (Registration::Invite, Some(code)) => Some(invite_hash(code)),
+            (Registration::Open, _) => None,
+        };
+        let email = Email::parse(email).map_err(|_| AuthError::InvalidEmail)?;
+        let password = Password::parse(password)?;
+        let name = signup.display_name.and_then(DisplayName::tidy).unwrap_or_else(|| DisplayName::from_email(&email));
+        let hash = self.hasher.hash(password.expose().to_owned()).await?;
+        let created = match &invite {
+            Some(code_hash) => self.store.create_invited_user(email.as_str(), name.as_str(), &hash, code_hash).await,
+            None => self.store.create_named_user(email.as_str(), name.as_str(), &hash).await.map(Some),
+        };
+        let user = match created {
+            Err(StoreError::Conflict) => return Err(AuthError::EmailTaken),
+            other => other?.ok_or(AuthError::InvalidInvite)?,
+        };
         let tokens = self.issue(&user, Uuid::new_v4()).await?;
         Ok((user, tokens))
     }

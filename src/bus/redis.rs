@@ -169,24 +169,28 @@ impl RedisBus {
     }
 }
 
-/// `<instance hex>|<kind>|<seq, origin session or typing user>|<native frame>`.
+/// `<instance hex>|<kind>|<seq, origin session, user or user:until>|<compat length>|<compat
+/// members><native frame>`.
 fn encode(instance: u64, e: &Event) -> Vec<u8> {
     let (kind, arg) = match e.frame.kind {
         EventKind::Message { seq } => ('m', seq.to_string()),
         EventKind::System { origin } => ('s', origin.to_string()),
         EventKind::Typing { user } => ('t', user.to_string()),
         EventKind::Removed { user } => ('r', user.to_string()),
+        EventKind::Muted { user, until } => ('u', format!("{user}:{until}")),
     };
     let frame = e.frame.native.as_bytes();
-    let mut out = Vec::with_capacity(frame.len() + 64);
-    out.extend_from_slice(format!("{instance:016x}|{kind}|{arg}|").as_bytes());
+    let compat = e.frame.compat.as_bytes();
+    let mut out = Vec::with_capacity(frame.len() + compat.len() + 72);
+    out.extend_from_slice(format!("{instance:016x}|{kind}|{arg}|{}|", compat.len()).as_bytes());
+    out.extend_from_slice(compat);
     out.extend_from_slice(frame);
     out
 }
 
 /// The event in a payload, unless it is malformed or our own.
 fn decode(instance: u64, room: RoomName, payload: &[u8]) -> Option<Event> {
-    let mut parts = payload.splitn(4, |b| *b == b'|');
+    let mut parts = payload.splitn(5, |b| *b == b'|');
     let from = u64::from_str_radix(std::str::from_utf8(parts.next()?).ok()?, 16).ok()?;
     if from == instance {
         return None;
@@ -198,10 +202,21 @@ fn decode(instance: u64, room: RoomName, payload: &[u8]) -> Option<Event> {
         b"s" => EventKind::System { origin: arg.parse().ok()? },
         b"t" => EventKind::Typing { user: arg.parse::<Uuid>().ok()? },
         b"r" => EventKind::Removed { user: arg.parse::<Uuid>().ok()? },
+        b"u" => {
+            let (user, until) = arg.split_once(':')?;
+            EventKind::Muted { user: user.parse::<Uuid>().ok()?, until: until.parse().ok()? }
+        }
         _ => return None,
     };
-    let frame = Utf8Bytes::try_from(bytes::Bytes::copy_from_slice(parts.next()?)).ok()?;
-    Some(Event { room, frame: Encoded::new(kind, frame) })
+    let compat_len: usize = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let rest = parts.next()?;
+    if compat_len > rest.len() {
+        return None;
+    }
+    let (compat, frame) = rest.split_at(compat_len);
+    let compat = Box::from(std::str::from_utf8(compat).ok()?);
+    let frame = Utf8Bytes::try_from(bytes::Bytes::copy_from_slice(frame)).ok()?;
+    Some(Event { room, frame: Encoded::with_compat(kind, frame, compat) })
 }
 
 async fn run_publisher(
@@ -407,18 +422,27 @@ mod tests {
     #[test]
     fn payloads_round_trip_and_own_events_are_skipped() {
         let room = RoomName::parse("general").unwrap();
-        let frame =
-            Encoded::new(EventKind::Message { seq: 42 }, Utf8Bytes::from_static(r#"{"type":"message","a":"|"}"#));
+        let frame = Encoded::with_compat(
+            EventKind::Message { seq: 42 },
+            Utf8Bytes::from_static(r#"{"type":"message","a":"|"}"#),
+            Box::from(r#""senderEmail":"a|b@c.de""#),
+        );
         let event = Event { room: room.clone(), frame };
         let payload = encode(7, &event);
         let back = decode(8, room.clone(), &payload).expect("decodes");
         assert_eq!(back.frame.kind, EventKind::Message { seq: 42 });
         assert_eq!(back.frame.native.as_str(), r#"{"type":"message","a":"|"}"#);
+        assert_eq!(&*back.frame.compat, r#""senderEmail":"a|b@c.de""#);
         assert!(decode(7, room.clone(), &payload).is_none(), "own event");
         assert!(decode(8, room.clone(), b"garbage").is_none());
         // Every kind carries its routing argument across.
         let user = Uuid::new_v4();
-        for kind in [EventKind::System { origin: 9 }, EventKind::Typing { user }, EventKind::Removed { user }] {
+        for kind in [
+            EventKind::System { origin: 9 },
+            EventKind::Typing { user },
+            EventKind::Removed { user },
+            EventKind::Muted { user, until: 1_800_000_000 },
+        ] {
             let event = Event { room: room.clone(), frame: Encoded::new(kind, Utf8Bytes::from_static("{}")) };
             assert_eq!(decode(8, room.clone(), &encode(7, &event)).expect("decodes").frame.kind, kind);
         }

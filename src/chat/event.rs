@@ -29,8 +29,12 @@ pub enum EventKind {
     /// A member is typing; not delivered to that user's sessions.
     Typing { user: Uuid },
     /// A user is no longer a member (kicked, banned, or left over REST): delivered to everyone
-    /// in the room, the user's own sessions included, which then leave it.
+    /// in the room, the user's own sessions included, which then leave it. The nil user means
+    /// everyone (the room was archived).
     Removed { user: Uuid },
+    /// A member was muted until `until` (Unix seconds; 0: unmuted): delivered to everyone in
+    /// the room; the user's sessions refuse to send there until then.
+    Muted { user: Uuid, until: i64 },
 }
 
 impl EventKind {
@@ -41,6 +45,7 @@ impl EventKind {
             Self::System { .. } => "system",
             Self::Typing { .. } => "typing",
             Self::Removed { .. } => "removed",
+            Self::Muted { .. } => "muted",
         }
     }
 }
@@ -50,6 +55,9 @@ impl EventKind {
 pub struct Encoded {
     pub kind: EventKind,
     pub native: Utf8Bytes,
+    /// JSON members only Socket.IO frames carry (`"senderEmail":"…"`: the original platform's
+    /// clients show addresses, native clients see display names); empty for most events.
+    pub compat: Box<str>,
     socketio: OnceLock<Utf8Bytes>,
     native_frame: OnceLock<Bytes>,
     socketio_frame: OnceLock<Bytes>,
@@ -57,9 +65,15 @@ pub struct Encoded {
 
 impl Encoded {
     pub fn new(kind: EventKind, native: Utf8Bytes) -> Arc<Self> {
+        Self::with_compat(kind, native, Box::from(""))
+    }
+
+    /// An event whose Socket.IO form also carries `compat` (JSON members, without braces).
+    pub fn with_compat(kind: EventKind, native: Utf8Bytes, compat: Box<str>) -> Arc<Self> {
         Arc::new(Self {
             kind,
             native,
+            compat,
             socketio: OnceLock::new(),
             native_frame: OnceLock::new(),
             socketio_frame: OnceLock::new(),
@@ -74,16 +88,28 @@ impl Encoded {
         }
     }
 
-    /// `42["<event>",<native json>]`. The payload keeps its `type` field, which Socket.IO
-    /// clients ignore, so no second serialisation is needed.
+    /// `42["<event>",<native json>]`, with the compatibility members spliced in first. The
+    /// payload keeps its `type` field, which Socket.IO clients ignore, so no second
+    /// serialisation is needed.
     pub fn socketio(&self) -> &Utf8Bytes {
         self.socketio.get_or_init(|| {
             let name = self.kind.name();
-            let mut s = String::with_capacity(self.native.len() + name.len() + 8);
+            let native = self.native.as_str();
+            let mut s = String::with_capacity(native.len() + self.compat.len() + name.len() + 9);
             s.push_str("42[\"");
             s.push_str(name);
             s.push_str("\",");
-            s.push_str(self.native.as_str());
+            match native.strip_prefix('{') {
+                Some(rest) if !self.compat.is_empty() => {
+                    s.push('{');
+                    s.push_str(&self.compat);
+                    if !rest.starts_with('}') {
+                        s.push(',');
+                    }
+                    s.push_str(rest);
+                }
+                _ => s.push_str(native),
+            }
             s.push(']');
             Utf8Bytes::from(s)
         })
@@ -101,19 +127,29 @@ pub struct Event {
 #[serde(tag = "type", rename_all = "snake_case", rename_all_fields = "camelCase")]
 enum Wire<'a> {
     Message(&'a Message),
-    System { room: &'a str, event: &'a str, user_id: Uuid, email: &'a str, message: String },
-    Typing { room: &'a str, user_id: Uuid, email: &'a str },
+    System { room: &'a str, event: &'a str, user_id: Uuid, name: &'a str, message: String },
+    Typing { room: &'a str, user_id: Uuid, name: &'a str },
     Removed { room: &'a str, user_id: Uuid, reason: &'a str },
+    Muted { room: &'a str, user_id: Uuid, until: Option<String> },
 }
 
-fn encode(kind: EventKind, wire: &Wire<'_>) -> Arc<Encoded> {
+/// Encodes `wire`; `email`, if any, goes to Socket.IO frames only, as member `key`.
+fn encode(kind: EventKind, wire: &Wire<'_>, email: Option<(&str, &str)>) -> Arc<Encoded> {
     let json = serde_json::to_string(wire).expect("event frames serialise: plain strings and numbers");
-    Encoded::new(kind, Utf8Bytes::from(json))
+    let compat = match email {
+        Some((key, email)) => {
+            let value = serde_json::to_string(email).expect("a string serialises");
+            format!("\"{key}\":{value}").into_boxed_str()
+        }
+        None => Box::from(""),
+    };
+    Encoded::with_compat(kind, Utf8Bytes::from(json), compat)
 }
 
 /// The `message` event for a stored message.
 pub fn message(room: &RoomName, msg: &Message) -> Event {
-    Event { room: room.clone(), frame: encode(EventKind::Message { seq: msg.seq }, &Wire::Message(msg)) }
+    let kind = EventKind::Message { seq: msg.seq };
+    Event { room: room.clone(), frame: encode(kind, &Wire::Message(msg), Some(("senderEmail", &msg.sender_email))) }
 }
 
 /// Whether a member joined or left.
@@ -123,31 +159,50 @@ pub enum Presence {
     Leave,
 }
 
-/// The `system` event the original platform sent: `"<email> joined <room>"`.
-pub fn system(room: &RoomName, presence: Presence, origin: u64, user_id: Uuid, email: &str) -> Event {
+/// Who an event is about, as rooms see them.
+#[derive(Clone, Copy, Debug)]
+pub struct Who<'a> {
+    pub id: Uuid,
+    pub name: &'a str,
+    /// Shown to Socket.IO clients only.
+    pub email: &'a str,
+}
+
+/// The `system` event the original platform sent: `"<name> joined <room>"`.
+pub fn system(room: &RoomName, presence: Presence, origin: u64, who: Who<'_>) -> Event {
     let (event, verb) = match presence {
         Presence::Join => ("join", "joined"),
         Presence::Leave => ("leave", "left"),
     };
-    let wire = Wire::System { room: room.as_str(), event, user_id, email, message: format!("{email} {verb} {room}") };
-    Event { room: room.clone(), frame: encode(EventKind::System { origin }, &wire) }
+    let message = format!("{} {verb} {room}", who.name);
+    let wire = Wire::System { room: room.as_str(), event, user_id: who.id, name: who.name, message };
+    Event { room: room.clone(), frame: encode(EventKind::System { origin }, &wire, Some(("email", who.email))) }
 }
 
 /// The `typing` event.
-pub fn typing(room: &RoomName, user_id: Uuid, email: &str) -> Event {
-    let wire = Wire::Typing { room: room.as_str(), user_id, email };
-    Event { room: room.clone(), frame: encode(EventKind::Typing { user: user_id }, &wire) }
+pub fn typing(room: &RoomName, who: Who<'_>) -> Event {
+    let wire = Wire::Typing { room: room.as_str(), user_id: who.id, name: who.name };
+    Event { room: room.clone(), frame: encode(EventKind::Typing { user: who.id }, &wire, Some(("email", who.email))) }
+}
+
+/// The `muted` event: `user` may not send in `room` until `until` (Unix seconds; 0: unmuted).
+pub fn muted(room: &RoomName, user_id: Uuid, until: i64) -> Event {
+    let at = (until > 0).then(|| chrono::DateTime::from_timestamp(until, 0).unwrap_or_default().to_rfc3339());
+    let wire = Wire::Muted { room: room.as_str(), user_id, until: at };
+    Event { room: room.clone(), frame: encode(EventKind::Muted { user: user_id, until }, &wire, None) }
 }
 
 /// The `removed` event: `user` is no longer a member of `room`, for `reason` (`kicked`,
 /// `left`).
 pub fn removed(room: &RoomName, user_id: Uuid, reason: &str) -> Event {
     let wire = Wire::Removed { room: room.as_str(), user_id, reason };
-    Event { room: room.clone(), frame: encode(EventKind::Removed { user: user_id }, &wire) }
+    Event { room: room.clone(), frame: encode(EventKind::Removed { user: user_id }, &wire, None) }
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -159,6 +214,7 @@ mod tests {
             seq: 7,
             sender_id: Uuid::nil(),
             sender_email: "a@b.co".into(),
+            sender_name: "Ann".into(),
             content: "hi \"there\"".into(),
             created_at: chrono::DateTime::from_timestamp(0, 0).unwrap(),
             client_id: None,
@@ -167,7 +223,8 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(ev.frame.native.as_str()).unwrap();
         assert_eq!(v["type"], "message");
         assert_eq!(v["seq"], 7);
-        assert_eq!(v["senderEmail"], "a@b.co");
+        assert_eq!(v["senderName"], "Ann");
+        assert!(v.get("senderEmail").is_none(), "rooms see names, not addresses");
         assert_eq!(v["content"], "hi \"there\"");
         assert_eq!(v["createdAt"], "1970-01-01T00:00:00+00:00", "the same string as REST history");
         assert!(v.get("clientId").is_none());
@@ -175,15 +232,24 @@ mod tests {
         assert!(sio.starts_with("42[\"message\",{") && sio.ends_with("}]"), "{sio}");
         let arr: serde_json::Value = serde_json::from_str(&sio[2..]).unwrap();
         assert_eq!(arr[1]["seq"], 7);
+        assert_eq!(arr[1]["senderEmail"], "a@b.co", "the original platform's clients show addresses");
+        assert_eq!(arr[1]["senderName"], "Ann");
     }
 
     #[test]
     fn system_frames_carry_the_original_message() {
         let room = RoomName::parse("general").unwrap();
-        let ev = system(&room, Presence::Join, 1, Uuid::nil(), "a@b.co");
+        let ev = system(&room, Presence::Join, 1, Who { id: Uuid::nil(), name: "Ann \"A\"", email: "a@b.co" });
         let v: serde_json::Value = serde_json::from_str(ev.frame.native.as_str()).unwrap();
-        assert_eq!(v["message"], "a@b.co joined general");
+        assert_eq!(v["message"], "Ann \"A\" joined general");
+        assert_eq!(v["name"], "Ann \"A\"");
         assert_eq!(v["event"], "join");
         assert_eq!(v["userId"], Uuid::nil().to_string());
+        assert!(v.get("email").is_none());
+        let sio: serde_json::Value = serde_json::from_str(&ev.frame.socketio().as_str()[2..]).unwrap();
+        assert_eq!((&sio[1]["email"], &sio[1]["message"]), (&json!("a@b.co"), &v["message"]));
+        let plain = removed(&room, Uuid::nil(), "kicked");
+        let sio: serde_json::Value = serde_json::from_str(&plain.frame.socketio().as_str()[2..]).unwrap();
+        assert_eq!(sio[1]["reason"], "kicked", "events without compatibility members are wrapped as they are");
     }
 }

@@ -153,7 +153,7 @@ impl Room {
             let skip = match kind {
                 EventKind::System { origin } => m.handle.id == origin,
                 EventKind::Typing { user } => m.handle.user == user,
-                EventKind::Message { .. } | EventKind::Removed { .. } => false,
+                EventKind::Message { .. } | EventKind::Removed { .. } | EventKind::Muted { .. } => false,
             };
             if !skip && !m.handle.outbox.offer_event(frame) {
                 kicked = true;
@@ -164,9 +164,16 @@ impl Room {
         }
         // The removed user's sessions, told above, are members no more: nothing else of this
         // room reaches them, and their sessions refuse to use it.
+        if let EventKind::Muted { user, until } = kind {
+            for m in inner.members.iter().filter(|m| m.handle.user == user) {
+                m.handle.mute(&self.name, until);
+            }
+        }
         if let EventKind::Removed { user } = kind {
+            // The nil user stands for everyone: the room was archived.
+            let everyone = user.is_nil();
             inner.members.retain(|m| {
-                let stays = m.handle.user != user;
+                let stays = !everyone && m.handle.user != user;
                 if !stays {
                     m.handle.evict(&self.name);
                 }

@@ -62,6 +62,8 @@ pub enum ChatError {
     NoSuchRoom,
     #[error("{0}")]
     Forbidden(&'static str),
+    #[error("you are muted in this room until {until}")]
+    Muted { until: String },
     #[error("the server is shutting down or overloaded; try again")]
     Unavailable,
     #[error(transparent)]
@@ -80,6 +82,7 @@ impl ChatError {
             Self::NotJoined => "not_joined",
             Self::NoSuchRoom => "not_found",
             Self::Forbidden(_) => "forbidden",
+            Self::Muted { .. } => "muted",
             Self::Unavailable => "unavailable",
             Self::Store(e) if e.is_unavailable() => "unavailable",
             Self::Store(_) => "internal",
@@ -279,7 +282,8 @@ impl ChatService {
         }
         self.check_membership_rate(s)?;
         if !rejoin {
-            self.admit(&name, &s.user).await?;
+            let muted_until = self.admit(&name, &s.user).await?;
+            s.handle.mute(&name, muted_until.unwrap_or(0));
         }
         if let Some(old) = s.rooms.remove(&name) {
             self.remove_member(&old, s.id());
@@ -302,7 +306,7 @@ impl ChatService {
             });
             self.inner.hub.ensure_ready(&room).await?;
             if std::mem::take(&mut announce) {
-                self.inner.bus.publish(vec![event::system(&name, Presence::Join, s.id(), s.user.id.0, &s.user.email)]);
+                self.inner.bus.publish(vec![event::system(&name, Presence::Join, s.id(), who(&s.user))]);
             }
             // Err: the room emptied and left the hub meanwhile; look it up again.
             // The ack goes out under the room's lock, ahead of any live message.
@@ -324,12 +328,14 @@ impl ChatService {
     /// Whether `user` may join `room`, making them a member of a public room (created first,
     /// when unknown and `rooms.auto_create` is on). Private and direct rooms admit their
     /// members (and administrators) only; a ban keeps anyone out; an archived room admits
-    /// nobody.
-    async fn admit(&self, room: &RoomName, who: &User) -> Result<(), ChatError> {
+    /// nobody. Returns until when (Unix seconds) the user is muted there, if they are.
+    async fn admit(&self, room: &RoomName, who: &User) -> Result<Option<i64>, ChatError> {
         let user = who.id;
         let store = &self.inner.store;
         let found = match store.room(room).await? {
             Some(found) => found,
+            // Direct rooms are made by `POST /api/dm/{userId}`, never by joining.
+            None if room.as_str().starts_with(crate::store::DIRECT_PREFIX) => return Err(ChatError::NoSuchRoom),
             None if self.inner.settings.auto_create_rooms => {
                 let new =
                     NewRoom { name: room.clone(), kind: RoomKind::Public, title: None, topic: None, created_by: user };
@@ -344,12 +350,12 @@ impl ChatService {
         }
         match store.membership(room, user).await? {
             Some(m) if m.banned_at.is_some() => Err(ChatError::Forbidden("you are banned from this room")),
-            Some(_) => Ok(()),
+            Some(m) => Ok(m.muted_until.map(|t| t.timestamp())),
             // Administrators enter any room without becoming members of it.
-            None if who.is_admin && found.kind != RoomKind::Public => Ok(()),
+            None if who.is_admin && found.kind != RoomKind::Public => Ok(None),
             None if found.kind == RoomKind::Public => {
                 store.add_member(room, user, Role::Member).await?;
-                Ok(())
+                Ok(None)
             }
             None => Err(ChatError::Forbidden("this room is for its members only")),
         }
@@ -389,7 +395,7 @@ impl ChatService {
         let Some(r) = s.rooms.remove(room) else { return };
         self.remove_member(&r, s.id());
         s.last_typing.remove(room);
-        self.inner.bus.publish(vec![event::system(room, Presence::Leave, s.id(), s.user.id.0, &s.user.email)]);
+        self.inner.bus.publish(vec![event::system(room, Presence::Leave, s.id(), who(&s.user))]);
     }
 
     /// Leaves every room and frees the account's place (the connection is ending).
@@ -425,6 +431,10 @@ impl ChatService {
         if s.handle.is_evicted_from(&name) {
             return Err(ChatError::Forbidden("you are no longer a member of this room"));
         }
+        if let Some(until) = s.handle.muted_until(&name, Utc::now().timestamp()) {
+            let until = chrono::DateTime::from_timestamp(until, 0).unwrap_or_default().to_rfc3339();
+            return Err(ChatError::Muted { until });
+        }
         self.inner.limiter.check(&s.user.id.0).map_err(|_| {
             metrics::counter!(telemetry::CHAT_RATE_LIMITED, "command" => "send_message").increment(1);
             ChatError::RateLimited("messages")
@@ -434,6 +444,7 @@ impl ChatService {
             room: name,
             sender_id: s.user.id,
             sender_email: s.user.email.clone(),
+            sender_name: s.user.display_name.clone(),
             content: content.into_string(),
             client_id: client_id.map(|c| c.as_str().to_owned()),
             // PostgreSQL keeps microseconds: truncate now so live frames and history agree.
@@ -459,14 +470,21 @@ impl ChatService {
             return Ok(());
         }
         s.last_typing.insert(name.clone(), now);
-        self.inner.bus.publish(vec![event::typing(&name, s.user.id.0, &s.user.email)]);
+        self.inner.bus.publish(vec![event::typing(&name, who(&s.user))]);
         Ok(())
     }
 
     /// Tells every node that `user` is no longer a member of `room` (`reason`: `kicked`,
-    /// `left`): the room hears it, and the user's sessions there, told too, leave it.
+    /// `banned`, `left`; or, for the nil user, everyone: `archived`): the room hears it, and
+    /// the user's sessions there, told too, leave it.
     pub fn evict(&self, room: &RoomName, user: UserId, reason: &str) {
         self.inner.bus.publish(vec![event::removed(room, user.0, reason)]);
+    }
+
+    /// Tells every node that `user` may not send in `room` until `until` (Unix seconds; 0 lifts
+    /// it): the room hears it, and the user's sessions there refuse to send.
+    pub fn mute(&self, room: &RoomName, user: UserId, until: i64) {
+        self.inner.bus.publish(vec![event::muted(room, user.0, until)]);
     }
 
     /// Drops the rooms this session was removed from (the room dropped it already).
@@ -482,4 +500,9 @@ impl ChatService {
     fn remove_member(&self, room: &Arc<Room>, session: u64) {
         self.inner.hub.remove_member(room, session, |name| self.inner.bus.unsubscribe(name));
     }
+}
+
+/// How events show `user`.
+fn who(user: &User) -> event::Who<'_> {
+    event::Who { id: user.id.0, name: &user.display_name, email: &user.email }
 }

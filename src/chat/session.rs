@@ -630,6 +630,8 @@ pub struct SessionHandle {
     pub outbox: Arc<Outbox>,
     /// Rooms the user was removed from while this session was in them.
     evicted: Arc<Evicted>,
+    /// Rooms the user may not send in, until when (Unix seconds).
+    muted: Arc<Mutex<Vec<(RoomName, i64)>>>,
 }
 
 /// Rooms a session was removed from by someone else, until the session catches up with it.
@@ -642,7 +644,22 @@ struct Evicted {
 
 impl SessionHandle {
     pub fn new(user: Uuid, outbox: Arc<Outbox>) -> Self {
-        Self { id: rand::random(), user, outbox, evicted: Arc::default() }
+        Self { id: rand::random(), user, outbox, evicted: Arc::default(), muted: Arc::default() }
+    }
+
+    /// The user may not send in `room` until `until` (Unix seconds); 0 lifts it.
+    pub fn mute(&self, room: &RoomName, until: i64) {
+        let mut muted = self.muted.lock().unwrap_or_else(PoisonError::into_inner);
+        muted.retain(|(r, _)| r != room);
+        if until > 0 {
+            muted.push((room.clone(), until));
+        }
+    }
+
+    /// Until when the user may not send in `room`, if they are muted there now.
+    pub fn muted_until(&self, room: &RoomName, now: i64) -> Option<i64> {
+        let muted = self.muted.lock().unwrap_or_else(PoisonError::into_inner);
+        muted.iter().find(|(r, until)| r == room && *until > now).map(|(_, until)| *until)
     }
 
     /// The user is no longer a member of `room`.

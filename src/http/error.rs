@@ -130,7 +130,9 @@ impl From<AuthError> for ApiError {
             AuthError::InvalidCredentials | AuthError::InvalidRefreshToken | AuthError::Unauthorized => {
                 Self::Unauthorized(body(e.to_string(), code))
             }
-            AuthError::Disabled => Self::Forbidden(body(e.to_string(), code)),
+            AuthError::Disabled | AuthError::RegistrationClosed | AuthError::InvalidInvite => {
+                Self::Forbidden(body(e.to_string(), code))
+            }
             AuthError::Store(e) => e.into(),
             AuthError::Hash(crate::auth::password::HashError::Busy { retry_after }) => {
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::{
     config::DatabaseKind,
-    domain::{RoomName, Seq, UserId},
+    domain::{DisplayName, RoomName, Seq, UserId},
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -72,6 +72,8 @@ pub struct User {
     #[sqlx(try_from = "Uuid")]
     pub id: UserId,
     pub email: String,
+    /// What rooms show instead of the email.
+    pub display_name: String,
     pub created_at: DateTime<Utc>,
     pub disabled_at: Option<DateTime<Utc>>,
     /// Bumped whenever the user's tokens and sessions are revoked (disable, password change,
@@ -103,7 +105,12 @@ pub struct Message {
     pub room: String,
     pub seq: Seq,
     pub sender_id: Uuid,
+    /// Not on the native wire (rooms see names, not addresses): Socket.IO compatibility frames
+    /// add it as `senderEmail` for the original platform's clients.
+    #[serde(skip)]
     pub sender_email: String,
+    /// The sender's display name when they wrote it.
+    pub sender_name: String,
     pub content: String,
     #[serde(serialize_with = "rfc3339")]
     pub created_at: DateTime<Utc>,
@@ -124,6 +131,7 @@ pub struct NewMessage {
     pub room: RoomName,
     pub sender_id: UserId,
     pub sender_email: String,
+    pub sender_name: String,
     pub content: String,
     pub client_id: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -238,7 +246,7 @@ pub struct Membership {
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct Member {
     pub user_id: Uuid,
-    pub email: String,
+    pub display_name: String,
     #[sqlx(try_from = "String")]
     pub role: Role,
     pub joined_at: DateTime<Utc>,
@@ -248,7 +256,7 @@ pub struct Member {
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct Ban {
     pub user_id: Uuid,
-    pub email: String,
+    pub display_name: String,
     pub banned_at: DateTime<Utc>,
 }
 
@@ -260,6 +268,47 @@ pub struct NewRoom {
     pub title: Option<String>,
     pub topic: Option<String>,
     pub created_by: UserId,
+}
+
+/// The other member of a direct room.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Peer {
+    pub room: String,
+    pub user_id: Uuid,
+    pub display_name: String,
+}
+
+/// An administrative or moderation action to record.
+#[derive(Clone, Debug)]
+pub struct NewAudit {
+    /// None: the command line.
+    pub actor_id: Option<Uuid>,
+    /// The actor's email, or `cli`.
+    pub actor: String,
+    /// The client's address, or `cli:<login>`.
+    pub source: String,
+    /// e.g. `room.ban`, `user.disable`.
+    pub action: &'static str,
+    /// Whom it was done to (an email or a user id), if anyone.
+    pub target: Option<String>,
+    pub room: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// A recorded action.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    pub id: i64,
+    #[serde(serialize_with = "rfc3339")]
+    pub at: DateTime<Utc>,
+    pub actor_id: Option<Uuid>,
+    pub actor: String,
+    pub source: String,
+    pub action: String,
+    pub target: Option<String>,
+    pub room: Option<String>,
+    pub detail: Option<String>,
 }
 
 /// A room with activity.
@@ -343,11 +392,95 @@ impl Store {
         each_backend!(self, s => s.setting_or_insert(key, candidate).await)
     }
 
-    /// Creates a user; `Conflict` if the email is taken.
+    /// Creates a user named after its address (see [`DisplayName::from_email`]); `Conflict` if
+    /// the email is taken.
     pub async fn create_user(&self, email: &str, password_hash: &str) -> Result<User, StoreError> {
+        let name = DisplayName::default_for(email);
+        self.create_named_user(email, name.as_str(), password_hash).await
+    }
+
+    /// Creates a user with a display name; `Conflict` if the email is taken.
+    pub async fn create_named_user(&self, email: &str, name: &str, password_hash: &str) -> Result<User, StoreError> {
         let id = UserId(Uuid::now_v7());
         // Microseconds: what PostgreSQL keeps, so the user returned is the user stored.
-        each_backend!(self, s => s.create_user(id, email, password_hash, Utc::now().trunc_subsecs(6)).await)
+        each_backend!(self, s => s.create_user(id, email, name, password_hash, Utc::now().trunc_subsecs(6)).await)
+    }
+
+    /// Creates a user and spends invitation `code_hash` (see `auth::invite_hash`), both or
+    /// neither. `Ok(None)`: no such live code. `Conflict` if the email is taken.
+    pub async fn create_invited_user(
+        &self,
+        email: &str,
+        name: &str,
+        password_hash: &str,
+        code_hash: &str,
+    ) -> Result<Option<User>, StoreError> {
+        let id = UserId(Uuid::now_v7());
+        let now = Utc::now().trunc_subsecs(6);
+        each_backend!(self, s => s.create_invited_user(id, email, name, password_hash, code_hash, now).await)
+    }
+
+    /// Stores a single-use invitation code (its hash), valid until `expires_at`.
+    pub async fn insert_invite(
+        &self,
+        code_hash: &str,
+        created_by: Option<UserId>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        each_backend!(self, s => s.insert_invite(code_hash, created_by.map(|u| u.0), Utc::now(), expires_at).await)
+    }
+
+    /// Records an administrative or moderation action.
+    pub async fn append_audit(&self, entry: &NewAudit) -> Result<(), StoreError> {
+        each_backend!(self, s => s.append_audit(entry, Utc::now().trunc_subsecs(6)).await)
+    }
+
+    /// The newest `limit` audit entries older than entry `before` (all if None), newest first.
+    pub async fn audit_log(&self, before: Option<i64>, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        each_backend!(self, s => s.audit_log(before.unwrap_or(i64::MAX), i64::from(limit)).await)
+    }
+
+    /// Mutes a member of `room` until `until` (None: unmutes). False if not a member.
+    pub async fn set_muted(
+        &self,
+        room: &RoomName,
+        user: UserId,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<bool, StoreError> {
+        each_backend!(self, s => s.set_muted(room.as_str(), user.0, until).await)
+    }
+
+    /// Changes a room's title and/or topic (`Some(None)` clears one).
+    pub async fn update_room(
+        &self,
+        room: &RoomName,
+        title: Option<Option<&str>>,
+        topic: Option<Option<&str>>,
+    ) -> Result<(), StoreError> {
+        each_backend!(self, s => s.update_room(room.as_str(), title, topic).await)
+    }
+
+    /// Archives a room (`Some(now)`) or brings it back (`None`).
+    pub async fn set_archived(&self, room: &RoomName, archived: bool) -> Result<(), StoreError> {
+        each_backend!(self, s => s.set_archived(room.as_str(), archived.then(Utc::now)).await)
+    }
+
+    /// The direct room of users `a` and `b` (the same for `b` and `a`), created with both as
+    /// members if it does not exist yet.
+    pub async fn open_direct(&self, a: UserId, b: UserId) -> Result<RoomName, StoreError> {
+        let name = direct_room_name(a, b);
+        each_backend!(self, s => s.open_direct(name.as_str(), a.0, b.0, Utc::now().trunc_subsecs(6)).await)?;
+        Ok(name)
+    }
+
+    /// For each direct room `user` is in, who the other member is.
+    pub async fn direct_peers(&self, user: UserId) -> Result<Vec<Peer>, StoreError> {
+        each_backend!(self, s => s.direct_peers(user.0).await)
+    }
+
+    /// Renames a user. False if there is no such user.
+    pub async fn set_display_name(&self, user: UserId, name: &DisplayName) -> Result<bool, StoreError> {
+        each_backend!(self, s => s.set_display_name(user.0, name.as_str()).await)
     }
 
     pub async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError> {
@@ -518,6 +651,21 @@ impl Store {
     }
 }
 
+/// The prefix reserved for direct rooms' names: no other room may take one.
+pub const DIRECT_PREFIX: &str = "dm:";
+
+/// The name of the direct room of `a` and `b`: `dm:` and 40 hex digits of the SHA-256 of the
+/// two ids in order, so the pair always gets the same room and the name says nothing of who.
+pub fn direct_room_name(a: UserId, b: UserId) -> RoomName {
+    use sha2::{Digest as _, Sha256};
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    let mut hasher = Sha256::new();
+    hasher.update(lo.0.as_bytes());
+    hasher.update(hi.0.as_bytes());
+    let hex = hex::encode(hasher.finalize());
+    RoomName::parse(&format!("{DIRECT_PREFIX}{}", &hex[..40])).expect("dm: and hex digits make a valid room name")
+}
+
 /// Assigns seqs `first_seq..` to the messages of `batch` that are not yet stored, in order.
 /// Returns the rows to insert and what each input became. Shared by both backends: `existing`
 /// holds the stored copies of any `(sender, client_id)` pairs in the batch.
@@ -539,6 +687,7 @@ fn plan_batch(batch: &[NewMessage], existing: &[Message], first_seq: Seq) -> (Ve
             seq: first_seq + Seq::try_from(fresh.len()).unwrap_or(Seq::MAX),
             sender_id: m.sender_id.0,
             sender_email: m.sender_email.clone(),
+            sender_name: m.sender_name.clone(),
             content: m.content.clone(),
             // Microseconds, as stored: an ack and a later read of history must agree.
             created_at: m.created_at.trunc_subsecs(6),

@@ -80,6 +80,7 @@ impl PgStore {
         let mut ids = Vec::with_capacity(fresh.len());
         let mut senders = Vec::with_capacity(fresh.len());
         let mut emails = Vec::with_capacity(fresh.len());
+        let mut names = Vec::with_capacity(fresh.len());
         let mut contents = Vec::with_capacity(fresh.len());
         let mut times: Vec<DateTime<Utc>> = Vec::with_capacity(fresh.len());
         let mut client_ids = Vec::with_capacity(fresh.len());
@@ -87,6 +88,7 @@ impl PgStore {
             ids.push(m.id);
             senders.push(m.sender_id);
             emails.push(m.sender_email.as_str());
+            names.push(m.sender_name.as_str());
             contents.push(m.content.as_str());
             times.push(m.created_at);
             client_ids.push(m.client_id.as_deref());
@@ -103,11 +105,13 @@ impl PgStore {
                  ON CONFLICT (name) DO UPDATE SET last_seq = r.last_seq + excluded.last_seq \
                  RETURNING r.last_seq - $2 AS base \
              ), inserted AS ( \
-                 INSERT INTO messages (id, room, seq, sender_id, sender_email, content, created_at, client_id) \
-                 SELECT m.id, $1, room.base + m.k, m.sender_id, m.sender_email, m.content, m.created_at, \
-                        m.client_id \
-                 FROM room, UNNEST($4::uuid[], $5::uuid[], $6::text[], $7::text[], $8::timestamptz[], $9::text[]) \
-                     WITH ORDINALITY AS m (id, sender_id, sender_email, content, created_at, client_id, k) \
+                 INSERT INTO messages \
+                     (id, room, seq, sender_id, sender_email, sender_name, content, created_at, client_id) \
+                 SELECT m.id, $1, room.base + m.k, m.sender_id, m.sender_email, m.sender_name, m.content, \
+                        m.created_at, m.client_id \
+                 FROM room, UNNEST($4::uuid[], $5::uuid[], $6::text[], $10::text[], $7::text[], \
+                                   $8::timestamptz[], $9::text[]) \
+                     WITH ORDINALITY AS m (id, sender_id, sender_email, sender_name, content, created_at, client_id, k) \
              ) \
              SELECT base FROM room",
         )
@@ -120,6 +124,7 @@ impl PgStore {
         .bind(contents)
         .bind(times)
         .bind(client_ids)
+        .bind(names)
         .fetch_one(&self.write)
         .await?;
         // The k-th fresh message got seq k above, and now base + k; earlier copies keep theirs.

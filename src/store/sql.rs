@@ -10,14 +10,14 @@
 /// queries can `concat!` it into `&'static str` SQL.
 macro_rules! message_columns {
     () => {
-        "id, room, seq, sender_id, sender_email, content, created_at, client_id"
+        "id, room, seq, sender_id, sender_email, sender_name, content, created_at, client_id"
     };
 }
 
 /// The columns of a [`User`](crate::store::User), in its `FromRow` order.
 macro_rules! user_columns {
     () => {
-        "id, email, created_at, disabled_at, session_epoch, is_admin"
+        "id, email, display_name, created_at, disabled_at, session_epoch, is_admin"
     };
 }
 
@@ -62,19 +62,24 @@ macro_rules! shared_queries {
                 &self,
                 id: $crate::domain::UserId,
                 email: &str,
+                display_name: &str,
                 password_hash: &str,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<$crate::store::User, $crate::store::StoreError> {
-                sqlx::query("INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4)")
-                    .bind(id.0)
-                    .bind(email)
-                    .bind(password_hash)
-                    .bind(now)
+                sqlx::query(
+                    "INSERT INTO users (id, email, display_name, password_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(id.0)
+                .bind(email)
+                .bind(display_name)
+                .bind(password_hash)
+                .bind(now)
                     .execute(&self.write)
                     .await?;
                 Ok($crate::store::User {
                     id,
                     email: email.to_owned(),
+                    display_name: display_name.to_owned(),
                     created_at: now,
                     disabled_at: None,
                     session_epoch: 0,
@@ -371,6 +376,219 @@ macro_rules! shared_queries {
                 Ok(row.map_or(0, |(s,)| s))
             }
 
+            pub async fn set_display_name(
+                &self,
+                user: uuid::Uuid,
+                name: &str,
+            ) -> Result<bool, $crate::store::StoreError> {
+                Ok(sqlx::query("UPDATE users SET display_name = $2 WHERE id = $1")
+                    .bind(user)
+                    .bind(name)
+                    .execute(&self.write)
+                    .await?
+                    .rows_affected()
+                    == 1)
+            }
+
+            pub async fn insert_invite(
+                &self,
+                code_hash: &str,
+                created_by: Option<uuid::Uuid>,
+                now: chrono::DateTime<chrono::Utc>,
+                expires_at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::store::StoreError> {
+                sqlx::query("INSERT INTO invites (code_hash, created_by, created_at, expires_at) VALUES ($1, $2, $3, $4)")
+                    .bind(code_hash)
+                    .bind(created_by)
+                    .bind(now)
+                    .bind(expires_at)
+                    .execute(&self.write)
+                    .await?;
+                Ok(())
+            }
+
+            /// Creates a user and spends the invitation `code_hash` in one transaction: neither
+            /// happens unless both do. `Ok(None)`: the code is unknown, spent or expired.
+            pub async fn create_invited_user(
+                &self,
+                id: $crate::domain::UserId,
+                email: &str,
+                display_name: &str,
+                password_hash: &str,
+                code_hash: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Option<$crate::store::User>, $crate::store::StoreError> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query(
+                    "INSERT INTO users (id, email, display_name, password_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(id.0)
+                .bind(email)
+                .bind(display_name)
+                .bind(password_hash)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                let spent = sqlx::query(
+                    "UPDATE invites SET used_by = $1, used_at = $2 \
+                     WHERE code_hash = $3 AND used_at IS NULL AND expires_at > $2",
+                )
+                .bind(id.0)
+                .bind(now)
+                .bind(code_hash)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if !spent {
+                    return Ok(None); // dropping the transaction rolls the user back
+                }
+                tx.commit().await?;
+                Ok(Some($crate::store::User {
+                    id,
+                    email: email.to_owned(),
+                    display_name: display_name.to_owned(),
+                    created_at: now,
+                    disabled_at: None,
+                    session_epoch: 0,
+                    is_admin: false,
+                }))
+            }
+
+            pub async fn append_audit(
+                &self,
+                entry: &$crate::store::NewAudit,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::store::StoreError> {
+                sqlx::query(
+                    "INSERT INTO audit_log (at, actor_id, actor, source, action, target, room, detail) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(now)
+                .bind(entry.actor_id)
+                .bind(&entry.actor)
+                .bind(&entry.source)
+                .bind(entry.action)
+                .bind(entry.target.as_deref())
+                .bind(entry.room.as_deref())
+                .bind(entry.detail.as_deref())
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+
+            /// The newest `limit` entries with `id < before`, newest first.
+            pub async fn audit_log(
+                &self,
+                before: i64,
+                limit: i64,
+            ) -> Result<Vec<$crate::store::AuditEntry>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT id, at, actor_id, actor, source, action, target, room, detail FROM audit_log \
+                     WHERE id < $1 ORDER BY id DESC LIMIT $2",
+                )
+                .bind(before)
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            /// Mutes a member until `until` (None lifts it). False if not a member.
+            pub async fn set_muted(
+                &self,
+                room: &str,
+                user: uuid::Uuid,
+                until: Option<chrono::DateTime<chrono::Utc>>,
+            ) -> Result<bool, $crate::store::StoreError> {
+                Ok(sqlx::query(
+                    "UPDATE room_members SET muted_until = $3 WHERE room = $1 AND user_id = $2 AND banned_at IS NULL",
+                )
+                .bind(room)
+                .bind(user)
+                .bind(until)
+                .execute(&self.write)
+                .await?
+                .rows_affected()
+                    == 1)
+            }
+
+            pub async fn update_room(
+                &self,
+                room: &str,
+                title: Option<Option<&str>>,
+                topic: Option<Option<&str>>,
+            ) -> Result<(), $crate::store::StoreError> {
+                let mut tx = self.begin_write().await?;
+                if let Some(title) = title {
+                    sqlx::query("UPDATE rooms SET title = $2 WHERE name = $1").bind(room).bind(title).execute(&mut *tx).await?;
+                }
+                if let Some(topic) = topic {
+                    sqlx::query("UPDATE rooms SET topic = $2 WHERE name = $1").bind(room).bind(topic).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            pub async fn set_archived(
+                &self,
+                room: &str,
+                at: Option<chrono::DateTime<chrono::Utc>>,
+            ) -> Result<(), $crate::store::StoreError> {
+                sqlx::query("UPDATE rooms SET archived_at = $2 WHERE name = $1").bind(room).bind(at).execute(&self.write).await?;
+                Ok(())
+            }
+
+            /// Creates the direct room `room` of `a` and `b` unless it exists, and makes sure both
+            /// are its members.
+            pub async fn open_direct(
+                &self,
+                room: &str,
+                a: uuid::Uuid,
+                b: uuid::Uuid,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::store::StoreError> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query(
+                    "INSERT INTO rooms (name, last_seq, created_at, kind, created_by) VALUES ($1, 0, $2, 'direct', $3) \
+                     ON CONFLICT (name) DO NOTHING",
+                )
+                .bind(room)
+                .bind(now)
+                .bind(a)
+                .execute(&mut *tx)
+                .await?;
+                for user in [a, b] {
+                    sqlx::query(
+                        "INSERT INTO room_members (room, user_id, role, joined_at) VALUES ($1, $2, 'member', $3) \
+                         ON CONFLICT (room, user_id) DO NOTHING",
+                    )
+                    .bind(room)
+                    .bind(user)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            /// For each direct room of `user`, the other member.
+            pub async fn direct_peers(
+                &self,
+                user: uuid::Uuid,
+            ) -> Result<Vec<$crate::store::Peer>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT me.room, u.id AS user_id, u.display_name FROM room_members me \
+                     JOIN rooms r ON r.name = me.room AND r.kind = 'direct' \
+                     JOIN room_members other ON other.room = me.room AND other.user_id <> me.user_id \
+                     JOIN users u ON u.id = other.user_id \
+                     WHERE me.user_id = $1",
+                )
+                .bind(user)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
             /// Grants or takes server administration; false if there is no such user.
             pub async fn set_admin(&self, email: &str, admin: bool) -> Result<bool, $crate::store::StoreError> {
                 Ok(sqlx::query("UPDATE users SET is_admin = $2 WHERE email = $1")
@@ -414,7 +632,7 @@ macro_rules! shared_queries {
 
             pub async fn bans(&self, room: &str, limit: i64) -> Result<Vec<$crate::store::Ban>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(
-                    "SELECT m.user_id, u.email, m.banned_at FROM room_members m JOIN users u ON u.id = m.user_id \
+                    "SELECT m.user_id, u.display_name, m.banned_at FROM room_members m JOIN users u ON u.id = m.user_id \
                      WHERE m.room = $1 AND m.banned_at IS NOT NULL ORDER BY m.banned_at, m.user_id LIMIT $2",
                 )
                 .bind(room)
@@ -534,7 +752,7 @@ macro_rules! shared_queries {
                 limit: i64,
             ) -> Result<Vec<$crate::store::Member>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(
-                    "SELECT m.user_id, u.email, m.role, m.joined_at FROM room_members m \
+                    "SELECT m.user_id, u.display_name, m.role, m.joined_at FROM room_members m \
                      JOIN users u ON u.id = m.user_id \
                      WHERE m.room = $1 AND m.banned_at IS NULL ORDER BY m.joined_at, m.user_id LIMIT $2",
                 )

@@ -139,10 +139,10 @@ impl SqliteStore {
 
     async fn insert_messages(tx: &mut Transaction<'static, Sqlite>, rows: &[Message]) -> Result<(), StoreError> {
         // SQLite has no arrays; a multi-row VALUES list stays far below its 32k-parameter limit
-        // for any batch the chat core builds (8 parameters a row).
+        // for any batch the chat core builds (9 parameters a row).
         for chunk in rows.chunks(512) {
             let mut q = sqlx::QueryBuilder::new(
-                "INSERT INTO messages (id, room, seq, sender_id, sender_email, content, created_at, client_id) ",
+                "INSERT INTO messages (id, room, seq, sender_id, sender_email, sender_name, content, created_at, client_id) ",
             );
             q.push_values(chunk, |mut b, m| {
                 b.push_bind(m.id)
@@ -150,6 +150,7 @@ impl SqliteStore {
                     .push_bind(m.seq)
                     .push_bind(m.sender_id)
                     .push_bind(m.sender_email.clone())
+                    .push_bind(m.sender_name.clone())
                     .push_bind(m.content.clone())
                     .push_bind(m.created_at)
                     .push_bind(m.client_id.clone());

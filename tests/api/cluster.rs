@@ -79,7 +79,7 @@ async fn members_on_three_nodes_get_each_others_events_in_order() {
     // nodes have no order); carol's may likewise hear of alice and bob late.
     assert_eq!(bob.next_frame_after_late_joins("general", &[&a]).await, system("general", "join", &c));
     carol.typing("general").await;
-    let typing = json!({ "type": "typing", "room": "general", "userId": c.user_id, "email": c.email });
+    let typing = json!({ "type": "typing", "room": "general", "userId": c.user_id, "name": c.name() });
     assert_eq!(alice.next_frame().await, typing);
     assert_eq!(bob.next_frame_after_late_joins("general", &[&a]).await, typing);
 

@@ -67,6 +67,11 @@ pub struct Session {
 }
 
 impl Session {
+    /// The session in a register or login answer.
+    pub fn from_register(body: Value) -> Self {
+        Self::from_body(body)
+    }
+
     fn from_body(body: Value) -> Self {
         let text = |v: &Value| v.as_str().unwrap_or_else(|| panic!("expected a string in {body}")).to_owned();
         Self {
@@ -76,6 +81,11 @@ impl Session {
             email: text(&body["user"]["email"]),
             body,
         }
+    }
+
+    /// The display name rooms show: the one registered with, else the address's local part.
+    pub fn name(&self) -> &str {
+        self.body["user"]["displayName"].as_str().expect("user.displayName")
     }
 }
 
@@ -348,7 +358,8 @@ pub struct Msg {
     pub room: String,
     pub seq: i64,
     pub sender_id: String,
-    pub sender_email: String,
+    /// The sender's display name (native frames carry no email).
+    pub sender_name: String,
     pub content: String,
     pub created_at: String,
     pub client_id: Option<String>,
@@ -362,7 +373,7 @@ impl Msg {
             frame[key].as_str().unwrap_or_else(|| panic!("message frame without a string {key}: {frame}")).to_owned()
         };
         assert_eq!(frame["type"], "message", "not a message: {frame}");
-        let allowed = ["type", "id", "room", "seq", "senderId", "senderEmail", "content", "createdAt", "clientId"];
+        let allowed = ["type", "id", "room", "seq", "senderId", "senderName", "content", "createdAt", "clientId"];
         let keys = frame.as_object().expect("a frame is an object").keys();
         for key in keys {
             assert!(allowed.contains(&key.as_str()), "unexpected field {key} in {frame}");
@@ -372,7 +383,7 @@ impl Msg {
             room: text("room"),
             seq: frame["seq"].as_i64().unwrap_or_else(|| panic!("message without a numeric seq: {frame}")),
             sender_id: text("senderId"),
-            sender_email: text("senderEmail"),
+            sender_name: text("senderName"),
             content: text("content"),
             created_at: text("createdAt"),
             client_id: frame.get("clientId").map(|_| text("clientId")),
@@ -514,7 +525,7 @@ impl TestSocket {
         let mut user_keys: Vec<&str> =
             hello["user"].as_object().expect("user object").keys().map(String::as_str).collect();
         user_keys.sort_unstable();
-        assert_eq!(user_keys, ["email", "id"], "{hello}");
+        assert_eq!(user_keys, ["displayName", "email", "id"], "{hello}");
         Self {
             user_id: hello["user"]["id"].as_str().expect("user.id").to_owned(),
             email: hello["user"]["email"].as_str().expect("user.email").to_owned(),

@@ -30,6 +30,7 @@ async fn store_messages(app: &TestApp, sender: &Session, room: &str, n: usize) {
             room: room.clone(),
             sender_id,
             sender_email: sender.email.clone(),
+            sender_name: sender.email.split('@').next().expect("local part").to_owned(),
             content: format!("message {i}"),
             client_id: (i % 2 == 0).then(|| format!("{room}-client-{i}")),
             created_at: chrono::Utc::now(),
@@ -65,10 +66,10 @@ async fn history_pages_backwards_oldest_first(backend: Backend) {
     let first = &all["messages"][0];
     let mut keys: Vec<&str> = first.as_object().expect("object").keys().map(String::as_str).collect();
     keys.sort_unstable();
-    assert_eq!(keys, ["content", "createdAt", "id", "room", "senderEmail", "senderId", "seq"], "{first}");
+    assert_eq!(keys, ["content", "createdAt", "id", "room", "senderId", "senderName", "seq"], "{first}");
     assert_eq!(first["room"], "team:dev_1-x");
     assert_eq!(first["senderId"], s.user_id.as_str());
-    assert_eq!(first["senderEmail"], "kim@example.com");
+    assert_eq!(first["senderName"], "kim", "a display name, never the address");
     assert_eq!(first["content"], "message 1");
     assert!(chrono::DateTime::parse_from_rfc3339(first["createdAt"].as_str().expect("createdAt")).is_ok(), "{first}");
     assert!(uuid::Uuid::parse_str(first["id"].as_str().expect("id")).is_ok(), "{first}");

@@ -12,6 +12,7 @@ mod cluster;
 mod fixtures;
 mod history;
 mod limits;
+mod moderation;
 mod ops;
 mod ordering;
 mod revocation;

@@ -91,6 +91,15 @@ async fn the_openapi_document_lists_every_rest_route_with_bearer_auth() {
         ("/rooms/{room}/bans", "get", true),
         ("/rooms/{room}/bans", "post", true),
         ("/rooms/{room}/bans/{user_id}", "delete", true),
+        ("/rooms/{room}", "patch", true),
+        ("/rooms/{room}/archive", "post", true),
+        ("/rooms/{room}/archive", "delete", true),
+        ("/rooms/{room}/mutes", "post", true),
+        ("/rooms/{room}/mutes/{user_id}", "delete", true),
+        ("/dm/{user_id}", "post", true),
+        ("/me", "patch", true),
+        ("/admin/invites", "post", true),
+        ("/admin/audit", "get", true),
     ];
     let paths = spec["paths"].as_object().expect("paths");
     for (path, method, authed) in routes {

@@ -157,7 +157,7 @@ async fn a_405_under_api_says_which_methods_the_path_allows() {
     let app = spawn_app(Backend::Sqlite).await;
     for (method, path, allow) in [
         ("DELETE", "/api/rooms", "GET, POST, HEAD"),
-        ("TRACE", "/api/me", "GET, HEAD"),
+        ("TRACE", "/api/me", "GET, PATCH, HEAD"),
         ("PUT", "/api/messages/general", "GET, HEAD"),
         ("GET", "/api/auth/login", "POST"),
         ("DELETE", "/api/auth/register", "POST"),

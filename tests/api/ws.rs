@@ -49,8 +49,8 @@ pub fn system(room: &str, event: &str, who: &Session) -> Value {
         "room": room,
         "event": event,
         "userId": who.user_id,
-        "email": who.email,
-        "message": format!("{} {verb} {room}", who.email),
+        "name": who.name(),
+        "message": format!("{} {verb} {room}", who.name()),
     })
 }
 
@@ -76,7 +76,11 @@ async fn members_exchange_messages_and_each_sender_gets_its_ack_first(backend: B
     let (_, mut carol) = connect_user(&app, "carol@example.com").await;
     assert_eq!(
         alice.hello,
-        json!({ "type": "hello", "user": { "id": a.user_id, "email": "alice@example.com" }, "node": "test-node" })
+        json!({
+            "type": "hello",
+            "user": { "id": a.user_id, "email": "alice@example.com", "displayName": "alice" },
+            "node": "test-node"
+        })
     );
     assert_eq!(bob.email, "bob@example.com", "emails are lowercased");
 
@@ -93,7 +97,7 @@ async fn members_exchange_messages_and_each_sender_gets_its_ack_first(backend: B
     let own = Msg::parse(alice.next_frame().await);
     assert_eq!((own.seq, own.id.as_str()), (1, ack["id"].as_str().expect("id")));
     assert_eq!((own.room.as_str(), own.content.as_str()), ("general", "hello bob"), "content is trimmed");
-    assert_eq!((own.sender_id.as_str(), own.sender_email.as_str()), (a.user_id.as_str(), "alice@example.com"));
+    assert_eq!((own.sender_id.as_str(), own.sender_name.as_str()), (a.user_id.as_str(), "alice"));
     assert_eq!(own.client_id, None);
     // Bob's first frame is that message: nobody is told about their own join.
     let got = Msg::parse(bob.next_frame().await);
@@ -176,7 +180,7 @@ async fn typing_reaches_the_other_members_only(backend: Backend) {
 
     bob.typing("general").await;
     let typing = alice.next_frame().await;
-    assert_eq!(typing, json!({ "type": "typing", "room": "general", "userId": b.user_id, "email": b.email }));
+    assert_eq!(typing, json!({ "type": "typing", "room": "general", "userId": b.user_id, "name": b.name() }));
 
     // Alice saw the typing before she sent; bob's connections get her message first, so no
     // typing frame was queued for them.

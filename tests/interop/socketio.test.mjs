@@ -80,6 +80,12 @@ class Inbox {
   }
 }
 
+/** A Socket.IO event as a native client sees it: the same, without the sender's address. */
+function asNative(event) {
+  const { senderEmail: _, email: __, ...rest } = event;
+  return rest;
+}
+
 async function login(url, email) {
   const res = await fetch(`${url}/api/auth/login`, {
     method: "POST",
@@ -89,7 +95,7 @@ async function login(url, email) {
   });
   const body = await res.json();
   assert.equal(res.status, 200, `login of ${email} failed: ${JSON.stringify(body)}`);
-  return { email, token: body.token, id: body.user.id };
+  return { email, token: body.token, id: body.user.id, name: body.user.displayName };
 }
 
 const open = [];
@@ -220,7 +226,8 @@ describe("chatting across transports and nodes", { skip: SKIP }, () => {
       event: "join",
       userId: bob.id,
       email: bob.email,
-      message: `${bob.email} joined general`,
+      name: bob.name,
+      message: `${bob.name} joined general`,
     });
 
     c = await connectSocketIo(NODE_B, carol.token, "carol");
@@ -228,11 +235,12 @@ describe("chatting across transports and nodes", { skip: SKIP }, () => {
     const ackC = await emitWithCallback(c.socket, "join_room", "general");
     assert.equal(ackC.type, "ack");
     assert.equal((await c.inbox.take("system")).message, "You joined general");
-    assert.equal((await a.inbox.take("system")).message, `${carol.email} joined general`);
+    assert.equal((await a.inbox.take("system")).message, `${carol.name} joined general`);
     // Bob (node B) may hear of alice's join, made on node A, after his own: events of different
     // nodes have no order. Carol's join comes from his own node, after his.
     const carolJoined = await b.inbox.take("system", (p) => p.userId === carol.id);
-    assert.equal(carolJoined.message, `${carol.email} joined general`);
+    assert.equal(carolJoined.message, `${carol.name} joined general`);
+    assert.equal(carolJoined.email, undefined, "native clients see names, not addresses");
   });
 
   test("send_message acks like the native protocol and everyone gets the same message", async () => {
@@ -249,8 +257,9 @@ describe("chatting across transports and nodes", { skip: SKIP }, () => {
     assert.equal(mine.content, "hello from socket.io");
     assert.equal(mine.senderId, alice.id);
     assert.equal(mine.senderEmail, alice.email);
+    assert.equal(mine.senderName, alice.name);
     assert.ok(!Number.isNaN(Date.parse(mine.createdAt)));
-    assert.deepEqual(await b.inbox.take("message"), mine, "the native client on the other node");
+    assert.deepEqual(await b.inbox.take("message"), asNative(mine), "the native client on the other node");
     assert.deepEqual(await c.inbox.take("message"), mine, "the Socket.IO client on the other node");
 
     // Native → Socket.IO.
@@ -263,7 +272,7 @@ describe("chatting across transports and nodes", { skip: SKIP }, () => {
     assert.equal(fromBob.senderEmail, bob.email);
     assert.equal(fromBob.id, nativeAck.id);
     assert.deepEqual(await c.inbox.take("message"), fromBob);
-    assert.deepEqual(await b.inbox.take("message"), fromBob);
+    assert.deepEqual(await b.inbox.take("message"), asNative(fromBob));
 
     // emitWithAck (socket.io-client ≥ 4.6) and a clientId for idempotency.
     const first = await c.socket.timeout(WAIT_MS).emitWithAck("send_message", {
@@ -280,7 +289,7 @@ describe("chatting across transports and nodes", { skip: SKIP }, () => {
     const once = await a.inbox.take("message");
     assert.equal(once.id, first.id);
     assert.equal(once.clientId, "carol-1");
-    assert.deepEqual(await b.inbox.take("message"), once);
+    assert.deepEqual(await b.inbox.take("message"), asNative(once));
     assert.deepEqual(await c.inbox.take("message"), once);
   });
 
@@ -298,7 +307,7 @@ describe("chatting across transports and nodes", { skip: SKIP }, () => {
       b.inbox.takeMany("message", total),
       c.inbox.takeMany("message", total),
     ]);
-    assert.deepEqual(seenB, seenA);
+    assert.deepEqual(seenB, seenA.map(asNative));
     assert.deepEqual(seenC, seenA);
     const seqs = seenA.map((m) => m.seq);
     for (let i = 1; i < seqs.length; i++) assert.equal(seqs[i], seqs[i - 1] + 1, `gapless: ${seqs}`);
@@ -319,8 +328,8 @@ describe("chatting across transports and nodes", { skip: SKIP }, () => {
 
   test("typing reaches the room's other members on both transports", async () => {
     a.socket.emit("typing", { room: "general" });
-    const expected = { type: "typing", room: "general", userId: alice.id, email: alice.email };
-    assert.deepEqual(await b.inbox.take("typing"), expected);
+    const expected = { type: "typing", room: "general", userId: alice.id, email: alice.email, name: alice.name };
+    assert.deepEqual(await b.inbox.take("typing"), asNative(expected));
     assert.deepEqual(await c.inbox.take("typing"), expected);
   });
 
@@ -395,7 +404,7 @@ describe("chatting across transports and nodes", { skip: SKIP }, () => {
     const next = await a.inbox.take("message");
     assert.equal(next.content, "back in general");
     assert.deepEqual(await c.inbox.take("message"), next);
-    assert.deepEqual(await b.inbox.take("message"), next);
+    assert.deepEqual(await b.inbox.take("message"), asNative(next));
     assert.deepEqual(a.inbox.pending("message"), []);
     assert.deepEqual(c.inbox.pending("message"), []);
   });
@@ -404,8 +413,9 @@ describe("chatting across transports and nodes", { skip: SKIP }, () => {
     const ack = await emitWithCallback(c.socket, "leave_room", { room: "general" });
     assert.deepEqual(ack, { type: "ack", room: "general" });
     const left = await a.inbox.take("system", (s) => s.event === "leave");
-    assert.equal(left.message, `${carol.email} left general`);
-    assert.equal((await b.inbox.take("system", (s) => s.event === "leave")).email, carol.email);
+    assert.equal(left.message, `${carol.name} left general`);
+    assert.equal(left.email, carol.email, "Socket.IO clients get the address, as the original platform sent it");
+    assert.equal((await b.inbox.take("system", (s) => s.event === "leave")).userId, carol.id);
   });
 
   test("a reconnecting Socket.IO client resumes with since on the other node", async () => {
@@ -413,7 +423,7 @@ describe("chatting across transports and nodes", { skip: SKIP }, () => {
     await a.inbox.take("message");
     await b.inbox.take("message");
     a.socket.disconnect();
-    assert.equal((await b.inbox.take("system", (s) => s.event === "leave")).email, alice.email);
+    assert.equal((await b.inbox.take("system", (s) => s.event === "leave")).userId, alice.id);
 
     const missed = [];
     for (const content of ["missed 1", "missed 2"]) {
@@ -424,7 +434,7 @@ describe("chatting across transports and nodes", { skip: SKIP }, () => {
     const a2 = await connectSocketIo(NODE_B, alice.token, "alice again");
     const ack = await emitWithCallback(a2.socket, "join_room", { room: "general", since: last });
     assert.deepEqual(ack, { type: "ack", room: "general", seq: last + 2 });
-    assert.deepEqual(await a2.inbox.takeMany("message", 2), missed);
+    assert.deepEqual((await a2.inbox.takeMany("message", 2)).map(asNative), missed);
     assert.equal((await a2.inbox.take("system")).message, "You joined general");
 
     b.send({ type: "send_message", room: "general", content: "live again", ref: "l" });

@@ -5,6 +5,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 
 use super::{ApiTags, UserView};
 use crate::{
+    auth::Signup,
     domain::Password,
     http::{AppState, client_ip, error::ApiError},
 };
@@ -30,19 +31,43 @@ checked_string!(
     }
 );
 
+optional_text!(
+    /// A display name: 1 to 32 characters after tidying.
+    DisplayNameInput,
+    crate::domain::DisplayName::MAX_CHARS
+);
+
+optional_text!(
+    /// An invitation code.
+    InviteCodeInput,
+    64
+);
+
 /// Email and a new password.
 #[derive(Object)]
-#[oai(example)]
+#[oai(example, rename_all = "camelCase")]
 struct RegisterBody {
-    /// Any valid address; stored trimmed, lowercased and NFKC-normalized.
+    /// Any valid address; stored trimmed, lowercased and NFKC-normalized. Never shown to
+    /// other users (except to the original platform's Socket.IO clients: see PROTOCOL.md).
     email: NewEmail,
     /// 8 to 1024 characters.
     password: NewPassword,
+    /// What rooms show of me, at most 32 characters; tidied (control and invisible characters
+    /// dropped, NFKC, runs of white space made one space). Absent or empty: the address's part
+    /// before `@`.
+    display_name: DisplayNameInput,
+    /// Required when the server registers by invitation (`auth.registration = "invite"`).
+    invite_code: InviteCodeInput,
 }
 
 impl poem_openapi::types::Example for RegisterBody {
     fn example() -> Self {
-        Self { email: NewEmail("alice@example.com".into()), password: NewPassword("correct horse battery".into()) }
+        Self {
+            email: NewEmail("alice@example.com".into()),
+            password: NewPassword("correct horse battery".into()),
+            display_name: DisplayNameInput(Some("Alice".into())),
+            invite_code: InviteCodeInput(None),
+        }
     }
 }
 
@@ -102,11 +127,19 @@ pub struct AuthApi;
 impl AuthApi {
     /// Create an account and sign in.
     ///
-    /// Rate limited per client IP (`limits.auth_per_minute`).
+    /// Rate limited per client IP (`limits.auth_per_minute`). As `auth.registration` says:
+    /// open to anyone (default), by invitation code (403 `invalid_invite` without a live one),
+    /// or closed (403 `registration_closed`).
     #[oai(path = "/register", method = "post")]
     async fn register(&self, req: &Request, body: Json<RegisterBody>) -> Result<Json<SessionBody>, ApiError> {
         let state = limited(req)?;
-        let (user, tokens) = state.auth.register(&body.email.0, &body.password.0).await?;
+        if body.display_name.0.as_ref().is_some_and(|n| n.chars().count() > crate::domain::DisplayName::MAX_CHARS) {
+            return Err(ApiError::bad_request("a display name is at most 32 characters", "invalid_payload"));
+        }
+        let signup =
+            Signup { display_name: body.display_name.0.as_deref(), invite_code: body.invite_code.0.as_deref() };
+        let policy = state.config.auth.registration;
+        let (user, tokens) = state.auth.register(&body.email.0, &body.password.0, signup, policy).await?;
         Ok(Json(SessionBody {
             token: tokens.access,
             refresh_token: tokens.refresh,

@@ -25,7 +25,8 @@ pub struct MessageView {
     /// Position in the room: 1, 2, 3… with no gaps.
     seq: Seq,
     sender_id: Uuid,
-    sender_email: String,
+    /// The sender's display name when they sent it (addresses are not shown to others).
+    sender_name: String,
     content: String,
     created_at: DateTime<Utc>,
     /// The sender's idempotency key, if it gave one.
@@ -40,7 +41,7 @@ impl From<Message> for MessageView {
             room: m.room,
             seq: m.seq,
             sender_id: m.sender_id,
-            sender_email: m.sender_email,
+            sender_name: m.sender_name,
             content: m.content,
             created_at: m.created_at,
             client_id: m.client_id,

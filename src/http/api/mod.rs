@@ -101,6 +101,7 @@ macro_rules! optional_text {
     };
 }
 
+mod admin;
 mod auth;
 mod me;
 mod messages;
@@ -121,6 +122,8 @@ enum ApiTags {
     Account,
     /// Rooms, their members, and message history.
     Chat,
+    /// Server administration (administrators only).
+    Admin,
 }
 
 /// A user as the API shows it.
@@ -128,22 +131,33 @@ enum ApiTags {
 #[oai(rename_all = "camelCase")]
 pub struct UserView {
     id: Uuid,
+    /// Mine only: other users never see it.
     email: String,
+    /// What rooms show of me.
+    display_name: String,
+    /// A server administrator: sees and moderates every room.
+    is_admin: bool,
     created_at: DateTime<Utc>,
 }
 
 impl From<User> for UserView {
     fn from(u: User) -> Self {
-        Self { id: u.id.0, email: u.email, created_at: u.created_at }
+        Self {
+            id: u.id.0,
+            email: u.email,
+            display_name: u.display_name,
+            is_admin: u.is_admin,
+            created_at: u.created_at,
+        }
     }
 }
 
-pub type Api = (auth::AuthApi, me::MeApi, messages::MessagesApi, rooms::RoomsApi);
+pub type Api = (auth::AuthApi, me::MeApi, messages::MessagesApi, rooms::RoomsApi, admin::AdminApi);
 
 /// The OpenAPI service, mounted at `/api`.
 pub fn service() -> OpenApiService<Api, ()> {
     OpenApiService::new(
-        (auth::AuthApi, me::MeApi, messages::MessagesApi, rooms::RoomsApi),
+        (auth::AuthApi, me::MeApi, messages::MessagesApi, rooms::RoomsApi, admin::AdminApi),
         "confab",
         env!("CARGO_PKG_VERSION"),
     )

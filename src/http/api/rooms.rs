@@ -5,12 +5,15 @@ use poem::Request;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi, param::Path, payload::Json};
 use uuid::Uuid;
 
-use super::{ApiTags, security::BearerAuth};
+use super::{ApiTags, admin::audit, security::BearerAuth};
 use crate::{
     domain::{RoomName, Seq, UserId},
     http::{AppState, error::ApiError},
-    store::{Ban, Member, NewRoom, Role, Room, RoomKind, User},
+    store::{Ban, DIRECT_PREFIX, Member, NewRoom, Role, Room, RoomKind, User},
 };
+
+/// Longest mute, in minutes (a year).
+const MUTE_MAX_MINUTES: u32 = 525_600;
 
 /// Most members a member list returns.
 const MEMBERS_LIMIT: u32 = 1000;
@@ -80,6 +83,20 @@ struct RoomView {
     /// My role, if I am a member.
     #[oai(skip_serializing_if_is_none)]
     role: Option<RoleView>,
+    /// Set when the room is archived: readable, but nobody joins or writes.
+    #[oai(skip_serializing_if_is_none)]
+    archived_at: Option<DateTime<Utc>>,
+    /// For a direct room: the other person.
+    #[oai(skip_serializing_if_is_none)]
+    peer: Option<PeerView>,
+}
+
+/// The other member of a direct room.
+#[derive(Object, Clone)]
+#[oai(rename_all = "camelCase")]
+struct PeerView {
+    user_id: Uuid,
+    display_name: String,
 }
 
 impl RoomView {
@@ -93,6 +110,8 @@ impl RoomView {
             last_seq: room.last_seq,
             members,
             role: role.map(Into::into),
+            archived_at: room.archived_at,
+            peer: None,
         }
     }
 }
@@ -161,14 +180,14 @@ enum Created {
 #[oai(rename_all = "camelCase")]
 struct MemberView {
     user_id: Uuid,
-    email: String,
+    display_name: String,
     role: RoleView,
     joined_at: DateTime<Utc>,
 }
 
 impl From<Member> for MemberView {
     fn from(m: Member) -> Self {
-        Self { user_id: m.user_id, email: m.email, role: m.role.into(), joined_at: m.joined_at }
+        Self { user_id: m.user_id, display_name: m.display_name, role: m.role.into(), joined_at: m.joined_at }
     }
 }
 
@@ -190,14 +209,34 @@ struct InviteBody {
 #[oai(rename_all = "camelCase")]
 struct BanView {
     user_id: Uuid,
-    email: String,
+    display_name: String,
     banned_at: DateTime<Utc>,
 }
 
 impl From<Ban> for BanView {
     fn from(b: Ban) -> Self {
-        Self { user_id: b.user_id, email: b.email, banned_at: b.banned_at }
+        Self { user_id: b.user_id, display_name: b.display_name, banned_at: b.banned_at }
     }
+}
+
+/// Whom to mute, and for how long.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+struct MuteBody {
+    user_id: Uuid,
+    /// 1 to 525600 (a year).
+    #[oai(validator(minimum(value = "1"), maximum(value = "525600")))]
+    minutes: u32,
+}
+
+/// What to change about a room; absent fields stay as they are, an empty string clears.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+struct RoomPatch {
+    /// At most 100 characters.
+    title: TitleInput,
+    /// At most 500 characters.
+    topic: TopicInput,
 }
 
 #[derive(Object)]
@@ -252,6 +291,19 @@ fn room_name(raw: &str) -> Result<RoomName, ApiError> {
     RoomName::parse(raw).map_err(|e| ApiError::bad_request(e.to_string(), "invalid_room"))
 }
 
+/// The room, if `user` may read it, or 404.
+async fn readable_or_404(state: &AppState, name: &RoomName, user: &User) -> Result<Room, ApiError> {
+    readable(state, name, user).await?.ok_or_else(|| ApiError::not_found("no such room"))
+}
+
+/// Refuses unless `user` is (at least) a moderator of `room`, or an administrator.
+async fn moderator_only(state: &AppState, name: &RoomName, user: &User, what: &str) -> Result<(), ApiError> {
+    if power(state, name, user).await? < Some(Role::Moderator) {
+        return Err(ApiError::forbidden(format!("only owners and moderators {what}")));
+    }
+    Ok(())
+}
+
 /// Display text as stored: at most `max` characters as sent; control and invisible
 /// characters (which could make one title look like another) dropped; trimmed; empty meaning
 /// none.
@@ -279,12 +331,21 @@ impl RoomsApi {
         let rooms = state.store.rooms_for(auth.0.id).await?;
         let names: Vec<String> = rooms.iter().map(|r| r.room.name.clone()).collect();
         let members = state.chat.member_counts(&names).await;
+        let peers = if rooms.iter().any(|r| r.room.kind == RoomKind::Direct) {
+            state.store.direct_peers(auth.0.id).await?
+        } else {
+            Vec::new()
+        };
         let rooms = rooms
             .into_iter()
             .zip(members)
             .map(|(r, members)| {
                 let role = r.role.and_then(|role| Role::try_from(role).ok());
-                RoomView::new(r.room, members, role)
+                let peer = peers
+                    .iter()
+                    .find(|p| p.room == r.room.name)
+                    .map(|p| PeerView { user_id: p.user_id, display_name: p.display_name.clone() });
+                RoomView { peer, ..RoomView::new(r.room, members, role) }
             })
             .collect();
         Ok(Json(RoomsBody { rooms }))
@@ -293,7 +354,8 @@ impl RoomsApi {
     /// Create a room.
     ///
     /// Public rooms are listed to everyone and anyone may join them; private rooms only to
-    /// their members, who are invited. 409 `room_exists` if the name is taken.
+    /// their members, who are invited. 409 `room_exists` if the name is taken, `name_reserved`
+    /// for names starting `dm:` (direct rooms').
     #[oai(path = "/rooms", method = "post")]
     async fn create(&self, req: &Request, auth: BearerAuth, body: Json<CreateRoomBody>) -> Result<Created, ApiError> {
         let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
@@ -302,6 +364,9 @@ impl RoomsApi {
             NewKind::Public => RoomKind::Public,
             NewKind::Private => RoomKind::Private,
         };
+        if body.name.0.starts_with(DIRECT_PREFIX) {
+            return Err(ApiError::conflict("names starting dm: are kept for direct rooms", "name_reserved"));
+        }
         let new = NewRoom {
             name: room_name(&body.name.0)?,
             kind,
@@ -328,10 +393,179 @@ impl RoomsApi {
     ) -> Result<Json<RoomView>, ApiError> {
         let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
         let name = room_name(&room.0)?;
-        let found = readable(state, &name, &auth.0).await?.ok_or_else(|| ApiError::not_found("no such room"))?;
-        let role = state.store.membership(&name, auth.0.id).await?.map(|m| m.role);
-        let members = state.chat.member_counts(std::slice::from_ref(&found.name)).await.first().copied().unwrap_or(0);
-        Ok(Json(RoomView::new(found, members, role)))
+        let found = readable_or_404(state, &name, &auth.0).await?;
+        Ok(Json(describe(state, found, &auth.0).await?))
+    }
+
+    /// Change a room's title or topic (owners and moderators).
+    #[oai(path = "/rooms/:room", method = "patch")]
+    async fn update(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        /// Room name.
+        #[oai(validator(pattern = "^[A-Za-z0-9:_-]{1,64}$"))]
+        room: Path<String>,
+        body: Json<RoomPatch>,
+    ) -> Result<Json<RoomView>, ApiError> {
+        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
+        let name = room_name(&room.0)?;
+        readable_or_404(state, &name, &auth.0).await?;
+        moderator_only(state, &name, &auth.0, "change a room").await?;
+        let body = body.0;
+        // Present and empty clears; absent leaves alone.
+        let title = body.title.0.map(|t| bounded(Some(t), TITLE_MAX, "title")).transpose()?;
+        let topic = body.topic.0.map(|t| bounded(Some(t), TOPIC_MAX, "topic")).transpose()?;
+        state
+            .store
+            .update_room(&name, title.as_ref().map(Option::as_deref), topic.as_ref().map(Option::as_deref))
+            .await?;
+        let detail = [title.as_ref().map(|_| "title"), topic.as_ref().map(|_| "topic")].into_iter().flatten();
+        audit(
+            state,
+            req,
+            &auth.0,
+            "room.update",
+            None,
+            Some(name.as_str()),
+            Some(detail.collect::<Vec<_>>().join(",")),
+        )
+        .await;
+        let found = readable_or_404(state, &name, &auth.0).await?;
+        Ok(Json(describe(state, found, &auth.0).await?))
+    }
+
+    /// Archive a room (owners): it stays readable, but nobody joins or writes in it any more,
+    /// and everyone in it now leaves it (event `removed` with reason `archived`).
+    #[oai(path = "/rooms/:room/archive", method = "post")]
+    async fn archive(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        /// Room name.
+        #[oai(validator(pattern = "^[A-Za-z0-9:_-]{1,64}$"))]
+        room: Path<String>,
+    ) -> Result<Removed, ApiError> {
+        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
+        let name = room_name(&room.0)?;
+        readable_or_404(state, &name, &auth.0).await?;
+        if power(state, &name, &auth.0).await? < Some(Role::Owner) {
+            return Err(ApiError::forbidden("only the room's owners archive it"));
+        }
+        state.store.set_archived(&name, true).await?;
+        state.chat.evict(&name, UserId(Uuid::nil()), "archived");
+        audit(state, req, &auth.0, "room.archive", None, Some(name.as_str()), None).await;
+        Ok(Removed::Done)
+    }
+
+    /// Bring an archived room back (owners).
+    #[oai(path = "/rooms/:room/archive", method = "delete")]
+    async fn unarchive(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        /// Room name.
+        #[oai(validator(pattern = "^[A-Za-z0-9:_-]{1,64}$"))]
+        room: Path<String>,
+    ) -> Result<Removed, ApiError> {
+        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
+        let name = room_name(&room.0)?;
+        readable_or_404(state, &name, &auth.0).await?;
+        if power(state, &name, &auth.0).await? < Some(Role::Owner) {
+            return Err(ApiError::forbidden("only the room's owners bring it back"));
+        }
+        state.store.set_archived(&name, false).await?;
+        audit(state, req, &auth.0, "room.unarchive", None, Some(name.as_str()), None).await;
+        Ok(Removed::Done)
+    }
+
+    /// Mute a member for a while (owners and moderators, to members of a lower role): they
+    /// still read the room, but `send_message` there is `error` `muted` until then, on every
+    /// node (event `muted`).
+    #[oai(path = "/rooms/:room/mutes", method = "post")]
+    async fn mute(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        /// Room name.
+        #[oai(validator(pattern = "^[A-Za-z0-9:_-]{1,64}$"))]
+        room: Path<String>,
+        body: Json<MuteBody>,
+    ) -> Result<Removed, ApiError> {
+        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
+        let name = room_name(&room.0)?;
+        readable_or_404(state, &name, &auth.0).await?;
+        let target = UserId(body.0.user_id);
+        if target == auth.0.id {
+            return Err(ApiError::forbidden("you cannot mute yourself"));
+        }
+        may_moderate(state, &name, &auth.0, target).await?;
+        let minutes = body.0.minutes.clamp(1, MUTE_MAX_MINUTES);
+        let until = Utc::now() + chrono::Duration::minutes(i64::from(minutes));
+        if !state.store.set_muted(&name, target, Some(until)).await? {
+            return Err(ApiError::conflict("only members are muted; this user is not one", "not_a_member"));
+        }
+        state.chat.mute(&name, target, until.timestamp());
+        audit(
+            state,
+            req,
+            &auth.0,
+            "room.mute",
+            Some(target.to_string()),
+            Some(name.as_str()),
+            Some(format!("{minutes} min")),
+        )
+        .await;
+        Ok(Removed::Done)
+    }
+
+    /// Lift a mute (owners and moderators).
+    #[oai(path = "/rooms/:room/mutes/:user_id", method = "delete")]
+    async fn unmute(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        /// Room name.
+        #[oai(validator(pattern = "^[A-Za-z0-9:_-]{1,64}$"))]
+        room: Path<String>,
+        /// The muted member.
+        user_id: Path<Uuid>,
+    ) -> Result<Removed, ApiError> {
+        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
+        let name = room_name(&room.0)?;
+        readable_or_404(state, &name, &auth.0).await?;
+        let target = UserId(user_id.0);
+        may_moderate(state, &name, &auth.0, target).await?;
+        if !state.store.set_muted(&name, target, None).await? {
+            return Err(ApiError::conflict("this user is not a member", "not_a_member"));
+        }
+        state.chat.mute(&name, target, 0);
+        audit(state, req, &auth.0, "room.unmute", Some(target.to_string()), Some(name.as_str()), None).await;
+        Ok(Removed::Done)
+    }
+
+    /// Open a direct conversation with a user.
+    ///
+    /// Returns the direct room of the two of us, created on first use with us both as its
+    /// members; the same pair always gets the same room. Join it like any room. With my own id:
+    /// a room for notes to myself.
+    #[oai(path = "/dm/:user_id", method = "post")]
+    async fn direct(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        /// Whom to talk to.
+        user_id: Path<Uuid>,
+    ) -> Result<Json<RoomView>, ApiError> {
+        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
+        let peer = UserId(user_id.0);
+        let other = state.store.user_by_id(peer).await?.ok_or_else(|| ApiError::not_found("no such user"))?;
+        if other.disabled_at.is_some() {
+            return Err(ApiError::not_found("no such user"));
+        }
+        let name = state.store.open_direct(auth.0.id, peer).await?;
+        let found = readable_or_404(state, &name, &auth.0).await?;
+        Ok(Json(describe(state, found, &auth.0).await?))
     }
 
     /// A room's members, with their roles.
@@ -346,7 +580,7 @@ impl RoomsApi {
     ) -> Result<Json<MembersBody>, ApiError> {
         let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
         let name = room_name(&room.0)?;
-        readable(state, &name, &auth.0).await?.ok_or_else(|| ApiError::not_found("no such room"))?;
+        readable_or_404(state, &name, &auth.0).await?;
         let members = state.store.members(&name, MEMBERS_LIMIT).await?;
         Ok(Json(MembersBody { members: members.into_iter().map(Into::into).collect() }))
     }
@@ -367,7 +601,7 @@ impl RoomsApi {
     ) -> Result<Json<MemberView>, ApiError> {
         let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
         let name = room_name(&room.0)?;
-        let found = readable(state, &name, &auth.0).await?.ok_or_else(|| ApiError::not_found("no such room"))?;
+        let found = readable_or_404(state, &name, &auth.0).await?;
         let my_role = power(state, &name, &auth.0).await?;
         if found.kind != RoomKind::Public && my_role < Some(Role::Moderator) {
             return Err(ApiError::forbidden("only the room's owners and moderators add members"));
@@ -380,7 +614,9 @@ impl RoomsApi {
         if state.store.membership(&name, invitee).await?.is_some_and(|m| m.banned_at.is_some()) {
             return Err(ApiError::forbidden("this user is banned from the room"));
         }
-        state.store.add_member(&name, invitee, Role::Member).await?;
+        if state.store.add_member(&name, invitee, Role::Member).await? && found.kind != RoomKind::Public {
+            audit(state, req, &auth.0, "room.invite", Some(invitee.to_string()), Some(name.as_str()), None).await;
+        }
         let member = state
             .store
             .members(&name, MEMBERS_LIMIT)
@@ -407,17 +643,21 @@ impl RoomsApi {
     ) -> Result<Removed, ApiError> {
         let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
         let name = room_name(&room.0)?;
-        readable(state, &name, &auth.0).await?.ok_or_else(|| ApiError::not_found("no such room"))?;
+        readable_or_404(state, &name, &auth.0).await?;
         let target = UserId(user_id.0);
         let their_role = state.store.membership(&name, target).await?.filter(|m| m.banned_at.is_none()).map(|m| m.role);
-        let Some(their_role) = their_role else { return Err(ApiError::not_found("not a member")) };
-        let _ = their_role;
+        if their_role.is_none() {
+            return Err(ApiError::not_found("not a member"));
+        }
         if target != auth.0.id {
             may_moderate(state, &name, &auth.0, target).await?;
         }
         state.store.remove_member(&name, target).await?;
         // Their sessions in the room, on every node, leave it now.
         state.chat.evict(&name, target, if target == auth.0.id { "left" } else { "kicked" });
+        if target != auth.0.id {
+            audit(state, req, &auth.0, "room.kick", Some(target.to_string()), Some(name.as_str()), None).await;
+        }
         Ok(Removed::Done)
     }
 
@@ -438,7 +678,7 @@ impl RoomsApi {
     ) -> Result<Removed, ApiError> {
         let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
         let name = room_name(&room.0)?;
-        readable(state, &name, &auth.0).await?.ok_or_else(|| ApiError::not_found("no such room"))?;
+        readable_or_404(state, &name, &auth.0).await?;
         let target = UserId(body.0.user_id);
         if target == auth.0.id {
             return Err(ApiError::forbidden("you cannot ban yourself"));
@@ -447,6 +687,7 @@ impl RoomsApi {
         may_moderate(state, &name, &auth.0, target).await?;
         state.store.ban_member(&name, target).await?;
         state.chat.evict(&name, target, "banned");
+        audit(state, req, &auth.0, "room.ban", Some(target.to_string()), Some(name.as_str()), None).await;
         Ok(Removed::Done)
     }
 
@@ -465,13 +706,12 @@ impl RoomsApi {
     ) -> Result<Removed, ApiError> {
         let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
         let name = room_name(&room.0)?;
-        readable(state, &name, &auth.0).await?.ok_or_else(|| ApiError::not_found("no such room"))?;
-        if power(state, &name, &auth.0).await? < Some(Role::Moderator) {
-            return Err(ApiError::forbidden("only owners and moderators lift bans"));
-        }
+        readable_or_404(state, &name, &auth.0).await?;
+        moderator_only(state, &name, &auth.0, "lift bans").await?;
         if !state.store.unban_member(&name, UserId(user_id.0)).await? {
             return Err(ApiError::not_found("not banned"));
         }
+        audit(state, req, &auth.0, "room.unban", Some(user_id.0.to_string()), Some(name.as_str()), None).await;
         Ok(Removed::Done)
     }
 
@@ -487,11 +727,28 @@ impl RoomsApi {
     ) -> Result<Json<BansBody>, ApiError> {
         let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
         let name = room_name(&room.0)?;
-        readable(state, &name, &auth.0).await?.ok_or_else(|| ApiError::not_found("no such room"))?;
-        if power(state, &name, &auth.0).await? < Some(Role::Moderator) {
-            return Err(ApiError::forbidden("only owners and moderators see the bans"));
-        }
+        readable_or_404(state, &name, &auth.0).await?;
+        moderator_only(state, &name, &auth.0, "see the bans").await?;
         let bans = state.store.bans(&name, MEMBERS_LIMIT).await?;
         Ok(Json(BansBody { bans: bans.into_iter().map(Into::into).collect() }))
     }
+}
+
+/// The room as `user` sees it: their role, members joined now, and the peer of a direct room.
+async fn describe(state: &AppState, found: Room, user: &User) -> Result<RoomView, ApiError> {
+    let name = room_name(&found.name)?;
+    let role = state.store.membership(&name, user.id).await?.filter(|m| m.banned_at.is_none()).map(|m| m.role);
+    let members = state.chat.member_counts(std::slice::from_ref(&found.name)).await.first().copied().unwrap_or(0);
+    let peer = if found.kind == RoomKind::Direct {
+        state
+            .store
+            .direct_peers(user.id)
+            .await?
+            .into_iter()
+            .find(|p| p.room == found.name)
+            .map(|p| PeerView { user_id: p.user_id, display_name: p.display_name })
+    } else {
+        None
+    };
+    Ok(RoomView { peer, ..RoomView::new(found, members, role) })
 }

@@ -129,13 +129,16 @@ enum ServerFrame<'a> {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct UserRef<'a> {
     id: Uuid,
     email: &'a str,
+    display_name: &'a str,
 }
 
 pub fn hello(user: &User, node: &str) -> Utf8Bytes {
-    let frame = ServerFrame::Hello { user: UserRef { id: user.id.0, email: &user.email }, node };
+    let me = UserRef { id: user.id.0, email: &user.email, display_name: &user.display_name };
+    let frame = ServerFrame::Hello { user: me, node };
     Utf8Bytes::from(serde_json::to_string(&frame).expect("server frames serialise: strings and numbers only"))
 }
 
