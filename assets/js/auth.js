@@ -227,7 +227,12 @@ export class Auth extends EventTarget {
       refreshToken: body.refreshToken,
       expiresAt: this.#now() + ttlMs,
       ttlMs,
-      user: { id: user.id, email: user.email, displayName: user.displayName ?? user.email },
+      user: {
+        id: user.id,
+        email: user.email,
+        displayName: user.displayName ?? user.email,
+        isAdmin: Boolean(user.isAdmin),
+      },
     };
     this.#schedule();
   }

@@ -47,6 +47,10 @@ export class Room {
     this.lastTypingSent = 0;
     /** An own message went out since the last `typing`: others have hidden the indicator. */
     this.sentSinceTyping = false;
+    /** The server's view of the room (GET /api/rooms): kind, title, topic, peer, my role. */
+    this.info = null;
+    /** Until when I may not write here (RFC 3339), while muted. */
+    this.mutedUntil = null;
   }
 
   get oldestSeq() {
@@ -129,6 +133,11 @@ export class Chat extends EventTarget {
     this.rooms.delete(name);
     this.#saveRooms();
     if (room.joined) this.#conn.request({ type: 'leave_room', room: name }).catch(() => {});
+    // Membership too, or the room comes back from the server's list on the next visit.
+    if (room.info?.role) {
+      const path = `/api/rooms/${encodeURIComponent(name)}/members/${encodeURIComponent(this.me.id)}`;
+      this.#auth.api(path, { method: 'DELETE' }).catch(() => {});
+    }
     if (this.active === name) this.active = null;
     this.#emit('left', { room });
     this.#emit('rooms');
@@ -246,15 +255,93 @@ export class Chat extends EventTarget {
     }
   }
 
-  /** Rooms with activity, for the sidebar's "other rooms". */
+  /**
+   * The rooms I can see (GET /api/rooms): public ones for the directory, and those I am a
+   * member of, which join the sidebar — so a new device shows my rooms.
+   */
   async loadDirectory() {
+    let rooms;
     try {
-      const { rooms } = await this.#auth.api('/api/rooms');
-      this.directory = rooms;
-      this.#emit('directory');
+      ({ rooms } = await this.#auth.api('/api/rooms'));
     } catch {
-      // The list is a convenience; it is fetched again on the next reconnect.
+      return; // a convenience; fetched again on the next reconnect
     }
+    this.directory = rooms;
+    let added = false;
+    for (const info of rooms) {
+      const known = this.rooms.get(info.name);
+      if (known) {
+        known.info = info;
+      } else if (info.role || info.kind === 'direct') {
+        const room = new Room(info.name);
+        room.info = info;
+        this.rooms.set(info.name, room);
+        added = true;
+        if (this.#conn.connected) this.#joinRoom(room);
+      }
+    }
+    if (added) this.#saveRooms();
+    this.#emit('rooms');
+    this.#emit('directory');
+  }
+
+  /** How the UI names a room: `@peer` for a direct room, else its title, else `#name`. */
+  label(name) {
+    const info = this.rooms.get(name)?.info ?? this.directory.find((r) => r.name === name);
+    if (info?.kind === 'direct') return info.peer ? `@${info.peer.displayName}` : 'Notes to self';
+    return info?.title || `#${name}`;
+  }
+
+  /** Creates a room (I become its owner) and joins it. */
+  async createRoom(name, kind = 'public', title = '') {
+    const problem = roomNameProblem(name);
+    if (problem) throw new Error(problem);
+    const body = { name, kind };
+    if (title.trim()) body.title = title.trim();
+    const info = await this.#auth.api('/api/rooms', { method: 'POST', body });
+    this.directory = [...this.directory.filter((r) => r.name !== info.name), info];
+    const room = this.join(info.name);
+    room.info = info;
+    this.#emit('rooms');
+    return room;
+  }
+
+  /** Opens (creating on first use) the direct room with `userId` and joins it. */
+  async openDirect(userId) {
+    const info = await this.#auth.api(`/api/dm/${encodeURIComponent(userId)}`, { method: 'POST' });
+    this.directory = [...this.directory.filter((r) => r.name !== info.name), info];
+    const room = this.join(info.name);
+    room.info = info;
+    this.#emit('rooms');
+    return room;
+  }
+
+  /** A room's members: `[{ userId, displayName, role, joinedAt }]`. */
+  async members(name) {
+    const { members } = await this.#auth.api(`/api/rooms/${encodeURIComponent(name)}/members`);
+    return members;
+  }
+
+  /** My power in `name`: 'owner' | 'moderator' | 'member' | null (administrators: 'owner'). */
+  myRole(name) {
+    if (this.me.isAdmin) return 'owner';
+    return this.rooms.get(name)?.info?.role ?? null;
+  }
+
+  /** Moderation over REST: 'invite' | 'kick' | 'ban' | 'mute' (10 minutes by default). */
+  async moderate(name, action, userId, { minutes = 10 } = {}) {
+    const room = encodeURIComponent(name);
+    const user = encodeURIComponent(userId);
+    const calls = {
+      invite: [`/api/rooms/${room}/members`, { method: 'POST', body: { userId } }],
+      kick: [`/api/rooms/${room}/members/${user}`, { method: 'DELETE' }],
+      ban: [`/api/rooms/${room}/bans`, { method: 'POST', body: { userId } }],
+      mute: [`/api/rooms/${room}/mutes`, { method: 'POST', body: { userId, minutes } }],
+      unmute: [`/api/rooms/${room}/mutes/${user}`, { method: 'DELETE' }],
+    };
+    const [path, init] = calls[action] ?? [];
+    if (!path) throw new Error(`unknown action ${action}`);
+    return this.#auth.api(path, init);
   }
 
   // --- connection events -------------------------------------------------------------------
@@ -364,6 +451,9 @@ export class Chat extends EventTarget {
       case 'removed':
         this.#onRemoved(room, frame);
         break;
+      case 'muted':
+        this.#onMuted(room, frame);
+        break;
       case 'typing':
         if (frame.userId === this.me.id) return;
         room.typing.set(frame.userId, { name: frame.name ?? frame.email, until: this.#now() + TYPING_SHOWN_FOR });
@@ -374,10 +464,20 @@ export class Chat extends EventTarget {
     }
   }
 
+  /** A member was muted (or unmuted); if it is me, say until when. */
+  #onMuted(room, frame) {
+    if (frame.userId !== this.me.id) return;
+    room.mutedUntil = frame.until ?? null;
+    const when = frame.until ? new Date(frame.until).toLocaleTimeString() : null;
+    const message = when ? `You are muted in this room until ${when}.` : 'You may write in this room again.';
+    this.#emit('system', { room, frame: { ...frame, message }, at: new Date(this.#now()).toISOString() });
+    this.#emit('rooms');
+  }
+
   /** Someone is no longer a member; if it is me, the room is shut until I may join again. */
   #onRemoved(room, frame) {
     const at = new Date(this.#now()).toISOString();
-    if (frame.userId !== this.me.id) {
+    if (frame.userId !== this.me.id && frame.reason !== 'archived') {
       const message = frame.reason === 'left' ? 'A member left the room' : `A member was ${frame.reason} from the room`;
       this.#emit('system', { room, frame: { ...frame, message }, at });
       return;
@@ -386,6 +486,7 @@ export class Chat extends EventTarget {
     room.joinError = {
       banned: 'You were banned from this room.',
       kicked: 'You were removed from this room.',
+      archived: 'This room was archived.',
     }[frame.reason] ?? 'You are no longer a member of this room.';
     for (const entry of room.outbox.values()) {
       if (entry.status === 'queued' || entry.status === 'sending') {

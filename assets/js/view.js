@@ -387,6 +387,18 @@ export class ChatView {
       noDirectory: byId('no-directory'),
       title: byId('room-title'),
       leave: byId('leave'),
+      createForm: byId('create-form'),
+      createName: byId('create-name'),
+      createTitle: byId('create-title'),
+      createKind: byId('create-kind'),
+      createError: byId('create-error'),
+      create: byId('create'),
+      membersToggle: byId('members-toggle'),
+      members: byId('members'),
+      memberList: byId('member-list'),
+      membersError: byId('members-error'),
+      inviteForm: byId('invite-form'),
+      inviteId: byId('invite-id'),
       empty: byId('empty'),
       tryGeneral: byId('try-general'),
       views: byId('views'),
@@ -398,7 +410,8 @@ export class ChatView {
     };
     const el = this.el;
     el.me.textContent = chat.me.displayName ?? chat.me.email;
-    el.me.title = chat.me.email;
+    // My id is what others need to invite me to a private room.
+    el.me.title = `${chat.me.email} · user id ${chat.me.id}`;
     el.input.maxLength = MESSAGE_MAX_LEN;
 
     on(el.logout, 'click', onLogout);
@@ -418,6 +431,15 @@ export class ChatView {
     on(el.joinName, 'input', () => this.showJoinError(null));
     on(el.tryGeneral, 'click', () => this.open('general', { focus: true }));
     on(el.leave, 'click', () => this.leaveActive());
+    on(el.createForm, 'submit', (e) => {
+      e.preventDefault();
+      this.createFromForm();
+    });
+    on(el.membersToggle, 'click', () => this.setMembers(el.members.hidden));
+    on(el.inviteForm, 'submit', (e) => {
+      e.preventDefault();
+      this.inviteFromForm();
+    });
     on(el.composer, 'submit', (e) => {
       e.preventDefault();
       this.sendFromComposer();
@@ -542,12 +564,16 @@ export class ChatView {
     el.empty.hidden = Boolean(v);
     el.composer.hidden = !v;
     el.leave.hidden = !v;
-    el.title.textContent = name ? `#${name}` : 'confab';
+    el.membersToggle.hidden = !v;
+    if (previous !== name) this.setMembers(false);
+    const label = name ? this.chat.label(name) : 'confab';
+    el.title.textContent = label;
+    el.title.title = name ? `#${name}` : '';
     if (v) {
       v.show();
       if (previous !== name) el.input.value = this.drafts.get(name) ?? '';
-      el.input.placeholder = `Message #${name}`;
-      el.composerLabel.textContent = `Message #${name}`;
+      el.input.placeholder = `Message ${label}`;
+      el.composerLabel.textContent = `Message ${label}`;
     }
     this.renderTyping();
     this.renderRooms();
@@ -673,7 +699,7 @@ export class ChatView {
             this.focusComposer();
           },
         },
-        h('span', { class: 'room-name' }, `#${room.name}`),
+        h('span', { class: 'room-name' }, this.chat.label(room.name)),
         state,
         badge,
       );
@@ -687,12 +713,13 @@ export class ChatView {
     toggleBadge.textContent = unread ? String(unread) : '';
     this.renderDirectory();
     this.renderTitle();
+    if (this.chat.active) this.el.title.textContent = this.chat.label(this.chat.active);
   }
 
   renderDirectory() {
     const { directory, noDirectory } = this.el;
     const items = this.chat.directory
-      .filter((r) => !this.chat.rooms.has(r.name))
+      .filter((r) => !this.chat.rooms.has(r.name) && r.kind === 'public')
       .slice(0, 50)
       .map((r) =>
         h(
@@ -709,13 +736,137 @@ export class ChatView {
                 this.focusComposer();
               },
             },
-            h('span', { class: 'room-name' }, `#${r.name}`),
+            h('span', { class: 'room-name' }, r.title || `#${r.name}`),
             h('span', { class: 'room-meta' }, `${r.lastSeq} msg${r.lastSeq === 1 ? '' : 's'}`),
           ),
         ),
       );
     directory.replaceChildren(...items);
     noDirectory.hidden = items.length > 0;
+  }
+
+  async createFromForm() {
+    const { createName, createTitle, createKind, createError } = this.el;
+    const name = createName.value.trim();
+    const show = (message) => {
+      createError.textContent = message ?? '';
+      createError.hidden = !message;
+    };
+    const problem = roomNameProblem(name);
+    if (problem) {
+      show(problem);
+      createName.focus();
+      return;
+    }
+    try {
+      await this.chat.createRoom(name, createKind.value, createTitle.value);
+    } catch (e) {
+      show(e.message);
+      return;
+    }
+    show(null);
+    createName.value = '';
+    createTitle.value = '';
+    this.el.create.open = false;
+    this.open(name);
+    this.setSidebar(false);
+    this.focusComposer();
+  }
+
+  /** Shows or hides the active room's member list (fetched fresh each time it opens). */
+  setMembers(open) {
+    const { members, membersToggle } = this.el;
+    members.hidden = !open;
+    membersToggle.setAttribute('aria-expanded', String(open));
+    if (open) this.renderMembers();
+  }
+
+  showMembersError(message) {
+    const { membersError } = this.el;
+    membersError.textContent = message ?? '';
+    membersError.hidden = !message;
+  }
+
+  async renderMembers() {
+    const name = this.chat.active;
+    if (!name) return;
+    const { memberList, inviteForm } = this.el;
+    const rank = { member: 1, moderator: 2, owner: 3 };
+    const mine = rank[this.chat.myRole(name)] ?? 0;
+    const info = this.chat.rooms.get(name)?.info;
+    inviteForm.hidden = !(info?.kind === 'private' && mine >= rank.moderator);
+    let members;
+    try {
+      members = await this.chat.members(name);
+    } catch (e) {
+      this.showMembersError(e.message);
+      return;
+    }
+    if (this.chat.active !== name) return;
+    this.showMembersError(null);
+    const act = (label, run) =>
+      h('button', {
+        type: 'button',
+        class: 'quiet',
+        onclick: async () => {
+          try {
+            await run();
+            this.showMembersError(null);
+          } catch (e) {
+            this.showMembersError(e.message);
+          }
+          this.renderMembers();
+        },
+      }, label);
+    const items = members.map((m) => {
+      const me = m.userId === this.chat.me.id;
+      const actions = [];
+      if (!me) {
+        actions.push(
+          h('button', {
+            type: 'button',
+            class: 'quiet',
+            onclick: async () => {
+              try {
+                const room = await this.chat.openDirect(m.userId);
+                this.open(room.name);
+              } catch (e) {
+                this.showMembersError(e.message);
+              }
+            },
+          }, 'Message'),
+        );
+        if (mine >= rank.moderator && mine > (rank[m.role] ?? 0)) {
+          actions.push(
+            act('Mute 10 min', () => this.chat.moderate(name, 'mute', m.userId)),
+            act('Remove', () => this.chat.moderate(name, 'kick', m.userId)),
+            act('Ban', () => this.chat.moderate(name, 'ban', m.userId)),
+          );
+        }
+      }
+      return h(
+        'li',
+        { dataset: { user: m.userId } },
+        h('span', { class: 'member-name', title: m.userId }, m.displayName),
+        h('span', { class: 'member-role' }, me ? `${m.role} · you` : m.role),
+        h('span', { class: 'member-actions' }, ...actions),
+      );
+    });
+    memberList.replaceChildren(...items);
+  }
+
+  async inviteFromForm() {
+    const name = this.chat.active;
+    const userId = this.el.inviteId.value.trim();
+    if (!name || !userId) return;
+    try {
+      await this.chat.moderate(name, 'invite', userId);
+      this.el.inviteId.value = '';
+      this.showMembersError(null);
+    } catch (e) {
+      this.showMembersError(e.message);
+    }
+    this.renderMembers();
   }
 
   renderTyping() {
@@ -729,7 +880,7 @@ export class ChatView {
 
   renderTitle() {
     const unread = this.chat.totalUnread;
-    const room = this.chat.active ? `#${this.chat.active} · ` : '';
+    const room = this.chat.active ? `${this.chat.label(this.chat.active)} · ` : '';
     document.title = `${unread ? `(${unread}) ` : ''}${room}confab`;
   }
 }
