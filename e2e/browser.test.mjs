@@ -357,6 +357,54 @@ test('two users chat in browsers across two nodes, through restarts', options, a
     for (const who of ['alice', 'bob']) refreshes[who].length = 0;
   });
 
+  await t.test('A creates a private room; B cannot open it until invited, then finds it after a reload', async () => {
+    await a().click('#create summary');
+    await a().fill('#create-name', 'secret');
+    await a().fill('#create-title', 'Secret plans');
+    await a().selectOption('#create-kind', 'private');
+    await a().click('#create-form button[type="submit"]');
+    await a().waitForSelector('#room-list [data-room="secret"]:not(.room-btn--pending)');
+    assert.equal(await a().textContent('#room-title'), 'Secret plans');
+
+    await b().goto(`${node2.url}/r/secret`);
+    await b().waitForSelector('#room-list [data-room="secret"] .error-text');
+    assert.match(await b().getAttribute('#room-list [data-room="secret"]', 'title'), /members only/);
+    const bobId = (await b().getAttribute('#me', 'title')).split('user id ')[1];
+    assert.ok(bobId, 'my id is in the header, for invitations');
+
+    await a().click('#members-toggle');
+    await a().fill('#invite-id', bobId);
+    await a().click('#invite-form button[type="submit"]');
+    await a().waitForSelector(`#member-list li[data-user="${bobId}"]`);
+    assert.equal(await a().textContent(`#member-list li[data-user="${bobId}"] .member-name`), nameB);
+
+    await b().reload();
+    await b().waitForSelector('#room-list [data-room="secret"]:not(.room-btn--pending)', { timeout: 20_000 });
+    await openRoom(b(), 'secret');
+    await send(a(), 'for members only');
+    await waitForText(b(), 'secret', 'for members only');
+    await settled(a());
+  });
+
+  await t.test('A messages B directly from the member list; B finds the conversation after a reload', async () => {
+    const bobId = (await b().getAttribute('#me', 'title')).split('user id ')[1];
+    await a().click(`#member-list li[data-user="${bobId}"] .member-actions button`);
+    await a().waitForFunction((name) => document.querySelector('#room-title').textContent === `@${name}`, nameB);
+    const dm = await a().$eval('section.room:not([hidden])', (e) => e.dataset.room);
+    assert.match(dm, /^dm:[0-9a-f]{40}$/);
+    await a().waitForSelector(`#room-list [data-room="${dm}"]:not(.room-btn--pending)`);
+    await send(a(), 'just between us');
+    await settled(a());
+
+    await b().reload();
+    await b().waitForSelector(`#room-list [data-room="${dm}"]:not(.room-btn--pending)`, { timeout: 20_000 });
+    assert.equal((await b().textContent(`#room-list [data-room="${dm}"] .room-name`)).trim(), `@${nameA}`);
+    await openRoom(b(), dm);
+    await waitForText(b(), dm, 'just between us');
+    await openRoom(b(), 'general');
+    await openRoom(a(), 'general');
+  });
+
   await t.test('the conversation, wide and at 375 px (screenshots)', async () => {
     for (const br of [alice, bob]) {
       await br.page.$eval('section.room:not([hidden]) .scroller', (s) => {
@@ -399,7 +447,8 @@ test('two users chat in browsers across two nodes, through restarts', options, a
     await a().press('#auth-password', 'Enter');
     await a().waitForSelector('#conn[data-state="connected"]');
     const rooms = await a().$$eval('#room-list [data-room]', (els) => els.map((e) => e.dataset.room));
-    assert.deepEqual(rooms.sort(), ['general', 'random']);
+    assert.equal(rooms.length, 4, JSON.stringify(rooms));
+    assert.deepEqual(rooms.filter((r) => !r.startsWith('dm:')).sort(), ['general', 'random', 'secret']);
     await waitForText(a(), 'general', 'great —\nsee you tomorrow');
   });
 

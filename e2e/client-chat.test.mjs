@@ -63,13 +63,14 @@ function msg(seq, { sender = 'other', clientId, content = `m${seq}` } = {}) {
   };
 }
 
-function setup({ history = () => [] } = {}) {
+function setup({ history = () => [], rooms = [] } = {}) {
   const conn = new FakeConn();
   const apiCalls = [];
   const auth = {
-    api: async (path) => {
-      apiCalls.push(path);
-      if (path === '/api/rooms') return { rooms: [] };
+    api: async (path, init = {}) => {
+      apiCalls.push(init.method ? `${init.method} ${path}` : path);
+      if (path === '/api/rooms') return { rooms };
+      if (path.startsWith('/api/dm/')) return { name: 'dm:abc', kind: 'direct', peer: { userId: 'u2', displayName: 'Bo' } };
       return { messages: history(path) };
     },
   };
@@ -249,6 +250,67 @@ test('being removed from a room shuts it with the reason; others being removed i
   assert.equal(room.joined, false);
   assert.equal(room.joinError, 'You were banned from this room.');
   assert.deepEqual(errors, ['You were banned from this room.']);
+});
+
+test('the rooms I am a member of come from the server, labelled by title or peer', async () => {
+  const rooms = [
+    { name: 'lobby', kind: 'public', lastSeq: 3 },
+    { name: 'team', kind: 'private', title: 'The Team', role: 'owner', lastSeq: 0 },
+    { name: 'dm:abc', kind: 'direct', role: 'member', peer: { userId: 'u2', displayName: 'Bo' }, lastSeq: 1 },
+  ];
+  const { conn, chat } = setup({ rooms });
+  conn.open();
+  await tick();
+  assert.deepEqual([...chat.rooms.keys()].sort(), ['dm:abc', 'team'], 'a new device shows my rooms, not every public one');
+  assert.deepEqual(
+    conn.requests.filter((r) => r.frame.type === 'join_room').map((r) => r.frame.room).sort(),
+    ['dm:abc', 'team'],
+  );
+  assert.equal(chat.label('team'), 'The Team');
+  assert.equal(chat.label('dm:abc'), '@Bo');
+  assert.equal(chat.label('lobby'), '#lobby');
+  assert.equal(chat.myRole('team'), 'owner');
+  assert.equal(chat.myRole('lobby'), null);
+});
+
+test('leaving a room I am a member of ends the membership too', async () => {
+  const rooms = [{ name: 'team', kind: 'private', role: 'member', lastSeq: 0 }];
+  const { conn, chat, apiCalls } = setup({ rooms });
+  conn.open();
+  await tick();
+  conn.take('join_room').resolve({ type: 'ack', room: 'team', seq: 0 });
+  await tick();
+  chat.leave('team');
+  await tick();
+  assert.ok(apiCalls.includes('DELETE /api/rooms/team/members/me'), JSON.stringify(apiCalls));
+  assert.ok(!chat.rooms.has('team'));
+});
+
+test('a direct room opens over REST and joins', async () => {
+  const { conn, chat } = setup();
+  conn.open();
+  const room = await chat.openDirect('u2');
+  assert.equal(room.name, 'dm:abc');
+  assert.equal(conn.take('join_room').frame.room, 'dm:abc');
+  assert.equal(chat.label('dm:abc'), '@Bo');
+});
+
+test('being muted is told in the room, with until when', async () => {
+  const { conn, chat } = setup();
+  conn.open();
+  const room = chat.join('general');
+  conn.take('join_room').resolve({ type: 'ack', room: 'general', seq: 0 });
+  await tick();
+  const notes = [];
+  chat.addEventListener('system', (e) => notes.push(e.detail.frame.message));
+  conn.frame({ type: 'muted', room: 'general', userId: 'someone', until: '2030-01-01T00:00:00+00:00' });
+  assert.equal(room.mutedUntil, null, 'others being muted changes nothing for me');
+  conn.frame({ type: 'muted', room: 'general', userId: 'me', until: '2030-01-01T00:00:00+00:00' });
+  assert.equal(room.mutedUntil, '2030-01-01T00:00:00+00:00');
+  conn.frame({ type: 'muted', room: 'general', userId: 'me', until: null });
+  assert.equal(room.mutedUntil, null);
+  assert.equal(notes.length, 2);
+  assert.match(notes[0], /muted/);
 });
 
 test('reconnect backoff grows, is capped, and is jittered', () => {
