@@ -405,6 +405,32 @@ test('two users chat in browsers across two nodes, through restarts', options, a
     await openRoom(a(), 'general');
   });
 
+  await t.test('the owner deletes B\'s message: it is gone for both, also after a reload', async () => {
+    await openRoom(a(), 'secret');
+    await openRoom(b(), 'secret');
+    await send(b(), 'delete me');
+    await waitForText(a(), 'secret', 'delete me');
+    await settled(b());
+    const seq = await a().$$eval('section.room[data-room="secret"] .msg[data-seq]', (els) =>
+      els.find((e) => e.querySelector('.msg-body').textContent === 'delete me').dataset.seq,
+    );
+    const item = `section.room[data-room="secret"] .msg[data-seq="${seq}"]`;
+    await a().hover(item);
+    await a().click(`${item} .msg-delete`);
+    for (const page of [a(), b()]) {
+      await page.waitForSelector(`${item} .msg-deleted`);
+      assert.equal(await page.textContent(`${item} .msg-body`), 'This message was deleted.');
+    }
+    assert.equal(await b().$(`${item} .msg-delete`), null, 'nothing left to delete');
+    await b().reload();
+    await b().waitForSelector('#conn[data-state="connected"]');
+    await openRoom(b(), 'secret');
+    await b().waitForSelector(`${item} .msg-deleted`);
+    assert.ok(!(await texts(b(), 'secret')).includes('delete me'));
+    await openRoom(a(), 'general');
+    await openRoom(b(), 'general');
+  });
+
   await t.test('the conversation, wide and at 375 px (screenshots)', async () => {
     for (const br of [alice, bob]) {
       await br.page.$eval('section.room:not([hidden]) .scroller', (s) => {

@@ -313,6 +313,23 @@ test('being muted is told in the room, with until when', async () => {
   assert.match(notes[0], /muted/);
 });
 
+test('a deletion turns the message into a tombstone and moves the resume point', async () => {
+  const { conn, chat, events } = setup();
+  conn.open();
+  const room = chat.join('general');
+  conn.take('join_room').resolve({ type: 'ack', room: 'general', seq: 0 });
+  await tick();
+  conn.frame(msg(1));
+  conn.frame({ type: 'message_deleted', room: 'general', seq: 2, id: 'id-1', deletedBy: 'other', deletedAt: '2030-01-01T00:00:00+00:00' });
+  assert.equal(room.lastSeq, 2, 'a resume starts after the deletion');
+  assert.equal(room.messages.get(1).content, '');
+  assert.equal(room.messages.get(1).deletedAt, '2030-01-01T00:00:00+00:00');
+  assert.deepEqual(events.filter((e) => e.type === 'updated').map((e) => e.msg.seq), [1]);
+  assert.equal(chat.mayDelete('general', room.messages.get(1)), false, 'a tombstone is not deleted twice');
+  assert.equal(chat.mayDelete('general', msg(3, { sender: 'me' })), true, 'mine');
+  assert.equal(chat.mayDelete('general', msg(3)), false, 'not mine, and I moderate nothing');
+});
+
 test('reconnect backoff grows, is capped, and is jittered', () => {
   assert.ok(backoff(0, () => 0) >= 250 && backoff(0, () => 1) <= 500);
   assert.ok(backoff(3, () => 0.5) > backoff(1, () => 0.5));

@@ -820,6 +820,37 @@ async fn send_is_acked_then_delivered_as_a_message_event() {
     assert_eq!(a.expect_event("message").await["seq"], 3);
 }
 
+/// Socket.IO clients meet the same room rules as native ones: a private room refuses an
+/// outsider's join and resume; a muted member's send is `muted`; a banned member is told and
+/// cannot come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_clients_meet_the_room_access_rules() {
+    let node = sqlite_node(|_| {}).await;
+    let (owner, outsider, member) =
+        (node.register("owner").await, node.register("out").await, node.register("mem").await);
+    let post = |path: &str, body: Value| node.http.post(node.url(path)).bearer_auth(&owner.token).json(&body).send();
+    let status = |r: reqwest::Result<reqwest::Response>| r.expect("request").status().as_u16();
+    assert_eq!(status(post("/api/rooms", json!({ "name": "priv", "kind": "private" })).await), 201);
+    assert_eq!(status(post("/api/rooms/priv/members", json!({ "userId": member.id })).await), 200);
+
+    let mut out = Sio::connect(node.addr, &outsider.token).await;
+    out.emit(Some(1), "join_room", &json!({ "room": "priv" })).await;
+    assert_eq!(out.ack_after_events(1).await["code"], "forbidden");
+    out.emit(Some(2), "join_room", &json!({ "room": "priv", "since": 0 })).await;
+    assert_eq!(out.ack_after_events(2).await["code"], "forbidden");
+
+    let mut mem = Sio::connect(node.addr, &member.token).await;
+    mem.join(1, "priv").await;
+    assert_eq!(status(post("/api/rooms/priv/mutes", json!({ "userId": member.id, "minutes": 5 })).await), 204);
+    assert_eq!(mem.expect_event("muted").await["userId"], member.id.as_str());
+    mem.emit(Some(2), "send_message", &json!({ "room": "priv", "content": "x" })).await;
+    assert_eq!(mem.ack_after_events(2).await["code"], "muted");
+    assert_eq!(status(post("/api/rooms/priv/bans", json!({ "userId": member.id })).await), 204);
+    assert_eq!(mem.expect_event("removed").await["reason"], "banned");
+    mem.emit(Some(3), "join_room", &json!({ "room": "priv" })).await;
+    assert_eq!(mem.ack_after_events(3).await["code"], "forbidden");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_input_gets_an_error_and_the_seed_style_system_line() {
     let node = sqlite_node(|c| c.chat.message_max_len = 10).await;

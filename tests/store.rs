@@ -40,6 +40,8 @@ fn message(room: &RoomName, sender: &User, content: &str, client_id: Option<&str
         content: content.to_owned(),
         client_id: client_id.map(str::to_owned),
         created_at: Utc::now(),
+        kind: confab::store::MessageKind::Message,
+        target_id: None,
     }
 }
 

@@ -454,6 +454,9 @@ export class Chat extends EventTarget {
       case 'muted':
         this.#onMuted(room, frame);
         break;
+      case 'message_deleted':
+        this.#onDeleted(room, frame);
+        break;
       case 'typing':
         if (frame.userId === this.me.id) return;
         room.typing.set(frame.userId, { name: frame.name ?? frame.email, until: this.#now() + TYPING_SHOWN_FOR });
@@ -462,6 +465,33 @@ export class Chat extends EventTarget {
         break;
       default:
     }
+  }
+
+  /** A deletion: an event of the seq stream (so it moves `lastSeq`); the message becomes a tombstone. */
+  #onDeleted(room, frame) {
+    if (typeof frame.seq === 'number' && (room.lastSeq === null || frame.seq > room.lastSeq)) room.lastSeq = frame.seq;
+    for (const msg of room.messages.values()) {
+      if (msg.id !== frame.id) continue;
+      if (msg.deletedAt) return;
+      msg.content = '';
+      msg.deletedAt = frame.deletedAt ?? new Date(this.#now()).toISOString();
+      this.#emit('updated', { room, msg });
+      return;
+    }
+  }
+
+  /** Deletes message `id` of `name` (mine, or anyone's as a moderator); everyone is told. */
+  async deleteMessage(name, id) {
+    await this.#auth.api(`/api/rooms/${encodeURIComponent(name)}/messages/${encodeURIComponent(id)}`, {
+      method: 'DELETE',
+    });
+  }
+
+  /** Whether I may delete `msg` in `name`: mine, or I moderate the room. */
+  mayDelete(name, msg) {
+    if (msg.deletedAt) return false;
+    const role = this.myRole(name);
+    return msg.senderId === this.me.id || role === 'owner' || role === 'moderator';
   }
 
   /** A member was muted (or unmuted); if it is me, say until when. */

@@ -177,15 +177,36 @@ class RoomView {
   }
 
   messageElement(msg) {
-    const own = msg.senderId === this.owner.chat.me.id;
+    const chat = this.owner.chat;
+    const own = msg.senderId === chat.me.id;
+    const name = this.room.name;
+    const remove = chat.mayDelete(name, msg)
+      ? h(
+          'button',
+          {
+            type: 'button',
+            class: 'link msg-delete',
+            'aria-label': 'Delete this message',
+            onclick: () => {
+              chat.deleteMessage(name, msg.id).catch((e) => {
+                this.owner.el.announcer.textContent = `Not deleted: ${e.message}`;
+              });
+            },
+          },
+          'Delete',
+        )
+      : null;
+    const body = msg.deletedAt
+      ? h('p', { class: 'msg-body msg-deleted' }, 'This message was deleted.')
+      : h('p', { class: 'msg-body' }, msg.content);
     return h(
       'li',
       {
         class: `msg${own ? ' msg--own' : ''}`,
         dataset: { key: String(msg.seq), seq: String(msg.seq), sender: msg.senderId, time: String(Date.parse(msg.createdAt)) },
       },
-      h('div', { class: 'msg-head' }, h('span', { class: 'msg-sender' }, msg.senderName ?? msg.senderEmail), ' ', timeElement(msg.createdAt)),
-      h('p', { class: 'msg-body' }, msg.content),
+      h('div', { class: 'msg-head' }, h('span', { class: 'msg-sender' }, msg.senderName ?? msg.senderEmail), ' ', timeElement(msg.createdAt), remove),
+      body,
     );
   }
 

@@ -174,6 +174,7 @@ impl RedisBus {
 fn encode(instance: u64, e: &Event) -> Vec<u8> {
     let (kind, arg) = match e.frame.kind {
         EventKind::Message { seq } => ('m', seq.to_string()),
+        EventKind::Deleted { seq } => ('d', seq.to_string()),
         EventKind::System { origin } => ('s', origin.to_string()),
         EventKind::Typing { user } => ('t', user.to_string()),
         EventKind::Removed { user } => ('r', user.to_string()),
@@ -199,6 +200,7 @@ fn decode(instance: u64, room: RoomName, payload: &[u8]) -> Option<Event> {
     let arg = std::str::from_utf8(parts.next()?).ok()?;
     let kind = match kind {
         b"m" => EventKind::Message { seq: arg.parse().ok()? },
+        b"d" => EventKind::Deleted { seq: arg.parse().ok()? },
         b"s" => EventKind::System { origin: arg.parse().ok()? },
         b"t" => EventKind::Typing { user: arg.parse::<Uuid>().ok()? },
         b"r" => EventKind::Removed { user: arg.parse::<Uuid>().ok()? },
@@ -439,6 +441,7 @@ mod tests {
         let user = Uuid::new_v4();
         for kind in [
             EventKind::System { origin: 9 },
+            EventKind::Deleted { seq: 43 },
             EventKind::Typing { user },
             EventKind::Removed { user },
             EventKind::Muted { user, until: 1_800_000_000 },

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::session::{Form, text_frame};
 use crate::{
     domain::{RoomName, Seq},
-    store::Message,
+    store::{Message, MessageKind},
 };
 
 /// What kind of event, with what the hub needs to route it.
@@ -24,6 +24,8 @@ use crate::{
 pub enum EventKind {
     /// A stored message: delivered in `seq` order, exactly once per member.
     Message { seq: Seq },
+    /// A message's deletion: an event of the same seq stream, delivered like a message.
+    Deleted { seq: Seq },
     /// A member joined or left; not delivered to the session it came from.
     System { origin: u64 },
     /// A member is typing; not delivered to that user's sessions.
@@ -42,6 +44,7 @@ impl EventKind {
     pub fn name(self) -> &'static str {
         match self {
             Self::Message { .. } => "message",
+            Self::Deleted { .. } => "message_deleted",
             Self::System { .. } => "system",
             Self::Typing { .. } => "typing",
             Self::Removed { .. } => "removed",
@@ -131,6 +134,7 @@ enum Wire<'a> {
     Typing { room: &'a str, user_id: Uuid, name: &'a str },
     Removed { room: &'a str, user_id: Uuid, reason: &'a str },
     Muted { room: &'a str, user_id: Uuid, until: Option<String> },
+    MessageDeleted { room: &'a str, seq: Seq, id: Uuid, deleted_by: Uuid, deleted_at: String },
 }
 
 /// Encodes `wire`; `email`, if any, goes to Socket.IO frames only, as member `key`.
@@ -146,8 +150,18 @@ fn encode(kind: EventKind, wire: &Wire<'_>, email: Option<(&str, &str)>) -> Arc<
     Encoded::with_compat(kind, Utf8Bytes::from(json), compat)
 }
 
-/// The `message` event for a stored message.
+/// The event for a row of a room's seq stream: `message`, or `message_deleted` for a deletion.
 pub fn message(room: &RoomName, msg: &Message) -> Event {
+    if msg.kind == MessageKind::Delete {
+        let wire = Wire::MessageDeleted {
+            room: room.as_str(),
+            seq: msg.seq,
+            id: msg.target_id.unwrap_or_default(),
+            deleted_by: msg.sender_id,
+            deleted_at: msg.created_at.to_rfc3339(),
+        };
+        return Event { room: room.clone(), frame: encode(EventKind::Deleted { seq: msg.seq }, &wire, None) };
+    }
     let kind = EventKind::Message { seq: msg.seq };
     Event { room: room.clone(), frame: encode(kind, &Wire::Message(msg), Some(("senderEmail", &msg.sender_email))) }
 }
@@ -218,6 +232,9 @@ mod tests {
             content: "hi \"there\"".into(),
             created_at: chrono::DateTime::from_timestamp(0, 0).unwrap(),
             client_id: None,
+            kind: MessageKind::Message,
+            target_id: None,
+            deleted_at: None,
         };
         let ev = message(&room, &msg);
         let v: serde_json::Value = serde_json::from_str(ev.frame.native.as_str()).unwrap();
@@ -232,6 +249,14 @@ mod tests {
         assert!(sio.starts_with("42[\"message\",{") && sio.ends_with("}]"), "{sio}");
         let arr: serde_json::Value = serde_json::from_str(&sio[2..]).unwrap();
         assert_eq!(arr[1]["seq"], 7);
+        assert!(v.get("deletedAt").is_none());
+        // Its deletion is the next event of the stream.
+        let gone = Message { kind: MessageKind::Delete, target_id: Some(msg.id), seq: 8, ..msg.clone() };
+        let ev = message(&room, &gone);
+        assert_eq!(ev.frame.kind, EventKind::Deleted { seq: 8 });
+        let v: serde_json::Value = serde_json::from_str(ev.frame.native.as_str()).unwrap();
+        assert_eq!((&v["type"], &v["seq"], &v["id"]), (&json!("message_deleted"), &json!(8), &json!(msg.id)));
+        assert!(ev.frame.socketio().as_str().starts_with("42[\"message_deleted\",{"));
         assert_eq!(arr[1]["senderEmail"], "a@b.co", "the original platform's clients show addresses");
         assert_eq!(arr[1]["senderName"], "Ann");
     }

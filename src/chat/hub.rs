@@ -153,7 +153,10 @@ impl Room {
             let skip = match kind {
                 EventKind::System { origin } => m.handle.id == origin,
                 EventKind::Typing { user } => m.handle.user == user,
-                EventKind::Message { .. } | EventKind::Removed { .. } | EventKind::Muted { .. } => false,
+                EventKind::Message { .. }
+                | EventKind::Deleted { .. }
+                | EventKind::Removed { .. }
+                | EventKind::Muted { .. } => false,
             };
             if !skip && !m.handle.outbox.offer_event(frame) {
                 kicked = true;
@@ -365,7 +368,7 @@ impl Hub {
     pub fn dispatch(self: &Arc<Self>, event: &Event) {
         let Some(room) = self.get(&event.room) else { return };
         match event.frame.kind {
-            EventKind::Message { seq } => {
+            EventKind::Message { seq } | EventKind::Deleted { seq } => {
                 if room.accept(seq, &event.frame) {
                     self.spawn_repair(room);
                 }

@@ -449,6 +449,8 @@ impl ChatService {
             client_id: client_id.map(|c| c.as_str().to_owned()),
             // PostgreSQL keeps microseconds: truncate now so live frames and history agree.
             created_at: Utc::now().trunc_subsecs(6),
+            kind: crate::store::MessageKind::Message,
+            target_id: None,
         };
         // Counted before the writer can answer, so the answer always finds it counted.
         s.handle.outbox.began_send();
@@ -479,6 +481,12 @@ impl ChatService {
     /// the user's sessions there, told too, leave it.
     pub fn evict(&self, room: &RoomName, user: UserId, reason: &str) {
         self.inner.bus.publish(vec![event::removed(room, user.0, reason)]);
+    }
+
+    /// Hands a row of `room`'s seq stream stored outside the room's writer (a deletion) to
+    /// every node's members, in its seq order.
+    pub fn announce_stored(&self, room: &RoomName, stored: &crate::store::Message) {
+        self.inner.bus.publish(vec![event::message(room, stored)]);
     }
 
     /// Tells every node that `user` may not send in `room` until `until` (Unix seconds; 0 lifts

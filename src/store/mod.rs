@@ -116,6 +116,53 @@ pub struct Message {
     pub created_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
+    /// A message, or the event of one's deletion (which the wire shows as `message_deleted`).
+    #[serde(skip)]
+    #[sqlx(try_from = "String")]
+    pub kind: MessageKind,
+    /// For a deletion: the message deleted.
+    #[serde(skip)]
+    pub target_id: Option<Uuid>,
+    /// Set once deleted; the content is then empty.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "rfc3339_opt")]
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+/// What a row of a room's seq stream is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MessageKind {
+    #[default]
+    Message,
+    /// The deletion of the message `target_id`, by `sender_id`.
+    Delete,
+}
+
+impl MessageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Message => "message",
+            Self::Delete => "delete",
+        }
+    }
+}
+
+impl TryFrom<String> for MessageKind {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        match s.as_str() {
+            "message" => Ok(Self::Message),
+            "delete" => Ok(Self::Delete),
+            _ => Err(format!("unknown message kind {s:?}")),
+        }
+    }
+}
+
+#[allow(clippy::ref_option)] // serde hands `serialize_with` a reference to the field
+fn rfc3339_opt<S: serde::Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&t.to_rfc3339()),
+        None => s.serialize_none(),
+    }
 }
 
 /// `createdAt` exactly as the REST API writes it (`…+00:00`), so a client comparing a live
@@ -135,6 +182,9 @@ pub struct NewMessage {
     pub content: String,
     pub client_id: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// `Delete` with `target_id`: the deletion of that message (empty content, no client id).
+    pub kind: MessageKind,
+    pub target_id: Option<Uuid>,
 }
 
 /// The result of storing one message.
@@ -579,6 +629,30 @@ impl Store {
         each_backend!(self, s => s.messages_after(room.as_str(), after, i64::from(limit)).await)
     }
 
+    /// Message `id` of `room`, if there is one (deletion events are not messages).
+    pub async fn message_in_room(&self, room: &RoomName, id: Uuid) -> Result<Option<Message>, StoreError> {
+        each_backend!(self, s => s.message_in_room(room.as_str(), id).await)
+    }
+
+    /// Deletes message `target` of `room` on behalf of `by`: the deletion takes the room's next
+    /// seq (an event every member and every resume sees) and the message keeps its seq but
+    /// loses its content. Returns the deletion event.
+    pub async fn delete_message(&self, room: &RoomName, target: Uuid, by: &User) -> Result<Message, StoreError> {
+        let event = NewMessage {
+            id: Uuid::now_v7(),
+            room: room.clone(),
+            sender_id: by.id,
+            sender_email: by.email.clone(),
+            sender_name: by.display_name.clone(),
+            content: String::new(),
+            client_id: None,
+            created_at: Utc::now().trunc_subsecs(6),
+            kind: MessageKind::Delete,
+            target_id: Some(target),
+        };
+        Ok(self.append_message(event).await?.message)
+    }
+
     /// The room's latest seq (0 for a room without messages).
     pub async fn last_seq(&self, room: &RoomName) -> Result<Seq, StoreError> {
         each_backend!(self, s => s.last_seq(room.as_str()).await)
@@ -692,6 +766,9 @@ fn plan_batch(batch: &[NewMessage], existing: &[Message], first_seq: Seq) -> (Ve
             // Microseconds, as stored: an ack and a later read of history must agree.
             created_at: m.created_at.trunc_subsecs(6),
             client_id: m.client_id.clone(),
+            kind: m.kind,
+            target_id: m.target_id,
+            deleted_at: None,
         };
         out.push(Appended { message: stored.clone(), duplicate: false });
         fresh.push(stored);

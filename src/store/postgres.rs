@@ -84,6 +84,9 @@ impl PgStore {
         let mut contents = Vec::with_capacity(fresh.len());
         let mut times: Vec<DateTime<Utc>> = Vec::with_capacity(fresh.len());
         let mut client_ids = Vec::with_capacity(fresh.len());
+        let mut kinds = Vec::with_capacity(fresh.len());
+        let mut targets = Vec::with_capacity(fresh.len());
+        let mut deleted: Vec<uuid::Uuid> = Vec::new();
         for m in &fresh {
             ids.push(m.id);
             senders.push(m.sender_id);
@@ -92,6 +95,9 @@ impl PgStore {
             contents.push(m.content.as_str());
             times.push(m.created_at);
             client_ids.push(m.client_id.as_deref());
+            kinds.push(m.kind.as_str());
+            targets.push(m.target_id);
+            deleted.extend(m.target_id);
         }
         // Bumping last_seq by the batch's size takes the room's row lock (creating the row for a
         // room's first message), so writers of one room queue there on every node; RETURNING
@@ -106,12 +112,17 @@ impl PgStore {
                  RETURNING r.last_seq - $2 AS base \
              ), inserted AS ( \
                  INSERT INTO messages \
-                     (id, room, seq, sender_id, sender_email, sender_name, content, created_at, client_id) \
+                     (id, room, seq, sender_id, sender_email, sender_name, content, created_at, client_id, \
+                      kind, target_id) \
                  SELECT m.id, $1, room.base + m.k, m.sender_id, m.sender_email, m.sender_name, m.content, \
-                        m.created_at, m.client_id \
+                        m.created_at, m.client_id, m.kind, m.target_id \
                  FROM room, UNNEST($4::uuid[], $5::uuid[], $6::text[], $10::text[], $7::text[], \
-                                   $8::timestamptz[], $9::text[]) \
-                     WITH ORDINALITY AS m (id, sender_id, sender_email, sender_name, content, created_at, client_id, k) \
+                                   $8::timestamptz[], $9::text[], $11::text[], $12::uuid[]) \
+                     WITH ORDINALITY AS m (id, sender_id, sender_email, sender_name, content, created_at, client_id, \
+                                           kind, target_id, k) \
+             ), deleted AS ( \
+                 UPDATE messages SET content = '', deleted_at = $3 \
+                 WHERE room = $1 AND kind = 'message' AND id = ANY($13::uuid[]) AND deleted_at IS NULL \
              ) \
              SELECT base FROM room",
         )
@@ -125,6 +136,9 @@ impl PgStore {
         .bind(times)
         .bind(client_ids)
         .bind(names)
+        .bind(kinds)
+        .bind(targets)
+        .bind(deleted)
         .fetch_one(&self.write)
         .await?;
         // The k-th fresh message got seq k above, and now base + k; earlier copies keep theirs.

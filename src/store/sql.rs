@@ -10,7 +10,7 @@
 /// queries can `concat!` it into `&'static str` SQL.
 macro_rules! message_columns {
     () => {
-        "id, room, seq, sender_id, sender_email, sender_name, content, created_at, client_id"
+        "id, room, seq, sender_id, sender_email, sender_name, content, created_at, client_id, kind, target_id, deleted_at"
     };
 }
 
@@ -342,7 +342,8 @@ macro_rules! shared_queries {
             ) -> Result<Vec<$crate::store::Message>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(
                     concat!("SELECT * FROM (SELECT ", message_columns!(), " \
-                     FROM messages WHERE room = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3) AS page ORDER BY seq"),
+                     FROM messages WHERE room = $1 AND seq < $2 AND kind = 'message' \
+                     ORDER BY seq DESC LIMIT $3) AS page ORDER BY seq"),
                 )
                 .bind(room)
                 .bind(before)
@@ -365,6 +366,21 @@ macro_rules! shared_queries {
                 .bind(after)
                 .bind(limit)
                 .fetch_all(&self.read)
+                .await?)
+            }
+
+            /// The message `id` of `room` (not a deletion event), if it exists.
+            pub async fn message_in_room(
+                &self,
+                room: &str,
+                id: uuid::Uuid,
+            ) -> Result<Option<$crate::store::Message>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(
+                    concat!("SELECT ", message_columns!(), " FROM messages WHERE id = $1 AND room = $2 AND kind = 'message'"),
+                )
+                .bind(id)
+                .bind(room)
+                .fetch_optional(&self.read)
                 .await?)
             }
 

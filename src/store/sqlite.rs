@@ -139,10 +139,11 @@ impl SqliteStore {
 
     async fn insert_messages(tx: &mut Transaction<'static, Sqlite>, rows: &[Message]) -> Result<(), StoreError> {
         // SQLite has no arrays; a multi-row VALUES list stays far below its 32k-parameter limit
-        // for any batch the chat core builds (9 parameters a row).
+        // for any batch the chat core builds (11 parameters a row).
         for chunk in rows.chunks(512) {
             let mut q = sqlx::QueryBuilder::new(
-                "INSERT INTO messages (id, room, seq, sender_id, sender_email, sender_name, content, created_at, client_id) ",
+                "INSERT INTO messages \
+                 (id, room, seq, sender_id, sender_email, sender_name, content, created_at, client_id, kind, target_id) ",
             );
             q.push_values(chunk, |mut b, m| {
                 b.push_bind(m.id)
@@ -153,9 +154,22 @@ impl SqliteStore {
                     .push_bind(m.sender_name.clone())
                     .push_bind(m.content.clone())
                     .push_bind(m.created_at)
-                    .push_bind(m.client_id.clone());
+                    .push_bind(m.client_id.clone())
+                    .push_bind(m.kind.as_str())
+                    .push_bind(m.target_id);
             });
             q.build().execute(&mut **tx).await?;
+        }
+        // Deletions take their message's content in the same transaction.
+        for (target, at) in rows.iter().filter_map(|m| m.target_id.map(|t| (t, m.created_at))) {
+            sqlx::query(
+                "UPDATE messages SET content = '', deleted_at = $1 \
+                 WHERE id = $2 AND kind = 'message' AND deleted_at IS NULL",
+            )
+            .bind(at)
+            .bind(target)
+            .execute(&mut **tx)
+            .await?;
         }
         Ok(())
     }

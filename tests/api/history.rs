@@ -34,6 +34,8 @@ async fn store_messages(app: &TestApp, sender: &Session, room: &str, n: usize) {
             content: format!("message {i}"),
             client_id: (i % 2 == 0).then(|| format!("{room}-client-{i}")),
             created_at: chrono::Utc::now(),
+            kind: confab::store::MessageKind::Message,
+            target_id: None,
         })
         .collect();
     let stored = app.state.store.append_messages(&room, &batch).await.expect("append");

@@ -7,6 +7,7 @@ mod common;
 mod helpers;
 
 mod abuse;
+mod acl;
 mod auth;
 mod cluster;
 mod fixtures;

@@ -20,6 +20,7 @@ both_backends!(
     a_direct_room_is_the_same_for_a_pair_and_closed_to_others,
     closed_registration_refuses_and_invite_registration_needs_a_live_code,
     moderation_and_administration_are_in_the_audit_log,
+    a_deletion_is_an_event_of_the_stream_and_history_keeps_a_tombstone,
 );
 
 async fn call(app: &TestApp, method: Method, path: &str, token: &str, body: Option<Value>) -> reqwest::Response {
@@ -46,6 +47,9 @@ async fn rooms_show_display_names_and_never_addresses(backend: Backend) {
     assert_eq!(zed["user"]["displayName"], "zed");
     let long = json!({ "email": "long@example.com", "password": "password123", "displayName": "x".repeat(33) });
     expect_error(app.post_json("/api/auth/register", &long).await, StatusCode::BAD_REQUEST, "invalid_payload").await;
+    // So is an invitation code over 64 characters, even where none is needed.
+    let code = json!({ "email": "long@example.com", "password": "password123", "inviteCode": "c".repeat(65) });
+    expect_error(app.post_json("/api/auth/register", &code).await, StatusCode::BAD_REQUEST, "invalid_payload").await;
     let (bob, mut bob_ws) = connect_user(&app, "bob.smith@example.com").await;
     assert_eq!(bob.name(), "bob.smith", "the default is the address's local part");
 
@@ -324,4 +328,66 @@ async fn a_mute_made_on_one_node_holds_on_another() {
     assert_eq!(muted.status(), StatusCode::NO_CONTENT);
     assert_eq!(eve_ws.next_of_type("muted").await["userId"], eve.user_id.as_str());
     eve_ws.request_error(json!({ "type": "send_message", "room": "hall", "content": "x" }), "muted").await;
+}
+
+async fn a_deletion_is_an_event_of_the_stream_and_history_keeps_a_tombstone(backend: Backend) {
+    let app = spawn_chat_node(backend, |_| {}).await;
+    let (owner, mut owner_ws) = connect_user(&app, "owner@example.com").await;
+    let (eve, mut eve_ws) = connect_user(&app, "eve@example.com").await;
+    let (bob, mut bob_ws) = connect_user(&app, "bob@example.com").await;
+    create_room(&app, &owner, json!({ "name": "hall" })).await;
+    for ws in [&mut owner_ws, &mut eve_ws, &mut bob_ws] {
+        ws.join("hall").await;
+    }
+    let oops = eve_ws.send("hall", "oops").await;
+    let rude = eve_ws.send("hall", "rude").await;
+    let fine = bob_ws.send("hall", "fine").await;
+    for ws in [&mut owner_ws, &mut eve_ws, &mut bob_ws] {
+        assert_eq!(ws.messages(3).await.len(), 3);
+    }
+    let delete = |who: &Session, id: &str| {
+        let (app, token, path) = (&app, who.token.clone(), format!("/api/rooms/hall/messages/{id}"));
+        async move { call(app, Method::DELETE, &path, &token, None).await }
+    };
+    // Others' messages are for moderators only.
+    expect_error(delete(&bob, &oops.id).await, StatusCode::FORBIDDEN, "forbidden").await;
+    // The author deletes her own: the next seq of the stream, for everyone.
+    assert_eq!(delete(&eve, &oops.id).await.status(), StatusCode::NO_CONTENT);
+    for ws in [&mut owner_ws, &mut eve_ws, &mut bob_ws] {
+        let gone = ws.next_of_type("message_deleted").await;
+        assert_eq!((&gone["room"], &gone["seq"], &gone["id"]), (&json!("hall"), &json!(4), &json!(oops.id)), "{gone}");
+        assert_eq!(gone["deletedBy"], eve.user_id.as_str());
+    }
+    expect_error(delete(&eve, &oops.id).await, StatusCode::NOT_FOUND, "not_found").await;
+    // The owner deletes someone else's.
+    assert_eq!(delete(&owner, &rude.id).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(bob_ws.next_of_type("message_deleted").await["seq"], 5);
+
+    // History: tombstones in place, the deletion events left out.
+    let history = expect_json(app.get_authed("/api/messages/hall", &bob.token).await, StatusCode::OK).await;
+    let rows: Vec<(i64, &str, bool)> = history["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| (m["seq"].as_i64().expect("seq"), m["content"].as_str().expect("content"), m["deletedAt"].is_string()))
+        .collect();
+    assert_eq!(rows, [(1, "", true), (2, "", true), (3, "fine", false)]);
+    assert_eq!(fine.seq, 3);
+    // A client resuming from before sees the tombstones and then the deletions, in seq order.
+    let mut late = TestSocket::connect(&app, &bob.token).await;
+    let ack = late.request(json!({ "type": "join_room", "room": "hall", "since": 0 })).await;
+    assert_eq!(ack["seq"], 5);
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let frame = late.next_frame().await;
+        if let Some(kind @ ("message" | "message_deleted")) = frame["type"].as_str() {
+            seen.push((kind.to_owned(), frame["seq"].as_i64().expect("seq")));
+        }
+    }
+    let kinds: Vec<(&str, i64)> = seen.iter().map(|(k, s)| (k.as_str(), *s)).collect();
+    assert_eq!(kinds, [("message", 1), ("message", 2), ("message", 3), ("message_deleted", 4), ("message_deleted", 5)]);
+    // The owner's deletion of another's message is audited.
+    assert!(app.state.store.set_admin("owner@example.com", true).await.expect("promote"));
+    let log = expect_json(app.get_authed("/api/admin/audit", &owner.token).await, StatusCode::OK).await;
+    assert_eq!(log["entries"][0]["action"], "message.delete", "{log}");
 }

@@ -133,9 +133,6 @@ impl AuthApi {
     #[oai(path = "/register", method = "post")]
     async fn register(&self, req: &Request, body: Json<RegisterBody>) -> Result<Json<SessionBody>, ApiError> {
         let state = limited(req)?;
-        if body.display_name.0.as_ref().is_some_and(|n| n.chars().count() > crate::domain::DisplayName::MAX_CHARS) {
-            return Err(ApiError::bad_request("a display name is at most 32 characters", "invalid_payload"));
-        }
         let signup =
             Signup { display_name: body.display_name.0.as_deref(), invite_code: body.invite_code.0.as_deref() };
         let policy = state.config.auth.registration;

@@ -22,7 +22,8 @@ use crate::{
 pub struct MessageView {
     id: Uuid,
     room: String,
-    /// Position in the room: 1, 2, 3… with no gaps.
+    /// Position in the room's stream: increasing; the gaps are deletion events, which history
+    /// leaves out (it shows the deleted message as a tombstone instead).
     seq: Seq,
     sender_id: Uuid,
     /// The sender's display name when they sent it (addresses are not shown to others).
@@ -32,6 +33,9 @@ pub struct MessageView {
     /// The sender's idempotency key, if it gave one.
     #[oai(skip_serializing_if_is_none)]
     client_id: Option<String>,
+    /// Set if the message was deleted: its content is then empty.
+    #[oai(skip_serializing_if_is_none)]
+    deleted_at: Option<DateTime<Utc>>,
 }
 
 impl From<Message> for MessageView {
@@ -45,6 +49,7 @@ impl From<Message> for MessageView {
             content: m.content,
             created_at: m.created_at,
             client_id: m.client_id,
+            deleted_at: m.deleted_at,
         }
     }
 }

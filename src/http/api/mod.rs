@@ -53,7 +53,7 @@ macro_rules! checked_string {
 }
 
 /// Optional text of bounded length: absent, or a JSON string (not `null`, which the schema
-/// does not allow), trimmed, empty meaning absent.
+/// does not allow) of at most `$max` characters as sent.
 macro_rules! optional_text {
     ($(#[$doc:meta])* $name:ident, $max:expr) => {
         $(#[$doc])*
@@ -87,6 +87,9 @@ macro_rules! optional_text {
             fn parse_from_json(value: Option<serde_json::Value>) -> poem_openapi::types::ParseResult<Self> {
                 match value {
                     None => Ok(Self(None)),
+                    Some(serde_json::Value::String(s)) if s.chars().count() > $max => {
+                        Err(poem_openapi::types::ParseError::custom(format!("at most {} characters", $max)))
+                    }
                     Some(serde_json::Value::String(s)) => Ok(Self(Some(s))),
                     Some(other) => Err(poem_openapi::types::ParseError::expected_type(other)),
                 }

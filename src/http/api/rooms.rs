@@ -544,6 +544,52 @@ impl RoomsApi {
         Ok(Removed::Done)
     }
 
+    /// Delete a message.
+    ///
+    /// Its author deletes their own; owners and moderators (and administrators) any in their
+    /// room. The deletion is an event of the room's seq stream (`message_deleted`), so every
+    /// member sees it, and a client resuming with `since` too; history shows the message as a
+    /// tombstone (`deletedAt`, empty content). 404 if there is no such message (or it is
+    /// deleted already).
+    #[oai(path = "/rooms/:room/messages/:message_id", method = "delete")]
+    async fn delete_message(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        /// Room name.
+        #[oai(validator(pattern = "^[A-Za-z0-9:_-]{1,64}$"))]
+        room: Path<String>,
+        /// The message's id.
+        message_id: Path<Uuid>,
+    ) -> Result<Removed, ApiError> {
+        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
+        let name = room_name(&room.0)?;
+        readable_or_404(state, &name, &auth.0).await?;
+        let found = state.store.message_in_room(&name, message_id.0).await?;
+        let Some(found) = found.filter(|m| m.deleted_at.is_none()) else {
+            return Err(ApiError::not_found("no such message"));
+        };
+        let own = found.sender_id == auth.0.id.0;
+        if !own {
+            moderator_only(state, &name, &auth.0, "delete others' messages").await?;
+        }
+        let event = state.store.delete_message(&name, found.id, &auth.0).await?;
+        state.chat.announce_stored(&name, &event);
+        if !own {
+            audit(
+                state,
+                req,
+                &auth.0,
+                "message.delete",
+                Some(found.sender_id.to_string()),
+                Some(name.as_str()),
+                Some(found.id.to_string()),
+            )
+            .await;
+        }
+        Ok(Removed::Done)
+    }
+
     /// Open a direct conversation with a user.
     ///
     /// Returns the direct room of the two of us, created on first use with us both as its
