@@ -177,9 +177,9 @@ impl App {
             })
         };
         let revocations = {
-            let (chat, stop) = (state.chat.clone(), stop.clone());
+            let (chat, stop, node) = (state.chat.clone(), stop.clone(), state.node_id.clone());
             let every = state.config.auth.revocation_check_interval.0;
-            tokio::spawn(async move { chat.watch_revocations(every, stop).await })
+            tokio::spawn(async move { chat.watch_revocations(every, node, stop).await })
         };
         let metrics_server = metrics.map(|(listener, addr)| {
             tracing::info!(%addr, "metrics listening");

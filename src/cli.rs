@@ -104,6 +104,15 @@ pub enum UserCommand {
         #[arg(long)]
         email: String,
     },
+    /// List an account's open sessions on every node: node, since, client address, transport.
+    /// As the nodes last published them (when they change, at least every 30 s).
+    Sessions {
+        #[arg(long)]
+        email: String,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Make an account a server administrator: it sees and moderates every room.
     Promote {
         #[arg(long)]
@@ -208,6 +217,7 @@ async fn run_user_on(cmd: UserCommand, config: &Config, store: &Store) -> anyhow
             }
             return Ok(());
         }
+        UserCommand::Sessions { email, json } => return list_sessions(store, &email_of(&email)?, json).await,
         UserCommand::Disable { email } => {
             let email = email_of(&email)?;
             ("user.disable", store.set_user_disabled(email.as_str(), true).await?, email, "disabled")
@@ -247,6 +257,37 @@ async fn run_user_on(cmd: UserCommand, config: &Config, store: &Store) -> anyhow
         "user.demote" => println!("{email} is no longer an administrator"),
         "user.kick" => println!("signed {email} out everywhere"),
         _ => println!("{done} for {email}; its sessions are signed out"),
+    }
+    Ok(())
+}
+
+/// Prints `email`'s open sessions, as every live node last published them.
+async fn list_sessions(store: &Store, email: &Email, json: bool) -> anyhow::Result<()> {
+    let Some(user) = store.credentials_by_email(email.as_str()).await?.map(|c| c.user) else {
+        bail!("no user with email {email}");
+    };
+    let stale = crate::chat::SESSION_LIST_HEARTBEAT * 3;
+    let fresh_since = chrono::Utc::now() - chrono::Duration::from_std(stale).unwrap_or(chrono::Duration::seconds(90));
+    let mut found = 0;
+    for node in store.node_sessions(fresh_since).await? {
+        let Ok(list) = serde_json::from_str::<Vec<crate::chat::registry::LiveSession>>(&node.sessions) else {
+            eprintln!("warning: node {} published a session list this version cannot read", node.node);
+            continue;
+        };
+        for s in list.into_iter().filter(|s| s.user_id == user.id.0) {
+            found += 1;
+            if json {
+                let line = serde_json::json!({
+                    "node": node.node, "since": s.since.to_rfc3339(), "address": s.address, "transport": s.transport,
+                });
+                println!("{line}");
+            } else {
+                println!("{}\t{}\t{}\t{}", node.node, s.since.to_rfc3339(), s.address, s.transport);
+            }
+        }
+    }
+    if found == 0 && !json {
+        eprintln!("{email} has no open sessions");
     }
     Ok(())
 }

@@ -94,7 +94,7 @@ fn temp_dir() -> TempDir {
 #[test]
 fn every_subcommand_has_help() {
     let dir = temp_dir();
-    let subcommands: [&[&str]; 16] = [
+    let subcommands: [&[&str]; 17] = [
         &[],
         &["serve"],
         &["migrate"],
@@ -107,6 +107,7 @@ fn every_subcommand_has_help() {
         &["user", "set-password"],
         &["user", "promote"],
         &["user", "demote"],
+        &["user", "sessions"],
         &["invite"],
         &["invite", "create"],
         &["audit"],
@@ -603,6 +604,53 @@ async fn a_user_created_on_the_command_line_signs_in_to_serve_until_sigterm(back
     assert!(took < PROMPT_EXIT, "took {took:?} to stop:\n{log}");
     assert!(log.contains("SIGTERM"), "the log says which signal stopped it:\n{log}");
     assert!(!log.contains(PASSWORD), "the password was logged:\n{log}");
+}
+
+/// `confab user sessions` lists an account's live WebSockets on the running server (as the
+/// node publishes them, here every 200 ms), from another process on the same database.
+#[tokio::test]
+async fn user_sessions_lists_the_open_websockets_of_an_account() {
+    let dir = temp_dir();
+    let env = [("CONFAB_AUTH__REVOCATION_CHECK_INTERVAL", "200ms")];
+    let mut server = Server::start(dir.path(), &env);
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().expect("client");
+    server.wait_healthy(&client).await;
+    let body = json!({ "email": "sam@example.com", "password": PASSWORD });
+    let registered: Value =
+        client.post(server.url("/api/auth/register")).json(&body).send().await.expect("register").json().await.expect("json");
+    let token = registered["token"].as_str().expect("token");
+    let url = format!("ws://{}/ws?access_token={token}", server.addr);
+    let (socket, _) = tokio_tungstenite::connect_async(url).await.expect("websocket");
+
+    let sessions = || {
+        let mut cmd = confab(dir.path());
+        cmd.args(["user", "sessions", "--email", "sam@example.com", "--json"]).envs(env);
+        let out = run(cmd, None);
+        assert_success(&out);
+        stdout(&out).lines().map(|l| serde_json::from_str::<Value>(l).expect("a JSON line")).collect::<Vec<_>>()
+    };
+    // The node publishes its list on its next tick; poll, bounded.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listed = loop {
+        let listed = sessions();
+        if !listed.is_empty() || Instant::now() > deadline {
+            break listed;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!((&listed[0]["address"], &listed[0]["transport"]), (&json!("127.0.0.1"), &json!("native")));
+    assert!(listed[0]["node"].as_str().is_some_and(|n| n.ends_with(&server.addr[server.addr.rfind(':').expect("port")..])));
+
+    drop(socket);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sessions().is_empty() {
+        assert!(Instant::now() < deadline, "the closed session is still listed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut cmd = confab(dir.path());
+    cmd.args(["user", "sessions", "--email", "nobody@example.com"]);
+    assert!(!run(cmd, None).status.success());
 }
 
 #[tokio::test]

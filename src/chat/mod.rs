@@ -38,6 +38,11 @@ use crate::{
 };
 /// At most one `typing` per user and room in this interval is passed on.
 const TYPING_INTERVAL: Duration = Duration::from_millis(1000);
+/// A node republishes its (unchanged) session list this often; `confab user sessions` ignores
+/// lists older than three of these (a node that was killed).
+pub const SESSION_LIST_HEARTBEAT: Duration = Duration::from_secs(30);
+/// Most sessions one node lists.
+const MAX_LISTED_SESSIONS: usize = 100_000;
 /// How far back each look for revocations reaches. Wide, to cover clocks of the processes that
 /// revoke (another node, the CLI on another machine) that run behind this one, and commits that
 /// land late; seeing a revocation again is harmless, as a session ends only once.
@@ -198,14 +203,30 @@ impl ChatService {
     /// Every `every`, ends this node's sessions of accounts revoked since (by any process that
     /// shares the database), until `stop`. Through the database, so a CLI run against the same
     /// SQLite file reaches a running server, and every node of a cluster hears every change.
-    pub async fn watch_revocations(&self, every: Duration, stop: tokio_util::sync::CancellationToken) {
+    /// The same tick publishes the node's list of open sessions (as `node`) when it changed,
+    /// for `confab user sessions`.
+    pub async fn watch_revocations(&self, every: Duration, node: Arc<str>, stop: tokio_util::sync::CancellationToken) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let lookback = i64::try_from(REVOCATION_LOOKBACK.as_millis()).unwrap_or(i64::MAX);
+        let mut published: Option<(u64, Instant)> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => {
+                    let _ = self.inner.store.forget_node_sessions(&node).await;
+                    return;
+                }
+            }
+            let generation = self.inner.sessions.generation();
+            let due = published.is_none_or(|(g, at)| g != generation || at.elapsed() >= SESSION_LIST_HEARTBEAT);
+            if due {
+                let list = self.inner.sessions.snapshot(MAX_LISTED_SESSIONS);
+                let json = serde_json::to_string(&list).unwrap_or_else(|_| "[]".into());
+                match self.inner.store.publish_sessions(&node, &json).await {
+                    Ok(()) => published = Some((generation, Instant::now())),
+                    Err(e) => tracing::warn!(error = %e, "publishing this node's session list failed; trying again"),
+                }
             }
             let since = Utc::now().timestamp_millis().saturating_sub(lookback);
             match self.inner.store.revoked_users_since(since).await {
@@ -237,9 +258,15 @@ impl ChatService {
     /// A new session for `user` on a token of session epoch `epoch`, whose frames go out
     /// through `outbox`; refused when the account has `ws.max_sessions_per_user` open on this
     /// node already.
-    pub fn open_session(&self, user: User, epoch: i64, outbox: Arc<Outbox>) -> Result<Session, ChatError> {
+    pub fn open_session(
+        &self,
+        user: User,
+        epoch: i64,
+        outbox: Arc<Outbox>,
+        origin: registry::Origin,
+    ) -> Result<Session, ChatError> {
         let handle = SessionHandle::new(user.id.0, outbox);
-        let Ok(slot) = self.inner.sessions.admit(user.id.0, handle.id, epoch, &handle.outbox) else {
+        let Ok(slot) = self.inner.sessions.admit(user.id.0, handle.id, epoch, &handle.outbox, origin) else {
             metrics::counter!(telemetry::WS_SESSIONS_REFUSED, "reason" => "too_many_sessions").increment(1);
             return Err(ChatError::TooManySessions { max: self.inner.sessions.max() });
         };

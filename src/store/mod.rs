@@ -320,6 +320,15 @@ pub struct NewRoom {
     pub created_by: UserId,
 }
 
+/// One node's open sessions, as it last published them (a JSON array of
+/// [`LiveSession`](crate::chat::registry::LiveSession)).
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct NodeSessions {
+    pub node: String,
+    pub seen_at: DateTime<Utc>,
+    pub sessions: String,
+}
+
 /// The other member of a direct room.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct Peer {
@@ -526,6 +535,21 @@ impl Store {
     /// For each direct room `user` is in, who the other member is.
     pub async fn direct_peers(&self, user: UserId) -> Result<Vec<Peer>, StoreError> {
         each_backend!(self, s => s.direct_peers(user.0).await)
+    }
+
+    /// Replaces `node`'s published list of open sessions (JSON).
+    pub async fn publish_sessions(&self, node: &str, sessions: &str) -> Result<(), StoreError> {
+        each_backend!(self, s => s.publish_sessions(node, sessions, Utc::now()).await)
+    }
+
+    /// The session lists of nodes that published since `fresh_since`, by node.
+    pub async fn node_sessions(&self, fresh_since: DateTime<Utc>) -> Result<Vec<NodeSessions>, StoreError> {
+        each_backend!(self, s => s.node_sessions(fresh_since).await)
+    }
+
+    /// Removes `node`'s list (it is stopping).
+    pub async fn forget_node_sessions(&self, node: &str) -> Result<(), StoreError> {
+        each_backend!(self, s => s.forget_node_sessions(node).await)
     }
 
     /// Renames a user. False if there is no such user.

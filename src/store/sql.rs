@@ -605,6 +605,39 @@ macro_rules! shared_queries {
                 .await?)
             }
 
+            pub async fn publish_sessions(
+                &self,
+                node: &str,
+                sessions: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::store::StoreError> {
+                sqlx::query(
+                    "INSERT INTO node_sessions (node, seen_at, sessions) VALUES ($1, $2, $3) \
+                     ON CONFLICT (node) DO UPDATE SET seen_at = excluded.seen_at, sessions = excluded.sessions",
+                )
+                .bind(node)
+                .bind(now)
+                .bind(sessions)
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+
+            pub async fn node_sessions(
+                &self,
+                fresh_since: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Vec<$crate::store::NodeSessions>, $crate::store::StoreError> {
+                Ok(sqlx::query_as("SELECT node, seen_at, sessions FROM node_sessions WHERE seen_at > $1 ORDER BY node")
+                    .bind(fresh_since)
+                    .fetch_all(&self.read)
+                    .await?)
+            }
+
+            pub async fn forget_node_sessions(&self, node: &str) -> Result<(), $crate::store::StoreError> {
+                sqlx::query("DELETE FROM node_sessions WHERE node = $1").bind(node).execute(&self.write).await?;
+                Ok(())
+            }
+
             /// Grants or takes server administration; false if there is no such user.
             pub async fn set_admin(&self, email: &str, admin: bool) -> Result<bool, $crate::store::StoreError> {
                 Ok(sqlx::query("UPDATE users SET is_admin = $2 WHERE email = $1")

@@ -385,13 +385,14 @@ where
         return error::from_status(StatusCode::BAD_REQUEST, Some("connection cannot be upgraded".into()));
     };
     let state = state.clone();
+    let peer = super::client_ip(req, &state.trusted_proxies);
     state.sessions.clone().spawn(async move {
         let Ok(upgraded) = on_upgrade.await else { return };
         let (read, write) = tokio::io::split(upgraded);
         let out = Outbox::new(write, codec.form(), codec.encoder(), state.config.ws.outbound_queue);
         let duplex = Duplex { read, out: Arc::clone(&out) };
         let ws = WebSocketStream::from_raw_socket(duplex, Role::Server, Some(ws_config(&state.config.ws))).await;
-        session(Box::new(Socket { ws, out, codec }), state).await;
+        session(Box::new(Socket { ws, out, codec, peer }), state).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -417,6 +418,8 @@ struct Socket {
     ws: WebSocketStream<Duplex>,
     out: Arc<Outbox>,
     codec: Codec,
+    /// The client's address, for `confab user sessions`.
+    peer: std::net::IpAddr,
 }
 
 impl Socket {
@@ -539,7 +542,8 @@ async fn run_session(
     let (out, codec) = (Arc::clone(&socket.out), socket.codec);
     let chat = state.chat.clone();
     let expires_at = who.expires_at;
-    let session = match chat.open_session(who.user, who.epoch, Arc::clone(&out)) {
+    let origin = crate::chat::registry::Origin { addr: socket.peer, transport: codec.label() };
+    let session = match chat.open_session(who.user, who.epoch, Arc::clone(&out), origin) {
         Ok(session) => session,
         Err(e) => return refuse(socket, codec, &e).await,
     };
