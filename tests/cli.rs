@@ -616,8 +616,15 @@ async fn user_sessions_lists_the_open_websockets_of_an_account() {
     let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().expect("client");
     server.wait_healthy(&client).await;
     let body = json!({ "email": "sam@example.com", "password": PASSWORD });
-    let registered: Value =
-        client.post(server.url("/api/auth/register")).json(&body).send().await.expect("register").json().await.expect("json");
+    let registered: Value = client
+        .post(server.url("/api/auth/register"))
+        .json(&body)
+        .send()
+        .await
+        .expect("register")
+        .json()
+        .await
+        .expect("json");
     let token = registered["token"].as_str().expect("token");
     let url = format!("ws://{}/ws?access_token={token}", server.addr);
     let (socket, _) = tokio_tungstenite::connect_async(url).await.expect("websocket");
@@ -640,7 +647,9 @@ async fn user_sessions_lists_the_open_websockets_of_an_account() {
     };
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!((&listed[0]["address"], &listed[0]["transport"]), (&json!("127.0.0.1"), &json!("native")));
-    assert!(listed[0]["node"].as_str().is_some_and(|n| n.ends_with(&server.addr[server.addr.rfind(':').expect("port")..])));
+    assert!(
+        listed[0]["node"].as_str().is_some_and(|n| n.ends_with(&server.addr[server.addr.rfind(':').expect("port")..]))
+    );
 
     drop(socket);
     let deadline = Instant::now() + Duration::from_secs(10);

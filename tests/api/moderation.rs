@@ -98,6 +98,17 @@ async fn a_muted_member_reads_but_cannot_send_until_unmuted(backend: Backend) {
     expect_error(mute(&eve, &owner, 5).await, StatusCode::FORBIDDEN, "forbidden").await;
     expect_error(mute(&owner, &owner, 5).await, StatusCode::FORBIDDEN, "forbidden").await;
     expect_error(mute(&owner, &eve, 0).await, StatusCode::BAD_REQUEST, "invalid_payload").await;
+    let stranger = json!({ "userId": uuid::Uuid::new_v4() });
+    let banned = call(&app, Method::POST, "/api/rooms/hall/bans", &owner.token, Some(stranger.clone())).await;
+    expect_error(banned, StatusCode::CONFLICT, "unknown_user").await;
+    let muted = call(
+        &app,
+        Method::POST,
+        "/api/rooms/hall/mutes",
+        &owner.token,
+        Some(json!({ "userId": stranger["userId"], "minutes": 5 })),
+    );
+    expect_error(muted.await, StatusCode::CONFLICT, "not_a_member").await;
 
     assert_eq!(mute(&owner, &eve, 10).await.status(), StatusCode::NO_CONTENT);
     let muted = eve_ws.next_of_type("muted").await;

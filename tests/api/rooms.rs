@@ -124,8 +124,8 @@ async fn a_private_room_is_hidden_from_non_members_until_they_are_invited(backen
     let nobody = json!({ "userId": uuid::Uuid::new_v4() });
     expect_error(
         call(&app, Method::POST, "/api/rooms/secret/members", &owner.token, Some(nobody)).await,
-        StatusCode::NOT_FOUND,
-        "not_found",
+        StatusCode::CONFLICT,
+        "unknown_user",
     )
     .await;
 }

@@ -287,6 +287,12 @@ async fn may_moderate(state: &AppState, name: &RoomName, user: &User, target: Us
     Ok(())
 }
 
+/// A user named in a request body does not exist: 409, not 404, which would say the room
+/// (the path's resource) is missing.
+fn unknown_user() -> ApiError {
+    ApiError::conflict("no such user", "unknown_user")
+}
+
 fn room_name(raw: &str) -> Result<RoomName, ApiError> {
     RoomName::parse(raw).map_err(|e| ApiError::bad_request(e.to_string(), "invalid_room"))
 }
@@ -634,7 +640,7 @@ impl RoomsApi {
     /// Add a user to a room.
     ///
     /// Owners and moderators add members to private rooms; anyone may add anyone to a public
-    /// room (which anyone may join anyway). 404 if the user does not exist.
+    /// room (which anyone may join anyway). 409 `unknown_user` if the user does not exist.
     #[oai(path = "/rooms/:room/members", method = "post")]
     async fn invite(
         &self,
@@ -656,7 +662,7 @@ impl RoomsApi {
             return Err(ApiError::forbidden("this room is archived"));
         }
         let invitee = UserId(body.0.user_id);
-        let user = state.store.user_by_id(invitee).await?.ok_or_else(|| ApiError::not_found("no such user"))?;
+        let user = state.store.user_by_id(invitee).await?.ok_or_else(unknown_user)?;
         if state.store.membership(&name, invitee).await?.is_some_and(|m| m.banned_at.is_some()) {
             return Err(ApiError::forbidden("this user is banned from the room"));
         }
@@ -729,7 +735,7 @@ impl RoomsApi {
         if target == auth.0.id {
             return Err(ApiError::forbidden("you cannot ban yourself"));
         }
-        state.store.user_by_id(target).await?.ok_or_else(|| ApiError::not_found("no such user"))?;
+        state.store.user_by_id(target).await?.ok_or_else(unknown_user)?;
         may_moderate(state, &name, &auth.0, target).await?;
         state.store.ban_member(&name, target).await?;
         state.chat.evict(&name, target, "banned");
