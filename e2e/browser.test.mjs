@@ -431,6 +431,36 @@ test('two users chat in browsers across two nodes, through restarts', options, a
     await openRoom(b(), 'general');
   });
 
+  await t.test('the owner mutes B, who cannot write until unmuted; bans and unbans B', async () => {
+    const bobId = (await b().getAttribute('#me', 'title')).split('user id ')[1];
+    const row = `#member-list li[data-user="${bobId}"]`;
+    await openRoom(a(), 'secret');
+    await openRoom(b(), 'secret');
+    if (await a().$eval('#members', (e) => e.hidden)) await a().click('#members-toggle');
+    await a().click(`${row} button:has-text("Mute 10 min")`);
+    await a().waitForSelector(`${row} button:has-text("Unmute")`);
+    assert.match(await a().textContent(row), /muted until/);
+    await b().waitForFunction(() => document.querySelector('section.room[data-room="secret"]').textContent.includes('You are muted'));
+    await send(b(), 'can I talk?');
+    await b().waitForSelector('section.room[data-room="secret"] .msg--failed');
+    assert.match(await b().textContent('section.room[data-room="secret"] .msg--failed'), /muted/);
+    await a().click(`${row} button:has-text("Unmute")`);
+    await b().waitForFunction(() => document.querySelector('section.room[data-room="secret"]').textContent.includes('You may write'));
+    await b().click('section.room[data-room="secret"] .msg--failed button:has-text("Retry")');
+    await waitForText(a(), 'secret', 'can I talk?');
+    await settled(b());
+
+    await a().click(`${row} button:has-text("Ban")`);
+    await a().waitForSelector(`#ban-list li[data-user="${bobId}"]`);
+    await b().waitForSelector('#room-list [data-room="secret"] .error-text');
+    assert.match(await b().getAttribute('#room-list [data-room="secret"]', 'title'), /banned/);
+    await a().click(`#ban-list li[data-user="${bobId}"] button:has-text("Unban")`);
+    await a().waitForFunction(() => document.querySelector('#ban-list').hidden);
+    await a().click('#members-toggle');
+    await openRoom(a(), 'general');
+    await openRoom(b(), 'general');
+  });
+
   await t.test('the conversation, wide and at 375 px (screenshots)', async () => {
     for (const br of [alice, bob]) {
       await br.page.$eval('section.room:not([hidden]) .scroller', (s) => {

@@ -316,7 +316,18 @@ export class Chat extends EventTarget {
     return room;
   }
 
-  /** A room's members: `[{ userId, displayName, role, joinedAt }]`. */
+  /** Who is banned from `name` (owners and moderators): `[{ userId, displayName, bannedAt }]`. */
+  async bans(name) {
+    const { bans } = await this.#auth.api(`/api/rooms/${encodeURIComponent(name)}/bans`);
+    return bans;
+  }
+
+  /** A single-use invitation code (administrators): `{ code, expiresAt }`. */
+  async createInvite() {
+    return this.#auth.api('/api/admin/invites', { method: 'POST' });
+  }
+
+  /** A room's members: `[{ userId, displayName, role, joinedAt, mutedUntil? }]`. */
   async members(name) {
     const { members } = await this.#auth.api(`/api/rooms/${encodeURIComponent(name)}/members`);
     return members;
@@ -338,6 +349,7 @@ export class Chat extends EventTarget {
       ban: [`/api/rooms/${room}/bans`, { method: 'POST', body: { userId } }],
       mute: [`/api/rooms/${room}/mutes`, { method: 'POST', body: { userId, minutes } }],
       unmute: [`/api/rooms/${room}/mutes/${user}`, { method: 'DELETE' }],
+      unban: [`/api/rooms/${room}/bans/${user}`, { method: 'DELETE' }],
     };
     const [path, init] = calls[action] ?? [];
     if (!path) throw new Error(`unknown action ${action}`);

@@ -420,6 +420,11 @@ export class ChatView {
       membersError: byId('members-error'),
       inviteForm: byId('invite-form'),
       inviteId: byId('invite-id'),
+      bansHeading: byId('bans-heading'),
+      banList: byId('ban-list'),
+      adminTools: byId('admin-tools'),
+      makeInvite: byId('make-invite'),
+      inviteCode: byId('invite-code'),
       empty: byId('empty'),
       tryGeneral: byId('try-general'),
       views: byId('views'),
@@ -457,6 +462,15 @@ export class ChatView {
       this.createFromForm();
     });
     on(el.membersToggle, 'click', () => this.setMembers(el.members.hidden));
+    el.adminTools.hidden = !chat.me.isAdmin;
+    on(el.makeInvite, 'click', async () => {
+      try {
+        const { code, expiresAt } = await this.chat.createInvite();
+        el.inviteCode.textContent = `${code} — single use, valid until ${dateTimeFormat.format(new Date(expiresAt))}`;
+      } catch (e) {
+        el.inviteCode.textContent = e.message;
+      }
+    });
     on(el.inviteForm, 'submit', (e) => {
       e.preventDefault();
       this.inviteFromForm();
@@ -859,7 +873,9 @@ export class ChatView {
         );
         if (mine >= rank.moderator && mine > (rank[m.role] ?? 0)) {
           actions.push(
-            act('Mute 10 min', () => this.chat.moderate(name, 'mute', m.userId)),
+            m.mutedUntil
+              ? act('Unmute', () => this.chat.moderate(name, 'unmute', m.userId))
+              : act('Mute 10 min', () => this.chat.moderate(name, 'mute', m.userId)),
             act('Remove', () => this.chat.moderate(name, 'kick', m.userId)),
             act('Ban', () => this.chat.moderate(name, 'ban', m.userId)),
           );
@@ -870,10 +886,37 @@ export class ChatView {
         { dataset: { user: m.userId } },
         h('span', { class: 'member-name', title: m.userId }, m.displayName),
         h('span', { class: 'member-role' }, me ? `${m.role} · you` : m.role),
+        m.mutedUntil ? h('span', { class: 'member-role' }, `muted until ${timeFormat.format(new Date(m.mutedUntil))}`) : null,
         h('span', { class: 'member-actions' }, ...actions),
       );
     });
     memberList.replaceChildren(...items);
+    await this.renderBans(name, mine >= rank.moderator, act);
+  }
+
+  /** The room's bans, with Unban, for those who moderate it. */
+  async renderBans(name, moderates, act) {
+    const { bansHeading, banList } = this.el;
+    let bans = [];
+    if (moderates) {
+      try {
+        bans = await this.chat.bans(name);
+      } catch (e) {
+        this.showMembersError(e.message);
+      }
+    }
+    if (this.chat.active !== name) return;
+    const items = bans.map((b) =>
+      h(
+        'li',
+        { dataset: { user: b.userId } },
+        h('span', { class: 'member-name', title: b.userId }, b.displayName),
+        h('span', { class: 'member-actions' }, act('Unban', () => this.chat.moderate(name, 'unban', b.userId))),
+      ),
+    );
+    banList.replaceChildren(...items);
+    banList.hidden = items.length === 0;
+    bansHeading.hidden = items.length === 0;
   }
 
   async inviteFromForm() {

@@ -300,6 +300,7 @@ pub struct Member {
     #[sqlx(try_from = "String")]
     pub role: Role,
     pub joined_at: DateTime<Utc>,
+    pub muted_until: Option<DateTime<Utc>>,
 }
 
 /// A user banned from a room.

@@ -801,7 +801,7 @@ macro_rules! shared_queries {
                 limit: i64,
             ) -> Result<Vec<$crate::store::Member>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(
-                    "SELECT m.user_id, u.display_name, m.role, m.joined_at FROM room_members m \
+                    "SELECT m.user_id, u.display_name, m.role, m.joined_at, m.muted_until FROM room_members m \
                      JOIN users u ON u.id = m.user_id \
                      WHERE m.room = $1 AND m.banned_at IS NULL ORDER BY m.joined_at, m.user_id LIMIT $2",
                 )

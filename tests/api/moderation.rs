@@ -115,6 +115,11 @@ async fn a_muted_member_reads_but_cannot_send_until_unmuted(backend: Backend) {
     assert_eq!((&muted["room"], &muted["userId"]), (&json!("hall"), &json!(eve.user_id)));
     assert!(muted["until"].as_str().is_some_and(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok()), "{muted}");
     assert_eq!(owner_ws.next_of_type("muted").await, muted, "the room hears it too");
+    let members = expect_json(app.get_authed("/api/rooms/hall/members", &owner.token).await, StatusCode::OK).await;
+    let muted_members: Vec<&Value> =
+        members["members"].as_array().expect("members").iter().filter(|m| m["mutedUntil"].is_string()).collect();
+    assert_eq!(muted_members.len(), 1, "{members}");
+    assert_eq!(muted_members[0]["userId"], eve.user_id.as_str());
     let refused =
         eve_ws.request_error(json!({ "type": "send_message", "room": "hall", "content": "x" }), "muted").await;
     assert!(refused["message"].as_str().is_some_and(|m| m.contains("muted")), "{refused}");

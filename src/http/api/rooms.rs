@@ -183,11 +183,21 @@ struct MemberView {
     display_name: String,
     role: RoleView,
     joined_at: DateTime<Utc>,
+    /// While muted: until when.
+    #[oai(skip_serializing_if_is_none)]
+    muted_until: Option<DateTime<Utc>>,
 }
 
 impl From<Member> for MemberView {
     fn from(m: Member) -> Self {
-        Self { user_id: m.user_id, display_name: m.display_name, role: m.role.into(), joined_at: m.joined_at }
+        let muted_until = m.muted_until.filter(|t| *t > Utc::now());
+        Self {
+            user_id: m.user_id,
+            display_name: m.display_name,
+            role: m.role.into(),
+            joined_at: m.joined_at,
+            muted_until,
+        }
     }
 }
 
