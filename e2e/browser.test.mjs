@@ -431,6 +431,26 @@ test('two users chat in browsers across two nodes, through restarts', options, a
     await openRoom(b(), 'general');
   });
 
+  await t.test('A fixes a typo: B sees the new text, marked edited', async () => {
+    await openRoom(a(), 'general');
+    await openRoom(b(), 'general');
+    await send(a(), 'teh end');
+    await waitForText(b(), 'general', 'teh end');
+    await settled(a());
+    const seq = await a().$$eval('section.room[data-room="general"] .msg[data-seq]', (els) =>
+      els.find((e) => e.querySelector('.msg-body').textContent === 'teh end').dataset.seq,
+    );
+    const item = `section.room[data-room="general"] .msg[data-seq="${seq}"]`;
+    await a().hover(item);
+    await a().click(`${item} .msg-edit`);
+    await a().fill(`${item} .msg-editor-input`, 'the end');
+    await a().click(`${item} .msg-editor button[type="submit"]`);
+    await waitForText(b(), 'general', 'the end');
+    assert.equal(await b().textContent(`${item} .msg-edited`), '(edited)');
+    await waitForText(a(), 'general', 'the end');
+    assert.equal(await a().$(`${item} .msg-editor`), null, 'the editor closes');
+  });
+
   await t.test('the owner mutes B, who cannot write until unmuted; bans and unbans B', async () => {
     const bobId = (await b().getAttribute('#me', 'title')).split('user id ')[1];
     const row = `#member-list li[data-user="${bobId}"]`;

@@ -330,6 +330,21 @@ test('a deletion turns the message into a tombstone and moves the resume point',
   assert.equal(chat.mayDelete('general', msg(3)), false, 'not mine, and I moderate nothing');
 });
 
+test('an edit replaces the content, marks it edited and moves the resume point', async () => {
+  const { conn, chat, events } = setup();
+  conn.open();
+  const room = chat.join('general');
+  conn.take('join_room').resolve({ type: 'ack', room: 'general', seq: 0 });
+  await tick();
+  conn.frame(msg(1, { content: 'helo' }));
+  conn.frame({ type: 'message_edited', room: 'general', seq: 2, id: 'id-1', content: 'hello', editedAt: '2030-01-01T00:00:00+00:00' });
+  assert.equal(room.lastSeq, 2);
+  assert.equal(room.messages.get(1).content, 'hello');
+  assert.equal(room.messages.get(1).editedAt, '2030-01-01T00:00:00+00:00');
+  assert.deepEqual(events.filter((e) => e.type === 'updated').map((e) => e.msg.seq), [1]);
+  await assert.rejects(chat.editMessage('general', 'id-1', '   '), /needs some text/);
+});
+
 test('reconnect backoff grows, is capped, and is jittered', () => {
   assert.ok(backoff(0, () => 0) >= 250 && backoff(0, () => 1) <= 500);
   assert.ok(backoff(3, () => 0.5) > backoff(1, () => 0.5));

@@ -167,6 +167,9 @@ pub enum LogFormat {
     Json,
 }
 
+/// `chat.message_max_len` unless configured (the original platform's limit).
+pub const DEFAULT_MESSAGE_MAX_LEN: usize = 2000;
+
 /// Who may create an account with `POST /api/auth/register`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -414,7 +417,7 @@ impl Default for HttpConfig {
 
 impl Default for ChatConfig {
     fn default() -> Self {
-        Self { message_max_len: 2000, max_rooms_per_session: 256 }
+        Self { message_max_len: DEFAULT_MESSAGE_MAX_LEN, max_rooms_per_session: 256 }
     }
 }
 

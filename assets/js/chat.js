@@ -469,6 +469,9 @@ export class Chat extends EventTarget {
       case 'message_deleted':
         this.#onDeleted(room, frame);
         break;
+      case 'message_edited':
+        this.#onEdited(room, frame);
+        break;
       case 'typing':
         if (frame.userId === this.me.id) return;
         room.typing.set(frame.userId, { name: frame.name ?? frame.email, until: this.#now() + TYPING_SHOWN_FOR });
@@ -490,6 +493,28 @@ export class Chat extends EventTarget {
       this.#emit('updated', { room, msg });
       return;
     }
+  }
+
+  /** An edit: an event of the seq stream; the message shows its new content. */
+  #onEdited(room, frame) {
+    if (typeof frame.seq === 'number' && (room.lastSeq === null || frame.seq > room.lastSeq)) room.lastSeq = frame.seq;
+    for (const msg of room.messages.values()) {
+      if (msg.id !== frame.id || msg.deletedAt) continue;
+      msg.content = frame.content;
+      msg.editedAt = frame.editedAt;
+      this.#emit('updated', { room, msg });
+      return;
+    }
+  }
+
+  /** Replaces the content of my message `id` in `name`; everyone is told. */
+  async editMessage(name, id, content) {
+    const text = content.trim();
+    if (!text) throw new Error('A message needs some text.');
+    await this.#auth.api(`/api/rooms/${encodeURIComponent(name)}/messages/${encodeURIComponent(id)}`, {
+      method: 'PATCH',
+      body: { content: text },
+    });
   }
 
   /** Deletes message `id` of `name` (mine, or anyone's as a moderator); everyone is told. */

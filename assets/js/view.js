@@ -199,15 +199,56 @@ class RoomView {
     const body = msg.deletedAt
       ? h('p', { class: 'msg-body msg-deleted' }, 'This message was deleted.')
       : h('p', { class: 'msg-body' }, msg.content);
+    const edit =
+      own && !msg.deletedAt && !msg.provisional
+        ? h('button', { type: 'button', class: 'link msg-edit', 'aria-label': 'Edit this message', onclick: (e) => this.startEdit(e.target.closest('.msg'), msg) }, 'Edit')
+        : null;
+    const edited = msg.editedAt && !msg.deletedAt ? h('span', { class: 'msg-edited', title: fullFormat.format(new Date(msg.editedAt)) }, '(edited)') : null;
     return h(
       'li',
       {
         class: `msg${own ? ' msg--own' : ''}`,
         dataset: { key: String(msg.seq), seq: String(msg.seq), sender: msg.senderId, time: String(Date.parse(msg.createdAt)) },
       },
-      h('div', { class: 'msg-head' }, h('span', { class: 'msg-sender' }, msg.senderName ?? msg.senderEmail), ' ', timeElement(msg.createdAt), remove),
+      h('div', { class: 'msg-head' }, h('span', { class: 'msg-sender' }, msg.senderName ?? msg.senderEmail), ' ', timeElement(msg.createdAt), edited, edit, remove),
       body,
     );
+  }
+
+  /** Swaps `el`'s text for an editor; Save sends the edit (the event then redraws it). */
+  startEdit(el, msg) {
+    const bodyEl = el?.querySelector('.msg-body');
+    if (!bodyEl || el.querySelector('.msg-editor')) return;
+    const chat = this.owner.chat;
+    const input = h('textarea', { class: 'msg-editor-input', rows: '2', 'aria-label': 'Edit message' });
+    input.value = msg.content;
+    const error = h('p', { class: 'form-error', role: 'alert', hidden: true });
+    const close = () => {
+      form.remove();
+      bodyEl.hidden = false;
+    };
+    const form = h(
+      'form',
+      {
+        class: 'msg-editor',
+        onsubmit: async (e) => {
+          e.preventDefault();
+          try {
+            await chat.editMessage(this.room.name, msg.id, input.value);
+            close();
+          } catch (err) {
+            error.textContent = err.message;
+            error.hidden = false;
+          }
+        },
+      },
+      input,
+      h('div', { class: 'row' }, h('button', { type: 'submit', class: 'primary' }, 'Save'), h('button', { type: 'button', class: 'quiet', onclick: close }, 'Cancel')),
+      error,
+    );
+    bodyEl.hidden = true;
+    bodyEl.after(form);
+    input.focus();
   }
 
   outboxElement(entry) {

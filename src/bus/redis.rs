@@ -175,6 +175,7 @@ fn encode(instance: u64, e: &Event) -> Vec<u8> {
     let (kind, arg) = match e.frame.kind {
         EventKind::Message { seq } => ('m', seq.to_string()),
         EventKind::Deleted { seq } => ('d', seq.to_string()),
+        EventKind::Edited { seq } => ('e', seq.to_string()),
         EventKind::System { origin } => ('s', origin.to_string()),
         EventKind::Typing { user } => ('t', user.to_string()),
         EventKind::Removed { user } => ('r', user.to_string()),
@@ -201,6 +202,7 @@ fn decode(instance: u64, room: RoomName, payload: &[u8]) -> Option<Event> {
     let kind = match kind {
         b"m" => EventKind::Message { seq: arg.parse().ok()? },
         b"d" => EventKind::Deleted { seq: arg.parse().ok()? },
+        b"e" => EventKind::Edited { seq: arg.parse().ok()? },
         b"s" => EventKind::System { origin: arg.parse().ok()? },
         b"t" => EventKind::Typing { user: arg.parse::<Uuid>().ok()? },
         b"r" => EventKind::Removed { user: arg.parse::<Uuid>().ok()? },
@@ -442,6 +444,7 @@ mod tests {
         for kind in [
             EventKind::System { origin: 9 },
             EventKind::Deleted { seq: 43 },
+            EventKind::Edited { seq: 44 },
             EventKind::Typing { user },
             EventKind::Removed { user },
             EventKind::Muted { user, until: 1_800_000_000 },

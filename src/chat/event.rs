@@ -26,6 +26,8 @@ pub enum EventKind {
     Message { seq: Seq },
     /// A message's deletion: an event of the same seq stream, delivered like a message.
     Deleted { seq: Seq },
+    /// A message's new content: likewise.
+    Edited { seq: Seq },
     /// A member joined or left; not delivered to the session it came from.
     System { origin: u64 },
     /// A member is typing; not delivered to that user's sessions.
@@ -45,6 +47,7 @@ impl EventKind {
         match self {
             Self::Message { .. } => "message",
             Self::Deleted { .. } => "message_deleted",
+            Self::Edited { .. } => "message_edited",
             Self::System { .. } => "system",
             Self::Typing { .. } => "typing",
             Self::Removed { .. } => "removed",
@@ -135,6 +138,7 @@ enum Wire<'a> {
     Removed { room: &'a str, user_id: Uuid, reason: &'a str },
     Muted { room: &'a str, user_id: Uuid, until: Option<String> },
     MessageDeleted { room: &'a str, seq: Seq, id: Uuid, deleted_by: Uuid, deleted_at: String },
+    MessageEdited { room: &'a str, seq: Seq, id: Uuid, content: &'a str, edited_at: String },
 }
 
 /// Encodes `wire`; `email`, if any, goes to Socket.IO frames only, as member `key`.
@@ -150,8 +154,19 @@ fn encode(kind: EventKind, wire: &Wire<'_>, email: Option<(&str, &str)>) -> Arc<
     Encoded::with_compat(kind, Utf8Bytes::from(json), compat)
 }
 
-/// The event for a row of a room's seq stream: `message`, or `message_deleted` for a deletion.
+/// The event for a row of a room's seq stream: `message`, `message_edited` for an edit, or
+/// `message_deleted` for a deletion.
 pub fn message(room: &RoomName, msg: &Message) -> Event {
+    if msg.kind == MessageKind::Edit {
+        let wire = Wire::MessageEdited {
+            room: room.as_str(),
+            seq: msg.seq,
+            id: msg.target_id.unwrap_or_default(),
+            content: &msg.content,
+            edited_at: msg.created_at.to_rfc3339(),
+        };
+        return Event { room: room.clone(), frame: encode(EventKind::Edited { seq: msg.seq }, &wire, None) };
+    }
     if msg.kind == MessageKind::Delete {
         let wire = Wire::MessageDeleted {
             room: room.as_str(),
@@ -235,6 +250,7 @@ mod tests {
             kind: MessageKind::Message,
             target_id: None,
             deleted_at: None,
+            edited_at: None,
         };
         let ev = message(&room, &msg);
         let v: serde_json::Value = serde_json::from_str(ev.frame.native.as_str()).unwrap();
@@ -257,6 +273,12 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(ev.frame.native.as_str()).unwrap();
         assert_eq!((&v["type"], &v["seq"], &v["id"]), (&json!("message_deleted"), &json!(8), &json!(msg.id)));
         assert!(ev.frame.socketio().as_str().starts_with("42[\"message_deleted\",{"));
+        let fixed =
+            Message { kind: MessageKind::Edit, target_id: Some(msg.id), seq: 9, content: "hi!".into(), ..msg.clone() };
+        let ev = message(&room, &fixed);
+        assert_eq!(ev.frame.kind, EventKind::Edited { seq: 9 });
+        let v: serde_json::Value = serde_json::from_str(ev.frame.native.as_str()).unwrap();
+        assert_eq!((&v["type"], &v["id"], &v["content"]), (&json!("message_edited"), &json!(msg.id), &json!("hi!")));
         assert_eq!(arr[1]["senderEmail"], "a@b.co", "the original platform's clients show addresses");
         assert_eq!(arr[1]["senderName"], "Ann");
     }

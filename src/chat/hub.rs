@@ -155,6 +155,7 @@ impl Room {
                 EventKind::Typing { user } => m.handle.user == user,
                 EventKind::Message { .. }
                 | EventKind::Deleted { .. }
+                | EventKind::Edited { .. }
                 | EventKind::Removed { .. }
                 | EventKind::Muted { .. } => false,
             };
@@ -368,7 +369,7 @@ impl Hub {
     pub fn dispatch(self: &Arc<Self>, event: &Event) {
         let Some(room) = self.get(&event.room) else { return };
         match event.frame.kind {
-            EventKind::Message { seq } | EventKind::Deleted { seq } => {
+            EventKind::Message { seq } | EventKind::Deleted { seq } | EventKind::Edited { seq } => {
                 if room.accept(seq, &event.frame) {
                     self.spawn_repair(room);
                 }

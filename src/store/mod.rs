@@ -126,6 +126,9 @@ pub struct Message {
     /// Set once deleted; the content is then empty.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "rfc3339_opt")]
     pub deleted_at: Option<DateTime<Utc>>,
+    /// Set once edited: `content` is the latest version.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "rfc3339_opt")]
+    pub edited_at: Option<DateTime<Utc>>,
 }
 
 /// What a row of a room's seq stream is.
@@ -133,6 +136,8 @@ pub struct Message {
 pub enum MessageKind {
     #[default]
     Message,
+    /// A new version (`content`) of the message `target_id`, by its author.
+    Edit,
     /// The deletion of the message `target_id`, by `sender_id`.
     Delete,
 }
@@ -141,6 +146,7 @@ impl MessageKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Message => "message",
+            Self::Edit => "edit",
             Self::Delete => "delete",
         }
     }
@@ -151,6 +157,7 @@ impl TryFrom<String> for MessageKind {
     fn try_from(s: String) -> Result<Self, Self::Error> {
         match s.as_str() {
             "message" => Ok(Self::Message),
+            "edit" => Ok(Self::Edit),
             "delete" => Ok(Self::Delete),
             _ => Err(format!("unknown message kind {s:?}")),
         }
@@ -663,16 +670,40 @@ impl Store {
     /// seq (an event every member and every resume sees) and the message keeps its seq but
     /// loses its content. Returns the deletion event.
     pub async fn delete_message(&self, room: &RoomName, target: Uuid, by: &User) -> Result<Message, StoreError> {
+        self.change_message(room, target, by, MessageKind::Delete, String::new()).await
+    }
+
+    /// Replaces the content of message `target` of `room` (by its author `by`): the edit takes
+    /// the room's next seq, the message keeps its seq with the new content and `edited_at`.
+    /// Returns the edit event.
+    pub async fn edit_message(
+        &self,
+        room: &RoomName,
+        target: Uuid,
+        by: &User,
+        content: String,
+    ) -> Result<Message, StoreError> {
+        self.change_message(room, target, by, MessageKind::Edit, content).await
+    }
+
+    async fn change_message(
+        &self,
+        room: &RoomName,
+        target: Uuid,
+        by: &User,
+        kind: MessageKind,
+        content: String,
+    ) -> Result<Message, StoreError> {
         let event = NewMessage {
             id: Uuid::now_v7(),
             room: room.clone(),
             sender_id: by.id,
             sender_email: by.email.clone(),
             sender_name: by.display_name.clone(),
-            content: String::new(),
+            content,
             client_id: None,
             created_at: Utc::now().trunc_subsecs(6),
-            kind: MessageKind::Delete,
+            kind,
             target_id: Some(target),
         };
         Ok(self.append_message(event).await?.message)
@@ -794,6 +825,7 @@ fn plan_batch(batch: &[NewMessage], existing: &[Message], first_seq: Seq) -> (Ve
             kind: m.kind,
             target_id: m.target_id,
             deleted_at: None,
+            edited_at: None,
         };
         out.push(Appended { message: stored.clone(), duplicate: false });
         fresh.push(stored);

@@ -13,7 +13,7 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use super::{Appended, Message, NewMessage, StoreError, plan_batch, sql::Backend};
+use super::{Appended, Message, MessageKind, NewMessage, StoreError, plan_batch, sql::Backend};
 use crate::domain::{RoomName, Seq};
 
 /// The stored copies of a batch's client ids in one room; `client_id IS NOT NULL` lets the
@@ -87,6 +87,7 @@ impl PgStore {
         let mut kinds = Vec::with_capacity(fresh.len());
         let mut targets = Vec::with_capacity(fresh.len());
         let mut deleted: Vec<uuid::Uuid> = Vec::new();
+        let (mut edited, mut edits): (Vec<uuid::Uuid>, Vec<&str>) = (Vec::new(), Vec::new());
         for m in &fresh {
             ids.push(m.id);
             senders.push(m.sender_id);
@@ -97,7 +98,14 @@ impl PgStore {
             client_ids.push(m.client_id.as_deref());
             kinds.push(m.kind.as_str());
             targets.push(m.target_id);
-            deleted.extend(m.target_id);
+            match (m.kind, m.target_id) {
+                (MessageKind::Delete, Some(target)) => deleted.push(target),
+                (MessageKind::Edit, Some(target)) => {
+                    edited.push(target);
+                    edits.push(m.content.as_str());
+                }
+                _ => {}
+            }
         }
         // Bumping last_seq by the batch's size takes the room's row lock (creating the row for a
         // room's first message), so writers of one room queue there on every node; RETURNING
@@ -123,6 +131,11 @@ impl PgStore {
              ), deleted AS ( \
                  UPDATE messages SET content = '', deleted_at = $3 \
                  WHERE room = $1 AND kind = 'message' AND id = ANY($13::uuid[]) AND deleted_at IS NULL \
+             ), edited AS ( \
+                 UPDATE messages SET content = e.content, edited_at = $3 \
+                 FROM UNNEST($14::uuid[], $15::text[]) AS e (id, content) \
+                 WHERE messages.room = $1 AND messages.kind = 'message' AND messages.id = e.id \
+                   AND messages.deleted_at IS NULL \
              ) \
              SELECT base FROM room",
         )
@@ -139,6 +152,8 @@ impl PgStore {
         .bind(kinds)
         .bind(targets)
         .bind(deleted)
+        .bind(edited)
+        .bind(edits)
         .fetch_one(&self.write)
         .await?;
         // The k-th fresh message got seq k above, and now base + k; earlier copies keep theirs.

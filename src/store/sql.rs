@@ -10,7 +10,7 @@
 /// queries can `concat!` it into `&'static str` SQL.
 macro_rules! message_columns {
     () => {
-        "id, room, seq, sender_id, sender_email, sender_name, content, created_at, client_id, kind, target_id, deleted_at"
+        "id, room, seq, sender_id, sender_email, sender_name, content, created_at, client_id, kind, target_id, deleted_at, edited_at"
     };
 }
 

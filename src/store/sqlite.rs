@@ -13,7 +13,7 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
-use super::{Appended, Message, NewMessage, StoreError, plan_batch, sql::Backend};
+use super::{Appended, Message, MessageKind, NewMessage, StoreError, plan_batch, sql::Backend};
 use crate::domain::{RoomName, Seq};
 
 /// The stored copies of a batch's client ids in one room: `$2` is a JSON array of them, so
@@ -160,16 +160,23 @@ impl SqliteStore {
             });
             q.build().execute(&mut **tx).await?;
         }
-        // Deletions take their message's content in the same transaction.
-        for (target, at) in rows.iter().filter_map(|m| m.target_id.map(|t| (t, m.created_at))) {
-            sqlx::query(
-                "UPDATE messages SET content = '', deleted_at = $1 \
-                 WHERE id = $2 AND kind = 'message' AND deleted_at IS NULL",
-            )
-            .bind(at)
-            .bind(target)
-            .execute(&mut **tx)
-            .await?;
+        // Edits and deletions change their message in the same transaction.
+        for m in rows {
+            let Some(target) = m.target_id else { continue };
+            let query = match m.kind {
+                MessageKind::Delete => sqlx::query(
+                    "UPDATE messages SET deleted_at = $1, content = '' \
+                     WHERE id = $2 AND kind = 'message' AND deleted_at IS NULL",
+                ),
+                MessageKind::Edit => sqlx::query(
+                    "UPDATE messages SET edited_at = $1, content = $3 \
+                     WHERE id = $2 AND kind = 'message' AND deleted_at IS NULL",
+                ),
+                MessageKind::Message => continue,
+            };
+            let query = query.bind(m.created_at).bind(target);
+            let query = if m.kind == MessageKind::Edit { query.bind(&m.content) } else { query };
+            query.execute(&mut **tx).await?;
         }
         Ok(())
     }

@@ -373,8 +373,19 @@ impl Msg {
             frame[key].as_str().unwrap_or_else(|| panic!("message frame without a string {key}: {frame}")).to_owned()
         };
         assert_eq!(frame["type"], "message", "not a message: {frame}");
-        let allowed =
-            ["type", "id", "room", "seq", "senderId", "senderName", "content", "createdAt", "clientId", "deletedAt"];
+        let allowed = [
+            "type",
+            "id",
+            "room",
+            "seq",
+            "senderId",
+            "senderName",
+            "content",
+            "createdAt",
+            "clientId",
+            "deletedAt",
+            "editedAt",
+        ];
         let keys = frame.as_object().expect("a frame is an object").keys();
         for key in keys {
             assert!(allowed.contains(&key.as_str()), "unexpected field {key} in {frame}");

@@ -21,6 +21,7 @@ both_backends!(
     closed_registration_refuses_and_invite_registration_needs_a_live_code,
     moderation_and_administration_are_in_the_audit_log,
     a_deletion_is_an_event_of_the_stream_and_history_keeps_a_tombstone,
+    an_edit_is_an_event_of_the_stream_and_history_shows_the_latest_content,
 );
 
 async fn call(app: &TestApp, method: Method, path: &str, token: &str, body: Option<Value>) -> reqwest::Response {
@@ -406,4 +407,40 @@ async fn a_deletion_is_an_event_of_the_stream_and_history_keeps_a_tombstone(back
     assert!(app.state.store.set_admin("owner@example.com", true).await.expect("promote"));
     let log = expect_json(app.get_authed("/api/admin/audit", &owner.token).await, StatusCode::OK).await;
     assert_eq!(log["entries"][0]["action"], "message.delete", "{log}");
+}
+
+async fn an_edit_is_an_event_of_the_stream_and_history_shows_the_latest_content(backend: Backend) {
+    let app = spawn_chat_node(backend, |_| {}).await;
+    let (eve, mut eve_ws) = connect_user(&app, "eve@example.com").await;
+    let (bob, mut bob_ws) = connect_user(&app, "bob@example.com").await;
+    eve_ws.join("general").await;
+    bob_ws.join("general").await;
+    let typo = eve_ws.send("general", "helo").await;
+    bob_ws.next_message().await;
+    eve_ws.next_message().await;
+    let edit = |who: &Session, id: &str, content: &str| {
+        let (app, token, path) = (&app, who.token.clone(), format!("/api/rooms/general/messages/{id}"));
+        let body = json!({ "content": content });
+        async move { call(app, Method::PATCH, &path, &token, Some(body)).await }
+    };
+    expect_error(edit(&bob, &typo.id, "mine now").await, StatusCode::NOT_FOUND, "not_found").await;
+    expect_error(edit(&eve, &typo.id, "   ").await, StatusCode::BAD_REQUEST, "invalid_payload").await;
+    assert_eq!(edit(&eve, &typo.id, "  hello ").await.status(), StatusCode::NO_CONTENT);
+    for ws in [&mut eve_ws, &mut bob_ws] {
+        let edited = ws.next_of_type("message_edited").await;
+        assert_eq!((&edited["seq"], &edited["id"], &edited["content"]), (&json!(2), &json!(typo.id), &json!("hello")));
+    }
+    let history = expect_json(app.get_authed("/api/messages/general", &bob.token).await, StatusCode::OK).await;
+    let first = &history["messages"][0];
+    assert_eq!((&first["content"], first["editedAt"].is_string()), (&json!("hello"), true), "{history}");
+    assert_eq!(history["messages"].as_array().map(Vec::len), Some(1), "the edit event is not a message");
+    // A resume from the start: the message as it is now, then its edit, in seq order.
+    let mut late = TestSocket::connect(&app, &bob.token).await;
+    assert_eq!(late.request(json!({ "type": "join_room", "room": "general", "since": 0 })).await["seq"], 2);
+    assert_eq!(late.next_message().await.content, "hello");
+    assert_eq!(late.next_of_type("message_edited").await["seq"], 2);
+    // Deleted, it cannot be edited.
+    let path = format!("/api/rooms/general/messages/{}", typo.id);
+    assert_eq!(call(&app, Method::DELETE, &path, &eve.token, None).await.status(), StatusCode::NO_CONTENT);
+    expect_error(edit(&eve, &typo.id, "again").await, StatusCode::NOT_FOUND, "not_found").await;
 }

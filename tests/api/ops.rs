@@ -98,6 +98,7 @@ async fn the_openapi_document_lists_every_rest_route_with_bearer_auth() {
         ("/rooms/{room}/mutes/{user_id}", "delete", true),
         ("/dm/{user_id}", "post", true),
         ("/rooms/{room}/messages/{message_id}", "delete", true),
+        ("/rooms/{room}/messages/{message_id}", "patch", true),
         ("/me", "patch", true),
         ("/admin/invites", "post", true),
         ("/admin/audit", "get", true),

@@ -36,6 +36,9 @@ pub struct MessageView {
     /// Set if the message was deleted: its content is then empty.
     #[oai(skip_serializing_if_is_none)]
     deleted_at: Option<DateTime<Utc>>,
+    /// Set if the message was edited: `content` is its latest version.
+    #[oai(skip_serializing_if_is_none)]
+    edited_at: Option<DateTime<Utc>>,
 }
 
 impl From<Message> for MessageView {
@@ -50,6 +53,7 @@ impl From<Message> for MessageView {
             created_at: m.created_at,
             client_id: m.client_id,
             deleted_at: m.deleted_at,
+            edited_at: m.edited_at,
         }
     }
 }

@@ -229,6 +229,24 @@ impl From<Ban> for BanView {
     }
 }
 
+checked_string!(
+    /// New message content: what `send_message` accepts.
+    ContentInput,
+    "string(content)",
+    |schema| {
+        schema.min_length = Some(1);
+        schema.max_length = Some(crate::config::DEFAULT_MESSAGE_MAX_LEN);
+        schema.pattern = Some("\\S".into());
+    }
+);
+
+/// A message's new content.
+#[derive(Object)]
+struct EditBody {
+    /// Trimmed; 1 to `chat.message_max_len` (2000 by default) characters, as for sending.
+    content: ContentInput,
+}
+
 /// Whom to mute, and for how long.
 #[derive(Object)]
 #[oai(rename_all = "camelCase")]
@@ -603,6 +621,46 @@ impl RoomsApi {
             )
             .await;
         }
+        Ok(Removed::Done)
+    }
+
+    /// Edit my message.
+    ///
+    /// Only its author edits a message. The edit is an event of the room's seq stream
+    /// (`message_edited`, with the new content), so every member sees it, and a client
+    /// resuming with `since` too; history shows the latest content with `editedAt`.
+    /// 404 if there is no such message of mine (or it was deleted).
+    #[oai(path = "/rooms/:room/messages/:message_id", method = "patch")]
+    async fn edit_message(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        /// Room name.
+        #[oai(validator(pattern = "^[A-Za-z0-9:_-]{1,64}$"))]
+        room: Path<String>,
+        /// The message's id.
+        message_id: Path<Uuid>,
+        body: Json<EditBody>,
+    ) -> Result<Removed, ApiError> {
+        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
+        let name = room_name(&room.0)?;
+        readable_or_404(state, &name, &auth.0).await?;
+        let max = state.config.chat.message_max_len;
+        let content = crate::domain::Content::parse(&body.0.content.0, max).map_err(|e| match e {
+            crate::domain::InvalidContent::Empty => ApiError::bad_request(e.to_string(), "invalid_payload"),
+            crate::domain::InvalidContent::TooLong { .. } => ApiError::bad_request(e.to_string(), "too_long"),
+        })?;
+        let found = state.store.message_in_room(&name, message_id.0).await?;
+        let Some(found) = found.filter(|m| m.deleted_at.is_none() && m.sender_id == auth.0.id.0) else {
+            return Err(ApiError::not_found("no such message of yours"));
+        };
+        let muted =
+            state.store.membership(&name, auth.0.id).await?.and_then(|m| m.muted_until).filter(|t| *t > Utc::now());
+        if muted.is_some() {
+            return Err(ApiError::forbidden("you are muted in this room"));
+        }
+        let event = state.store.edit_message(&name, found.id, &auth.0, content.into_string()).await?;
+        state.chat.announce_stored(&name, &event);
         Ok(Removed::Done)
     }
 
