@@ -833,11 +833,30 @@ async fn socket_io_clients_meet_the_room_access_rules() {
     assert_eq!(status(post("/api/rooms", json!({ "name": "priv", "kind": "private" })).await), 201);
     assert_eq!(status(post("/api/rooms/priv/members", json!({ "userId": member.id })).await), 200);
 
+    let dm = node.http.post(node.url(&format!("/api/dm/{}", member.id))).bearer_auth(&owner.token).send().await;
+    let dm: Value = dm.expect("dm").json().await.expect("json");
+    let dm = dm["name"].as_str().expect("dm name").to_owned();
+
+    // An outsider: refused from the private and the direct room, joining and resuming alike;
+    // sending there is `not_joined`.
     let mut out = Sio::connect(node.addr, &outsider.token).await;
-    out.emit(Some(1), "join_room", &json!({ "room": "priv" })).await;
-    assert_eq!(out.ack_after_events(1).await["code"], "forbidden");
-    out.emit(Some(2), "join_room", &json!({ "room": "priv", "since": 0 })).await;
-    assert_eq!(out.ack_after_events(2).await["code"], "forbidden");
+    for (i, room) in [(1, "priv"), (3, dm.as_str())] {
+        out.emit(Some(i), "join_room", &json!({ "room": room })).await;
+        assert_eq!(out.ack_after_events(i).await["code"], "forbidden", "{room}");
+        out.emit(Some(i + 1), "join_room", &json!({ "room": room, "since": 0 })).await;
+        assert_eq!(out.ack_after_events(i + 1).await["code"], "forbidden", "{room}");
+    }
+    out.emit(Some(5), "send_message", &json!({ "room": "priv", "content": "x" })).await;
+    assert_eq!(out.ack_after_events(5).await["code"], "not_joined");
+    // An administrator enters both without being a member.
+    assert!(node.state.store.set_admin(&outsider.email, true).await.expect("promote"));
+    let mut admin = Sio::connect(node.addr, &outsider.token).await;
+    admin.join(1, "priv").await;
+    admin.join(2, &dm).await;
+    // The DM's other member joins and writes.
+    let mut peer = Sio::connect(node.addr, &member.token).await;
+    peer.join(1, &dm).await;
+    assert_eq!(peer.send_message(2, &dm, "just us").await["type"], "ack");
 
     let mut mem = Sio::connect(node.addr, &member.token).await;
     mem.join(1, "priv").await;

@@ -330,6 +330,19 @@ async fn readable_or_404(state: &AppState, name: &RoomName, user: &User) -> Resu
     readable(state, name, user).await?.ok_or_else(|| ApiError::not_found("no such room"))
 }
 
+/// The state, the parsed name and the room behind a request on `/rooms/{room}…`, if `user` may
+/// read it (404 otherwise).
+async fn readable_room<'a>(
+    req: &'a Request,
+    user: &User,
+    room: &str,
+) -> Result<(&'a AppState, RoomName, Room), ApiError> {
+    let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
+    let name = room_name(room)?;
+    let found = readable_or_404(state, &name, user).await?;
+    Ok((state, name, found))
+}
+
 /// Refuses unless `user` is (at least) a moderator of `room`, or an administrator.
 async fn moderator_only(state: &AppState, name: &RoomName, user: &User, what: &str) -> Result<(), ApiError> {
     if power(state, name, user).await? < Some(Role::Moderator) {
@@ -425,9 +438,7 @@ impl RoomsApi {
         #[oai(validator(pattern = "^[A-Za-z0-9:_-]{1,64}$"))]
         room: Path<String>,
     ) -> Result<Json<RoomView>, ApiError> {
-        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
-        let name = room_name(&room.0)?;
-        let found = readable_or_404(state, &name, &auth.0).await?;
+        let (state, _, found) = readable_room(req, &auth.0, &room.0).await?;
         Ok(Json(describe(state, found, &auth.0).await?))
     }
 
@@ -442,9 +453,7 @@ impl RoomsApi {
         room: Path<String>,
         body: Json<RoomPatch>,
     ) -> Result<Json<RoomView>, ApiError> {
-        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
-        let name = room_name(&room.0)?;
-        readable_or_404(state, &name, &auth.0).await?;
+        let (state, name, _) = readable_room(req, &auth.0, &room.0).await?;
         moderator_only(state, &name, &auth.0, "change a room").await?;
         let body = body.0;
         // Present and empty clears; absent leaves alone.
@@ -480,16 +489,7 @@ impl RoomsApi {
         #[oai(validator(pattern = "^[A-Za-z0-9:_-]{1,64}$"))]
         room: Path<String>,
     ) -> Result<Removed, ApiError> {
-        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
-        let name = room_name(&room.0)?;
-        readable_or_404(state, &name, &auth.0).await?;
-        if power(state, &name, &auth.0).await? < Some(Role::Owner) {
-            return Err(ApiError::forbidden("only the room's owners archive it"));
-        }
-        state.store.set_archived(&name, true).await?;
-        state.chat.evict(&name, UserId(Uuid::nil()), "archived");
-        audit(state, req, &auth.0, "room.archive", None, Some(name.as_str()), None).await;
-        Ok(Removed::Done)
+        set_archived(req, &auth.0, &room.0, true).await
     }
 
     /// Bring an archived room back (owners).
@@ -502,15 +502,7 @@ impl RoomsApi {
         #[oai(validator(pattern = "^[A-Za-z0-9:_-]{1,64}$"))]
         room: Path<String>,
     ) -> Result<Removed, ApiError> {
-        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
-        let name = room_name(&room.0)?;
-        readable_or_404(state, &name, &auth.0).await?;
-        if power(state, &name, &auth.0).await? < Some(Role::Owner) {
-            return Err(ApiError::forbidden("only the room's owners bring it back"));
-        }
-        state.store.set_archived(&name, false).await?;
-        audit(state, req, &auth.0, "room.unarchive", None, Some(name.as_str()), None).await;
-        Ok(Removed::Done)
+        set_archived(req, &auth.0, &room.0, false).await
     }
 
     /// Mute a member for a while (owners and moderators, to members of a lower role): they
@@ -526,9 +518,7 @@ impl RoomsApi {
         room: Path<String>,
         body: Json<MuteBody>,
     ) -> Result<Removed, ApiError> {
-        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
-        let name = room_name(&room.0)?;
-        readable_or_404(state, &name, &auth.0).await?;
+        let (state, name, _) = readable_room(req, &auth.0, &room.0).await?;
         let target = UserId(body.0.user_id);
         if target == auth.0.id {
             return Err(ApiError::forbidden("you cannot mute yourself"));
@@ -565,9 +555,7 @@ impl RoomsApi {
         /// The muted member.
         user_id: Path<Uuid>,
     ) -> Result<Removed, ApiError> {
-        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
-        let name = room_name(&room.0)?;
-        readable_or_404(state, &name, &auth.0).await?;
+        let (state, name, _) = readable_room(req, &auth.0, &room.0).await?;
         let target = UserId(user_id.0);
         may_moderate(state, &name, &auth.0, target).await?;
         if !state.store.set_muted(&name, target, None).await? {
@@ -596,9 +584,7 @@ impl RoomsApi {
         /// The message's id.
         message_id: Path<Uuid>,
     ) -> Result<Removed, ApiError> {
-        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
-        let name = room_name(&room.0)?;
-        readable_or_404(state, &name, &auth.0).await?;
+        let (state, name, _) = readable_room(req, &auth.0, &room.0).await?;
         let found = state.store.message_in_room(&name, message_id.0).await?;
         let Some(found) = found.filter(|m| m.deleted_at.is_none()) else {
             return Err(ApiError::not_found("no such message"));
@@ -642,9 +628,7 @@ impl RoomsApi {
         message_id: Path<Uuid>,
         body: Json<EditBody>,
     ) -> Result<Removed, ApiError> {
-        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
-        let name = room_name(&room.0)?;
-        readable_or_404(state, &name, &auth.0).await?;
+        let (state, name, _) = readable_room(req, &auth.0, &room.0).await?;
         let max = state.config.chat.message_max_len;
         let content = crate::domain::Content::parse(&body.0.content.0, max).map_err(|e| match e {
             crate::domain::InvalidContent::Empty => ApiError::bad_request(e.to_string(), "invalid_payload"),
@@ -698,9 +682,7 @@ impl RoomsApi {
         #[oai(validator(pattern = "^[A-Za-z0-9:_-]{1,64}$"))]
         room: Path<String>,
     ) -> Result<Json<MembersBody>, ApiError> {
-        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
-        let name = room_name(&room.0)?;
-        readable_or_404(state, &name, &auth.0).await?;
+        let (state, name, _) = readable_room(req, &auth.0, &room.0).await?;
         let members = state.store.members(&name, MEMBERS_LIMIT).await?;
         Ok(Json(MembersBody { members: members.into_iter().map(Into::into).collect() }))
     }
@@ -719,9 +701,7 @@ impl RoomsApi {
         room: Path<String>,
         body: Json<InviteBody>,
     ) -> Result<Json<MemberView>, ApiError> {
-        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
-        let name = room_name(&room.0)?;
-        let found = readable_or_404(state, &name, &auth.0).await?;
+        let (state, name, found) = readable_room(req, &auth.0, &room.0).await?;
         let my_role = power(state, &name, &auth.0).await?;
         if found.kind != RoomKind::Public && my_role < Some(Role::Moderator) {
             return Err(ApiError::forbidden("only the room's owners and moderators add members"));
@@ -761,9 +741,7 @@ impl RoomsApi {
         /// The member to remove.
         user_id: Path<Uuid>,
     ) -> Result<Removed, ApiError> {
-        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
-        let name = room_name(&room.0)?;
-        readable_or_404(state, &name, &auth.0).await?;
+        let (state, name, _) = readable_room(req, &auth.0, &room.0).await?;
         let target = UserId(user_id.0);
         let their_role = state.store.membership(&name, target).await?.filter(|m| m.banned_at.is_none()).map(|m| m.role);
         if their_role.is_none() {
@@ -796,9 +774,7 @@ impl RoomsApi {
         room: Path<String>,
         body: Json<InviteBody>,
     ) -> Result<Removed, ApiError> {
-        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
-        let name = room_name(&room.0)?;
-        readable_or_404(state, &name, &auth.0).await?;
+        let (state, name, _) = readable_room(req, &auth.0, &room.0).await?;
         let target = UserId(body.0.user_id);
         if target == auth.0.id {
             return Err(ApiError::forbidden("you cannot ban yourself"));
@@ -824,9 +800,7 @@ impl RoomsApi {
         /// The banned user.
         user_id: Path<Uuid>,
     ) -> Result<Removed, ApiError> {
-        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
-        let name = room_name(&room.0)?;
-        readable_or_404(state, &name, &auth.0).await?;
+        let (state, name, _) = readable_room(req, &auth.0, &room.0).await?;
         moderator_only(state, &name, &auth.0, "lift bans").await?;
         if !state.store.unban_member(&name, UserId(user_id.0)).await? {
             return Err(ApiError::not_found("not banned"));
@@ -845,9 +819,7 @@ impl RoomsApi {
         #[oai(validator(pattern = "^[A-Za-z0-9:_-]{1,64}$"))]
         room: Path<String>,
     ) -> Result<Json<BansBody>, ApiError> {
-        let state = req.data::<AppState>().ok_or_else(ApiError::internal)?;
-        let name = room_name(&room.0)?;
-        readable_or_404(state, &name, &auth.0).await?;
+        let (state, name, _) = readable_room(req, &auth.0, &room.0).await?;
         moderator_only(state, &name, &auth.0, "see the bans").await?;
         let bans = state.store.bans(&name, MEMBERS_LIMIT).await?;
         Ok(Json(BansBody { bans: bans.into_iter().map(Into::into).collect() }))
@@ -871,4 +843,20 @@ async fn describe(state: &AppState, found: Room, user: &User) -> Result<RoomView
         None
     };
     Ok(RoomView { peer, ..RoomView::new(found, members, role) })
+}
+
+/// Archives `room` (or brings it back) as one of its owners; archiving sends everyone in it
+/// out of it.
+async fn set_archived(req: &Request, user: &User, room: &str, archived: bool) -> Result<Removed, ApiError> {
+    let (state, name, _) = readable_room(req, user, room).await?;
+    if power(state, &name, user).await? < Some(Role::Owner) {
+        return Err(ApiError::forbidden("only the room's owners archive it or bring it back"));
+    }
+    state.store.set_archived(&name, archived).await?;
+    if archived {
+        state.chat.evict(&name, UserId(Uuid::nil()), "archived");
+    }
+    let action = if archived { "room.archive" } else { "room.unarchive" };
+    audit(state, req, user, action, None, Some(name.as_str()), None).await;
+    Ok(Removed::Done)
 }
