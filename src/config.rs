@@ -297,11 +297,14 @@ pub struct RoomsConfig {
     /// platform's clients use free-form room names); false: only rooms created with
     /// `POST /api/rooms` can be joined.
     pub auto_create: bool,
+    /// Most rooms one account may create with `POST /api/rooms` (those it made by joining a new
+    /// name count too; direct rooms do not); 0 means no limit.
+    pub max_created_per_user: u32,
 }
 
 impl Default for RoomsConfig {
     fn default() -> Self {
-        Self { auto_create: true }
+        Self { auto_create: true, max_created_per_user: 100 }
     }
 }
 

@@ -28,6 +28,7 @@ pub const AUTH_HASH_REJECTED: &str = "confab_auth_hash_rejected_total";
 pub const WS_SESSIONS_REFUSED: &str = "confab_ws_sessions_refused_total";
 pub const CHAT_RATE_LIMITED: &str = "confab_chat_rate_limited_total";
 pub const AUDIT_WRITE_FAILED: &str = "confab_audit_write_failures_total";
+pub const ROOMS_REFUSED: &str = "confab_rooms_refused_total";
 
 /// Installs the global tracing subscriber. `RUST_LOG`, when set, wins over `level`.
 pub fn init_logging(format: LogFormat, level: &str) {
@@ -82,5 +83,6 @@ fn describe() {
     metrics::describe_counter!(AUTH_HASH_REJECTED, "password checks refused as busy, by reason");
     metrics::describe_counter!(WS_SESSIONS_REFUSED, "WebSocket sessions refused after authentication, by reason");
     metrics::describe_counter!(CHAT_RATE_LIMITED, "chat commands refused by a per-user rate limit, by command");
+    metrics::describe_counter!(ROOMS_REFUSED, "room creations refused, by reason");
     metrics::describe_counter!(AUDIT_WRITE_FAILED, "audited actions that happened but could not be recorded");
 }

@@ -462,10 +462,7 @@ impl ChatService {
             let until = chrono::DateTime::from_timestamp(until, 0).unwrap_or_default().to_rfc3339();
             return Err(ChatError::Muted { until });
         }
-        self.inner.limiter.check(&s.user.id.0).map_err(|_| {
-            metrics::counter!(telemetry::CHAT_RATE_LIMITED, "command" => "send_message").increment(1);
-            ChatError::RateLimited("messages")
-        })?;
+        self.check_message_rate(s.user.id, "send_message")?;
         let msg = NewMessage {
             id: Uuid::now_v7(),
             room: name,
@@ -484,6 +481,15 @@ impl ChatService {
         room.writer.send(WriteRequest { msg, tag, reply_to: s.handle.clone() }).await.map_err(|_| {
             s.handle.outbox.cancel_send();
             ChatError::Unavailable
+        })
+    }
+
+    /// Takes one token from `user`'s message budget (`limits.messages_per_second`), which sends
+    /// and the REST edits and deletions share: each of them is a write and a fan-out.
+    pub fn check_message_rate(&self, user: UserId, command: &'static str) -> Result<(), ChatError> {
+        self.inner.limiter.check(&user.0).map_err(|_| {
+            metrics::counter!(telemetry::CHAT_RATE_LIMITED, "command" => command).increment(1);
+            ChatError::RateLimited("messages")
         })
     }
 

@@ -82,6 +82,11 @@ impl ApiError {
         Self::Unauthorized(body("missing, invalid or expired access token", "unauthorized"))
     }
 
+    /// 403 with a code of its own (a limit reached, rather than a right missing).
+    pub fn forbidden_code(error: impl Into<String>, code: &str) -> Self {
+        Self::Forbidden(body(error, code))
+    }
+
     pub fn rate_limited(retry_after_secs: u64) -> Self {
         Self::TooManyRequests(body("too many requests, try again later", "rate_limited"), retry_after_secs.max(1))
     }

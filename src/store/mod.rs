@@ -560,6 +560,12 @@ impl Store {
         each_backend!(self, s => s.forget_node_sessions(node).await)
     }
 
+    /// How many (non-direct) rooms `user` created.
+    pub async fn rooms_created_by(&self, user: UserId) -> Result<u64, StoreError> {
+        let n = each_backend!(self, s => s.rooms_created_by(user.0).await)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// Renames a user. False if there is no such user.
     pub async fn set_display_name(&self, user: UserId, name: &DisplayName) -> Result<bool, StoreError> {
         each_backend!(self, s => s.set_display_name(user.0, name.as_str()).await)

@@ -638,6 +638,14 @@ macro_rules! shared_queries {
                 Ok(())
             }
 
+            pub async fn rooms_created_by(&self, user: uuid::Uuid) -> Result<i64, $crate::store::StoreError> {
+                let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM rooms WHERE created_by = $1 AND kind <> 'direct'")
+                    .bind(user)
+                    .fetch_one(&self.read)
+                    .await?;
+                Ok(n)
+            }
+
             /// Grants or takes server administration; false if there is no such user.
             pub async fn set_admin(&self, email: &str, admin: bool) -> Result<bool, $crate::store::StoreError> {
                 Ok(sqlx::query("UPDATE users SET is_admin = $2 WHERE email = $1")

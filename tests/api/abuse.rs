@@ -30,6 +30,8 @@ both_backends!(
     a_login_storm_is_bounded_by_the_hashing_threads_and_answered_503,
     half_sent_requests_and_idle_connections_are_closed_after_the_header_timeout,
     connections_per_address_are_capped_websockets_included,
+    an_account_creates_a_bounded_number_of_rooms,
+    edits_and_deletions_share_the_message_rate_limit,
 );
 
 /// The value of the Prometheus sample whose line starts with `series` (name and labels), 0 if
@@ -342,4 +344,48 @@ async fn connections_per_address_are_capped_websockets_included(backend: Backend
         assert!(Instant::now() < deadline, "the closed connection's place was never freed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+async fn an_account_creates_a_bounded_number_of_rooms(backend: Backend) {
+    let app = spawn_chat_node(backend, |c| c.rooms.max_created_per_user = 2).await;
+    let (owner, _) = connect_user(&app, "owner@example.com").await;
+    let create = |name: &str| {
+        let req = app.client.post(app.url("/api/rooms")).bearer_auth(&owner.token).json(&json!({ "name": name }));
+        async move { req.send().await.expect("create") }
+    };
+    for name in ["one", "two"] {
+        assert_eq!(create(name).await.status(), StatusCode::CREATED);
+    }
+    expect_error(create("three").await, StatusCode::FORBIDDEN, "too_many_rooms").await;
+    assert!(metric(&app, "confab_rooms_refused_total{reason=\"too_many_rooms\"}").await >= 1.0);
+    // Direct rooms do not count.
+    let (other, _) = connect_user(&app, "other@example.com").await;
+    let dm = app.client.post(app.url(&format!("/api/dm/{}", other.user_id))).bearer_auth(&owner.token).send().await;
+    assert_eq!(dm.expect("dm").status(), StatusCode::OK);
+}
+
+async fn edits_and_deletions_share_the_message_rate_limit(backend: Backend) {
+    let app = spawn_chat_node(backend, |c| {
+        c.limits.messages_per_second = 1;
+        c.limits.message_burst = 3;
+    })
+    .await;
+    let (eve, mut ws) = connect_user(&app, "eve@example.com").await;
+    ws.join("general").await;
+    let sent = ws.send("general", "first").await;
+    let path = format!("/api/rooms/general/messages/{}", sent.id);
+    let edit = || {
+        let req = app.client.patch(app.url(&path)).bearer_auth(&eve.token).json(&json!({ "content": "again" }));
+        async move { req.send().await.expect("edit") }
+    };
+    // The send took one token of three; two edits take the rest, the third waits its turn.
+    for _ in 0..2 {
+        assert_eq!(edit().await.status(), StatusCode::NO_CONTENT);
+    }
+    let limited = edit().await;
+    assert!(limited.headers().contains_key("retry-after"));
+    expect_error(limited, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    let deleted = app.client.delete(app.url(&path)).bearer_auth(&eve.token).send().await.expect("delete");
+    expect_error(deleted, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    assert!(metric(&app, "confab_chat_rate_limited_total{command=\"edit_message\"}").await >= 1.0);
 }

@@ -421,6 +421,14 @@ impl RoomsApi {
             topic: bounded(body.topic.0, TOPIC_MAX, "topic")?,
             created_by: auth.0.id,
         };
+        let max = state.config.rooms.max_created_per_user;
+        if max > 0 && state.store.rooms_created_by(auth.0.id).await? >= u64::from(max) {
+            metrics::counter!(crate::telemetry::ROOMS_REFUSED, "reason" => "too_many_rooms").increment(1);
+            return Err(ApiError::forbidden_code(
+                format!("you have created {max} rooms, the most this server allows; archive or reuse one"),
+                "too_many_rooms",
+            ));
+        }
         if !state.store.create_room(&new, Some(auth.0.id)).await? {
             return Err(ApiError::conflict("a room with this name exists", "room_exists"));
         }
@@ -593,6 +601,7 @@ impl RoomsApi {
         if !own {
             moderator_only(state, &name, &auth.0, "delete others' messages").await?;
         }
+        state.chat.check_message_rate(auth.0.id, "delete_message").map_err(|_| ApiError::rate_limited(1))?;
         let event = state.store.delete_message(&name, found.id, &auth.0).await?;
         state.chat.announce_stored(&name, &event);
         if !own {
@@ -643,6 +652,7 @@ impl RoomsApi {
         if muted.is_some() {
             return Err(ApiError::forbidden("you are muted in this room"));
         }
+        state.chat.check_message_rate(auth.0.id, "edit_message").map_err(|_| ApiError::rate_limited(1))?;
         let event = state.store.edit_message(&name, found.id, &auth.0, content.into_string()).await?;
         state.chat.announce_stored(&name, &event);
         Ok(Removed::Done)
