@@ -253,6 +253,45 @@ test('two users chat in browsers across two nodes, through restarts', options, a
     await openRoom(b(), 'general');
   });
 
+  await t.test('unread counts are the server\'s: they survive a reload, agree across two browsers of A, and the divider marks where A stopped', async () => {
+    const randomBadge = '#room-list [data-room="random"] .badge';
+    const twoUnread = [([sel, n]) => document.querySelector(sel)?.textContent.startsWith(n) ?? false, [randomBadge, '2']];
+    await openRoom(b(), 'random');
+    await send(b(), 'first unread');
+    await send(b(), 'second unread');
+    await settled(b());
+    await a().waitForFunction(...twoUnread);
+    const other = await openBrowser('alice-2');
+    try {
+      const p = other.page;
+      await p.goto(node2.url);
+      await p.fill('#auth-email', emailA);
+      await p.fill('#auth-password', PASSWORD);
+      await p.click('#auth-submit');
+      await p.waitForSelector('#conn[data-state="connected"]');
+      await p.waitForFunction(...twoUnread, { timeout: 20_000 });
+      await a().reload();
+      await a().waitForSelector('#conn[data-state="connected"]');
+      await a().waitForFunction(...twoUnread, { timeout: 20_000 });
+      await openRoom(a(), 'random');
+      await a().waitForFunction(
+        () =>
+          document.querySelector('section.room[data-room="random"] .unread-divider')?.nextElementSibling?.querySelector('.msg-body')
+            ?.textContent === 'first unread',
+        null,
+        { timeout: 15_000 },
+      );
+      assert.equal(await a().$(randomBadge), null);
+      // Read on one browser: the other one's count goes too.
+      await p.waitForFunction((sel) => !document.querySelector(sel), randomBadge, { timeout: 15_000 });
+      assert.deepEqual(other.record.errors, [], 'page errors in the second browser');
+    } finally {
+      await other.close();
+    }
+    await openRoom(a(), 'general');
+    await openRoom(b(), 'general');
+  });
+
   await t.test('a send whose ack is lost fails visibly, and its retry is stored once', async () => {
     await send(b(), LOST);
     await b().waitForSelector('.msg--failed', { timeout: 15_000 });

@@ -351,3 +351,70 @@ test('reconnect backoff grows, is capped, and is jittered', () => {
   assert.ok(backoff(40, () => 1) <= 15_000);
   assert.notEqual(backoff(5, () => 0), backoff(5, () => 1));
 });
+
+test('unread counts come from the read marker, which the server and my other devices move', async () => {
+  const rooms = [
+    { name: 'general', kind: 'public', lastSeq: 5, role: 'member', lastReadSeq: 2, unread: 3 },
+    { name: 'random', kind: 'public', lastSeq: 0, role: 'member', lastReadSeq: 0, unread: 0 },
+  ];
+  const { conn, chat } = setup({ rooms });
+  conn.open();
+  await chat.loadDirectory();
+  for (const name of ['general', 'random']) {
+    const r = conn.take('join_room');
+    r.resolve({ type: 'ack', room: r.frame.room, seq: name === 'general' ? 5 : 0 });
+  }
+  await tick();
+  assert.equal(chat.rooms.get('general').unread, 3, 'what the server says, before anything is shown');
+  conn.frame({ ...msg(1), room: 'random' });
+  assert.equal(chat.rooms.get('random').unread, 1);
+  assert.equal(chat.totalUnread, 4);
+  // Another device of mine read general up to 4.
+  conn.frame({ type: 'read', room: 'general', seq: 4 });
+  assert.equal(chat.rooms.get('general').unread, 1);
+  // A stale marker does not move it back.
+  conn.frame({ type: 'read', room: 'general', seq: 3 });
+  assert.equal(chat.rooms.get('general').unread, 1);
+});
+
+test('a room in view is read at once, and a burst is told to the server with one mark_read', async () => {
+  const { conn, chat } = setup();
+  conn.open();
+  await chat.loadDirectory(); // general is not in it: joining makes me a new member
+  chat.join('general');
+  conn.take('join_room').resolve({ type: 'ack', room: 'general', seq: 0 });
+  await tick();
+  let dividers = 0;
+  chat.addEventListener('divider', () => dividers++);
+  chat.setActive('general');
+  assert.equal(dividers, 1, 'opening a room places the divider');
+  for (let seq = 1; seq <= 5; seq++) conn.frame(msg(seq));
+  assert.equal(chat.rooms.get('general').unread, 0);
+  await new Promise((r) => setTimeout(r, 400));
+  const marks = conn.requests.filter((r) => r.frame.type === 'mark_read');
+  assert.equal(marks.length, 1, JSON.stringify(marks.map((r) => r.frame)));
+  assert.deepEqual(marks[0].frame, { type: 'mark_read', room: 'general', seq: 5 });
+  marks[0].resolve({ type: 'ack', room: 'general', seq: 5 });
+  await tick();
+  assert.equal(chat.rooms.get('general').lastReadSeq, 5);
+  chat.dispose();
+});
+
+test('a hidden page does not mark what arrives as read', async () => {
+  let visible = false;
+  const conn = new FakeConn();
+  const auth = { api: async () => ({ rooms: [], messages: [] }) };
+  const chat = new Chat({ auth, conn, user: ME, storage: null, uuid: () => 'c', visible: () => visible });
+  conn.open();
+  chat.join('general');
+  conn.take('join_room').resolve({ type: 'ack', room: 'general', seq: 0 });
+  await tick();
+  chat.setActive('general');
+  conn.frame(msg(1));
+  conn.frame(msg(2));
+  assert.equal(chat.rooms.get('general').unread, 2);
+  visible = true;
+  chat.markRead('general');
+  assert.equal(chat.rooms.get('general').unread, 0);
+  chat.dispose();
+});

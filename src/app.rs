@@ -13,7 +13,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     auth::{AuthService, PasswordHasher, TokenKeys, token},
     bus::Bus,
-    chat::{ChatService, ChatSettings, hub::Hub},
+    chat::{ChatService, ChatSettings, hub::Hub, registry::SessionRegistry},
     config::Config,
     http::{self, AppState},
     ratelimit::KeyedLimiter,
@@ -80,7 +80,7 @@ impl App {
             }
             None => None,
         };
-        let hub = Hub::new(store.clone());
+        let hub = Hub::new(store.clone(), SessionRegistry::new(config.ws.max_sessions_per_user));
         let background = CancellationToken::new();
         let background_tasks = TaskTracker::new();
         let bus = match &config.redis.url {
@@ -104,7 +104,6 @@ impl App {
                 joins_per_second: config.limits.joins_per_second,
                 join_burst: config.limits.join_burst,
                 max_rooms_per_session: config.chat.max_rooms_per_session,
-                max_sessions_per_user: config.ws.max_sessions_per_user,
                 outbound_queue: config.ws.outbound_queue,
                 auto_create_rooms: config.rooms.auto_create,
             },

@@ -1,5 +1,6 @@
 // Chat state: the rooms this user is in, their messages (by seq), the outbox of own messages not
-// yet confirmed, typing indicators and unread counts. No DOM: the view listens to the events
+// yet confirmed, typing indicators and unread counts (from the server's read markers, so every
+// device of a user agrees). No DOM: the view listens to the events
 // this dispatches, and node's test runner can drive it with a fake connection.
 //
 // Invariants, per room:
@@ -20,6 +21,8 @@ const TYPING_SEND_EVERY = 2_000;
 /** The server passes on at most one `typing` per user and room in this interval. */
 const SERVER_TYPING_INTERVAL = 1_000;
 const TYPING_SHOWN_FOR = 4_000;
+/** A burst of messages in view is marked read with one `mark_read`. */
+const READ_DEBOUNCE = 300;
 
 /** Why a room name is refused, or null when it is a valid name. */
 export function roomNameProblem(name) {
@@ -39,7 +42,14 @@ export class Room {
     this.hasMore = true;
     this.loadingHistory = false;
     this.historyError = null;
-    this.unread = 0;
+    /**
+     * My read marker: the seq up to which I have read. The server's (GET /api/rooms, `read`
+     * frames, `mark_read` acks) once known; until then the seq of my first join here.
+     */
+    this.lastReadSeq = null;
+    this.readKnown = false;
+    /** The marker when the room was last opened: the "new messages" divider goes after it. */
+    this.readAtOpen = null;
     /** @type {Map<string, {clientId: string, content: string, status: string, error: string|null, createdAt: string}>} */
     this.outbox = new Map();
     /** @type {Map<string, {email: string, until: number}>} userId → who is typing */
@@ -51,6 +61,22 @@ export class Room {
     this.info = null;
     /** Until when I may not write here (RFC 3339), while muted. */
     this.mutedUntil = null;
+  }
+
+  /** Events after my read marker (the server's count: `lastSeq - lastReadSeq`). */
+  get unread() {
+    if (this.lastReadSeq === null) return 0;
+    const top = Math.max(this.lastSeq ?? 0, this.info?.lastSeq ?? 0);
+    return Math.max(0, top - this.lastReadSeq);
+  }
+
+  /** Takes the server's word for my read marker (it only moves forward once known). */
+  setRead(seq) {
+    if (typeof seq !== 'number') return false;
+    if (this.readKnown && this.lastReadSeq !== null && seq <= this.lastReadSeq) return false;
+    this.lastReadSeq = seq;
+    this.readKnown = true;
+    return true;
   }
 
   get oldestSeq() {
@@ -75,6 +101,10 @@ export class Chat extends EventTarget {
   #now;
   #typingTimer = 0;
   #listeners = [];
+  #visible;
+  #directoryLoaded = false;
+  /** room name → timer of a pending `mark_read` */
+  #readTimers = new Map();
 
   constructor({
     auth,
@@ -83,6 +113,7 @@ export class Chat extends EventTarget {
     storage = globalThis.localStorage,
     uuid = () => globalThis.crypto.randomUUID(),
     now = () => Date.now(),
+    visible = () => !globalThis.document?.hidden,
   }) {
     super();
     this.#auth = auth;
@@ -91,6 +122,7 @@ export class Chat extends EventTarget {
     this.#storage = storage;
     this.#uuid = uuid;
     this.#now = now;
+    this.#visible = visible;
     this.#listen(conn, 'open', () => this.#resume());
     this.#listen(conn, 'close', () => this.#onDisconnect());
     this.#listen(conn, 'frame', (e) => this.#onFrame(e.detail));
@@ -102,6 +134,8 @@ export class Chat extends EventTarget {
     for (const [target, type, fn] of this.#listeners) target.removeEventListener(type, fn);
     this.#listeners = [];
     clearTimeout(this.#typingTimer);
+    for (const t of this.#readTimers.values()) clearTimeout(t);
+    this.#readTimers.clear();
   }
 
   get totalUnread() {
@@ -145,12 +179,44 @@ export class Chat extends EventTarget {
 
   setActive(name) {
     const room = this.rooms.get(name);
+    const changed = this.active !== (room ? name : null);
     this.active = room ? name : null;
-    if (room && room.unread) {
-      room.unread = 0;
-      this.#emit('rooms');
+    if (room && changed) {
+      room.readAtOpen = room.readKnown ? room.lastReadSeq : null;
+      this.#emit('divider', { room });
     }
+    if (room) this.markRead(name);
     this.#emit('active', { room: room ?? null });
+  }
+
+  /**
+   * I have seen everything in `name` (it is shown, and the page is visible): the marker moves
+   * to the room's latest seq at once here, and the server hears of it shortly after (one
+   * `mark_read` for a burst of messages), which tells my other devices.
+   */
+  markRead(name) {
+    const room = this.rooms.get(name);
+    if (!room || room.lastSeq === null || !this.#visible()) return;
+    if (room.lastReadSeq !== null && room.lastSeq <= room.lastReadSeq) return;
+    room.lastReadSeq = room.lastSeq;
+    this.#emit('rooms');
+    if (this.#readTimers.has(name)) return;
+    this.#readTimers.set(
+      name,
+      setTimeout(() => {
+        this.#readTimers.delete(name);
+        const r = this.rooms.get(name);
+        // Not before the server's marker is known: opening a room must not move it past the
+        // place where its "new messages" divider belongs.
+        if (!r || !this.#conn.connected || r.lastReadSeq === null || !r.readKnown) return;
+        this.#conn
+          .request({ type: 'mark_read', room: name, seq: r.lastReadSeq })
+          .then((ack) => {
+            if (this.rooms.get(name) === r && r.setRead(ack.seq)) this.#emit('rooms');
+          })
+          .catch(() => {}); // not a member (yet), or offline: the next view marks it again
+      }, READ_DEBOUNCE),
+    );
   }
 
   /** Queues `content` for `name` and sends it; the entry is shown at once as pending. */
@@ -267,17 +333,27 @@ export class Chat extends EventTarget {
       return; // a convenience; fetched again on the next reconnect
     }
     this.directory = rooms;
+    this.#directoryLoaded = true;
     let added = false;
     for (const info of rooms) {
-      const known = this.rooms.get(info.name);
-      if (known) {
-        known.info = info;
+      let room = this.rooms.get(info.name);
+      if (room) {
+        room.info = info;
       } else if (info.role || info.kind === 'direct') {
-        const room = new Room(info.name);
+        room = new Room(info.name);
         room.info = info;
         this.rooms.set(info.name, room);
         added = true;
         if (this.#conn.connected) this.#joinRoom(room);
+      }
+      if (room && typeof info.lastReadSeq === 'number') {
+        const first = !room.readKnown;
+        room.setRead(info.lastReadSeq);
+        if (first && this.active === room.name) {
+          room.readAtOpen = room.lastReadSeq;
+          this.#emit('divider', { room });
+        }
+        if (this.active === room.name) this.markRead(room.name);
       }
     }
     if (added) this.#saveRooms();
@@ -390,6 +466,13 @@ export class Chat extends EventTarget {
     // A fresh join: live delivery starts after the room's latest seq, and history covers the
     // rest. A resume (with `since`) streams what was missed next, as ordinary message frames.
     if (room.lastSeq === null) room.lastSeq = ack.seq;
+    // A new member has read what came before them: so says the server, which did not list me
+    // in this room before. Otherwise the marker is provisional until the list comes.
+    if (room.lastReadSeq === null) room.lastReadSeq = ack.seq;
+    if (!room.readKnown && this.#directoryLoaded && !this.directory.some((r) => r.name === room.name && r.role)) {
+      room.readKnown = true;
+    }
+    if (this.active === room.name) this.markRead(room.name);
     this.#emit('rooms');
     this.#emit('joined', { room });
     if (!room.historyLoaded) this.loadOlder(room.name);
@@ -472,6 +555,9 @@ export class Chat extends EventTarget {
       case 'message_edited':
         this.#onEdited(room, frame);
         break;
+      case 'read':
+        if (room.setRead(frame.seq)) this.#emit('rooms');
+        break;
       case 'typing':
         if (frame.userId === this.me.id) return;
         room.typing.set(frame.userId, { name: frame.name ?? frame.email, until: this.#now() + TYPING_SHOWN_FOR });
@@ -485,6 +571,7 @@ export class Chat extends EventTarget {
   /** A deletion: an event of the seq stream (so it moves `lastSeq`); the message becomes a tombstone. */
   #onDeleted(room, frame) {
     if (typeof frame.seq === 'number' && (room.lastSeq === null || frame.seq > room.lastSeq)) room.lastSeq = frame.seq;
+    this.#seen(room);
     for (const msg of room.messages.values()) {
       if (msg.id !== frame.id) continue;
       if (msg.deletedAt) return;
@@ -498,6 +585,7 @@ export class Chat extends EventTarget {
   /** An edit: an event of the seq stream; the message shows its new content. */
   #onEdited(room, frame) {
     if (typeof frame.seq === 'number' && (room.lastSeq === null || frame.seq > room.lastSeq)) room.lastSeq = frame.seq;
+    this.#seen(room);
     for (const msg of room.messages.values()) {
       if (msg.id !== frame.id || msg.deletedAt) continue;
       msg.content = frame.content;
@@ -569,7 +657,10 @@ export class Chat extends EventTarget {
   #onMessage(room, frame) {
     const { type: _type, ...msg } = frame;
     if (typeof msg.seq !== 'number') return;
-    if (room.lastSeq === null || msg.seq > room.lastSeq) room.lastSeq = msg.seq;
+    if (room.lastSeq === null || msg.seq > room.lastSeq) {
+      room.lastSeq = msg.seq;
+      this.#seen(room);
+    }
     if (room.typing.delete(msg.senderId)) this.#emit('typing', { room });
     const known = room.messages.get(msg.seq);
     if (known && !known.provisional) return; // history and live overlapped: seen already
@@ -583,11 +674,13 @@ export class Chat extends EventTarget {
       this.#emit('updated', { room, msg });
       return;
     }
-    if (!own && this.active !== room.name) {
-      room.unread++;
-      this.#emit('rooms');
-    }
     this.#emit('message', { room, msg });
+  }
+
+  /** The stream of `room` moved: read at once if it is in view, else one more unread. */
+  #seen(room) {
+    if (this.active === room.name && this.#visible()) this.markRead(room.name);
+    else this.#emit('rooms');
   }
 
   #scheduleTypingExpiry() {

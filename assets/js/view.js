@@ -374,6 +374,23 @@ class RoomView {
     });
   }
 
+  /** Puts the "new messages" line after seq `seq` (my read marker when the room was opened). */
+  setDivider(seq) {
+    this.divider?.remove();
+    this.divider = null;
+    if (typeof seq !== 'number' || (this.room.lastSeq ?? 0) <= seq) return;
+    const el = h(
+      'li',
+      { class: 'unread-divider', role: 'separator', dataset: { key: String(seq + 0.25) } },
+      h('span', {}, 'New messages'),
+    );
+    this.divider = el;
+    this.preserving(() => {
+      this.place(el);
+      RoomView.regroup(el.nextElementSibling);
+    });
+  }
+
   /** The last element that is not an outbox entry. */
   lastKeyed() {
     let node = this.list.lastElementChild;
@@ -556,6 +573,10 @@ export class ChatView {
       if (e.detail.room.name === chat.active) this.renderTyping();
     });
     on(chat, 'left', (e) => this.dropView(e.detail.room.name));
+    on(chat, 'divider', (e) => this.view(e.detail.room)?.setDivider(e.detail.room.readAtOpen));
+    on(document, 'visibilitychange', () => {
+      if (!document.hidden && chat.active) chat.markRead(chat.active);
+    });
 
     el.root.hidden = false;
     this.renderConn();

@@ -1,6 +1,7 @@
 //! Redis pub/sub fan-out between nodes.
 //!
-//! One channel per room (`<prefix>:room:<name>`). A node subscribes only to rooms it has local
+//! One channel per room (`<prefix>:room:<name>`), and one (`<prefix>:users`) that every node
+//! subscribes to for events addressed to a user's sessions wherever they are (read markers). A node subscribes only to rooms it has local
 //! members in, over one shared subscriber connection, so it does not receive the whole
 //! cluster's traffic. Publishing goes through a multiplexed connection; whatever is queued is
 //! sent as one pipeline. Payloads carry the publishing instance so a node skips its own events
@@ -62,6 +63,8 @@ pub struct RedisBus {
 struct Inner {
     hub: Arc<Hub>,
     prefix: String,
+    /// The channel of events addressed to users.
+    users_channel: String,
     /// Random per process: lets a node recognise its own events coming back.
     instance: u64,
     publish_tx: mpsc::Sender<(String, Vec<u8>)>,
@@ -89,6 +92,7 @@ impl RedisBus {
         let inner = Arc::new(Inner {
             hub,
             prefix: format!("{prefix}:room:"),
+            users_channel: format!("{prefix}:users"),
             instance: rand::random(),
             publish_tx,
             control_tx,
@@ -119,7 +123,11 @@ impl RedisBus {
         for e in events {
             self.inner.hub.dispatch(&e);
             let payload = encode(self.inner.instance, &e);
-            if self.inner.publish_tx.try_send((self.channel(&e.room), payload)).is_err() {
+            let channel = match e.frame.kind {
+                EventKind::Read { .. } => self.inner.users_channel.clone(),
+                _ => self.channel(&e.room),
+            };
+            if self.inner.publish_tx.try_send((channel, payload)).is_err() {
                 metrics::counter!(telemetry::BUS_PUBLISH_ERRORS, "bus" => "redis").increment(1);
             }
         }
@@ -169,8 +177,8 @@ impl RedisBus {
     }
 }
 
-/// `<instance hex>|<kind>|<seq, origin session, user or user:until>|<compat length>|<compat
-/// members><native frame>`.
+/// `<instance hex>|<kind>|<seq, origin session, user, user:until or user:origin:room>|<compat
+/// length>|<compat members><native frame>`.
 fn encode(instance: u64, e: &Event) -> Vec<u8> {
     let (kind, arg) = match e.frame.kind {
         EventKind::Message { seq } => ('m', seq.to_string()),
@@ -180,6 +188,7 @@ fn encode(instance: u64, e: &Event) -> Vec<u8> {
         EventKind::Typing { user } => ('t', user.to_string()),
         EventKind::Removed { user } => ('r', user.to_string()),
         EventKind::Muted { user, until } => ('u', format!("{user}:{until}")),
+        EventKind::Read { user, origin } => ('R', format!("{user}:{origin}:{}", e.room)),
     };
     let frame = e.frame.native.as_bytes();
     let compat = e.frame.compat.as_bytes();
@@ -190,8 +199,9 @@ fn encode(instance: u64, e: &Event) -> Vec<u8> {
     out
 }
 
-/// The event in a payload, unless it is malformed or our own.
-fn decode(instance: u64, room: RoomName, payload: &[u8]) -> Option<Event> {
+/// The event in a payload, unless it is malformed or our own. `room`: the room of the
+/// channel it came on (`None`: the users channel, whose events name their room).
+fn decode(instance: u64, room: Option<RoomName>, payload: &[u8]) -> Option<Event> {
     let mut parts = payload.splitn(5, |b| *b == b'|');
     let from = u64::from_str_radix(std::str::from_utf8(parts.next()?).ok()?, 16).ok()?;
     if from == instance {
@@ -199,7 +209,16 @@ fn decode(instance: u64, room: RoomName, payload: &[u8]) -> Option<Event> {
     }
     let kind = parts.next()?;
     let arg = std::str::from_utf8(parts.next()?).ok()?;
+    let mut room = room;
     let kind = match kind {
+        b"R" => {
+            let mut parts = arg.splitn(3, ':');
+            let user = parts.next()?.parse::<Uuid>().ok()?;
+            let origin = parts.next()?.parse().ok()?;
+            room = Some(RoomName::parse(parts.next()?).ok()?);
+            EventKind::Read { user, origin }
+        }
+        _ if room.is_none() => return None,
         b"m" => EventKind::Message { seq: arg.parse().ok()? },
         b"d" => EventKind::Deleted { seq: arg.parse().ok()? },
         b"e" => EventKind::Edited { seq: arg.parse().ok()? },
@@ -220,7 +239,7 @@ fn decode(instance: u64, room: RoomName, payload: &[u8]) -> Option<Event> {
     let (compat, frame) = rest.split_at(compat_len);
     let compat = Box::from(std::str::from_utf8(compat).ok()?);
     let frame = Utf8Bytes::try_from(bytes::Bytes::copy_from_slice(frame)).ok()?;
-    Some(Event { room, frame: Encoded::with_compat(kind, frame, compat) })
+    Some(Event { room: room?, frame: Encoded::with_compat(kind, frame, compat) })
 }
 
 async fn run_publisher(
@@ -296,7 +315,7 @@ async fn run_subscriber(
     stop: CancellationToken,
 ) {
     // The channels we should be subscribed to: the source of truth across reconnects.
-    let mut wanted: HashSet<String> = HashSet::new();
+    let mut wanted: HashSet<String> = HashSet::from([inner.users_channel.clone()]);
     let dispatchers = spawn_dispatchers(&inner.hub);
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
@@ -345,8 +364,14 @@ async fn run_subscriber(
                 },
                 msg = stream.next() => match msg {
                     Some(msg) => {
-                        let Some(room) = msg.get_channel_name().strip_prefix(inner.prefix.as_str()) else { continue };
-                        let Ok(room) = RoomName::parse(room) else { continue };
+                        let channel = msg.get_channel_name();
+                        let room = if channel == inner.users_channel {
+                            None
+                        } else {
+                            let Some(room) = channel.strip_prefix(inner.prefix.as_str()) else { continue };
+                            let Ok(room) = RoomName::parse(room) else { continue };
+                            Some(room)
+                        };
                         if let Some(event) = decode(inner.instance, room, msg.get_payload_bytes()) {
                             let shard = &dispatchers[shard_of(&event.room, dispatchers.len())];
                             // Waits when the fan-out falls behind, so Redis holds the backlog.
@@ -433,12 +458,13 @@ mod tests {
         );
         let event = Event { room: room.clone(), frame };
         let payload = encode(7, &event);
-        let back = decode(8, room.clone(), &payload).expect("decodes");
+        let back = decode(8, Some(room.clone()), &payload).expect("decodes");
         assert_eq!(back.frame.kind, EventKind::Message { seq: 42 });
         assert_eq!(back.frame.native.as_str(), r#"{"type":"message","a":"|"}"#);
         assert_eq!(&*back.frame.compat, r#""senderEmail":"a|b@c.de""#);
-        assert!(decode(7, room.clone(), &payload).is_none(), "own event");
-        assert!(decode(8, room.clone(), b"garbage").is_none());
+        assert!(decode(7, Some(room.clone()), &payload).is_none(), "own event");
+        assert!(decode(8, Some(room.clone()), b"garbage").is_none());
+        assert!(decode(8, None, &payload).is_none(), "room events never come on the users channel");
         // Every kind carries its routing argument across.
         let user = Uuid::new_v4();
         for kind in [
@@ -450,7 +476,13 @@ mod tests {
             EventKind::Muted { user, until: 1_800_000_000 },
         ] {
             let event = Event { room: room.clone(), frame: Encoded::new(kind, Utf8Bytes::from_static("{}")) };
-            assert_eq!(decode(8, room.clone(), &encode(7, &event)).expect("decodes").frame.kind, kind);
+            assert_eq!(decode(8, Some(room.clone()), &encode(7, &event)).expect("decodes").frame.kind, kind);
         }
+        // A user's event names its room itself, colons and all.
+        let dm = RoomName::parse("dm:0123abcd").unwrap();
+        let kind = EventKind::Read { user, origin: 77 };
+        let event = Event { room: dm.clone(), frame: Encoded::new(kind, Utf8Bytes::from_static("{}")) };
+        let back = decode(8, None, &encode(7, &event)).expect("decodes");
+        assert_eq!((back.frame.kind, back.room), (kind, dm));
     }
 }

@@ -39,6 +39,9 @@ pub enum EventKind {
     /// A member was muted until `until` (Unix seconds; 0: unmuted): delivered to everyone in
     /// the room; the user's sessions refuse to send there until then.
     Muted { user: Uuid, until: i64 },
+    /// A user's read marker moved: delivered to that user's sessions on every node (whether
+    /// or not they are in the room), except session `origin` which moved it.
+    Read { user: Uuid, origin: u64 },
 }
 
 impl EventKind {
@@ -52,6 +55,7 @@ impl EventKind {
             Self::Typing { .. } => "typing",
             Self::Removed { .. } => "removed",
             Self::Muted { .. } => "muted",
+            Self::Read { .. } => "read",
         }
     }
 }
@@ -139,6 +143,7 @@ enum Wire<'a> {
     Muted { room: &'a str, user_id: Uuid, until: Option<String> },
     MessageDeleted { room: &'a str, seq: Seq, id: Uuid, deleted_by: Uuid, deleted_at: String },
     MessageEdited { room: &'a str, seq: Seq, id: Uuid, content: &'a str, edited_at: String },
+    Read { room: &'a str, seq: Seq },
 }
 
 /// Encodes `wire`; `email`, if any, goes to Socket.IO frames only, as member `key`.
@@ -219,6 +224,12 @@ pub fn muted(room: &RoomName, user_id: Uuid, until: i64) -> Event {
     let at = (until > 0).then(|| chrono::DateTime::from_timestamp(until, 0).unwrap_or_default().to_rfc3339());
     let wire = Wire::Muted { room: room.as_str(), user_id, until: at };
     Event { room: room.clone(), frame: encode(EventKind::Muted { user: user_id, until }, &wire, None) }
+}
+
+/// The `read` event: `user` has read `room` up to `seq` (told to their other sessions).
+pub fn read(room: &RoomName, user: Uuid, origin: u64, seq: Seq) -> Event {
+    let wire = Wire::Read { room: room.as_str(), seq };
+    Event { room: room.clone(), frame: encode(EventKind::Read { user, origin }, &wire, None) }
 }
 
 /// The `removed` event: `user` is no longer a member of `room`, for `reason` (`kicked`,

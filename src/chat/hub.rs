@@ -21,6 +21,7 @@ use tokio::sync::{OnceCell, mpsc, oneshot};
 
 use super::{
     event::{self, Encoded, Event, EventKind},
+    registry::SessionRegistry,
     session::{Flusher, Form, SessionHandle},
     writer::WriteRequest,
 };
@@ -157,7 +158,8 @@ impl Room {
                 | EventKind::Deleted { .. }
                 | EventKind::Edited { .. }
                 | EventKind::Removed { .. }
-                | EventKind::Muted { .. } => false,
+                | EventKind::Muted { .. }
+                | EventKind::Read { .. } => false,
             };
             if !skip && !m.handle.outbox.offer_event(frame) {
                 kicked = true;
@@ -241,16 +243,19 @@ pub struct Hub {
     shards: Box<[Shard]>,
     hasher: std::collections::hash_map::RandomState,
     store: Store,
+    /// This node's sessions by account, for events addressed to a user rather than a room.
+    pub sessions: Arc<SessionRegistry>,
     /// Writes what deliveries corked (see [`session::corked`](super::session::corked)).
     pub flusher: Arc<Flusher>,
 }
 
 impl Hub {
-    pub fn new(store: Store) -> Arc<Self> {
+    pub fn new(store: Store, sessions: Arc<SessionRegistry>) -> Arc<Self> {
         Arc::new(Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
             store,
+            sessions,
             flusher: Flusher::spawn(),
         })
     }
@@ -367,6 +372,10 @@ impl Hub {
 
     /// Hands an event from the bus to the room's members on this node.
     pub fn dispatch(self: &Arc<Self>, event: &Event) {
+        if let EventKind::Read { user, origin } = event.frame.kind {
+            self.sessions.deliver(user, origin, &event.frame);
+            return;
+        }
         let Some(room) = self.get(&event.room) else { return };
         match event.frame.kind {
             EventKind::Message { seq } | EventKind::Deleted { seq } | EventKind::Edited { seq } => {

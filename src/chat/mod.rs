@@ -115,7 +115,6 @@ pub struct ChatSettings {
     pub joins_per_second: u32,
     pub join_burst: u32,
     pub max_rooms_per_session: usize,
-    pub max_sessions_per_user: u32,
     pub outbound_queue: usize,
     /// Joining an unknown room creates it (public).
     pub auto_create_rooms: bool,
@@ -134,6 +133,8 @@ struct Inner {
     limiter: KeyedLimiter<Uuid>,
     /// Joins and leaves per user: each is announced to the whole room.
     membership_limiter: KeyedLimiter<Uuid>,
+    /// Read markers per user (a store write each), at the rate of joins.
+    read_limiter: KeyedLimiter<Uuid>,
     sessions: Arc<SessionRegistry>,
     settings: ChatSettings,
     /// Room writers, so shutdown can wait for in-flight commits.
@@ -173,9 +174,19 @@ impl ChatService {
     pub fn new(hub: Arc<Hub>, bus: Bus, store: Store, settings: ChatSettings) -> Self {
         let limiter = KeyedLimiter::per_second(settings.messages_per_second, settings.message_burst);
         let membership_limiter = KeyedLimiter::per_second(settings.joins_per_second, settings.join_burst);
-        let sessions = SessionRegistry::new(settings.max_sessions_per_user);
-        let inner =
-            Inner { hub, bus, store, limiter, membership_limiter, sessions, settings, writers: TaskTracker::new() };
+        let read_limiter = KeyedLimiter::per_second(settings.joins_per_second, settings.join_burst);
+        let sessions = Arc::clone(&hub.sessions);
+        let inner = Inner {
+            hub,
+            bus,
+            store,
+            limiter,
+            membership_limiter,
+            read_limiter,
+            sessions,
+            settings,
+            writers: TaskTracker::new(),
+        };
         Self { inner: Arc::new(inner) }
     }
 
@@ -247,6 +258,7 @@ impl ChatService {
     pub fn sweep(&self) {
         self.inner.limiter.sweep();
         self.inner.membership_limiter.sweep();
+        self.inner.read_limiter.sweep();
     }
 
     /// Waits (up to `grace`) for room writers to finish in-flight commits.
@@ -507,6 +519,34 @@ impl ChatService {
         s.last_typing.insert(name.clone(), now);
         self.inner.bus.publish(vec![event::typing(&name, who(&s.user))]);
         Ok(())
+    }
+
+    /// Moves `user`'s read marker in `room` forward to `seq` (clamped to the room's latest;
+    /// never back) and tells the user's other sessions, on every node, except `origin` (0 for
+    /// none). Returns where the marker stands. Refused for non-members.
+    pub async fn mark_read(
+        &self,
+        user: UserId,
+        origin: u64,
+        room: &str,
+        seq: Seq,
+    ) -> Result<(RoomName, Seq), ChatError> {
+        let name = RoomName::parse(room).map_err(|_| ChatError::InvalidRoom)?;
+        if seq < 0 {
+            return Err(ChatError::InvalidPayload("seq must be 0 or more".into()));
+        }
+        self.inner.read_limiter.check(&user.0).map_err(|_| {
+            metrics::counter!(telemetry::CHAT_RATE_LIMITED, "command" => "mark_read").increment(1);
+            ChatError::RateLimited("read markers")
+        })?;
+        let marked = self
+            .inner
+            .store
+            .mark_read(&name, user, seq)
+            .await?
+            .ok_or(ChatError::Forbidden("only members of a room have a read marker there"))?;
+        self.inner.bus.publish(vec![event::read(&name, user.0, origin, marked)]);
+        Ok((name, marked))
     }
 
     /// Tells every node that `user` is no longer a member of `room` (`reason`: `kicked`,

@@ -21,7 +21,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::session::{Outbox, Revocation};
+use super::{
+    event::Encoded,
+    session::{Outbox, Revocation},
+};
 
 const SHARDS: usize = 16;
 
@@ -152,6 +155,16 @@ impl SessionRegistry {
     /// Sessions `user` has open here.
     pub fn open(&self, user: Uuid) -> usize {
         self.shard(&user).get(&user).map_or(0, Vec::len)
+    }
+
+    /// Gives `frame` to every session of `user` open here but `except`.
+    pub fn deliver(&self, user: Uuid, except: u64, frame: &Encoded) {
+        let shard = self.shard(&user);
+        for entry in shard.get(&user).into_iter().flatten().filter(|e| e.session != except) {
+            if let Some(out) = entry.out.upgrade() {
+                out.offer_event(frame);
+            }
+        }
     }
 
     /// Ends `user`'s sessions whose token epoch is older than `epoch` (all of them when

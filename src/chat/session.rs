@@ -68,6 +68,11 @@ pub enum ReplyBody {
     Left {
         room: String,
     },
+    /// `mark_read`: where my read marker in `room` now stands.
+    MarkedRead {
+        room: String,
+        seq: Seq,
+    },
     /// `auth`: the session now runs until the new token's expiry (Unix seconds).
     Authenticated {
         expires_at: i64,

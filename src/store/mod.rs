@@ -288,6 +288,8 @@ pub struct RoomListing {
     #[sqlx(flatten)]
     pub room: Room,
     pub role: Option<String>,
+    /// How far the user has read, when a member.
+    pub last_read_seq: Option<Seq>,
 }
 
 /// One user's standing in one room.
@@ -297,6 +299,8 @@ pub struct Membership {
     pub role: Role,
     pub banned_at: Option<DateTime<Utc>>,
     pub muted_until: Option<DateTime<Utc>>,
+    /// How far they have read the room.
+    pub last_read_seq: Seq,
 }
 
 /// A member as a room's member list shows it.
@@ -748,6 +752,13 @@ impl Store {
     /// (a role, or a ban). True if they were added.
     pub async fn add_member(&self, room: &RoomName, user: UserId, role: Role) -> Result<bool, StoreError> {
         each_backend!(self, s => s.add_member(room.as_str(), user.0, role.as_str(), Utc::now()).await)
+    }
+
+    /// Moves `user`'s read marker in `room` forward to `seq`, clamped to the room's latest seq;
+    /// a marker never moves back. Returns where it stands, or `None` when `user` is not a
+    /// member (or is banned).
+    pub async fn mark_read(&self, room: &RoomName, user: UserId, seq: Seq) -> Result<Option<Seq>, StoreError> {
+        each_backend!(self, s => s.mark_read(seq, room.as_str(), user.0).await)
     }
 
     /// Ends `user`'s membership (a ban stays). True if they were a member.

@@ -575,7 +575,8 @@ macro_rules! shared_queries {
                 .await?;
                 for user in [a, b] {
                     sqlx::query(
-                        "INSERT INTO room_members (room, user_id, role, joined_at) VALUES ($1, $2, 'member', $3) \
+                        "INSERT INTO room_members (room, user_id, role, joined_at, last_read_seq) \
+                         SELECT $1, $2, 'member', $3, last_seq FROM rooms WHERE name = $1 \
                          ON CONFLICT (room, user_id) DO NOTHING",
                     )
                     .bind(room)
@@ -747,7 +748,7 @@ macro_rules! shared_queries {
             ) -> Result<Vec<$crate::store::RoomListing>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(
                     "SELECT r.name, r.kind, r.title, r.topic, r.created_by, r.created_at, r.archived_at, r.last_seq, \
-                            m.role \
+                            m.role, m.last_read_seq \
                      FROM rooms r \
                      LEFT JOIN room_members m ON m.room = r.name AND m.user_id = $1 \
                      WHERE r.archived_at IS NULL AND m.banned_at IS NULL AND (r.kind = 'public' OR m.role IS NOT NULL) \
@@ -764,7 +765,7 @@ macro_rules! shared_queries {
                 user: uuid::Uuid,
             ) -> Result<Option<$crate::store::Membership>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(
-                    "SELECT role, banned_at, muted_until FROM room_members WHERE room = $1 AND user_id = $2",
+                    "SELECT role, banned_at, muted_until, last_read_seq FROM room_members WHERE room = $1 AND user_id = $2",
                 )
                 .bind(room)
                 .bind(user)
@@ -779,8 +780,10 @@ macro_rules! shared_queries {
                 role: &str,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<bool, $crate::store::StoreError> {
+                // A new member has read what was there before them.
                 Ok(sqlx::query(
-                    "INSERT INTO room_members (room, user_id, role, joined_at) VALUES ($1, $2, $3, $4) \
+                    "INSERT INTO room_members (room, user_id, role, joined_at, last_read_seq) \
+                     SELECT $1, $2, $3, $4, last_seq FROM rooms WHERE name = $1 \
                      ON CONFLICT (room, user_id) DO NOTHING",
                 )
                 .bind(room)
@@ -791,6 +794,30 @@ macro_rules! shared_queries {
                 .await?
                 .rows_affected()
                     == 1)
+            }
+
+            /// Moves `user`'s read marker in `room` up to `seq` (never back, never past the
+            /// room's latest seq). `None` if they are not a member.
+            pub async fn mark_read(
+                &self,
+                seq: $crate::domain::Seq,
+                room: &str,
+                user: uuid::Uuid,
+            ) -> Result<Option<$crate::domain::Seq>, $crate::store::StoreError> {
+                let marked: Option<($crate::domain::Seq,)> = sqlx::query_as(
+                    "UPDATE room_members SET last_read_seq = ( \
+                       SELECT CASE WHEN x.upto > room_members.last_read_seq THEN x.upto ELSE room_members.last_read_seq END \
+                       FROM (SELECT CASE WHEN $1 < r.last_seq THEN $1 ELSE r.last_seq END AS upto \
+                             FROM rooms r WHERE r.name = $2) AS x) \
+                     WHERE room = $2 AND user_id = $3 AND banned_at IS NULL \
+                     RETURNING last_read_seq",
+                )
+                .bind(seq)
+                .bind(room)
+                .bind(user)
+                .fetch_optional(&self.write)
+                .await?;
+                Ok(marked.map(|(s,)| s))
             }
 
             pub async fn remove_member(&self, room: &str, user: uuid::Uuid) -> Result<bool, $crate::store::StoreError> {

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::{ApiTags, admin::audit, security::BearerAuth};
 use crate::{
+    chat::ChatError,
     domain::{RoomName, Seq, UserId},
     http::{AppState, error::ApiError},
     store::{Ban, DIRECT_PREFIX, Member, NewRoom, Role, Room, RoomKind, User},
@@ -83,6 +84,14 @@ struct RoomView {
     /// My role, if I am a member.
     #[oai(skip_serializing_if_is_none)]
     role: Option<RoleView>,
+    /// For a member: the seq up to which I have read (`mark_read`).
+    #[oai(skip_serializing_if_is_none)]
+    last_read_seq: Option<Seq>,
+    /// For a member: how many events of the stream came after my read marker
+    /// (`lastSeq - lastReadSeq`: messages, and edits and deletions, mine included until I mark
+    /// them read).
+    #[oai(skip_serializing_if_is_none)]
+    unread: Option<i64>,
     /// Set when the room is archived: readable, but nobody joins or writes.
     #[oai(skip_serializing_if_is_none)]
     archived_at: Option<DateTime<Utc>>,
@@ -110,10 +119,37 @@ impl RoomView {
             last_seq: room.last_seq,
             members,
             role: role.map(Into::into),
+            last_read_seq: None,
+            unread: None,
             archived_at: room.archived_at,
             peer: None,
         }
     }
+
+    /// With my read marker (I am a member).
+    fn read_upto(self, last_read_seq: Option<Seq>) -> Self {
+        let unread = last_read_seq.map(|r| (self.last_seq - r).max(0));
+        Self { last_read_seq, unread, ..self }
+    }
+}
+
+/// Where to move my read marker.
+#[derive(Object)]
+struct ReadBody {
+    /// The seq of the last event I have seen; a marker never moves back, and stops at the
+    /// room's latest seq.
+    #[oai(validator(minimum(value = "0")))]
+    seq: Seq,
+}
+
+/// My read marker in a room.
+#[derive(Object)]
+#[oai(rename_all = "camelCase")]
+struct ReadView {
+    room: String,
+    last_read_seq: Seq,
+    /// Events after my marker.
+    unread: i64,
 }
 
 #[derive(Object)]
@@ -392,7 +428,8 @@ impl RoomsApi {
                     .iter()
                     .find(|p| p.room == r.room.name)
                     .map(|p| PeerView { user_id: p.user_id, display_name: p.display_name.clone() });
-                RoomView { peer, ..RoomView::new(r.room, members, role) }
+                let read = r.last_read_seq.filter(|_| role.is_some());
+                RoomView { peer, ..RoomView::new(r.room, members, role).read_upto(read) }
             })
             .collect();
         Ok(Json(RoomsBody { rooms }))
@@ -484,6 +521,32 @@ impl RoomsApi {
         .await;
         let found = readable_or_404(state, &name, &auth.0).await?;
         Ok(Json(describe(state, found, &auth.0).await?))
+    }
+
+    /// Mark a room read up to a seq.
+    ///
+    /// Moves my read marker forward (never back; at most to the room's latest seq), as the
+    /// WebSocket command `mark_read` does, and tells my other sessions on every node (event
+    /// `read`). Members only (403 otherwise).
+    #[oai(path = "/rooms/:room/read", method = "put")]
+    async fn mark_read(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        /// Room name.
+        #[oai(validator(pattern = "^[A-Za-z0-9:_-]{1,64}$"))]
+        room: Path<String>,
+        body: Json<ReadBody>,
+    ) -> Result<Json<ReadView>, ApiError> {
+        let (state, name, found) = readable_room(req, &auth.0, &room.0).await?;
+        let (_, marked) = state.chat.mark_read(auth.0.id, 0, name.as_str(), body.0.seq).await.map_err(|e| match e {
+            ChatError::Forbidden(why) => ApiError::forbidden(why),
+            ChatError::RateLimited(_) => ApiError::rate_limited(1),
+            ChatError::Store(e) => e.into(),
+            other => ApiError::bad_request(other.to_string(), other.code()),
+        })?;
+        let unread = (found.last_seq - marked).max(0);
+        Ok(Json(ReadView { room: name.to_string(), last_read_seq: marked, unread }))
     }
 
     /// Archive a room (owners): it stays readable, but nobody joins or writes in it any more,
@@ -839,7 +902,8 @@ impl RoomsApi {
 /// The room as `user` sees it: their role, members joined now, and the peer of a direct room.
 async fn describe(state: &AppState, found: Room, user: &User) -> Result<RoomView, ApiError> {
     let name = room_name(&found.name)?;
-    let role = state.store.membership(&name, user.id).await?.filter(|m| m.banned_at.is_none()).map(|m| m.role);
+    let membership = state.store.membership(&name, user.id).await?.filter(|m| m.banned_at.is_none());
+    let (role, read) = (membership.as_ref().map(|m| m.role), membership.map(|m| m.last_read_seq));
     let members = state.chat.member_counts(std::slice::from_ref(&found.name)).await.first().copied().unwrap_or(0);
     let peer = if found.kind == RoomKind::Direct {
         state
@@ -852,7 +916,7 @@ async fn describe(state: &AppState, found: Room, user: &User) -> Result<RoomView
     } else {
         None
     };
-    Ok(RoomView { peer, ..RoomView::new(found, members, role) })
+    Ok(RoomView { peer, ..RoomView::new(found, members, role).read_upto(read) })
 }
 
 /// Archives `room` (or brings it back) as one of its owners; archiving sends everyone in it

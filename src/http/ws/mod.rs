@@ -67,6 +67,11 @@ pub enum Command {
     Typing {
         room: String,
     },
+    /// Moves my read marker in `room` up to `seq`.
+    MarkRead {
+        room: String,
+        seq: Seq,
+    },
     Ping,
     /// A fresh access token for the open session (in-band refresh).
     Auth {
@@ -779,6 +784,11 @@ impl Conn {
                 .await
                 .map(|()| None), // the writer acks once the message is stored
             Command::Typing { room } => self.chat.typing(&mut self.session, &room).map(|()| None),
+            Command::MarkRead { room, seq } => self
+                .chat
+                .mark_read(self.session.user.id, self.session.id(), &room, seq)
+                .await
+                .map(|(room, seq)| Some(ReplyBody::MarkedRead { room: room.to_string(), seq })),
             Command::Ping => Ok(Some(ReplyBody::Pong)),
             Command::Auth { token } => Ok(Some(self.reauthenticate(&token).await)),
         };

@@ -40,6 +40,12 @@ enum ClientFrame {
         #[serde(rename = "ref")]
         cmd_ref: Option<String>,
     },
+    MarkRead {
+        room: String,
+        seq: Seq,
+        #[serde(rename = "ref")]
+        cmd_ref: Option<String>,
+    },
     Ping {
         #[serde(rename = "ref")]
         cmd_ref: Option<String>,
@@ -78,6 +84,7 @@ pub fn decode(text: &str) -> Result<(Command, Tag), DecodeError> {
             (Command::Send { room, content, client_id }, cmd_ref)
         }
         ClientFrame::Typing { room, cmd_ref } => (Command::Typing { room }, cmd_ref),
+        ClientFrame::MarkRead { room, seq, cmd_ref } => (Command::MarkRead { room, seq }, cmd_ref),
         ClientFrame::Ping { cmd_ref } => (Command::Ping, cmd_ref),
         ClientFrame::Auth { token, cmd_ref } => (Command::Auth { token }, cmd_ref),
     };
@@ -149,7 +156,7 @@ pub fn reply_json(reply: &Reply) -> String {
         ReplyBody::Sent { id, seq } => {
             ServerFrame::Ack { cmd_ref, id: Some(*id), room: None, seq: Some(*seq), expires_at: None }
         }
-        ReplyBody::Joined { room, seq } => {
+        ReplyBody::Joined { room, seq } | ReplyBody::MarkedRead { room, seq } => {
             ServerFrame::Ack { cmd_ref, id: None, room: Some(room), seq: Some(*seq), expires_at: None }
         }
         ReplyBody::Left { room } => {

@@ -164,6 +164,13 @@ pub fn decode_event(data: &str, ack_id: Option<u64>) -> Result<(Command, Tag), D
                 Some(_) => return Err(fail(tag, "clientId must be a string")),
             },
         },
+        "mark_read" => Command::MarkRead {
+            room: text("room").ok_or_else(|| fail(tag.clone(), "missing field `room`"))?,
+            seq: payload
+                .get("seq")
+                .and_then(Value::as_i64)
+                .ok_or_else(|| fail(tag.clone(), "seq must be a seq number"))?,
+        },
         "ping" => Command::Ping,
         "auth" => Command::Auth { token: text("token").ok_or_else(|| fail(tag.clone(), "missing field `token`"))? },
         "" => return Err(fail(tag, "event name missing")),
