@@ -112,6 +112,7 @@ impl App {
         let trusted_proxies = config.trusted_proxies()?.into();
         let state = AppState::new(crate::http::Shared {
             auth_limiter: KeyedLimiter::per_minute(config.limits.auth_per_minute),
+            search_limiter: KeyedLimiter::per_minute(config.limits.searches_per_minute),
             config: Arc::new(config),
             store,
             auth,
@@ -160,6 +161,7 @@ impl App {
 
         let sweeper = {
             let limiter = state.auth_limiter.clone();
+            let searches = state.search_limiter.clone();
             let chat = state.chat.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
@@ -168,6 +170,7 @@ impl App {
                     tokio::select! {
                         _ = every.tick() => {
                             limiter.sweep();
+                            searches.sweep();
                             chat.sweep();
                         }
                         () = stop.cancelled() => break,

@@ -323,6 +323,9 @@ pub struct LimitsConfig {
     /// Joins and leaves a user may make in a burst: enough for a reconnecting client to rejoin
     /// every room it was in at once.
     pub join_burst: u32,
+    /// Full-text searches per user per minute (each one reads an index and possibly many
+    /// rows); 0 disables the limit.
+    pub searches_per_minute: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -426,7 +429,14 @@ impl Default for ChatConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { auth_per_minute: 20, messages_per_second: 10, message_burst: 20, joins_per_second: 20, join_burst: 300 }
+        Self {
+            auth_per_minute: 20,
+            messages_per_second: 10,
+            message_burst: 20,
+            joins_per_second: 20,
+            join_burst: 300,
+            searches_per_minute: 60,
+        }
     }
 }
 
@@ -575,6 +585,7 @@ impl Config {
         in_range("limits.message_burst", self.limits.message_burst, 1, 1_000_000)?;
         in_range("limits.joins_per_second", self.limits.joins_per_second, 0, 1_000_000)?;
         in_range("limits.join_burst", self.limits.join_burst, 1, 1_000_000)?;
+        in_range("limits.searches_per_minute", self.limits.searches_per_minute, 0, 1_000_000)?;
         in_range("chat.max_rooms_per_session", self.chat.max_rooms_per_session, 1, 100_000)?;
         in_range("ws.max_sessions_per_user", self.ws.max_sessions_per_user, 0, 1_000_000)?;
         duration_in_range("ws.handshake_timeout", self.ws.handshake_timeout, 1, 600)?;

@@ -283,9 +283,132 @@ impl ClientId {
 /// A per-room message sequence number; the first message of a room has seq 1.
 pub type Seq = i64;
 
+/// Why a search query was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidQuery {
+    #[error("a search needs at least one word (letters or digits)")]
+    Empty,
+    #[error("a search is at most {max} characters")]
+    TooLong { max: usize },
+    #[error("a search has at most {max} words")]
+    TooManyWords { max: usize },
+}
+
+/// A full-text search: the words of the query (runs of letters and digits, lowercased), all
+/// of which a message must contain; the last one may be the start of a word, as when typing.
+/// Nothing else of the query survives, so neither FTS5's nor PostgreSQL's query syntax can be
+/// reached from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SearchQuery {
+    terms: Vec<String>,
+}
+
+impl SearchQuery {
+    pub const MAX_LEN: usize = 200;
+    pub const MAX_TERMS: usize = 10;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidQuery> {
+        if raw.chars().count() > Self::MAX_LEN {
+            return Err(InvalidQuery::TooLong { max: Self::MAX_LEN });
+        }
+        let terms: Vec<String> =
+            raw.split(|c: char| !c.is_alphanumeric()).filter(|t| !t.is_empty()).map(str::to_lowercase).collect();
+        if terms.is_empty() {
+            return Err(InvalidQuery::Empty);
+        }
+        if terms.len() > Self::MAX_TERMS {
+            return Err(InvalidQuery::TooManyWords { max: Self::MAX_TERMS });
+        }
+        Ok(Self { terms })
+    }
+
+    pub fn terms(&self) -> &[String] {
+        &self.terms
+    }
+
+    /// The query as an FTS5 MATCH expression: every word quoted (a phrase of one token, so no
+    /// operator), the last a prefix.
+    pub fn fts5(&self) -> String {
+        let mut out = String::new();
+        for t in &self.terms {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push('"');
+            out.push_str(&t.replace('"', "\"\""));
+            out.push('"');
+        }
+        out.push('*');
+        out
+    }
+
+    /// The query as a PostgreSQL `tsquery` for `to_tsquery('simple', …)`: the words joined by
+    /// `&`, the last a prefix. Words are letters and digits only, so they need no quoting.
+    pub fn tsquery(&self) -> String {
+        let mut out = self.terms.join(" & ");
+        out.push_str(":*");
+        out
+    }
+
+    /// A short piece of `content` around the first word that matches, `…` where it was cut.
+    pub fn snippet(&self, content: &str, width: usize) -> String {
+        let chars: Vec<char> = content.chars().collect();
+        if chars.len() <= width {
+            return content.to_owned();
+        }
+        // The char index of the first word starting with a term.
+        let mut at = None;
+        let mut i = 0;
+        while i < chars.len() {
+            if chars[i].is_alphanumeric() && (i == 0 || !chars[i - 1].is_alphanumeric()) {
+                let word: String =
+                    chars[i..].iter().take_while(|c| c.is_alphanumeric()).collect::<String>().to_lowercase();
+                if self.terms.iter().any(|t| word.starts_with(t.as_str())) {
+                    at = Some(i);
+                    break;
+                }
+            }
+            i += 1;
+        }
+        let start = at.map_or(0, |a| a.saturating_sub(width / 3)).min(chars.len() - width);
+        let end = start + width;
+        let mut out = String::new();
+        if start > 0 {
+            out.push('…');
+        }
+        out.extend(chars[start..end].iter());
+        if end < chars.len() {
+            out.push('…');
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn search_queries_keep_words_only() {
+        let q = SearchQuery::parse(r#"  Deploy "prod" OR NEAR(x) -- ';DROP TABLE users;* café"#).unwrap();
+        assert_eq!(q.terms(), ["deploy", "prod", "or", "near", "x", "drop", "table", "users", "café"]);
+        assert_eq!(q.tsquery(), "deploy & prod & or & near & x & drop & table & users & café:*");
+        assert!(q.fts5().starts_with(r#""deploy" "prod" "or""#) && q.fts5().ends_with(r#""café"*"#));
+        assert_eq!(SearchQuery::parse(" -- !!! "), Err(InvalidQuery::Empty));
+        assert_eq!(SearchQuery::parse(&"a".repeat(201)), Err(InvalidQuery::TooLong { max: 200 }));
+        assert_eq!(SearchQuery::parse("a b c d e f g h i j k"), Err(InvalidQuery::TooManyWords { max: 10 }));
+    }
+
+    #[test]
+    fn snippets_show_the_first_match_with_ellipses() {
+        let q = SearchQuery::parse("needle").unwrap();
+        let long = format!("{} Needles here {}", "x ".repeat(100), "y ".repeat(100));
+        let s = q.snippet(&long, 40);
+        assert!(s.starts_with('…') && s.ends_with('…') && s.contains("Needles"), "{s}");
+        assert_eq!(s.chars().count(), 42);
+        assert_eq!(q.snippet("short needle", 40), "short needle");
+        assert_eq!(q.snippet(&"é".repeat(50), 10), format!("{}…", "é".repeat(10)), "no match: the start");
+    }
 
     #[test]
     fn emails_are_normalised_and_checked() {

@@ -29,6 +29,7 @@ pub const WS_SESSIONS_REFUSED: &str = "confab_ws_sessions_refused_total";
 pub const CHAT_RATE_LIMITED: &str = "confab_chat_rate_limited_total";
 pub const AUDIT_WRITE_FAILED: &str = "confab_audit_write_failures_total";
 pub const ROOMS_REFUSED: &str = "confab_rooms_refused_total";
+pub const SEARCHES: &str = "confab_searches_total";
 
 /// Installs the global tracing subscriber. `RUST_LOG`, when set, wins over `level`.
 pub fn init_logging(format: LogFormat, level: &str) {
@@ -84,5 +85,6 @@ fn describe() {
     metrics::describe_counter!(WS_SESSIONS_REFUSED, "WebSocket sessions refused after authentication, by reason");
     metrics::describe_counter!(CHAT_RATE_LIMITED, "chat commands refused by a per-user rate limit, by command");
     metrics::describe_counter!(ROOMS_REFUSED, "room creations refused, by reason");
+    metrics::describe_counter!(SEARCHES, "full-text searches, by outcome (ok, refused, rate_limited, failed)");
     metrics::describe_counter!(AUDIT_WRITE_FAILED, "audited actions that happened but could not be recorded");
 }

@@ -48,6 +48,8 @@ pub struct Shared {
     pub auth: AuthService,
     /// Per client IP, shared by all auth endpoints (like the original platform's limiter).
     pub auth_limiter: KeyedLimiter<IpAddr>,
+    /// Per user: full-text searches (`limits.searches_per_minute`).
+    pub search_limiter: KeyedLimiter<uuid::Uuid>,
     /// Addresses whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Arc<[IpAddr]>,
     /// This instance's name, for `hello` frames and `/health`.

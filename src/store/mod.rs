@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::{
     config::DatabaseKind,
-    domain::{DisplayName, RoomName, Seq, UserId},
+    domain::{DisplayName, RoomName, SearchQuery, Seq, UserId},
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -791,11 +791,29 @@ impl Store {
         each_backend!(self, s => s.members(room.as_str(), i64::from(limit)).await)
     }
 
+    /// Messages (not deleted) containing every word of `query`, in the rooms `scope.user` may
+    /// read, newest first.
+    pub async fn search(&self, query: &SearchQuery, scope: &SearchScope) -> Result<Vec<Message>, StoreError> {
+        each_backend!(self, s => s.search(query, scope).await)
+    }
+
     /// The database's plan for the send path's duplicate look-up, one line per step, as its
     /// `EXPLAIN` prints it: for tests and diagnostics.
     pub async fn dedupe_plan(&self) -> Result<Vec<String>, StoreError> {
         each_backend!(self, s => s.dedupe_plan().await)
     }
+}
+
+/// Where a search looks, for whom, and which page.
+#[derive(Clone, Debug)]
+pub struct SearchScope {
+    pub user: UserId,
+    /// Administrators search every room.
+    pub admin: bool,
+    pub room: Option<RoomName>,
+    /// Only messages older than this one (the last of the previous page).
+    pub before: Option<Uuid>,
+    pub limit: u32,
 }
 
 /// The prefix reserved for direct rooms' names: no other room may take one.

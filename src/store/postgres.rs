@@ -14,7 +14,7 @@ use sqlx::{
 };
 
 use super::{Appended, Message, MessageKind, NewMessage, StoreError, plan_batch, sql::Backend};
-use crate::domain::{RoomName, Seq};
+use crate::domain::{RoomName, SearchQuery, Seq};
 
 /// The stored copies of a batch's client ids in one room; `client_id IS NOT NULL` lets the
 /// planner use the partial unique index `messages_room_client_idx`.
@@ -184,6 +184,20 @@ impl PgStore {
             .fetch_all(&self.read)
             .await?;
         Ok(rows.into_iter().map(|(line,)| line).collect())
+    }
+}
+
+impl PgStore {
+    pub async fn search(&self, query: &SearchQuery, scope: &super::SearchScope) -> Result<Vec<Message>, StoreError> {
+        Ok(sqlx::query_as(search_messages!("search @@ to_tsquery('simple', $1)"))
+            .bind(query.tsquery())
+            .bind(scope.room.as_ref().map(RoomName::as_str))
+            .bind(scope.before)
+            .bind(scope.admin)
+            .bind(scope.user.0)
+            .bind(i64::from(scope.limit))
+            .fetch_all(&self.read)
+            .await?)
     }
 }
 

@@ -21,6 +21,28 @@ macro_rules! user_columns {
     };
 }
 
+/// Messages matching a full-text query (`$1`, in the backend's syntax, used by `$matches`)
+/// that the user `$5` may read — in public rooms and rooms they are a member of, not banned
+/// from; everywhere when `$4` (an administrator) — optionally in room `$2` only, newest first,
+/// older than message id `$3` (ids are UUIDv7: time-ordered), at most `$6`.
+macro_rules! search_messages {
+    ($matches:literal) => {
+        concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE ",
+            $matches,
+            " AND kind = 'message' AND deleted_at IS NULL \
+               AND ($2 IS NULL OR room = $2) \
+               AND ($3 IS NULL OR id < $3) \
+               AND ($4 OR room IN (SELECT r.name FROM rooms r \
+                     LEFT JOIN room_members rm ON rm.room = r.name AND rm.user_id = $5 \
+                     WHERE rm.banned_at IS NULL AND (r.kind = 'public' OR rm.role IS NOT NULL))) \
+             ORDER BY id DESC LIMIT $6"
+        )
+    };
+}
+
 macro_rules! shared_queries {
     ($store:ty) => {
         impl $store {

@@ -14,7 +14,7 @@ use sqlx::{
 };
 
 use super::{Appended, Message, MessageKind, NewMessage, StoreError, plan_batch, sql::Backend};
-use crate::domain::{RoomName, Seq};
+use crate::domain::{RoomName, SearchQuery, Seq};
 
 /// The stored copies of a batch's client ids in one room: `$2` is a JSON array of them, so
 /// the statement is the same text (and prepared once) for any batch size. `client_id IS NOT
@@ -179,6 +179,23 @@ impl SqliteStore {
             query.execute(&mut **tx).await?;
         }
         Ok(())
+    }
+}
+
+impl SqliteStore {
+    pub async fn search(&self, query: &SearchQuery, scope: &super::SearchScope) -> Result<Vec<Message>, StoreError> {
+        Ok(sqlx::query_as(search_messages!(
+            "id IN (SELECT s.message_id FROM messages_fts JOIN message_search s ON s.rowid = messages_fts.rowid \
+                    WHERE messages_fts MATCH $1)"
+        ))
+        .bind(query.fts5())
+        .bind(scope.room.as_ref().map(RoomName::as_str))
+        .bind(scope.before)
+        .bind(scope.admin)
+        .bind(scope.user.0)
+        .bind(i64::from(scope.limit))
+        .fetch_all(&self.read)
+        .await?)
     }
 }
 

@@ -19,6 +19,7 @@ mod ordering;
 mod reads;
 mod revocation;
 mod rooms;
+mod search;
 mod secret;
 mod security;
 mod tokens;
