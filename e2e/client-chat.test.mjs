@@ -368,12 +368,15 @@ test('unread counts come from the read marker, which the server and my other dev
   assert.equal(chat.rooms.get('general').unread, 3, 'what the server says, before anything is shown');
   conn.frame({ ...msg(1), room: 'random' });
   assert.equal(chat.rooms.get('random').unread, 1);
+  // An edit moves the stream but is not an unread message.
+  conn.frame({ type: 'message_edited', room: 'random', seq: 2, id: 'id-1', content: 'x', editedAt: new Date().toISOString() });
+  assert.equal(chat.rooms.get('random').unread, 1);
   assert.equal(chat.totalUnread, 4);
   // Another device of mine read general up to 4.
-  conn.frame({ type: 'read', room: 'general', seq: 4 });
+  conn.frame({ type: 'read', room: 'general', seq: 4, unread: 1 });
   assert.equal(chat.rooms.get('general').unread, 1);
   // A stale marker does not move it back.
-  conn.frame({ type: 'read', room: 'general', seq: 3 });
+  conn.frame({ type: 'read', room: 'general', seq: 3, unread: 2 });
   assert.equal(chat.rooms.get('general').unread, 1);
 });
 
@@ -394,7 +397,7 @@ test('a room in view is read at once, and a burst is told to the server with one
   const marks = conn.requests.filter((r) => r.frame.type === 'mark_read');
   assert.equal(marks.length, 1, JSON.stringify(marks.map((r) => r.frame)));
   assert.deepEqual(marks[0].frame, { type: 'mark_read', room: 'general', seq: 5 });
-  marks[0].resolve({ type: 'ack', room: 'general', seq: 5 });
+  marks[0].resolve({ type: 'ack', room: 'general', seq: 5, unread: 0 });
   await tick();
   assert.equal(chat.rooms.get('general').lastReadSeq, 5);
   chat.dispose();

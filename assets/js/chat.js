@@ -48,6 +48,8 @@ export class Room {
      */
     this.lastReadSeq = null;
     this.readKnown = false;
+    /** Messages after the marker (the server's count, then one more per message that arrives unseen). */
+    this.unread = 0;
     /** The marker when the room was last opened: the "new messages" divider goes after it. */
     this.readAtOpen = null;
     /** @type {Map<string, {clientId: string, content: string, status: string, error: string|null, createdAt: string}>} */
@@ -63,19 +65,16 @@ export class Room {
     this.mutedUntil = null;
   }
 
-  /** Events after my read marker (the server's count: `lastSeq - lastReadSeq`). */
-  get unread() {
-    if (this.lastReadSeq === null) return 0;
-    const top = Math.max(this.lastSeq ?? 0, this.info?.lastSeq ?? 0);
-    return Math.max(0, top - this.lastReadSeq);
-  }
-
-  /** Takes the server's word for my read marker (it only moves forward once known). */
-  setRead(seq) {
+  /**
+   * Takes the server's word for my read marker and the messages after it (the marker only
+   * moves forward once known).
+   */
+  setRead(seq, unread) {
     if (typeof seq !== 'number') return false;
-    if (this.readKnown && this.lastReadSeq !== null && seq <= this.lastReadSeq) return false;
+    if (this.readKnown && this.lastReadSeq !== null && seq < this.lastReadSeq) return false;
     this.lastReadSeq = seq;
     this.readKnown = true;
+    if (typeof unread === 'number') this.unread = unread;
     return true;
   }
 
@@ -197,8 +196,9 @@ export class Chat extends EventTarget {
   markRead(name) {
     const room = this.rooms.get(name);
     if (!room || room.lastSeq === null || !this.#visible()) return;
-    if (room.lastReadSeq !== null && room.lastSeq <= room.lastReadSeq) return;
-    room.lastReadSeq = room.lastSeq;
+    if (room.lastReadSeq !== null && room.lastSeq <= room.lastReadSeq && room.unread === 0) return;
+    room.lastReadSeq = Math.max(room.lastReadSeq ?? 0, room.lastSeq);
+    room.unread = 0;
     this.#emit('rooms');
     if (this.#readTimers.has(name)) return;
     this.#readTimers.set(
@@ -212,7 +212,10 @@ export class Chat extends EventTarget {
         this.#conn
           .request({ type: 'mark_read', room: name, seq: r.lastReadSeq })
           .then((ack) => {
-            if (this.rooms.get(name) === r && r.setRead(ack.seq)) this.#emit('rooms');
+            // Messages that came in meanwhile are read too (the room is in view): marked next.
+            if (this.rooms.get(name) === r && ack.seq >= r.lastReadSeq && r.setRead(ack.seq, ack.unread)) {
+              this.#emit('rooms');
+            }
           })
           .catch(() => {}); // not a member (yet), or offline: the next view marks it again
       }, READ_DEBOUNCE),
@@ -348,7 +351,7 @@ export class Chat extends EventTarget {
       }
       if (room && typeof info.lastReadSeq === 'number') {
         const first = !room.readKnown;
-        room.setRead(info.lastReadSeq);
+        room.setRead(info.lastReadSeq, info.unread);
         if (first && this.active === room.name) {
           room.readAtOpen = room.lastReadSeq;
           this.#emit('divider', { room });
@@ -556,7 +559,7 @@ export class Chat extends EventTarget {
         this.#onEdited(room, frame);
         break;
       case 'read':
-        if (room.setRead(frame.seq)) this.#emit('rooms');
+        if (room.setRead(frame.seq, frame.unread)) this.#emit('rooms');
         break;
       case 'typing':
         if (frame.userId === this.me.id) return;
@@ -659,6 +662,7 @@ export class Chat extends EventTarget {
     if (typeof msg.seq !== 'number') return;
     if (room.lastSeq === null || msg.seq > room.lastSeq) {
       room.lastSeq = msg.seq;
+      if (!this.#inView(room)) room.unread++;
       this.#seen(room);
     }
     if (room.typing.delete(msg.senderId)) this.#emit('typing', { room });
@@ -677,9 +681,13 @@ export class Chat extends EventTarget {
     this.#emit('message', { room, msg });
   }
 
-  /** The stream of `room` moved: read at once if it is in view, else one more unread. */
+  #inView(room) {
+    return this.active === room.name && this.#visible();
+  }
+
+  /** The stream of `room` moved: read at once if it is in view. */
   #seen(room) {
-    if (this.active === room.name && this.#visible()) this.markRead(room.name);
+    if (this.#inView(room)) this.markRead(room.name);
     else this.#emit('rooms');
   }
 

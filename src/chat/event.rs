@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::session::{Form, text_frame};
 use crate::{
     domain::{RoomName, Seq},
-    store::{Message, MessageKind},
+    store::{Message, MessageKind, ReadMarker},
 };
 
 /// What kind of event, with what the hub needs to route it.
@@ -143,7 +143,7 @@ enum Wire<'a> {
     Muted { room: &'a str, user_id: Uuid, until: Option<String> },
     MessageDeleted { room: &'a str, seq: Seq, id: Uuid, deleted_by: Uuid, deleted_at: String },
     MessageEdited { room: &'a str, seq: Seq, id: Uuid, content: &'a str, edited_at: String },
-    Read { room: &'a str, seq: Seq },
+    Read { room: &'a str, seq: Seq, unread: i64 },
 }
 
 /// Encodes `wire`; `email`, if any, goes to Socket.IO frames only, as member `key`.
@@ -226,9 +226,9 @@ pub fn muted(room: &RoomName, user_id: Uuid, until: i64) -> Event {
     Event { room: room.clone(), frame: encode(EventKind::Muted { user: user_id, until }, &wire, None) }
 }
 
-/// The `read` event: `user` has read `room` up to `seq` (told to their other sessions).
-pub fn read(room: &RoomName, user: Uuid, origin: u64, seq: Seq) -> Event {
-    let wire = Wire::Read { room: room.as_str(), seq };
+/// The `read` event: `user` has read `room` up to `marker` (told to their other sessions).
+pub fn read(room: &RoomName, user: Uuid, origin: u64, marker: ReadMarker) -> Event {
+    let wire = Wire::Read { room: room.as_str(), seq: marker.last_read_seq, unread: marker.unread };
     Event { room: room.clone(), frame: encode(EventKind::Read { user, origin }, &wire, None) }
 }
 

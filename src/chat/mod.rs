@@ -33,7 +33,7 @@ use crate::{
     bus::Bus,
     domain::{ClientId, Content, InvalidContent, RoomName, Seq, UserId},
     ratelimit::KeyedLimiter,
-    store::{NewMessage, NewRoom, Role, RoomKind, Store, StoreError, User},
+    store::{NewMessage, NewRoom, ReadMarker, Role, RoomKind, Store, StoreError, User},
     telemetry,
 };
 /// At most one `typing` per user and room in this interval is passed on.
@@ -523,14 +523,15 @@ impl ChatService {
 
     /// Moves `user`'s read marker in `room` forward to `seq` (clamped to the room's latest;
     /// never back) and tells the user's other sessions, on every node, except `origin` (0 for
-    /// none). Returns where the marker stands. Refused for non-members.
+    /// none). Returns where the marker stands and the messages after it. Refused for
+    /// non-members.
     pub async fn mark_read(
         &self,
         user: UserId,
         origin: u64,
         room: &str,
         seq: Seq,
-    ) -> Result<(RoomName, Seq), ChatError> {
+    ) -> Result<(RoomName, ReadMarker), ChatError> {
         let name = RoomName::parse(room).map_err(|_| ChatError::InvalidRoom)?;
         if seq < 0 {
             return Err(ChatError::InvalidPayload("seq must be 0 or more".into()));

@@ -72,6 +72,8 @@ pub enum ReplyBody {
     MarkedRead {
         room: String,
         seq: Seq,
+        /// Messages after it.
+        unread: i64,
     },
     /// `auth`: the session now runs until the new token's expiry (Unix seconds).
     Authenticated {

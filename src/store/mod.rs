@@ -280,6 +280,8 @@ pub struct Room {
     pub created_at: DateTime<Utc>,
     pub archived_at: Option<DateTime<Utc>>,
     pub last_seq: Seq,
+    /// Messages ever posted (edits, deletions and reactions not counted).
+    pub message_count: i64,
 }
 
 /// A room listed for a user, with the user's role when a member.
@@ -290,6 +292,23 @@ pub struct RoomListing {
     pub role: Option<String>,
     /// How far the user has read, when a member.
     pub last_read_seq: Option<Seq>,
+    /// How many messages that covers, when a member.
+    pub read_count: Option<i64>,
+}
+
+impl RoomListing {
+    /// Messages after my read marker, when a member.
+    pub fn unread(&self) -> Option<i64> {
+        self.read_count.map(|read| (self.room.message_count - read).max(0))
+    }
+}
+
+/// A member's read marker in a room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadMarker {
+    pub last_read_seq: Seq,
+    /// Messages after it.
+    pub unread: i64,
 }
 
 /// One user's standing in one room.
@@ -301,6 +320,8 @@ pub struct Membership {
     pub muted_until: Option<DateTime<Utc>>,
     /// How far they have read the room.
     pub last_read_seq: Seq,
+    /// How many messages that covers.
+    pub read_count: i64,
 }
 
 /// A member as a room's member list shows it.
@@ -755,10 +776,17 @@ impl Store {
     }
 
     /// Moves `user`'s read marker in `room` forward to `seq`, clamped to the room's latest seq;
-    /// a marker never moves back. Returns where it stands, or `None` when `user` is not a
-    /// member (or is banned).
-    pub async fn mark_read(&self, room: &RoomName, user: UserId, seq: Seq) -> Result<Option<Seq>, StoreError> {
-        each_backend!(self, s => s.mark_read(seq, room.as_str(), user.0).await)
+    /// a marker never moves back. Returns where it stands and how many messages come after it,
+    /// or `None` when `user` is not a member (or is banned).
+    pub async fn mark_read(&self, room: &RoomName, user: UserId, seq: Seq) -> Result<Option<ReadMarker>, StoreError> {
+        // A concurrent move of the same marker won the race: look again from where it is now.
+        for _ in 0..3 {
+            match each_backend!(self, s => s.mark_read(room.as_str(), user.0, seq).await) {
+                Err(StoreError::Conflict) => {}
+                other => return other,
+            }
+        }
+        each_backend!(self, s => s.mark_read(room.as_str(), user.0, seq).await)
     }
 
     /// Ends `user`'s membership (a ban stays). True if they were a member.

@@ -77,6 +77,8 @@ impl PgStore {
             return Ok(out);
         }
         let count = Seq::try_from(fresh.len()).unwrap_or(Seq::MAX);
+        // Messages, as opposed to edits, deletions and reactions: what unread counts count.
+        let messages = i64::try_from(fresh.iter().filter(|m| m.kind == MessageKind::Message).count()).unwrap_or(0);
         let mut ids = Vec::with_capacity(fresh.len());
         let mut senders = Vec::with_capacity(fresh.len());
         let mut emails = Vec::with_capacity(fresh.len());
@@ -115,8 +117,9 @@ impl PgStore {
         // `fetch_one`: a returned seq is a committed one.
         let (base,): (Seq,) = sqlx::query_as(
             "WITH room AS ( \
-                 INSERT INTO rooms AS r (name, last_seq, created_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (name) DO UPDATE SET last_seq = r.last_seq + excluded.last_seq \
+                 INSERT INTO rooms AS r (name, last_seq, created_at, message_count) VALUES ($1, $2, $3, $16) \
+                 ON CONFLICT (name) DO UPDATE SET last_seq = r.last_seq + excluded.last_seq, \
+                     message_count = r.message_count + excluded.message_count \
                  RETURNING r.last_seq - $2 AS base \
              ), inserted AS ( \
                  INSERT INTO messages \
@@ -154,6 +157,7 @@ impl PgStore {
         .bind(deleted)
         .bind(edited)
         .bind(edits)
+        .bind(messages)
         .fetch_one(&self.write)
         .await?;
         // The k-th fresh message got seq k above, and now base + k; earlier copies keep theirs.

@@ -597,8 +597,8 @@ macro_rules! shared_queries {
                 .await?;
                 for user in [a, b] {
                     sqlx::query(
-                        "INSERT INTO room_members (room, user_id, role, joined_at, last_read_seq) \
-                         SELECT $1, $2, 'member', $3, last_seq FROM rooms WHERE name = $1 \
+                        "INSERT INTO room_members (room, user_id, role, joined_at, last_read_seq, read_count) \
+                         SELECT $1, $2, 'member', $3, last_seq, message_count FROM rooms WHERE name = $1 \
                          ON CONFLICT (room, user_id) DO NOTHING",
                     )
                     .bind(room)
@@ -756,7 +756,7 @@ macro_rules! shared_queries {
 
             pub async fn room(&self, name: &str) -> Result<Option<$crate::store::Room>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(
-                    "SELECT name, kind, title, topic, created_by, created_at, archived_at, last_seq \
+                    "SELECT name, kind, title, topic, created_by, created_at, archived_at, last_seq, message_count \
                      FROM rooms WHERE name = $1",
                 )
                 .bind(name)
@@ -770,7 +770,7 @@ macro_rules! shared_queries {
             ) -> Result<Vec<$crate::store::RoomListing>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(
                     "SELECT r.name, r.kind, r.title, r.topic, r.created_by, r.created_at, r.archived_at, r.last_seq, \
-                            m.role, m.last_read_seq \
+                            r.message_count, m.role, m.last_read_seq, m.read_count \
                      FROM rooms r \
                      LEFT JOIN room_members m ON m.room = r.name AND m.user_id = $1 \
                      WHERE r.archived_at IS NULL AND m.banned_at IS NULL AND (r.kind = 'public' OR m.role IS NOT NULL) \
@@ -787,7 +787,8 @@ macro_rules! shared_queries {
                 user: uuid::Uuid,
             ) -> Result<Option<$crate::store::Membership>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(
-                    "SELECT role, banned_at, muted_until, last_read_seq FROM room_members WHERE room = $1 AND user_id = $2",
+                    "SELECT role, banned_at, muted_until, last_read_seq, read_count FROM room_members \
+                     WHERE room = $1 AND user_id = $2",
                 )
                 .bind(room)
                 .bind(user)
@@ -804,8 +805,8 @@ macro_rules! shared_queries {
             ) -> Result<bool, $crate::store::StoreError> {
                 // A new member has read what was there before them.
                 Ok(sqlx::query(
-                    "INSERT INTO room_members (room, user_id, role, joined_at, last_read_seq) \
-                     SELECT $1, $2, $3, $4, last_seq FROM rooms WHERE name = $1 \
+                    "INSERT INTO room_members (room, user_id, role, joined_at, last_read_seq, read_count) \
+                     SELECT $1, $2, $3, $4, last_seq, message_count FROM rooms WHERE name = $1 \
                      ON CONFLICT (room, user_id) DO NOTHING",
                 )
                 .bind(room)
@@ -819,27 +820,59 @@ macro_rules! shared_queries {
             }
 
             /// Moves `user`'s read marker in `room` up to `seq` (never back, never past the
-            /// room's latest seq). `None` if they are not a member.
+            /// room's latest seq), counting the messages it passes. `None` if they are not a
+            /// member. Returns the marker and the messages after it.
             pub async fn mark_read(
                 &self,
-                seq: $crate::domain::Seq,
                 room: &str,
                 user: uuid::Uuid,
-            ) -> Result<Option<$crate::domain::Seq>, $crate::store::StoreError> {
-                let marked: Option<($crate::domain::Seq,)> = sqlx::query_as(
-                    "UPDATE room_members SET last_read_seq = ( \
-                       SELECT CASE WHEN x.upto > room_members.last_read_seq THEN x.upto ELSE room_members.last_read_seq END \
-                       FROM (SELECT CASE WHEN $1 < r.last_seq THEN $1 ELSE r.last_seq END AS upto \
-                             FROM rooms r WHERE r.name = $2) AS x) \
-                     WHERE room = $2 AND user_id = $3 AND banned_at IS NULL \
-                     RETURNING last_read_seq",
+                seq: $crate::domain::Seq,
+            ) -> Result<Option<$crate::store::ReadMarker>, $crate::store::StoreError> {
+                let mut tx = self.begin_write().await?;
+                let found: Option<($crate::domain::Seq, i64, $crate::domain::Seq, i64)> = sqlx::query_as(
+                    "SELECT m.last_read_seq, m.read_count, r.last_seq, r.message_count \
+                     FROM room_members m JOIN rooms r ON r.name = m.room \
+                     WHERE m.room = $1 AND m.user_id = $2 AND m.banned_at IS NULL",
                 )
-                .bind(seq)
                 .bind(room)
                 .bind(user)
-                .fetch_optional(&self.write)
+                .fetch_optional(&mut *tx)
                 .await?;
-                Ok(marked.map(|(s,)| s))
+                let Some((from, read, last_seq, total)) = found else { return Ok(None) };
+                let upto = seq.min(last_seq);
+                if upto <= from {
+                    return Ok(Some($crate::store::ReadMarker { last_read_seq: from, unread: (total - read).max(0) }));
+                }
+                // The messages between the old marker and the new one: each is counted once per
+                // reader, when passed.
+                let (passed,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM messages WHERE room = $1 AND seq > $2 AND seq <= $3 AND kind = 'message'",
+                )
+                .bind(room)
+                .bind(from)
+                .bind(upto)
+                .fetch_one(&mut *tx)
+                .await?;
+                // Conditional on the marker read above: of two racing moves, the later one waits
+                // (PostgreSQL) or was serialised (SQLite), and finds it moved.
+                let moved = sqlx::query(
+                    "UPDATE room_members SET last_read_seq = $3, read_count = read_count + $4 \
+                     WHERE room = $1 AND user_id = $2 AND last_read_seq = $5",
+                )
+                .bind(room)
+                .bind(user)
+                .bind(upto)
+                .bind(passed)
+                .bind(from)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                tx.commit().await?;
+                if !moved {
+                    return Err($crate::store::StoreError::Conflict);
+                }
+                Ok(Some($crate::store::ReadMarker { last_read_seq: upto, unread: (total - read - passed).max(0) }))
             }
 
             pub async fn remove_member(&self, room: &str, user: uuid::Uuid) -> Result<bool, $crate::store::StoreError> {

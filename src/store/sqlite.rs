@@ -104,9 +104,11 @@ impl SqliteStore {
         let existing = Self::stored_client_ids(&mut tx, room, batch).await?;
         let (fresh, out) = plan_batch(batch, &existing, last_seq + 1);
         if let Some(last) = fresh.last() {
-            sqlx::query("UPDATE rooms SET last_seq = $2 WHERE name = $1")
+            let messages = fresh.iter().filter(|m| m.kind == MessageKind::Message).count();
+            sqlx::query("UPDATE rooms SET last_seq = $2, message_count = message_count + $3 WHERE name = $1")
                 .bind(room.as_str())
                 .bind(last.seq)
+                .bind(i64::try_from(messages).unwrap_or(0))
                 .execute(&mut *tx)
                 .await?;
             Self::insert_messages(&mut tx, &fresh).await?;

@@ -52,7 +52,7 @@ async fn put_read(app: &TestApp, who: &Session, room: &str, body: Value) -> reqw
 async fn a_read_marker_moves_forward_only_and_reaches_my_other_sessions(backend: Backend) {
     let app = spawn_chat_node(backend, |_| {}).await;
     let (ann, mut ann_ws) = connect_user(&app, "ann@example.com").await;
-    let (_bob, mut bob_ws) = connect_user(&app, "bob@example.com").await;
+    let (bob, mut bob_ws) = connect_user(&app, "bob@example.com").await;
     ann_ws.join("general").await;
     bob_ws.join("general").await;
     for i in 0..5 {
@@ -67,7 +67,8 @@ async fn a_read_marker_moves_forward_only_and_reaches_my_other_sessions(backend:
     let ack = mark(&mut ann_ws, "general", 3).await;
     assert_eq!((&ack["type"], &ack["room"], &ack["seq"]), (&json!("ack"), &json!("general"), &json!(3)), "{ack}");
     let told = ann_phone.next_of_type("read").await;
-    assert_eq!(told, json!({ "type": "read", "room": "general", "seq": 3 }));
+    assert_eq!(told, json!({ "type": "read", "room": "general", "seq": 3, "unread": 2 }));
+    assert_eq!(ack["unread"], 2);
     assert_eq!(listed(&app, &ann, "general").await["unread"], 2);
 
     // Never back; never past the latest seq.
@@ -94,11 +95,27 @@ async fn a_read_marker_moves_forward_only_and_reaches_my_other_sessions(backend:
     let room = expect_json(app.get_authed("/api/rooms/general", &ann.token).await, StatusCode::OK).await;
     assert_eq!((&room["lastReadSeq"], &room["unread"]), (&json!(6), &json!(0)));
 
+    // Edits (and deletions, and reactions) take seqs but are not unread messages.
+    let last = bob_ws.send("general", "typo").await;
+    ann_ws.next_message().await;
+    let edit = app
+        .client
+        .request(Method::PATCH, app.url(&format!("/api/rooms/general/messages/{}", last.id)))
+        .bearer_auth(&bob.token)
+        .json(&json!({ "content": "fixed" }))
+        .send()
+        .await
+        .expect("edit");
+    assert_eq!(edit.status(), StatusCode::NO_CONTENT);
+    let entry = listed(&app, &ann, "general").await;
+    assert_eq!((&entry["lastSeq"], &entry["lastReadSeq"], &entry["unread"]), (&json!(8), &json!(6), &json!(1)));
+    assert_eq!(mark(&mut ann_ws, "general", 8).await["unread"], 0);
+
     // Someone who joins later has read what was there before them.
     let (dave, mut dave_ws) = connect_user(&app, "dave@example.com").await;
     dave_ws.join("general").await;
     let entry = listed(&app, &dave, "general").await;
-    assert_eq!((&entry["lastReadSeq"], &entry["unread"]), (&json!(6), &json!(0)));
+    assert_eq!((&entry["lastReadSeq"], &entry["unread"]), (&json!(8), &json!(0)));
 
     // Bad input is answered, changing nothing.
     ann_ws.request_error(json!({ "type": "mark_read", "room": "general", "seq": -1 }), "invalid_payload").await;
@@ -106,7 +123,7 @@ async fn a_read_marker_moves_forward_only_and_reaches_my_other_sessions(backend:
     ann_ws.request_error(json!({ "type": "mark_read", "room": "no way", "seq": 1 }), "invalid_room").await;
     let bad = put_read(&app, &ann, "general", json!({ "seq": -1 })).await;
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(listed(&app, &ann, "general").await["lastReadSeq"], 6);
+    assert_eq!(listed(&app, &ann, "general").await["lastReadSeq"], 8);
 }
 
 async fn only_members_have_read_markers(backend: Backend) {
@@ -183,7 +200,7 @@ async fn read_markers_reach_my_sessions_on_other_nodes() {
     laptop.send("general", "hi").await;
     laptop.send("general", "there").await;
     assert_eq!(mark(&mut laptop, "general", 2).await["seq"], 2);
-    assert_eq!(phone.next_of_type("read").await, json!({ "type": "read", "room": "general", "seq": 2 }));
+    assert_eq!(phone.next_of_type("read").await, json!({ "type": "read", "room": "general", "seq": 2, "unread": 0 }));
     // And the other way, over REST on node b.
     assert_eq!(listed(b, &ann, "general").await["unread"], 0);
     laptop.send("general", "more").await;

@@ -10,7 +10,7 @@ use crate::{
     chat::ChatError,
     domain::{RoomName, Seq, UserId},
     http::{AppState, error::ApiError},
-    store::{Ban, DIRECT_PREFIX, Member, NewRoom, Role, Room, RoomKind, User},
+    store::{Ban, DIRECT_PREFIX, Member, NewRoom, ReadMarker, Role, Room, RoomKind, User},
 };
 
 /// Longest mute, in minutes (a year).
@@ -87,9 +87,8 @@ struct RoomView {
     /// For a member: the seq up to which I have read (`mark_read`).
     #[oai(skip_serializing_if_is_none)]
     last_read_seq: Option<Seq>,
-    /// For a member: how many events of the stream came after my read marker
-    /// (`lastSeq - lastReadSeq`: messages, and edits and deletions, mine included until I mark
-    /// them read).
+    /// For a member: how many messages came after my read marker (mine included until I
+    /// mark them read; edits, deletions and reactions are not counted).
     #[oai(skip_serializing_if_is_none)]
     unread: Option<i64>,
     /// Set when the room is archived: readable, but nobody joins or writes.
@@ -126,10 +125,9 @@ impl RoomView {
         }
     }
 
-    /// With my read marker (I am a member).
-    fn read_upto(self, last_read_seq: Option<Seq>) -> Self {
-        let unread = last_read_seq.map(|r| (self.last_seq - r).max(0));
-        Self { last_read_seq, unread, ..self }
+    /// With my read marker and the messages after it (I am a member).
+    fn read_upto(self, marker: Option<ReadMarker>) -> Self {
+        Self { last_read_seq: marker.map(|m| m.last_read_seq), unread: marker.map(|m| m.unread), ..self }
     }
 }
 
@@ -148,7 +146,7 @@ struct ReadBody {
 struct ReadView {
     room: String,
     last_read_seq: Seq,
-    /// Events after my marker.
+    /// Messages after my marker.
     unread: i64,
 }
 
@@ -423,12 +421,15 @@ impl RoomsApi {
             .into_iter()
             .zip(members)
             .map(|(r, members)| {
-                let role = r.role.and_then(|role| Role::try_from(role).ok());
+                let role = r.role.clone().and_then(|role| Role::try_from(role).ok());
                 let peer = peers
                     .iter()
                     .find(|p| p.room == r.room.name)
                     .map(|p| PeerView { user_id: p.user_id, display_name: p.display_name.clone() });
-                let read = r.last_read_seq.filter(|_| role.is_some());
+                let read = match (role, r.last_read_seq, r.unread()) {
+                    (Some(_), Some(last_read_seq), Some(unread)) => Some(ReadMarker { last_read_seq, unread }),
+                    _ => None,
+                };
                 RoomView { peer, ..RoomView::new(r.room, members, role).read_upto(read) }
             })
             .collect();
@@ -538,15 +539,14 @@ impl RoomsApi {
         room: Path<String>,
         body: Json<ReadBody>,
     ) -> Result<Json<ReadView>, ApiError> {
-        let (state, name, found) = readable_room(req, &auth.0, &room.0).await?;
+        let (state, name, _) = readable_room(req, &auth.0, &room.0).await?;
         let (_, marked) = state.chat.mark_read(auth.0.id, 0, name.as_str(), body.0.seq).await.map_err(|e| match e {
             ChatError::Forbidden(why) => ApiError::forbidden(why),
             ChatError::RateLimited(_) => ApiError::rate_limited(1),
             ChatError::Store(e) => e.into(),
             other => ApiError::bad_request(other.to_string(), other.code()),
         })?;
-        let unread = (found.last_seq - marked).max(0);
-        Ok(Json(ReadView { room: name.to_string(), last_read_seq: marked, unread }))
+        Ok(Json(ReadView { room: name.to_string(), last_read_seq: marked.last_read_seq, unread: marked.unread }))
     }
 
     /// Archive a room (owners): it stays readable, but nobody joins or writes in it any more,
@@ -903,7 +903,9 @@ impl RoomsApi {
 async fn describe(state: &AppState, found: Room, user: &User) -> Result<RoomView, ApiError> {
     let name = room_name(&found.name)?;
     let membership = state.store.membership(&name, user.id).await?.filter(|m| m.banned_at.is_none());
-    let (role, read) = (membership.as_ref().map(|m| m.role), membership.map(|m| m.last_read_seq));
+    let role = membership.as_ref().map(|m| m.role);
+    let read = membership
+        .map(|m| ReadMarker { last_read_seq: m.last_read_seq, unread: (found.message_count - m.read_count).max(0) });
     let members = state.chat.member_counts(std::slice::from_ref(&found.name)).await.first().copied().unwrap_or(0);
     let peer = if found.kind == RoomKind::Direct {
         state

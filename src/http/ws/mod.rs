@@ -784,11 +784,11 @@ impl Conn {
                 .await
                 .map(|()| None), // the writer acks once the message is stored
             Command::Typing { room } => self.chat.typing(&mut self.session, &room).map(|()| None),
-            Command::MarkRead { room, seq } => self
-                .chat
-                .mark_read(self.session.user.id, self.session.id(), &room, seq)
-                .await
-                .map(|(room, seq)| Some(ReplyBody::MarkedRead { room: room.to_string(), seq })),
+            Command::MarkRead { room, seq } => {
+                self.chat.mark_read(self.session.user.id, self.session.id(), &room, seq).await.map(|(room, m)| {
+                    Some(ReplyBody::MarkedRead { room: room.to_string(), seq: m.last_read_seq, unread: m.unread })
+                })
+            }
             Command::Ping => Ok(Some(ReplyBody::Pong)),
             Command::Auth { token } => Ok(Some(self.reauthenticate(&token).await)),
         };

@@ -119,6 +119,9 @@ enum ServerFrame<'a> {
         room: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         seq: Option<Seq>,
+        /// Messages after my read marker (`mark_read`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        unread: Option<i64>,
         /// Unix seconds when the session's new token expires (`auth`).
         #[serde(rename = "expiresAt", skip_serializing_if = "Option::is_none")]
         expires_at: Option<i64>,
@@ -154,16 +157,24 @@ pub fn reply_json(reply: &Reply) -> String {
     let cmd_ref = reply.tag.cmd_ref.as_deref();
     let frame = match &reply.body {
         ReplyBody::Sent { id, seq } => {
-            ServerFrame::Ack { cmd_ref, id: Some(*id), room: None, seq: Some(*seq), expires_at: None }
+            ServerFrame::Ack { cmd_ref, id: Some(*id), room: None, seq: Some(*seq), unread: None, expires_at: None }
         }
-        ReplyBody::Joined { room, seq } | ReplyBody::MarkedRead { room, seq } => {
-            ServerFrame::Ack { cmd_ref, id: None, room: Some(room), seq: Some(*seq), expires_at: None }
+        ReplyBody::Joined { room, seq } => {
+            ServerFrame::Ack { cmd_ref, id: None, room: Some(room), seq: Some(*seq), unread: None, expires_at: None }
         }
+        ReplyBody::MarkedRead { room, seq, unread } => ServerFrame::Ack {
+            cmd_ref,
+            id: None,
+            room: Some(room),
+            seq: Some(*seq),
+            unread: Some(*unread),
+            expires_at: None,
+        },
         ReplyBody::Left { room } => {
-            ServerFrame::Ack { cmd_ref, id: None, room: Some(room), seq: None, expires_at: None }
+            ServerFrame::Ack { cmd_ref, id: None, room: Some(room), seq: None, unread: None, expires_at: None }
         }
         ReplyBody::Authenticated { expires_at } => {
-            ServerFrame::Ack { cmd_ref, id: None, room: None, seq: None, expires_at: Some(*expires_at) }
+            ServerFrame::Ack { cmd_ref, id: None, room: None, seq: None, unread: None, expires_at: Some(*expires_at) }
         }
         ReplyBody::Pong => ServerFrame::Pong { cmd_ref },
         ReplyBody::Error { code, message } => ServerFrame::Error { cmd_ref, code, message },
