@@ -288,6 +288,9 @@ pub struct ChatConfig {
     pub message_max_len: usize,
     /// Rooms one connection may be in at once: bounds what one socket makes the node hold.
     pub max_rooms_per_session: usize,
+    /// Different reactions one message may carry: bounds the rows and events one message
+    /// collects.
+    pub max_reactions_per_message: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -423,7 +426,7 @@ impl Default for HttpConfig {
 
 impl Default for ChatConfig {
     fn default() -> Self {
-        Self { message_max_len: DEFAULT_MESSAGE_MAX_LEN, max_rooms_per_session: 256 }
+        Self { message_max_len: DEFAULT_MESSAGE_MAX_LEN, max_rooms_per_session: 256, max_reactions_per_message: 20 }
     }
 }
 
@@ -587,6 +590,7 @@ impl Config {
         in_range("limits.join_burst", self.limits.join_burst, 1, 1_000_000)?;
         in_range("limits.searches_per_minute", self.limits.searches_per_minute, 0, 1_000_000)?;
         in_range("chat.max_rooms_per_session", self.chat.max_rooms_per_session, 1, 100_000)?;
+        in_range("chat.max_reactions_per_message", self.chat.max_reactions_per_message, 1, 1000)?;
         in_range("ws.max_sessions_per_user", self.ws.max_sessions_per_user, 0, 1_000_000)?;
         duration_in_range("ws.handshake_timeout", self.ws.handshake_timeout, 1, 600)?;
         in_range("ws.max_pending_handshakes", self.ws.max_pending_handshakes, 1, 10_000_000)?;

@@ -283,6 +283,41 @@ impl ClientId {
 /// A per-room message sequence number; the first message of a room has seq 1.
 pub type Seq = i64;
 
+/// A reaction: an emoji (or a short code like `:tada:`), 1 to 16 visible characters without
+/// white space (enough for the longest emoji sequences), so it stays one token wherever it is
+/// shown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reaction(String);
+
+/// Characters that reorder the text around them.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Why a reaction was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a reaction is 1 to 16 visible characters without spaces, such as an emoji")]
+pub struct InvalidReaction;
+
+impl Reaction {
+    pub const MAX_CHARS: usize = 16;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidReaction> {
+        let s = raw.trim();
+        let ok = !s.is_empty()
+            && s.chars().count() <= Self::MAX_CHARS
+            && !s.chars().any(|c| c.is_whitespace() || c.is_control() || is_bidi_control(c))
+            // Joiners and variation selectors belong inside emoji; a reaction made only of
+            // invisible characters would show as nothing.
+            && s.chars().any(|c| !is_invisible(c));
+        if ok { Ok(Self(s.to_owned())) } else { Err(InvalidReaction) }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Why a search query was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidQuery {
@@ -387,6 +422,18 @@ impl SearchQuery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reactions_are_short_visible_tokens() {
+        for ok in ["👍", "👨‍👩‍👧‍👦", "👩🏻‍❤️‍💋‍👨🏼", "❤️", ":thumbsup:", "+1", " 🎉 "]
+        {
+            assert!(Reaction::parse(ok).is_ok(), "{ok:?} refused");
+        }
+        assert_eq!(Reaction::parse(" 🎉 ").unwrap().as_str(), "🎉");
+        for bad in ["", "  ", "a b", "\u{200B}", "\u{FE0F}", "x\ny", "\u{202E}ab", &"👍".repeat(17)] {
+            assert!(Reaction::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn search_queries_keep_words_only() {

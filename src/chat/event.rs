@@ -28,6 +28,8 @@ pub enum EventKind {
     Deleted { seq: Seq },
     /// A message's new content: likewise.
     Edited { seq: Seq },
+    /// A reaction put on a message or taken back: likewise.
+    Reacted { seq: Seq },
     /// A member joined or left; not delivered to the session it came from.
     System { origin: u64 },
     /// A member is typing; not delivered to that user's sessions.
@@ -51,6 +53,7 @@ impl EventKind {
             Self::Message { .. } => "message",
             Self::Deleted { .. } => "message_deleted",
             Self::Edited { .. } => "message_edited",
+            Self::Reacted { .. } => "reaction",
             Self::System { .. } => "system",
             Self::Typing { .. } => "typing",
             Self::Removed { .. } => "removed",
@@ -137,13 +140,57 @@ pub struct Event {
 #[serde(tag = "type", rename_all = "snake_case", rename_all_fields = "camelCase")]
 enum Wire<'a> {
     Message(&'a Message),
-    System { room: &'a str, event: &'a str, user_id: Uuid, name: &'a str, message: String },
-    Typing { room: &'a str, user_id: Uuid, name: &'a str },
-    Removed { room: &'a str, user_id: Uuid, reason: &'a str },
-    Muted { room: &'a str, user_id: Uuid, until: Option<String> },
-    MessageDeleted { room: &'a str, seq: Seq, id: Uuid, deleted_by: Uuid, deleted_at: String },
-    MessageEdited { room: &'a str, seq: Seq, id: Uuid, content: &'a str, edited_at: String },
-    Read { room: &'a str, seq: Seq, unread: i64 },
+    System {
+        room: &'a str,
+        event: &'a str,
+        user_id: Uuid,
+        name: &'a str,
+        message: String,
+    },
+    Typing {
+        room: &'a str,
+        user_id: Uuid,
+        name: &'a str,
+    },
+    Removed {
+        room: &'a str,
+        user_id: Uuid,
+        reason: &'a str,
+    },
+    Muted {
+        room: &'a str,
+        user_id: Uuid,
+        until: Option<String>,
+    },
+    MessageDeleted {
+        room: &'a str,
+        seq: Seq,
+        id: Uuid,
+        deleted_by: Uuid,
+        deleted_at: String,
+    },
+    MessageEdited {
+        room: &'a str,
+        seq: Seq,
+        id: Uuid,
+        content: &'a str,
+        edited_at: String,
+    },
+    Read {
+        room: &'a str,
+        seq: Seq,
+        unread: i64,
+    },
+    Reaction {
+        room: &'a str,
+        seq: Seq,
+        id: Uuid,
+        emoji: &'a str,
+        user_id: Uuid,
+        name: &'a str,
+        added: bool,
+        count: i64,
+    },
 }
 
 /// Encodes `wire`; `email`, if any, goes to Socket.IO frames only, as member `key`.
@@ -159,8 +206,8 @@ fn encode(kind: EventKind, wire: &Wire<'_>, email: Option<(&str, &str)>) -> Arc<
     Encoded::with_compat(kind, Utf8Bytes::from(json), compat)
 }
 
-/// The event for a row of a room's seq stream: `message`, `message_edited` for an edit, or
-/// `message_deleted` for a deletion.
+/// The event for a row of a room's seq stream: `message`, `message_edited` for an edit,
+/// `message_deleted` for a deletion, or `reaction` for a reaction put on or taken back.
 pub fn message(room: &RoomName, msg: &Message) -> Event {
     if msg.kind == MessageKind::Edit {
         let wire = Wire::MessageEdited {
@@ -181,6 +228,19 @@ pub fn message(room: &RoomName, msg: &Message) -> Event {
             deleted_at: msg.created_at.to_rfc3339(),
         };
         return Event { room: room.clone(), frame: encode(EventKind::Deleted { seq: msg.seq }, &wire, None) };
+    }
+    if matches!(msg.kind, MessageKind::React | MessageKind::Unreact) {
+        let wire = Wire::Reaction {
+            room: room.as_str(),
+            seq: msg.seq,
+            id: msg.target_id.unwrap_or_default(),
+            emoji: &msg.content,
+            user_id: msg.sender_id,
+            name: &msg.sender_name,
+            added: msg.kind == MessageKind::React,
+            count: msg.tally.unwrap_or(0),
+        };
+        return Event { room: room.clone(), frame: encode(EventKind::Reacted { seq: msg.seq }, &wire, None) };
     }
     let kind = EventKind::Message { seq: msg.seq };
     Event { room: room.clone(), frame: encode(kind, &Wire::Message(msg), Some(("senderEmail", &msg.sender_email))) }
@@ -262,6 +322,7 @@ mod tests {
             target_id: None,
             deleted_at: None,
             edited_at: None,
+            tally: None,
         };
         let ev = message(&room, &msg);
         let v: serde_json::Value = serde_json::from_str(ev.frame.native.as_str()).unwrap();
@@ -290,6 +351,22 @@ mod tests {
         assert_eq!(ev.frame.kind, EventKind::Edited { seq: 9 });
         let v: serde_json::Value = serde_json::from_str(ev.frame.native.as_str()).unwrap();
         assert_eq!((&v["type"], &v["id"], &v["content"]), (&json!("message_edited"), &json!(msg.id), &json!("hi!")));
+        let liked = Message {
+            kind: MessageKind::React,
+            target_id: Some(msg.id),
+            seq: 10,
+            content: "👍".into(),
+            tally: Some(2),
+            ..msg.clone()
+        };
+        let ev = message(&room, &liked);
+        assert_eq!(ev.frame.kind, EventKind::Reacted { seq: 10 });
+        let v: serde_json::Value = serde_json::from_str(ev.frame.native.as_str()).unwrap();
+        assert_eq!(
+            v,
+            json!({ "type": "reaction", "room": "general", "seq": 10, "id": msg.id, "emoji": "👍",
+                    "userId": msg.sender_id, "name": "Ann", "added": true, "count": 2 })
+        );
         assert_eq!(arr[1]["senderEmail"], "a@b.co", "the original platform's clients show addresses");
         assert_eq!(arr[1]["senderName"], "Ann");
     }

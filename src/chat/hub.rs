@@ -157,6 +157,7 @@ impl Room {
                 EventKind::Message { .. }
                 | EventKind::Deleted { .. }
                 | EventKind::Edited { .. }
+                | EventKind::Reacted { .. }
                 | EventKind::Removed { .. }
                 | EventKind::Muted { .. }
                 | EventKind::Read { .. } => false,
@@ -378,7 +379,10 @@ impl Hub {
         }
         let Some(room) = self.get(&event.room) else { return };
         match event.frame.kind {
-            EventKind::Message { seq } | EventKind::Deleted { seq } | EventKind::Edited { seq } => {
+            EventKind::Message { seq }
+            | EventKind::Deleted { seq }
+            | EventKind::Edited { seq }
+            | EventKind::Reacted { seq } => {
                 if room.accept(seq, &event.frame) {
                     self.spawn_repair(room);
                 }

@@ -129,6 +129,9 @@ pub struct Message {
     /// Set once edited: `content` is the latest version.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "rfc3339_opt")]
     pub edited_at: Option<DateTime<Utc>>,
+    /// For a reaction event: how many have that reaction on the message after it.
+    #[serde(skip)]
+    pub tally: Option<i64>,
 }
 
 /// What a row of a room's seq stream is.
@@ -140,6 +143,10 @@ pub enum MessageKind {
     Edit,
     /// The deletion of the message `target_id`, by `sender_id`.
     Delete,
+    /// `sender_id` put the reaction `content` (an emoji) on the message `target_id`.
+    React,
+    /// `sender_id` took the reaction `content` back.
+    Unreact,
 }
 
 impl MessageKind {
@@ -148,6 +155,8 @@ impl MessageKind {
             Self::Message => "message",
             Self::Edit => "edit",
             Self::Delete => "delete",
+            Self::React => "react",
+            Self::Unreact => "unreact",
         }
     }
 }
@@ -159,6 +168,8 @@ impl TryFrom<String> for MessageKind {
             "message" => Ok(Self::Message),
             "edit" => Ok(Self::Edit),
             "delete" => Ok(Self::Delete),
+            "react" => Ok(Self::React),
+            "unreact" => Ok(Self::Unreact),
             _ => Err(format!("unknown message kind {s:?}")),
         }
     }
@@ -322,6 +333,13 @@ pub struct Membership {
     pub last_read_seq: Seq,
     /// How many messages that covers.
     pub read_count: i64,
+}
+
+impl Membership {
+    /// What an administrator who is not a member counts as: an owner, never muted.
+    pub fn admin() -> Self {
+        Self { role: Role::Owner, banned_at: None, muted_until: None, last_read_seq: 0, read_count: 0 }
+    }
 }
 
 /// A member as a room's member list shows it.
@@ -740,6 +758,42 @@ impl Store {
         Ok(self.append_message(event).await?.message)
     }
 
+    /// Puts reaction `emoji` on message `target` of `room` for `by` (or takes it back): the
+    /// change takes the room's next seq (an event every member and every resume sees) unless
+    /// there was nothing to change. A message has at most `max_distinct` different reactions.
+    pub async fn react(
+        &self,
+        room: &RoomName,
+        target: Uuid,
+        by: &User,
+        emoji: &str,
+        add: bool,
+        max_distinct: u32,
+    ) -> Result<Reacted, StoreError> {
+        let event = NewMessage {
+            id: Uuid::now_v7(),
+            room: room.clone(),
+            sender_id: by.id,
+            sender_email: by.email.clone(),
+            sender_name: by.display_name.clone(),
+            content: emoji.to_owned(),
+            client_id: None,
+            created_at: Utc::now().trunc_subsecs(6),
+            kind: if add { MessageKind::React } else { MessageKind::Unreact },
+            target_id: Some(target),
+        };
+        each_backend!(self, s => s.react(&event, i64::from(max_distinct)).await)
+    }
+
+    /// The reactions on `messages`, for history: per message, each emoji with its count and
+    /// whether `me` is among them, in the order they were first used.
+    pub async fn reactions(&self, messages: &[Uuid], me: UserId) -> Result<Vec<ReactionCount>, StoreError> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        each_backend!(self, s => s.reactions(messages, me.0).await)
+    }
+
     /// The room's latest seq (0 for a room without messages).
     pub async fn last_seq(&self, room: &RoomName) -> Result<Seq, StoreError> {
         each_backend!(self, s => s.last_seq(room.as_str()).await)
@@ -832,6 +886,29 @@ impl Store {
     }
 }
 
+/// What a reaction change came to.
+#[derive(Clone, Debug)]
+pub enum Reacted {
+    /// No such message in the room (or it is deleted).
+    NoMessage,
+    /// Already so: nothing stored, no event.
+    Unchanged,
+    /// The message has as many different reactions as it may.
+    TooMany,
+    /// Stored: the event, with its seq.
+    Done(Box<Message>),
+}
+
+/// One emoji on one message.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct ReactionCount {
+    pub message_id: Uuid,
+    pub emoji: String,
+    pub count: i64,
+    /// Whether I am among them.
+    pub mine: bool,
+}
+
 /// Where a search looks, for whom, and which page.
 #[derive(Clone, Debug)]
 pub struct SearchScope {
@@ -889,6 +966,7 @@ fn plan_batch(batch: &[NewMessage], existing: &[Message], first_seq: Seq) -> (Ve
             target_id: m.target_id,
             deleted_at: None,
             edited_at: None,
+            tally: None,
         };
         out.push(Appended { message: stored.clone(), duplicate: false });
         fresh.push(stored);

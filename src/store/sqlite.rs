@@ -174,7 +174,7 @@ impl SqliteStore {
                     "UPDATE messages SET edited_at = $1, content = $3 \
                      WHERE id = $2 AND kind = 'message' AND deleted_at IS NULL",
                 ),
-                MessageKind::Message => continue,
+                MessageKind::Message | MessageKind::React | MessageKind::Unreact => continue,
             };
             let query = query.bind(m.created_at).bind(target);
             let query = if m.kind == MessageKind::Edit { query.bind(&m.content) } else { query };

@@ -39,6 +39,19 @@ pub struct MessageView {
     /// Set if the message was edited: `content` is its latest version.
     #[oai(skip_serializing_if_is_none)]
     edited_at: Option<DateTime<Utc>>,
+    /// Its reactions, in the order they were first used (absent: none).
+    #[oai(skip_serializing_if = "Vec::is_empty")]
+    reactions: Vec<ReactionView>,
+}
+
+/// One reaction on a message.
+#[derive(Object, Clone)]
+pub struct ReactionView {
+    emoji: String,
+    /// How many put it there.
+    count: i64,
+    /// Whether I am among them.
+    me: bool,
 }
 
 impl From<Message> for MessageView {
@@ -54,6 +67,7 @@ impl From<Message> for MessageView {
             client_id: m.client_id,
             deleted_at: m.deleted_at,
             edited_at: m.edited_at,
+            reactions: Vec::new(),
         }
     }
 }
@@ -100,6 +114,21 @@ impl MessagesApi {
         }
         super::rooms::readable(state, &room, &auth.0).await?;
         let messages = state.store.messages_before(&room, before.0, limit).await?;
-        Ok(Json(MessagesBody { messages: messages.into_iter().map(Into::into).collect() }))
+        let ids: Vec<Uuid> = messages.iter().filter(|m| m.deleted_at.is_none()).map(|m| m.id).collect();
+        let reactions = state.store.reactions(&ids, auth.0.id).await?;
+        let messages = messages
+            .into_iter()
+            .map(|m| {
+                let id = m.id;
+                let mut view = MessageView::from(m);
+                view.reactions = reactions
+                    .iter()
+                    .filter(|r| r.message_id == id)
+                    .map(|r| ReactionView { emoji: r.emoji.clone(), count: r.count, me: r.mine })
+                    .collect();
+                view
+            })
+            .collect();
+        Ok(Json(MessagesBody { messages }))
     }
 }

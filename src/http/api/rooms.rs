@@ -8,9 +8,9 @@ use uuid::Uuid;
 use super::{ApiTags, admin::audit, security::BearerAuth};
 use crate::{
     chat::ChatError,
-    domain::{RoomName, Seq, UserId},
+    domain::{Reaction, RoomName, Seq, UserId},
     http::{AppState, error::ApiError},
-    store::{Ban, DIRECT_PREFIX, Member, NewRoom, ReadMarker, Role, Room, RoomKind, User},
+    store::{Ban, DIRECT_PREFIX, Member, Membership, NewRoom, Reacted, ReadMarker, Role, Room, RoomKind, User},
 };
 
 /// Longest mute, in minutes (a year).
@@ -279,6 +279,24 @@ checked_string!(
 struct EditBody {
     /// Trimmed; 1 to `chat.message_max_len` (2000 by default) characters, as for sending.
     content: ContentInput,
+}
+
+checked_string!(
+    /// A reaction: an emoji or a short code, 1 to 16 characters without spaces.
+    ReactionInput,
+    "string(reaction)",
+    |schema| {
+        schema.min_length = Some(1);
+        schema.max_length = Some(crate::domain::Reaction::MAX_CHARS);
+        schema.pattern = Some("^[^\\s\\u0000-\\u001f\\u007f]+$".into());
+    }
+);
+
+/// A reaction to put on a message.
+#[derive(Object)]
+struct ReactionBody {
+    /// An emoji (or a short code like `:tada:`): 1 to 16 visible characters, no spaces.
+    emoji: ReactionInput,
 }
 
 /// Whom to mute, and for how long.
@@ -682,6 +700,51 @@ impl RoomsApi {
         Ok(Removed::Done)
     }
 
+    /// React to a message.
+    ///
+    /// Puts my reaction (an emoji, or a short code such as `:tada:`: 1 to 16 characters without
+    /// spaces) on a message of a room I am a member of. The change is an event of the room's
+    /// seq stream (`reaction`, with the new count), so every member sees it and a resume
+    /// replays it; history shows each message's reactions with counts and whether I am among
+    /// them. Reacting again with the same emoji changes nothing. Shares the message rate limit.
+    /// 404 if there is no such message (or it was deleted), 409 `too_many_reactions` when the
+    /// message already carries `chat.max_reactions_per_message` different ones.
+    #[oai(path = "/rooms/:room/messages/:message_id/reactions", method = "post")]
+    async fn react(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        /// Room name.
+        #[oai(validator(pattern = "^[A-Za-z0-9:_-]{1,64}$"))]
+        room: Path<String>,
+        /// The message's id.
+        message_id: Path<Uuid>,
+        body: Json<ReactionBody>,
+    ) -> Result<Removed, ApiError> {
+        change_reaction(req, &auth.0, &room.0, message_id.0, &body.0.emoji.0, true).await
+    }
+
+    /// Take my reaction back.
+    ///
+    /// The emoji goes in the path, URL-encoded. An event of the stream like adding one; taking
+    /// back a reaction I had not put changes nothing.
+    #[oai(path = "/rooms/:room/messages/:message_id/reactions/:emoji", method = "delete")]
+    async fn unreact(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        /// Room name.
+        #[oai(validator(pattern = "^[A-Za-z0-9:_-]{1,64}$"))]
+        room: Path<String>,
+        /// The message's id.
+        message_id: Path<Uuid>,
+        /// The reaction, URL-encoded.
+        #[oai(validator(min_length = 1, max_length = 16))]
+        emoji: Path<String>,
+    ) -> Result<Removed, ApiError> {
+        change_reaction(req, &auth.0, &room.0, message_id.0, &emoji.0, false).await
+    }
+
     /// Edit my message.
     ///
     /// Only its author edits a message. The edit is an event of the room's seq stream
@@ -919,6 +982,47 @@ async fn describe(state: &AppState, found: Room, user: &User) -> Result<RoomView
         None
     };
     Ok(RoomView { peer, ..RoomView::new(found, members, role).read_upto(read) })
+}
+
+/// Puts (or takes back) `user`'s reaction `emoji` on message `id` of `room`, as a member who
+/// may write there, and tells the room.
+async fn change_reaction(
+    req: &Request,
+    user: &User,
+    room: &str,
+    id: Uuid,
+    emoji: &str,
+    add: bool,
+) -> Result<Removed, ApiError> {
+    let (state, name, _) = readable_room(req, user, room).await?;
+    if state.store.message_in_room(&name, id).await?.is_none_or(|m| m.deleted_at.is_some()) {
+        return Err(ApiError::not_found("no such message"));
+    }
+    let emoji = Reaction::parse(emoji).map_err(|e| ApiError::bad_request(e.to_string(), "invalid_reaction"))?;
+    let membership = state.store.membership(&name, user.id).await?.filter(|m| m.banned_at.is_none());
+    let Some(membership) = membership.or_else(|| user.is_admin.then_some(Membership::admin())) else {
+        return Err(ApiError::forbidden("join the room before reacting in it"));
+    };
+    if let Some(until) = membership.muted_until.filter(|t| *t > Utc::now()) {
+        return Err(ApiError::forbidden_code(
+            format!("you are muted in this room until {}", until.to_rfc3339()),
+            "muted",
+        ));
+    }
+    state.chat.check_message_rate(user.id, "react").map_err(|_| ApiError::rate_limited(1))?;
+    let max = state.config.chat.max_reactions_per_message;
+    match state.store.react(&name, id, user, emoji.as_str(), add, max).await? {
+        Reacted::NoMessage => Err(ApiError::not_found("no such message")),
+        Reacted::TooMany => Err(ApiError::conflict(
+            format!("a message carries at most {max} different reactions"),
+            "too_many_reactions",
+        )),
+        Reacted::Unchanged => Ok(Removed::Done),
+        Reacted::Done(event) => {
+            state.chat.announce_stored(&name, &event);
+            Ok(Removed::Done)
+        }
+    }
 }
 
 /// Archives `room` (or brings it back) as one of its owners; archiving sends everyone in it
