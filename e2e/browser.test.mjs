@@ -490,6 +490,53 @@ test('two users chat in browsers across two nodes, through restarts', options, a
     assert.equal(await a().$(`${item} .msg-editor`), null, 'the editor closes');
   });
 
+  await t.test('markdown, a mention, a reaction, ↑ to edit, and search that jumps to the message', async () => {
+    await openRoom(a(), 'general');
+    await openRoom(b(), 'general');
+    const room = 'section.room[data-room="general"]';
+    // A writes to B by name, with a little markdown and a link.
+    await send(a(), `**heads up** @${nameB}: see https://example.com/docs.`);
+    await b().waitForSelector(`${room} .msg.msg--mention strong`);
+    const item = `${room} .msg.msg--mention`;
+    assert.equal(await b().textContent(`${item} strong`), 'heads up');
+    assert.equal(await b().getAttribute(`${item} a`, 'href'), 'https://example.com/docs');
+    assert.equal(await b().getAttribute(`${item} a`, 'rel'), 'noopener noreferrer nofollow');
+    assert.equal(await b().textContent(`${item} .mention--me`), `@${nameB}`);
+    await settled(a());
+
+    // B reacts; A sees the count, and taking it back removes it.
+    await b().hover(item);
+    await b().click(`${item} .msg-react`);
+    await b().click(`${item} .reaction-picker button[aria-label="React with 🎉"]`);
+    const seq = await b().$eval(item, (e) => e.dataset.seq);
+    const onA = `${room} .msg[data-seq="${seq}"]`;
+    await a().waitForSelector(`${onA} .reactions .reaction`);
+    assert.equal(await a().textContent(`${onA} .reactions .reaction`), '🎉 1');
+    await b().waitForSelector(`${item} .reactions .reaction--mine`);
+    await b().click(`${item} .reactions .reaction--mine`);
+    await a().waitForSelector(`${onA} .reactions`, { state: 'detached' });
+
+    // ↑ in an empty composer edits A's last message.
+    await send(a(), 'a typo here: teh');
+    await settled(a());
+    await a().focus('#composer-input');
+    await a().keyboard.press('ArrowUp');
+    await a().waitForSelector(`${room} .msg-editor-input`);
+    await a().fill(`${room} .msg-editor-input`, 'a typo here: the');
+    await a().keyboard.press('Enter');
+    await waitForText(b(), 'general', 'a typo here: the');
+
+    // Search finds the first message of the conversation; its result brings it into view.
+    await b().fill('#search-q', 'hello from');
+    await b().press('#search-q', 'Enter');
+    await b().waitForSelector('#search-results .search-hit');
+    assert.match(await b().textContent('#search-results .search-hit'), /hello from A/);
+    await b().click('#search-results .search-hit');
+    await b().waitForSelector(`${room} .msg.msg--found`);
+    assert.equal(await b().textContent(`${room} .msg.msg--found .msg-body`), 'hello from A');
+    await b().click('#search-close');
+  });
+
   await t.test('the owner mutes B, who cannot write until unmuted; bans and unbans B', async () => {
     const bobId = (await b().getAttribute('#me', 'title')).split('user id ')[1];
     const row = `#member-list li[data-user="${bobId}"]`;

@@ -561,6 +561,9 @@ export class Chat extends EventTarget {
       case 'read':
         if (room.setRead(frame.seq, frame.unread)) this.#emit('rooms');
         break;
+      case 'reaction':
+        this.#onReaction(room, frame);
+        break;
       case 'typing':
         if (frame.userId === this.me.id) return;
         room.typing.set(frame.userId, { name: frame.name ?? frame.email, until: this.#now() + TYPING_SHOWN_FOR });
@@ -596,6 +599,69 @@ export class Chat extends EventTarget {
       this.#emit('updated', { room, msg });
       return;
     }
+  }
+
+  /** A reaction put on or taken back: an event of the seq stream; the message shows the new count. */
+  #onReaction(room, frame) {
+    if (typeof frame.seq === 'number' && (room.lastSeq === null || frame.seq > room.lastSeq)) room.lastSeq = frame.seq;
+    this.#seen(room);
+    for (const msg of room.messages.values()) {
+      if (msg.id !== frame.id) continue;
+      const list = Array.isArray(msg.reactions) ? msg.reactions : [];
+      let entry = list.find((r) => r.emoji === frame.emoji);
+      if (!entry) {
+        entry = { emoji: frame.emoji, count: 0, me: false };
+        list.push(entry);
+      }
+      entry.count = typeof frame.count === 'number' ? frame.count : entry.count;
+      if (frame.userId === this.me.id) entry.me = Boolean(frame.added);
+      msg.reactions = list.filter((r) => r.count > 0);
+      this.#emit('updated', { room, msg });
+      return;
+    }
+  }
+
+  /** Puts my reaction `emoji` on message `id` of `name`, or takes it back when I had it. */
+  async toggleReaction(name, id, emoji) {
+    const msg = [...(this.rooms.get(name)?.messages.values() ?? [])].find((m) => m.id === id);
+    const mine = msg?.reactions?.some((r) => r.emoji === emoji && r.me);
+    const base = `/api/rooms/${encodeURIComponent(name)}/messages/${encodeURIComponent(id)}/reactions`;
+    if (mine) await this.#auth.api(`${base}/${encodeURIComponent(emoji)}`, { method: 'DELETE' });
+    else await this.#auth.api(base, { method: 'POST', body: { emoji } });
+  }
+
+  /** Messages holding every word of `q` in the rooms I may read: `{ results, next }`. */
+  async search(q, { before = null } = {}) {
+    const params = new URLSearchParams({ q });
+    if (before) params.set('before', before);
+    return this.#auth.api(`/api/search?${params}`);
+  }
+
+  /**
+   * Makes sure message `seq` of `name` is loaded (history pages back from the oldest one held,
+   * so what is shown stays gap-free), at most `maxPages` pages. True when it is there.
+   */
+  async loadUntil(name, seq, maxPages = 40) {
+    const room = this.rooms.get(name);
+    if (!room) return false;
+    for (let i = 0; i < maxPages; i++) {
+      if (room.messages.has(seq) || (room.oldestSeq !== null && room.oldestSeq <= seq)) return room.messages.has(seq);
+      if (!room.hasMore && room.historyLoaded) return false;
+      if (room.loadingHistory || room.lastSeq === null) await new Promise((r) => setTimeout(r, 100));
+      else await this.loadOlder(name);
+    }
+    return room.messages.has(seq);
+  }
+
+  /** My latest message in `name` that I may still edit. */
+  lastOwn(name) {
+    const room = this.rooms.get(name);
+    if (!room) return null;
+    let best = null;
+    for (const msg of room.messages.values()) {
+      if (msg.senderId === this.me.id && !msg.deletedAt && !msg.provisional && (!best || msg.seq > best.seq)) best = msg;
+    }
+    return best;
   }
 
   /** Replaces the content of my message `id` in `name`; everyone is told. */

@@ -5,6 +5,32 @@
 
 import { h, byId } from './dom.js';
 import { roomNameProblem, MESSAGE_MAX_LEN } from './chat.js';
+import { parse, mentionsMe } from './markup.js';
+
+/** The reactions offered by a message's React button. */
+const QUICK_REACTIONS = ['👍', '❤️', '😂', '🎉', '😮', '😢'];
+
+/** Elements for parsed message text (markup.js): text nodes and a few plain elements only. */
+function toNodes(nodes) {
+  return nodes.map((n) => {
+    switch (n.t) {
+      case 'strong':
+        return h('strong', {}, toNodes(n.children));
+      case 'em':
+        return h('em', {}, toNodes(n.children));
+      case 'code':
+        return h('code', {}, n.text);
+      case 'codeblock':
+        return h('pre', { class: 'codeblock' }, h('code', {}, n.text));
+      case 'link':
+        return h('a', { href: n.href, target: '_blank', rel: 'noopener noreferrer nofollow' }, n.text);
+      case 'mention':
+        return h('span', { class: `mention${n.me ? ' mention--me' : ''}` }, n.text);
+      default:
+        return n.text;
+    }
+  });
+}
 
 /** Consecutive messages by one sender within this interval are grouped under one header. */
 const GROUP_WITHIN_MS = 5 * 60_000;
@@ -50,6 +76,8 @@ class RoomView {
     this.owner = owner;
     /** seq → element, clientId → element (outbox entries) */
     this.bySeq = new Map();
+    /** Display names seen in this room: what @mentions may name. */
+    this.names = new Set();
     this.byClient = new Map();
     /** Whether the view follows new messages (the user is at the bottom). */
     this.stick = true;
@@ -196,9 +224,47 @@ class RoomView {
           'Delete',
         )
       : null;
+    if (msg.senderName) this.names.add(msg.senderName);
+    const myName = chat.me.displayName ?? null;
+    const parsed = msg.deletedAt ? [] : parse(msg.content, { names: [...this.names, ...(myName ? [myName] : [])], myName });
     const body = msg.deletedAt
       ? h('p', { class: 'msg-body msg-deleted' }, 'This message was deleted.')
-      : h('p', { class: 'msg-body' }, msg.content);
+      : h('div', { class: 'msg-body' }, toNodes(parsed));
+    const mentioned = !own && mentionsMe(parsed);
+    const canReact = !msg.deletedAt && !msg.provisional && this.room.joined;
+    const react = canReact
+      ? h(
+          'button',
+          {
+            type: 'button',
+            class: 'link msg-react',
+            'aria-label': 'React to this message',
+            'aria-expanded': 'false',
+            onclick: (e) => this.togglePicker(e.currentTarget, msg),
+          },
+          'React',
+        )
+      : null;
+    const reactions =
+      !msg.deletedAt && msg.reactions?.length
+        ? h(
+            'div',
+            { class: 'reactions' },
+            msg.reactions.map((r) =>
+              h(
+                'button',
+                {
+                  type: 'button',
+                  class: `reaction${r.me ? ' reaction--mine' : ''}`,
+                  'aria-pressed': String(Boolean(r.me)),
+                  'aria-label': `${r.emoji} ${r.count}${r.me ? ', mine: take it back' : ''}`,
+                  onclick: () => this.react(msg, r.emoji),
+                },
+                `${r.emoji} ${r.count}`,
+              ),
+            ),
+          )
+        : null;
     const edit =
       own && !msg.deletedAt && !msg.provisional
         ? h('button', { type: 'button', class: 'link msg-edit', 'aria-label': 'Edit this message', onclick: (e) => this.startEdit(e.target.closest('.msg'), msg) }, 'Edit')
@@ -207,12 +273,75 @@ class RoomView {
     return h(
       'li',
       {
-        class: `msg${own ? ' msg--own' : ''}`,
+        class: `msg${own ? ' msg--own' : ''}${mentioned ? ' msg--mention' : ''}`,
         dataset: { key: String(msg.seq), seq: String(msg.seq), sender: msg.senderId, time: String(Date.parse(msg.createdAt)) },
       },
-      h('div', { class: 'msg-head' }, h('span', { class: 'msg-sender' }, msg.senderName ?? msg.senderEmail), ' ', timeElement(msg.createdAt), edited, edit, remove),
+      h('div', { class: 'msg-head' }, h('span', { class: 'msg-sender' }, msg.senderName ?? msg.senderEmail), ' ', timeElement(msg.createdAt), edited, react, edit, remove),
       body,
+      reactions,
     );
+  }
+
+  /** Puts (or takes back) my reaction `emoji` on `msg`. */
+  react(msg, emoji) {
+    this.owner.chat.toggleReaction(this.room.name, msg.id, emoji).catch((e) => {
+      this.owner.el.announcer.textContent = `Reaction not saved: ${e.message}`;
+    });
+  }
+
+  /** Shows (or hides) the quick reactions under a message's React button. */
+  togglePicker(button, msg) {
+    const el = button.closest('.msg');
+    const open = el?.querySelector('.reaction-picker');
+    if (open) {
+      open.remove();
+      button.setAttribute('aria-expanded', 'false');
+      return;
+    }
+    const picker = h(
+      'div',
+      { class: 'reaction-picker', role: 'group', 'aria-label': 'Reactions' },
+      QUICK_REACTIONS.map((emoji) =>
+        h(
+          'button',
+          {
+            type: 'button',
+            class: 'reaction',
+            'aria-label': `React with ${emoji}`,
+            onclick: () => {
+              picker.remove();
+              button.setAttribute('aria-expanded', 'false');
+              this.react(msg, emoji);
+            },
+          },
+          emoji,
+        ),
+      ),
+    );
+    button.setAttribute('aria-expanded', 'true');
+    el?.append(picker);
+    picker.querySelector('button')?.focus();
+  }
+
+  /** Brings message `seq` into view and marks it for a moment (a search result). */
+  highlight(seq) {
+    const el = this.bySeq.get(seq);
+    if (!el) return false;
+    this.stick = false;
+    el.scrollIntoView({ block: 'center' });
+    el.classList.add('msg--found');
+    setTimeout(() => el.classList.remove('msg--found'), 4000);
+    return true;
+  }
+
+  /** Opens the editor on my latest message (↑ in an empty composer). */
+  editLast() {
+    const msg = this.owner.chat.lastOwn(this.room.name);
+    const el = msg ? this.bySeq.get(msg.seq) : null;
+    if (!el) return false;
+    el.scrollIntoView({ block: 'nearest' });
+    this.startEdit(el, msg);
+    return true;
   }
 
   /** Swaps `el`'s text for an editor; Save sends the edit (the event then redraws it). */
@@ -246,6 +375,16 @@ class RoomView {
       h('div', { class: 'row' }, h('button', { type: 'submit', class: 'primary' }, 'Save'), h('button', { type: 'button', class: 'quiet', onclick: close }, 'Cancel')),
       error,
     );
+    input.addEventListener('keydown', (e) => {
+      if (e.key === 'Escape') {
+        e.preventDefault();
+        close();
+        this.owner.focusComposer();
+      } else if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+        e.preventDefault();
+        form.requestSubmit();
+      }
+    });
     bodyEl.hidden = true;
     bodyEl.after(form);
     input.focus();
@@ -491,7 +630,17 @@ export class ChatView {
       composerLabel: byId('composer-label'),
       input: byId('composer-input'),
       announcer: byId('announcer'),
+      searchForm: byId('search-form'),
+      searchQ: byId('search-q'),
+      searchError: byId('search-error'),
+      searchPanel: byId('search-panel'),
+      searchSummary: byId('search-summary'),
+      searchResults: byId('search-results'),
+      searchMore: byId('search-more'),
+      searchClose: byId('search-close'),
     };
+    /** The search shown: its words and the cursor of its next page. */
+    this.searchState = null;
     const el = this.el;
     el.me.textContent = chat.me.displayName ?? chat.me.email;
     // My id is what others need to invite me to a private room.
@@ -537,7 +686,19 @@ export class ChatView {
       e.preventDefault();
       this.sendFromComposer();
     });
+    on(el.searchForm, 'submit', (e) => {
+      e.preventDefault();
+      this.search(el.searchQ.value);
+    });
+    on(el.searchQ, 'input', () => this.showSearchError(null));
+    on(el.searchMore, 'click', () => this.search(this.searchState?.q ?? '', { more: true }));
+    on(el.searchClose, 'click', () => this.closeSearch());
     on(el.input, 'keydown', (e) => {
+      // ↑ in an empty composer edits my last message, as in most chat clients.
+      if (e.key === 'ArrowUp' && el.input.value === '' && this.chat.active) {
+        if (this.views.get(this.chat.active)?.editLast()) e.preventDefault();
+        return;
+      }
       // Enter sends, Shift+Enter is a new line; never in the middle of an IME composition.
       if (e.key === 'Enter' && !e.shiftKey && !e.isComposing && e.keyCode !== 229) {
         e.preventDefault();
@@ -721,6 +882,69 @@ export class ChatView {
     // Own messages always come into view, wherever the user had scrolled.
     this.views.get(name)?.setOutbox(entry, { follow: true });
     this.el.input.focus();
+  }
+
+  showSearchError(message) {
+    const { searchError, searchQ } = this.el;
+    searchError.textContent = message ?? '';
+    searchError.hidden = !message;
+    if (message) searchQ.setAttribute('aria-invalid', 'true');
+    else searchQ.removeAttribute('aria-invalid');
+  }
+
+  closeSearch() {
+    this.searchState = null;
+    this.el.searchPanel.hidden = true;
+    this.el.searchResults.replaceChildren();
+  }
+
+  /** Runs a search (or fetches its next page) and lists the results in the sidebar. */
+  async search(raw, { more = false } = {}) {
+    const q = raw.trim();
+    if (!q) {
+      this.showSearchError('Type some words to look for.');
+      return;
+    }
+    const el = this.el;
+    const before = more ? this.searchState?.next : null;
+    let page;
+    try {
+      page = await this.chat.search(q, { before });
+    } catch (e) {
+      this.showSearchError(e.message);
+      return;
+    }
+    if (!more) el.searchResults.replaceChildren();
+    this.searchState = { q, next: page.next ?? null, shown: (more ? this.searchState.shown : 0) + page.results.length };
+    for (const hit of page.results) {
+      el.searchResults.append(
+        h(
+          'li',
+          { dataset: { room: hit.room, seq: String(hit.seq) } },
+          h(
+            'button',
+            { type: 'button', class: 'search-hit', onclick: () => this.jumpTo(hit.room, hit.seq) },
+            h('span', { class: 'search-where' }, this.chat.label(hit.room), ' · ', hit.senderName, ' · ', timeElement(hit.createdAt)),
+            h('span', { class: 'search-snippet' }, hit.snippet),
+          ),
+        ),
+      );
+    }
+    const n = this.searchState.shown;
+    el.searchSummary.textContent = n === 0 ? `Nothing found for “${q}”.` : `${n}${page.next ? '+' : ''} message${n === 1 ? '' : 's'} found for “${q}”.`;
+    el.searchMore.hidden = !page.next;
+    el.searchPanel.hidden = false;
+  }
+
+  /** Opens `room` and brings message `seq` into view, loading history back to it. */
+  async jumpTo(room, seq) {
+    if (!this.open(room)) return;
+    this.setSidebar(false);
+    const found = await this.chat.loadUntil(room, seq);
+    const v = this.views.get(room);
+    if (!found || !v?.highlight(seq)) {
+      this.el.announcer.textContent = 'That message is too far back to show here.';
+    }
   }
 
   onMessage(room, msg) {
