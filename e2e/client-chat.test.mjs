@@ -421,3 +421,21 @@ test('a hidden page does not mark what arrives as read', async () => {
   assert.equal(chat.rooms.get('general').unread, 0);
   chat.dispose();
 });
+
+test('mentions of me count apart from other unread messages, from the server and live', async () => {
+  const rooms = [{ name: 'team', kind: 'public', lastSeq: 3, role: 'member', lastReadSeq: 1, unread: 2, mentions: 1 }];
+  const { conn, chat } = setup({ rooms });
+  conn.open();
+  await chat.loadDirectory();
+  conn.take('join_room').resolve({ type: 'ack', room: 'team', seq: 3 });
+  await tick();
+  const team = chat.rooms.get('team');
+  assert.equal(team.mentions, 1);
+  conn.frame({ ...msg(4), room: 'team', mentions: [ME.id] });
+  conn.frame({ ...msg(5), room: 'team', mentionsAll: true });
+  conn.frame({ ...msg(6), room: 'team', mentions: ['someone-else'] });
+  assert.equal(team.unread, 5);
+  assert.equal(team.mentions, 3);
+  conn.frame({ type: 'read', room: 'team', seq: 6, unread: 0, mentions: 0 });
+  assert.equal(team.mentions, 0);
+});

@@ -822,8 +822,11 @@ async fn send_is_acked_then_delivered_as_a_message_event() {
     // Read markers: acked with where the marker stands, and Alice's other session hears it.
     let mut a2 = Sio::connect(node.addr, &alice.token).await;
     a.emit(Some(5), "mark_read", &json!({ "room": "general", "seq": 2 })).await;
-    assert_eq!(a.ack(5).await, json!({ "type": "ack", "room": "general", "seq": 2, "unread": 1 }));
-    assert_eq!(a2.expect_event("read").await, json!({ "type": "read", "room": "general", "seq": 2, "unread": 1 }));
+    assert_eq!(a.ack(5).await, json!({ "type": "ack", "room": "general", "seq": 2, "unread": 1, "mentions": 0 }));
+    assert_eq!(
+        a2.expect_event("read").await,
+        json!({ "type": "read", "room": "general", "seq": 2, "unread": 1, "mentions": 0 })
+    );
     a.emit(Some(6), "mark_read", &json!({ "room": "general" })).await;
     assert_error(&a.ack(6).await, "invalid_payload");
 }

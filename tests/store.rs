@@ -42,6 +42,7 @@ fn message(room: &RoomName, sender: &User, content: &str, client_id: Option<&str
         created_at: Utc::now(),
         kind: confab::store::MessageKind::Message,
         target_id: None,
+        mentions: confab::store::Mentions::default(),
     }
 }
 

@@ -50,6 +50,8 @@ export class Room {
     this.readKnown = false;
     /** Messages after the marker (the server's count, then one more per message that arrives unseen). */
     this.unread = 0;
+    /** Of those, the ones that mention me. */
+    this.mentions = 0;
     /** The marker when the room was last opened: the "new messages" divider goes after it. */
     this.readAtOpen = null;
     /** @type {Map<string, {clientId: string, content: string, status: string, error: string|null, createdAt: string}>} */
@@ -69,12 +71,13 @@ export class Room {
    * Takes the server's word for my read marker and the messages after it (the marker only
    * moves forward once known).
    */
-  setRead(seq, unread) {
+  setRead(seq, unread, mentions) {
     if (typeof seq !== 'number') return false;
     if (this.readKnown && this.lastReadSeq !== null && seq < this.lastReadSeq) return false;
     this.lastReadSeq = seq;
     this.readKnown = true;
     if (typeof unread === 'number') this.unread = unread;
+    if (typeof mentions === 'number') this.mentions = mentions;
     return true;
   }
 
@@ -196,9 +199,10 @@ export class Chat extends EventTarget {
   markRead(name) {
     const room = this.rooms.get(name);
     if (!room || room.lastSeq === null || !this.#visible()) return;
-    if (room.lastReadSeq !== null && room.lastSeq <= room.lastReadSeq && room.unread === 0) return;
+    if (room.lastReadSeq !== null && room.lastSeq <= room.lastReadSeq && room.unread === 0 && room.mentions === 0) return;
     room.lastReadSeq = Math.max(room.lastReadSeq ?? 0, room.lastSeq);
     room.unread = 0;
+    room.mentions = 0;
     this.#emit('rooms');
     if (this.#readTimers.has(name)) return;
     this.#readTimers.set(
@@ -213,7 +217,7 @@ export class Chat extends EventTarget {
           .request({ type: 'mark_read', room: name, seq: r.lastReadSeq })
           .then((ack) => {
             // Messages that came in meanwhile are read too (the room is in view): marked next.
-            if (this.rooms.get(name) === r && ack.seq >= r.lastReadSeq && r.setRead(ack.seq, ack.unread)) {
+            if (this.rooms.get(name) === r && ack.seq >= r.lastReadSeq && r.setRead(ack.seq, ack.unread, ack.mentions)) {
               this.#emit('rooms');
             }
           })
@@ -351,7 +355,7 @@ export class Chat extends EventTarget {
       }
       if (room && typeof info.lastReadSeq === 'number') {
         const first = !room.readKnown;
-        room.setRead(info.lastReadSeq, info.unread);
+        room.setRead(info.lastReadSeq, info.unread, info.mentions);
         if (first && this.active === room.name) {
           room.readAtOpen = room.lastReadSeq;
           this.#emit('divider', { room });
@@ -559,7 +563,7 @@ export class Chat extends EventTarget {
         this.#onEdited(room, frame);
         break;
       case 'read':
-        if (room.setRead(frame.seq, frame.unread)) this.#emit('rooms');
+        if (room.setRead(frame.seq, frame.unread, frame.mentions)) this.#emit('rooms');
         break;
       case 'reaction':
         this.#onReaction(room, frame);
@@ -728,7 +732,10 @@ export class Chat extends EventTarget {
     if (typeof msg.seq !== 'number') return;
     if (room.lastSeq === null || msg.seq > room.lastSeq) {
       room.lastSeq = msg.seq;
-      if (!this.#inView(room)) room.unread++;
+      if (!this.#inView(room)) {
+        room.unread++;
+        if (msg.senderId !== this.me.id && (msg.mentionsAll || msg.mentions?.includes(this.me.id))) room.mentions++;
+      }
       this.#seen(room);
     }
     if (room.typing.delete(msg.senderId)) this.#emit('typing', { room });

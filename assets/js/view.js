@@ -230,7 +230,7 @@ class RoomView {
     const body = msg.deletedAt
       ? h('p', { class: 'msg-body msg-deleted' }, 'This message was deleted.')
       : h('div', { class: 'msg-body' }, toNodes(parsed));
-    const mentioned = !own && mentionsMe(parsed);
+    const mentioned = !own && (msg.mentionsAll || msg.mentions?.includes(chat.me.id) || mentionsMe(parsed));
     const canReact = !msg.deletedAt && !msg.provisional && this.room.joined;
     const react = canReact
       ? h(
@@ -1005,6 +1005,15 @@ export class ChatView {
         room.unread > 0
           ? h('span', { class: 'badge' }, String(room.unread), h('span', { class: 'sr-only' }, ' unread'))
           : null;
+      const mention =
+        room.mentions > 0
+          ? h(
+              'span',
+              { class: 'badge badge--mention', title: `${room.mentions} mention${room.mentions === 1 ? '' : 's'} of you` },
+              '@',
+              h('span', { class: 'sr-only' }, ` ${room.mentions} mention${room.mentions === 1 ? '' : 's'}`),
+            )
+          : null;
       const state = room.joinError ? h('span', { class: 'room-meta error-text' }, '!') : null;
       const button = h(
         'button',
@@ -1022,6 +1031,7 @@ export class ChatView {
         },
         h('span', { class: 'room-name' }, this.chat.label(room.name)),
         state,
+        mention,
         badge,
       );
       return h('li', {}, button);

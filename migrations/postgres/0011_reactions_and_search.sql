@@ -6,6 +6,17 @@ ALTER TABLE messages DROP CONSTRAINT messages_kind_check;
 ALTER TABLE messages ADD CONSTRAINT messages_kind_check
     CHECK (kind IN ('message', 'edit', 'delete', 'react', 'unreact'));
 ALTER TABLE messages ADD COLUMN tally BIGINT;
+-- Whom the message mentions: user ids separated by spaces, `all` for @room / @here.
+ALTER TABLE messages ADD COLUMN mentions TEXT;
+
+-- Mentions, for each member's count of unread ones: one row per user mentioned, and the nil
+-- user for @room / @here (everyone in the room).
+CREATE TABLE mentions (
+    room    TEXT NOT NULL,
+    user_id UUID NOT NULL,
+    seq     BIGINT NOT NULL,
+    PRIMARY KEY (room, user_id, seq)
+);
 
 CREATE TABLE reactions (
     message_id UUID NOT NULL,

@@ -19,6 +19,8 @@ CREATE TABLE messages_rebuilt (
     deleted_at   TEXT,
     edited_at    TEXT,
     tally        INTEGER,
+    -- Whom the message mentions: user ids separated by spaces, `all` for @room / @here.
+    mentions     TEXT,
     -- History and resume read by (room, seq); the constraint doubles as their index.
     UNIQUE (room, seq)
 );
@@ -32,6 +34,15 @@ DROP TABLE messages;
 ALTER TABLE messages_rebuilt RENAME TO messages;
 -- Idempotent sends: one message per (room, client id, sender).
 CREATE UNIQUE INDEX messages_room_client_idx ON messages (room, client_id, sender_id) WHERE client_id IS NOT NULL;
+
+-- Mentions, for each member's count of unread ones: one row per user mentioned, and the nil
+-- user for @room / @here (everyone in the room).
+CREATE TABLE mentions (
+    room    TEXT NOT NULL,
+    user_id BLOB NOT NULL,
+    seq     INTEGER NOT NULL,
+    PRIMARY KEY (room, user_id, seq)
+);
 
 CREATE TABLE reactions (
     message_id BLOB NOT NULL,

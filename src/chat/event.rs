@@ -180,6 +180,7 @@ enum Wire<'a> {
         room: &'a str,
         seq: Seq,
         unread: i64,
+        mentions: i64,
     },
     Reaction {
         room: &'a str,
@@ -288,7 +289,8 @@ pub fn muted(room: &RoomName, user_id: Uuid, until: i64) -> Event {
 
 /// The `read` event: `user` has read `room` up to `marker` (told to their other sessions).
 pub fn read(room: &RoomName, user: Uuid, origin: u64, marker: ReadMarker) -> Event {
-    let wire = Wire::Read { room: room.as_str(), seq: marker.last_read_seq, unread: marker.unread };
+    let wire =
+        Wire::Read { room: room.as_str(), seq: marker.last_read_seq, unread: marker.unread, mentions: marker.mentions };
     Event { room: room.clone(), frame: encode(EventKind::Read { user, origin }, &wire, None) }
 }
 
@@ -323,6 +325,7 @@ mod tests {
             deleted_at: None,
             edited_at: None,
             tally: None,
+            mentions: crate::store::Mentions::default(),
         };
         let ev = message(&room, &msg);
         let v: serde_json::Value = serde_json::from_str(ev.frame.native.as_str()).unwrap();

@@ -74,6 +74,8 @@ pub enum ReplyBody {
         seq: Seq,
         /// Messages after it.
         unread: i64,
+        /// Of those, the ones that mention me.
+        mentions: i64,
     },
     /// `auth`: the session now runs until the new token's expiry (Unix seconds).
     Authenticated {

@@ -132,6 +132,57 @@ pub struct Message {
     /// For a reaction event: how many have that reaction on the message after it.
     #[serde(skip)]
     pub tally: Option<i64>,
+    /// Whom it mentions (`mentions`, `mentionsAll` on the wire).
+    #[serde(flatten)]
+    #[sqlx(try_from = "Option<String>")]
+    pub mentions: Mentions,
+}
+
+/// Whom a message mentions: members by id, and for `@room` / `@here` (by a moderator) everyone.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Mentions {
+    #[serde(rename = "mentions", skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<Uuid>,
+    #[serde(rename = "mentionsAll", skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+}
+
+impl Mentions {
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty() && !self.all
+    }
+
+    /// As stored: user ids separated by spaces, `all` for everyone; `None` when nobody.
+    pub fn to_db(&self) -> Option<String> {
+        if self.is_empty() {
+            return None;
+        }
+        let mut parts: Vec<String> = self.users.iter().map(Uuid::to_string).collect();
+        if self.all {
+            parts.push("all".into());
+        }
+        Some(parts.join(" "))
+    }
+
+    /// The rows of the `mentions` table: each user, and the nil user for everyone.
+    pub fn targets(&self) -> impl Iterator<Item = Uuid> + '_ {
+        self.users.iter().copied().chain(self.all.then_some(Uuid::nil()))
+    }
+}
+
+impl TryFrom<Option<String>> for Mentions {
+    type Error = String;
+    fn try_from(raw: Option<String>) -> Result<Self, Self::Error> {
+        let mut out = Self::default();
+        for part in raw.as_deref().unwrap_or_default().split_whitespace() {
+            if part == "all" {
+                out.all = true;
+            } else {
+                out.users.push(part.parse().map_err(|e| format!("bad mention {part:?}: {e}"))?);
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// What a row of a room's seq stream is.
@@ -203,6 +254,8 @@ pub struct NewMessage {
     /// `Delete` with `target_id`: the deletion of that message (empty content, no client id).
     pub kind: MessageKind,
     pub target_id: Option<Uuid>,
+    /// Whom a message mentions, resolved when it was sent.
+    pub mentions: Mentions,
 }
 
 /// The result of storing one message.
@@ -305,6 +358,8 @@ pub struct RoomListing {
     pub last_read_seq: Option<Seq>,
     /// How many messages that covers, when a member.
     pub read_count: Option<i64>,
+    /// Mentions of the user (or of everyone) after the marker.
+    pub unread_mentions: i64,
 }
 
 impl RoomListing {
@@ -320,6 +375,8 @@ pub struct ReadMarker {
     pub last_read_seq: Seq,
     /// Messages after it.
     pub unread: i64,
+    /// Mentions of me (by name, or of everyone) after it.
+    pub mentions: i64,
 }
 
 /// One user's standing in one room.
@@ -754,6 +811,7 @@ impl Store {
             created_at: Utc::now().trunc_subsecs(6),
             kind,
             target_id: Some(target),
+            mentions: Mentions::default(),
         };
         Ok(self.append_message(event).await?.message)
     }
@@ -781,6 +839,7 @@ impl Store {
             created_at: Utc::now().trunc_subsecs(6),
             kind: if add { MessageKind::React } else { MessageKind::Unreact },
             target_id: Some(target),
+            mentions: Mentions::default(),
         };
         each_backend!(self, s => s.react(&event, i64::from(max_distinct)).await)
     }
@@ -841,6 +900,11 @@ impl Store {
             }
         }
         each_backend!(self, s => s.mark_read(room.as_str(), user.0, seq).await)
+    }
+
+    /// Mentions of `user` (by name, or of everyone) in `room` after seq `after`.
+    pub async fn unread_mentions(&self, room: &RoomName, user: UserId, after: Seq) -> Result<i64, StoreError> {
+        each_backend!(self, s => s.unread_mentions(room.as_str(), user.0, after).await)
     }
 
     /// Ends `user`'s membership (a ban stays). True if they were a member.
@@ -967,6 +1031,7 @@ fn plan_batch(batch: &[NewMessage], existing: &[Message], first_seq: Seq) -> (Ve
             deleted_at: None,
             edited_at: None,
             tally: None,
+            mentions: m.mentions.clone(),
         };
         out.push(Appended { message: stored.clone(), duplicate: false });
         fresh.push(stored);

@@ -77,38 +77,7 @@ impl PgStore {
             return Ok(out);
         }
         let count = Seq::try_from(fresh.len()).unwrap_or(Seq::MAX);
-        // Messages, as opposed to edits, deletions and reactions: what unread counts count.
-        let messages = i64::try_from(fresh.iter().filter(|m| m.kind == MessageKind::Message).count()).unwrap_or(0);
-        let mut ids = Vec::with_capacity(fresh.len());
-        let mut senders = Vec::with_capacity(fresh.len());
-        let mut emails = Vec::with_capacity(fresh.len());
-        let mut names = Vec::with_capacity(fresh.len());
-        let mut contents = Vec::with_capacity(fresh.len());
-        let mut times: Vec<DateTime<Utc>> = Vec::with_capacity(fresh.len());
-        let mut client_ids = Vec::with_capacity(fresh.len());
-        let mut kinds = Vec::with_capacity(fresh.len());
-        let mut targets = Vec::with_capacity(fresh.len());
-        let mut deleted: Vec<uuid::Uuid> = Vec::new();
-        let (mut edited, mut edits): (Vec<uuid::Uuid>, Vec<&str>) = (Vec::new(), Vec::new());
-        for m in &fresh {
-            ids.push(m.id);
-            senders.push(m.sender_id);
-            emails.push(m.sender_email.as_str());
-            names.push(m.sender_name.as_str());
-            contents.push(m.content.as_str());
-            times.push(m.created_at);
-            client_ids.push(m.client_id.as_deref());
-            kinds.push(m.kind.as_str());
-            targets.push(m.target_id);
-            match (m.kind, m.target_id) {
-                (MessageKind::Delete, Some(target)) => deleted.push(target),
-                (MessageKind::Edit, Some(target)) => {
-                    edited.push(target);
-                    edits.push(m.content.as_str());
-                }
-                _ => {}
-            }
-        }
+        let c = Columns::of(&fresh);
         // Bumping last_seq by the batch's size takes the room's row lock (creating the row for a
         // room's first message), so writers of one room queue there on every node; RETURNING
         // gives the value before this batch, whatever committed while we waited. The insert runs
@@ -124,13 +93,17 @@ impl PgStore {
              ), inserted AS ( \
                  INSERT INTO messages \
                      (id, room, seq, sender_id, sender_email, sender_name, content, created_at, client_id, \
-                      kind, target_id) \
+                      kind, target_id, mentions) \
                  SELECT m.id, $1, room.base + m.k, m.sender_id, m.sender_email, m.sender_name, m.content, \
-                        m.created_at, m.client_id, m.kind, m.target_id \
+                        m.created_at, m.client_id, m.kind, m.target_id, m.mentions \
                  FROM room, UNNEST($4::uuid[], $5::uuid[], $6::text[], $10::text[], $7::text[], \
-                                   $8::timestamptz[], $9::text[], $11::text[], $12::uuid[]) \
+                                   $8::timestamptz[], $9::text[], $11::text[], $12::uuid[], $17::text[]) \
                      WITH ORDINALITY AS m (id, sender_id, sender_email, sender_name, content, created_at, client_id, \
-                                           kind, target_id, k) \
+                                           kind, target_id, mentions, k) \
+             ), mentioned AS ( \
+                 INSERT INTO mentions (room, user_id, seq) \
+                 SELECT $1, x.user_id, room.base + x.k FROM room, UNNEST($18::int8[], $19::uuid[]) AS x (k, user_id) \
+                 ON CONFLICT DO NOTHING \
              ), deleted AS ( \
                  UPDATE messages SET content = '', deleted_at = $3 \
                  WHERE room = $1 AND kind = 'message' AND id = ANY($13::uuid[]) AND deleted_at IS NULL \
@@ -145,19 +118,22 @@ impl PgStore {
         .bind(room.as_str())
         .bind(count)
         .bind(Utc::now())
-        .bind(ids)
-        .bind(senders)
-        .bind(emails)
-        .bind(contents)
-        .bind(times)
-        .bind(client_ids)
-        .bind(names)
-        .bind(kinds)
-        .bind(targets)
-        .bind(deleted)
-        .bind(edited)
-        .bind(edits)
-        .bind(messages)
+        .bind(c.ids)
+        .bind(c.senders)
+        .bind(c.emails)
+        .bind(c.contents)
+        .bind(c.times)
+        .bind(c.client_ids)
+        .bind(c.names)
+        .bind(c.kinds)
+        .bind(c.targets)
+        .bind(c.deleted)
+        .bind(c.edited)
+        .bind(c.edits)
+        .bind(c.messages)
+        .bind(c.mentions)
+        .bind(c.mention_k)
+        .bind(c.mention_user)
         .fetch_one(&self.write)
         .await?;
         // The k-th fresh message got seq k above, and now base + k; earlier copies keep theirs.
@@ -188,6 +164,78 @@ impl PgStore {
             .fetch_all(&self.read)
             .await?;
         Ok(rows.into_iter().map(|(line,)| line).collect())
+    }
+}
+
+/// A batch as the column arrays the insert statement unnests.
+struct Columns<'a> {
+    ids: Vec<uuid::Uuid>,
+    senders: Vec<uuid::Uuid>,
+    emails: Vec<&'a str>,
+    names: Vec<&'a str>,
+    contents: Vec<&'a str>,
+    times: Vec<DateTime<Utc>>,
+    client_ids: Vec<Option<&'a str>>,
+    kinds: Vec<&'static str>,
+    targets: Vec<Option<uuid::Uuid>>,
+    mentions: Vec<Option<String>>,
+    /// (k, user): the k-th fresh message mentions user (nil: everyone).
+    mention_k: Vec<Seq>,
+    mention_user: Vec<uuid::Uuid>,
+    deleted: Vec<uuid::Uuid>,
+    edited: Vec<uuid::Uuid>,
+    edits: Vec<&'a str>,
+    /// Messages, as opposed to edits, deletions and reactions: what unread counts count.
+    messages: i64,
+}
+
+impl<'a> Columns<'a> {
+    fn of(fresh: &'a [Message]) -> Self {
+        let n = fresh.len();
+        let mut c = Columns {
+            ids: Vec::with_capacity(n),
+            senders: Vec::with_capacity(n),
+            emails: Vec::with_capacity(n),
+            names: Vec::with_capacity(n),
+            contents: Vec::with_capacity(n),
+            times: Vec::with_capacity(n),
+            client_ids: Vec::with_capacity(n),
+            kinds: Vec::with_capacity(n),
+            targets: Vec::with_capacity(n),
+            mentions: Vec::with_capacity(n),
+            mention_k: Vec::new(),
+            mention_user: Vec::new(),
+            deleted: Vec::new(),
+            edited: Vec::new(),
+            edits: Vec::new(),
+            messages: 0,
+        };
+        for m in fresh {
+            c.ids.push(m.id);
+            c.senders.push(m.sender_id);
+            c.emails.push(m.sender_email.as_str());
+            c.names.push(m.sender_name.as_str());
+            c.contents.push(m.content.as_str());
+            c.times.push(m.created_at);
+            c.client_ids.push(m.client_id.as_deref());
+            c.kinds.push(m.kind.as_str());
+            c.targets.push(m.target_id);
+            c.mentions.push(m.mentions.to_db());
+            for user in m.mentions.targets() {
+                c.mention_k.push(m.seq);
+                c.mention_user.push(user);
+            }
+            match (m.kind, m.target_id) {
+                (MessageKind::Message, _) => c.messages += 1,
+                (MessageKind::Delete, Some(target)) => c.deleted.push(target),
+                (MessageKind::Edit, Some(target)) => {
+                    c.edited.push(target);
+                    c.edits.push(m.content.as_str());
+                }
+                _ => {}
+            }
+        }
+        c
     }
 }
 

@@ -11,7 +11,7 @@
 macro_rules! message_columns {
     () => {
         "id, room, seq, sender_id, sender_email, sender_name, content, created_at, client_id, kind, target_id, deleted_at, \
-         edited_at, tally"
+         edited_at, tally, mentions"
     };
 }
 
@@ -771,13 +771,16 @@ macro_rules! shared_queries {
             ) -> Result<Vec<$crate::store::RoomListing>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(
                     "SELECT r.name, r.kind, r.title, r.topic, r.created_by, r.created_at, r.archived_at, r.last_seq, \
-                            r.message_count, m.role, m.last_read_seq, m.read_count \
+                            r.message_count, m.role, m.last_read_seq, m.read_count, \
+                            (SELECT COUNT(*) FROM mentions mm WHERE mm.room = r.name AND mm.user_id IN ($1, $2) \
+                               AND mm.seq > m.last_read_seq) AS unread_mentions \
                      FROM rooms r \
                      LEFT JOIN room_members m ON m.room = r.name AND m.user_id = $1 \
                      WHERE r.archived_at IS NULL AND m.banned_at IS NULL AND (r.kind = 'public' OR m.role IS NOT NULL) \
                      ORDER BY r.name",
                 )
                 .bind(user)
+                .bind(uuid::Uuid::nil())
                 .fetch_all(&self.read)
                 .await?)
             }
@@ -904,6 +907,7 @@ macro_rules! shared_queries {
                     deleted_at: None,
                     edited_at: None,
                     tally: Some(tally),
+                    mentions: $crate::store::Mentions::default(),
                 };
                 sqlx::query(
                     "INSERT INTO messages (id, room, seq, sender_id, sender_email, sender_name, content, created_at, \
@@ -969,7 +973,8 @@ macro_rules! shared_queries {
                 let Some((from, read, last_seq, total)) = found else { return Ok(None) };
                 let upto = seq.min(last_seq);
                 if upto <= from {
-                    return Ok(Some($crate::store::ReadMarker { last_read_seq: from, unread: (total - read).max(0) }));
+                    let mentions = Self::mentions_after(&mut *tx, room, user, from).await?;
+                    return Ok(Some($crate::store::ReadMarker { last_read_seq: from, unread: (total - read).max(0), mentions }));
                 }
                 // The messages between the old marker and the new one: each is counted once per
                 // reader, when passed.
@@ -996,11 +1001,47 @@ macro_rules! shared_queries {
                 .await?
                 .rows_affected()
                     == 1;
+                let mentions = Self::mentions_after(&mut *tx, room, user, upto).await?;
                 tx.commit().await?;
                 if !moved {
                     return Err($crate::store::StoreError::Conflict);
                 }
-                Ok(Some($crate::store::ReadMarker { last_read_seq: upto, unread: (total - read - passed).max(0) }))
+                Ok(Some($crate::store::ReadMarker {
+                    last_read_seq: upto,
+                    unread: (total - read - passed).max(0),
+                    mentions,
+                }))
+            }
+
+            /// Mentions of `user` (by name, or everyone) in `room` after seq `after`.
+            async fn mentions_after<'c, E>(
+                conn: E,
+                room: &str,
+                user: uuid::Uuid,
+                after: $crate::domain::Seq,
+            ) -> Result<i64, $crate::store::StoreError>
+            where
+                E: sqlx::Executor<'c, Database = <Self as $crate::store::sql::Backend>::Db>,
+            {
+                let (n,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM mentions WHERE room = $1 AND user_id IN ($2, $3) AND seq > $4",
+                )
+                .bind(room)
+                .bind(user)
+                .bind(uuid::Uuid::nil())
+                .bind(after)
+                .fetch_one(conn)
+                .await?;
+                Ok(n)
+            }
+
+            pub async fn unread_mentions(
+                &self,
+                room: &str,
+                user: uuid::Uuid,
+                after: $crate::domain::Seq,
+            ) -> Result<i64, $crate::store::StoreError> {
+                Self::mentions_after(&self.read, room, user, after).await
             }
 
             pub async fn remove_member(&self, room: &str, user: uuid::Uuid) -> Result<bool, $crate::store::StoreError> {

@@ -145,7 +145,8 @@ impl SqliteStore {
         for chunk in rows.chunks(512) {
             let mut q = sqlx::QueryBuilder::new(
                 "INSERT INTO messages \
-                 (id, room, seq, sender_id, sender_email, sender_name, content, created_at, client_id, kind, target_id) ",
+                 (id, room, seq, sender_id, sender_email, sender_name, content, created_at, client_id, kind, target_id, \
+                  mentions) ",
             );
             q.push_values(chunk, |mut b, m| {
                 b.push_bind(m.id)
@@ -158,8 +159,20 @@ impl SqliteStore {
                     .push_bind(m.created_at)
                     .push_bind(m.client_id.clone())
                     .push_bind(m.kind.as_str())
-                    .push_bind(m.target_id);
+                    .push_bind(m.target_id)
+                    .push_bind(m.mentions.to_db());
             });
+            q.build().execute(&mut **tx).await?;
+        }
+        // Who was mentioned where, for unread mention counts.
+        let mentioned: Vec<(uuid::Uuid, Seq)> =
+            rows.iter().flat_map(|m| m.mentions.targets().map(move |user| (user, m.seq))).collect();
+        for chunk in mentioned.chunks(1000) {
+            let mut q = sqlx::QueryBuilder::new("INSERT INTO mentions (room, user_id, seq) ");
+            q.push_values(chunk, |mut b, (user, seq)| {
+                b.push_bind(rows[0].room.clone()).push_bind(*user).push_bind(*seq);
+            });
+            q.push(" ON CONFLICT DO NOTHING");
             q.build().execute(&mut **tx).await?;
         }
         // Edits and deletions change their message in the same transaction.

@@ -385,6 +385,8 @@ impl Msg {
             "clientId",
             "deletedAt",
             "editedAt",
+            "mentions",
+            "mentionsAll",
         ];
         let keys = frame.as_object().expect("a frame is an object").keys();
         for key in keys {

@@ -36,6 +36,7 @@ async fn store_messages(app: &TestApp, sender: &Session, room: &str, n: usize) {
             created_at: chrono::Utc::now(),
             kind: confab::store::MessageKind::Message,
             target_id: None,
+            mentions: confab::store::Mentions::default(),
         })
         .collect();
     let stored = app.state.store.append_messages(&room, &batch).await.expect("append");

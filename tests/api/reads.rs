@@ -18,6 +18,7 @@ both_backends!(
     a_read_marker_moves_forward_only_and_reaches_my_other_sessions,
     only_members_have_read_markers,
     unread_counts_are_exact_after_a_burst_and_a_reconnect,
+    mentions_are_resolved_when_sent_and_counted_until_read,
 );
 
 /// Short: only used to back up an absence that a later reply already showed.
@@ -67,7 +68,7 @@ async fn a_read_marker_moves_forward_only_and_reaches_my_other_sessions(backend:
     let ack = mark(&mut ann_ws, "general", 3).await;
     assert_eq!((&ack["type"], &ack["room"], &ack["seq"]), (&json!("ack"), &json!("general"), &json!(3)), "{ack}");
     let told = ann_phone.next_of_type("read").await;
-    assert_eq!(told, json!({ "type": "read", "room": "general", "seq": 3, "unread": 2 }));
+    assert_eq!(told, json!({ "type": "read", "room": "general", "seq": 3, "unread": 2, "mentions": 0 }));
     assert_eq!(ack["unread"], 2);
     assert_eq!(listed(&app, &ann, "general").await["unread"], 2);
 
@@ -88,7 +89,7 @@ async fn a_read_marker_moves_forward_only_and_reaches_my_other_sessions(backend:
     bob_ws.send("general", "one more").await;
     ann_ws.next_message().await;
     let read = expect_json(put_read(&app, &ann, "general", json!({ "seq": 6 })).await, StatusCode::OK).await;
-    assert_eq!(read, json!({ "room": "general", "lastReadSeq": 6, "unread": 0 }));
+    assert_eq!(read, json!({ "room": "general", "lastReadSeq": 6, "unread": 0, "mentions": 0 }));
     assert_eq!(ann_ws.next_of_type("read").await["seq"], 6, "REST has no session: all of them hear it");
     assert_eq!(ann_phone.next_of_type("read").await["seq"], 6);
     // The room's own page says the same.
@@ -200,7 +201,10 @@ async fn read_markers_reach_my_sessions_on_other_nodes() {
     laptop.send("general", "hi").await;
     laptop.send("general", "there").await;
     assert_eq!(mark(&mut laptop, "general", 2).await["seq"], 2);
-    assert_eq!(phone.next_of_type("read").await, json!({ "type": "read", "room": "general", "seq": 2, "unread": 0 }));
+    assert_eq!(
+        phone.next_of_type("read").await,
+        json!({ "type": "read", "room": "general", "seq": 2, "unread": 0, "mentions": 0 })
+    );
     // And the other way, over REST on node b.
     assert_eq!(listed(b, &ann, "general").await["unread"], 0);
     laptop.send("general", "more").await;
@@ -208,4 +212,44 @@ async fn read_markers_reach_my_sessions_on_other_nodes() {
     assert_eq!(listed(b, &ann, "general").await["unread"], 1);
     expect_json(put_read(b, &ann, "general", json!({ "seq": 3 })).await, StatusCode::OK).await;
     assert_eq!(laptop.next_of_type("read").await["seq"], 3);
+}
+
+async fn mentions_are_resolved_when_sent_and_counted_until_read(backend: Backend) {
+    let app = spawn_chat_node(backend, |_| {}).await;
+    let body = json!({ "email": "ann@example.com", "password": "password123", "displayName": "Ann Lee" });
+    let ann =
+        Session::from_register(expect_json(app.post_json("/api/auth/register", &body).await, StatusCode::OK).await);
+    let mut ann_ws = TestSocket::connect(&app, &ann.token).await;
+    let (bob, mut bob_ws) = connect_user(&app, "bob@example.com").await;
+    let (carol, mut carol_ws) = connect_user(&app, "carol@example.com").await;
+    let created =
+        app.client.post(app.url("/api/rooms")).bearer_auth(&carol.token).json(&json!({ "name": "team" })).send().await;
+    assert_eq!(created.expect("create").status(), StatusCode::CREATED);
+    for ws in [&mut carol_ws, &mut ann_ws, &mut bob_ws] {
+        ws.join("team").await;
+    }
+    let first = bob_ws.send("team", "hey @ann lee, look (and @dave, who is not here)").await;
+    let msg = ann_ws.next_message().await;
+    assert_eq!(msg.raw["mentions"], json!([ann.user_id]), "{}", msg.raw);
+    assert!(msg.raw.get("mentionsAll").is_none());
+    // Only owners and moderators reach everyone.
+    bob_ws.send("team", "@room anyone?").await;
+    assert!(ann_ws.next_message().await.raw.get("mentionsAll").is_none());
+    carol_ws.send("team", "@here standup in 5").await;
+    let all = ann_ws.next_message().await;
+    assert_eq!(all.raw["mentionsAll"], true, "{}", all.raw);
+    bob_ws.send("team", "nothing for anyone").await;
+
+    let entry = listed(&app, &ann, "team").await;
+    assert_eq!((&entry["unread"], &entry["mentions"]), (&json!(4), &json!(2)), "{entry}");
+    assert_eq!(listed(&app, &bob, "team").await["mentions"], 1, "@here counts for Bob too");
+    // Read past the first: one mention left; past everything: none.
+    let ack = mark(&mut ann_ws, "team", first.seq).await;
+    assert_eq!((&ack["unread"], &ack["mentions"]), (&json!(3), &json!(1)), "{ack}");
+    let ack = mark(&mut ann_ws, "team", 100).await;
+    assert_eq!((&ack["unread"], &ack["mentions"]), (&json!(0), &json!(0)), "{ack}");
+    // History keeps whom each message mentioned.
+    let history = expect_json(app.get_authed("/api/messages/team", &ann.token).await, StatusCode::OK).await;
+    assert_eq!(history["messages"][0]["mentions"], json!([ann.user_id]));
+    assert_eq!(history["messages"][2]["mentionsAll"], true);
 }

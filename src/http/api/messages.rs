@@ -39,6 +39,12 @@ pub struct MessageView {
     /// Set if the message was edited: `content` is its latest version.
     #[oai(skip_serializing_if_is_none)]
     edited_at: Option<DateTime<Utc>>,
+    /// Members it mentions (by name, resolved when it was sent).
+    #[oai(skip_serializing_if = "Vec::is_empty")]
+    mentions: Vec<Uuid>,
+    /// It mentions everyone (`@room` / `@here` from an owner or moderator).
+    #[oai(skip_serializing_if = "std::ops::Not::not")]
+    mentions_all: bool,
     /// Its reactions, in the order they were first used (absent: none).
     #[oai(skip_serializing_if = "Vec::is_empty")]
     reactions: Vec<ReactionView>,
@@ -67,6 +73,8 @@ impl From<Message> for MessageView {
             client_id: m.client_id,
             deleted_at: m.deleted_at,
             edited_at: m.edited_at,
+            mentions: m.mentions.users,
+            mentions_all: m.mentions.all,
             reactions: Vec::new(),
         }
     }

@@ -91,6 +91,9 @@ struct RoomView {
     /// mark them read; edits, deletions and reactions are not counted).
     #[oai(skip_serializing_if_is_none)]
     unread: Option<i64>,
+    /// For a member: how many of those mention me (by name, or `@room` / `@here`).
+    #[oai(skip_serializing_if_is_none)]
+    mentions: Option<i64>,
     /// Set when the room is archived: readable, but nobody joins or writes.
     #[oai(skip_serializing_if_is_none)]
     archived_at: Option<DateTime<Utc>>,
@@ -120,6 +123,7 @@ impl RoomView {
             role: role.map(Into::into),
             last_read_seq: None,
             unread: None,
+            mentions: None,
             archived_at: room.archived_at,
             peer: None,
         }
@@ -127,7 +131,12 @@ impl RoomView {
 
     /// With my read marker and the messages after it (I am a member).
     fn read_upto(self, marker: Option<ReadMarker>) -> Self {
-        Self { last_read_seq: marker.map(|m| m.last_read_seq), unread: marker.map(|m| m.unread), ..self }
+        Self {
+            last_read_seq: marker.map(|m| m.last_read_seq),
+            unread: marker.map(|m| m.unread),
+            mentions: marker.map(|m| m.mentions),
+            ..self
+        }
     }
 }
 
@@ -148,6 +157,8 @@ struct ReadView {
     last_read_seq: Seq,
     /// Messages after my marker.
     unread: i64,
+    /// Of those, the ones that mention me.
+    mentions: i64,
 }
 
 #[derive(Object)]
@@ -445,7 +456,9 @@ impl RoomsApi {
                     .find(|p| p.room == r.room.name)
                     .map(|p| PeerView { user_id: p.user_id, display_name: p.display_name.clone() });
                 let read = match (role, r.last_read_seq, r.unread()) {
-                    (Some(_), Some(last_read_seq), Some(unread)) => Some(ReadMarker { last_read_seq, unread }),
+                    (Some(_), Some(last_read_seq), Some(unread)) => {
+                        Some(ReadMarker { last_read_seq, unread, mentions: r.unread_mentions })
+                    }
                     _ => None,
                 };
                 RoomView { peer, ..RoomView::new(r.room, members, role).read_upto(read) }
@@ -564,7 +577,12 @@ impl RoomsApi {
             ChatError::Store(e) => e.into(),
             other => ApiError::bad_request(other.to_string(), other.code()),
         })?;
-        Ok(Json(ReadView { room: name.to_string(), last_read_seq: marked.last_read_seq, unread: marked.unread }))
+        Ok(Json(ReadView {
+            room: name.to_string(),
+            last_read_seq: marked.last_read_seq,
+            unread: marked.unread,
+            mentions: marked.mentions,
+        }))
     }
 
     /// Archive a room (owners): it stays readable, but nobody joins or writes in it any more,
@@ -967,8 +985,14 @@ async fn describe(state: &AppState, found: Room, user: &User) -> Result<RoomView
     let name = room_name(&found.name)?;
     let membership = state.store.membership(&name, user.id).await?.filter(|m| m.banned_at.is_none());
     let role = membership.as_ref().map(|m| m.role);
-    let read = membership
-        .map(|m| ReadMarker { last_read_seq: m.last_read_seq, unread: (found.message_count - m.read_count).max(0) });
+    let read = match membership {
+        Some(m) => Some(ReadMarker {
+            last_read_seq: m.last_read_seq,
+            unread: (found.message_count - m.read_count).max(0),
+            mentions: state.store.unread_mentions(&name, user.id, m.last_read_seq).await?,
+        }),
+        None => None,
+    };
     let members = state.chat.member_counts(std::slice::from_ref(&found.name)).await.first().copied().unwrap_or(0);
     let peer = if found.kind == RoomKind::Direct {
         state

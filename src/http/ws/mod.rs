@@ -786,7 +786,12 @@ impl Conn {
             Command::Typing { room } => self.chat.typing(&mut self.session, &room).map(|()| None),
             Command::MarkRead { room, seq } => {
                 self.chat.mark_read(self.session.user.id, self.session.id(), &room, seq).await.map(|(room, m)| {
-                    Some(ReplyBody::MarkedRead { room: room.to_string(), seq: m.last_read_seq, unread: m.unread })
+                    Some(ReplyBody::MarkedRead {
+                        room: room.to_string(),
+                        seq: m.last_read_seq,
+                        unread: m.unread,
+                        mentions: m.mentions,
+                    })
                 })
             }
             Command::Ping => Ok(Some(ReplyBody::Pong)),

@@ -119,9 +119,11 @@ enum ServerFrame<'a> {
         room: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         seq: Option<Seq>,
-        /// Messages after my read marker (`mark_read`).
+        /// Messages after my read marker, and mentions of me among them (`mark_read`).
         #[serde(skip_serializing_if = "Option::is_none")]
         unread: Option<i64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mentions: Option<i64>,
         /// Unix seconds when the session's new token expires (`auth`).
         #[serde(rename = "expiresAt", skip_serializing_if = "Option::is_none")]
         expires_at: Option<i64>,
@@ -156,26 +158,51 @@ pub fn hello(user: &User, node: &str) -> Utf8Bytes {
 pub fn reply_json(reply: &Reply) -> String {
     let cmd_ref = reply.tag.cmd_ref.as_deref();
     let frame = match &reply.body {
-        ReplyBody::Sent { id, seq } => {
-            ServerFrame::Ack { cmd_ref, id: Some(*id), room: None, seq: Some(*seq), unread: None, expires_at: None }
-        }
-        ReplyBody::Joined { room, seq } => {
-            ServerFrame::Ack { cmd_ref, id: None, room: Some(room), seq: Some(*seq), unread: None, expires_at: None }
-        }
-        ReplyBody::MarkedRead { room, seq, unread } => ServerFrame::Ack {
+        ReplyBody::Sent { id, seq } => ServerFrame::Ack {
+            cmd_ref,
+            id: Some(*id),
+            room: None,
+            seq: Some(*seq),
+            unread: None,
+            mentions: None,
+            expires_at: None,
+        },
+        ReplyBody::Joined { room, seq } => ServerFrame::Ack {
+            cmd_ref,
+            id: None,
+            room: Some(room),
+            seq: Some(*seq),
+            unread: None,
+            mentions: None,
+            expires_at: None,
+        },
+        ReplyBody::MarkedRead { room, seq, unread, mentions } => ServerFrame::Ack {
             cmd_ref,
             id: None,
             room: Some(room),
             seq: Some(*seq),
             unread: Some(*unread),
+            mentions: Some(*mentions),
             expires_at: None,
         },
-        ReplyBody::Left { room } => {
-            ServerFrame::Ack { cmd_ref, id: None, room: Some(room), seq: None, unread: None, expires_at: None }
-        }
-        ReplyBody::Authenticated { expires_at } => {
-            ServerFrame::Ack { cmd_ref, id: None, room: None, seq: None, unread: None, expires_at: Some(*expires_at) }
-        }
+        ReplyBody::Left { room } => ServerFrame::Ack {
+            cmd_ref,
+            id: None,
+            room: Some(room),
+            seq: None,
+            unread: None,
+            mentions: None,
+            expires_at: None,
+        },
+        ReplyBody::Authenticated { expires_at } => ServerFrame::Ack {
+            cmd_ref,
+            id: None,
+            room: None,
+            seq: None,
+            unread: None,
+            mentions: None,
+            expires_at: Some(*expires_at),
+        },
         ReplyBody::Pong => ServerFrame::Pong { cmd_ref },
         ReplyBody::Error { code, message } => ServerFrame::Error { cmd_ref, code, message },
     };
