@@ -291,6 +291,8 @@ pub struct ChatConfig {
     /// Different reactions one message may carry: bounds the rows and events one message
     /// collects.
     pub max_reactions_per_message: u32,
+    /// How long after sending its author may edit a message; 0 means no limit.
+    pub edit_window: HumanDuration,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -426,7 +428,12 @@ impl Default for HttpConfig {
 
 impl Default for ChatConfig {
     fn default() -> Self {
-        Self { message_max_len: DEFAULT_MESSAGE_MAX_LEN, max_rooms_per_session: 256, max_reactions_per_message: 20 }
+        Self {
+            message_max_len: DEFAULT_MESSAGE_MAX_LEN,
+            max_rooms_per_session: 256,
+            max_reactions_per_message: 20,
+            edit_window: HumanDuration(Duration::ZERO),
+        }
     }
 }
 

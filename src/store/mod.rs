@@ -767,6 +767,16 @@ impl Store {
         each_backend!(self, s => s.messages_after(room.as_str(), after, i64::from(limit)).await)
     }
 
+    /// What `sender` stored in `room` under `client_id` (a message, edit or deletion), if anything.
+    pub async fn message_by_client_id(
+        &self,
+        room: &RoomName,
+        sender: UserId,
+        client_id: &str,
+    ) -> Result<Option<Message>, StoreError> {
+        each_backend!(self, s => s.message_by_client_id(room.as_str(), sender.0, client_id).await)
+    }
+
     /// Message `id` of `room`, if there is one (deletion events are not messages).
     pub async fn message_in_room(&self, room: &RoomName, id: Uuid) -> Result<Option<Message>, StoreError> {
         each_backend!(self, s => s.message_in_room(room.as_str(), id).await)
@@ -775,21 +785,30 @@ impl Store {
     /// Deletes message `target` of `room` on behalf of `by`: the deletion takes the room's next
     /// seq (an event every member and every resume sees) and the message keeps its seq but
     /// loses its content. Returns the deletion event.
-    pub async fn delete_message(&self, room: &RoomName, target: Uuid, by: &User) -> Result<Message, StoreError> {
-        self.change_message(room, target, by, MessageKind::Delete, String::new()).await
+    /// With `client_id`, a repeat of the same request (`by`, room, client id) is answered with the
+    /// first one's event, marked `duplicate`, and changes nothing.
+    pub async fn delete_message(
+        &self,
+        room: &RoomName,
+        target: Uuid,
+        by: &User,
+        client_id: Option<String>,
+    ) -> Result<Appended, StoreError> {
+        self.change_message(room, target, by, MessageKind::Delete, String::new(), client_id).await
     }
 
     /// Replaces the content of message `target` of `room` (by its author `by`): the edit takes
     /// the room's next seq, the message keeps its seq with the new content and `edited_at`.
-    /// Returns the edit event.
+    /// Returns the edit event; idempotent with `client_id` as [`Store::delete_message`].
     pub async fn edit_message(
         &self,
         room: &RoomName,
         target: Uuid,
         by: &User,
         content: String,
-    ) -> Result<Message, StoreError> {
-        self.change_message(room, target, by, MessageKind::Edit, content).await
+        client_id: Option<String>,
+    ) -> Result<Appended, StoreError> {
+        self.change_message(room, target, by, MessageKind::Edit, content, client_id).await
     }
 
     async fn change_message(
@@ -799,7 +818,8 @@ impl Store {
         by: &User,
         kind: MessageKind,
         content: String,
-    ) -> Result<Message, StoreError> {
+        client_id: Option<String>,
+    ) -> Result<Appended, StoreError> {
         let event = NewMessage {
             id: Uuid::now_v7(),
             room: room.clone(),
@@ -807,13 +827,13 @@ impl Store {
             sender_email: by.email.clone(),
             sender_name: by.display_name.clone(),
             content,
-            client_id: None,
+            client_id,
             created_at: Utc::now().trunc_subsecs(6),
             kind,
             target_id: Some(target),
             mentions: Mentions::default(),
         };
-        Ok(self.append_message(event).await?.message)
+        self.append_message(event).await
     }
 
     /// Puts reaction `emoji` on message `target` of `room` for `by` (or takes it back): the

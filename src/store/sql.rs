@@ -823,6 +823,24 @@ macro_rules! shared_queries {
                     == 1)
             }
 
+            pub async fn message_by_client_id(
+                &self,
+                room: &str,
+                sender: uuid::Uuid,
+                client_id: &str,
+            ) -> Result<Option<$crate::store::Message>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    message_columns!(),
+                    " FROM messages WHERE room = $1 AND client_id = $2 AND sender_id = $3"
+                ))
+                .bind(room)
+                .bind(client_id)
+                .bind(sender)
+                .fetch_optional(&self.read)
+                .await?)
+            }
+
             /// Applies a reaction event (`react` / `unreact`, built by the caller) and, if it
             /// changed anything, stores it at the room's next seq, with the new tally.
             pub async fn react(

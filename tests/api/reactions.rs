@@ -15,6 +15,7 @@ use crate::{
 both_backends!(
     a_reaction_is_an_event_of_the_stream_and_history_counts_them,
     reactions_are_bounded_and_only_members_who_may_write_react,
+    edits_and_deletions_with_a_client_id_happen_once_and_edits_keep_to_the_window,
 );
 
 async fn call(app: &TestApp, method: Method, path: &str, who: &Session, body: Option<Value>) -> reqwest::Response {
@@ -228,4 +229,55 @@ async fn stream_events_cross_nodes_and_replay_once_in_order_after_a_node_is_gone
     assert_eq!(replayed, expected, "replayed on node a");
     again.ping().await;
     assert!(!again.unread().iter().any(stream_event), "nothing twice: {:?}", again.unread());
+}
+
+/// The room's latest seq, as `GET /api/rooms/{room}` says.
+async fn last_seq(app: &TestApp, who: &Session, room: &str) -> i64 {
+    let room = expect_json(app.get_authed(&format!("/api/rooms/{room}"), &who.token).await, StatusCode::OK).await;
+    room["lastSeq"].as_i64().expect("lastSeq")
+}
+
+async fn edits_and_deletions_with_a_client_id_happen_once_and_edits_keep_to_the_window(backend: Backend) {
+    let app = spawn_chat_node(backend, |c| {
+        c.chat.edit_window = confab::config::HumanDuration(std::time::Duration::from_secs(2));
+    })
+    .await;
+    let (eve, mut ws) = connect_user(&app, "eve@example.com").await;
+    ws.join("general").await;
+    let first = ws.send_with_client_id("general", "helo", "s1").await;
+    let second = ws.send("general", "bye").await;
+    let edit = |id: &str, content: &str, key: &str| {
+        let (app, eve, path) = (&app, &eve, format!("/api/rooms/general/messages/{id}"));
+        let body = json!({ "content": content, "clientId": key });
+        async move { call(app, Method::PATCH, &path, eve, Some(body)).await }
+    };
+    assert_eq!(edit(&first.id, "hello", "e1").await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(last_seq(&app, &eve, "general").await, 3);
+    assert_eq!(edit(&first.id, "hello", "e1").await.status(), StatusCode::NO_CONTENT, "a repeat is fine");
+    assert_eq!(last_seq(&app, &eve, "general").await, 3, "and changes nothing");
+    expect_error(edit(&second.id, "other", "e1").await, StatusCode::CONFLICT, "client_id_reused").await;
+
+    let delete = |id: &str, key: Option<&str>| {
+        let path = match key {
+            Some(k) => format!("/api/rooms/general/messages/{id}?clientId={k}"),
+            None => format!("/api/rooms/general/messages/{id}"),
+        };
+        let (app, eve) = (&app, &eve);
+        async move { call(app, Method::DELETE, &path, eve, None).await }
+    };
+    assert_eq!(delete(&second.id, Some("d1")).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(last_seq(&app, &eve, "general").await, 4);
+    assert_eq!(delete(&second.id, Some("d1")).await.status(), StatusCode::NO_CONTENT, "a repeat after it is gone");
+    assert_eq!(last_seq(&app, &eve, "general").await, 4);
+    expect_error(delete(&second.id, None).await, StatusCode::NOT_FOUND, "not_found").await;
+    // A send's key is not a deletion's.
+    expect_error(delete(&first.id, Some("s1")).await, StatusCode::CONFLICT, "client_id_reused").await;
+    let long = "k".repeat(65);
+    assert_eq!(delete(&first.id, Some(&long)).await.status(), StatusCode::BAD_REQUEST);
+
+    // Two seconds after sending, a message is not edited any more (deleting still works).
+    let late = ws.send("general", "too late soon").await;
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    expect_error(edit(&late.id, "changed", "e2").await, StatusCode::FORBIDDEN, "edit_window_passed").await;
+    assert_eq!(delete(&late.id, None).await.status(), StatusCode::NO_CONTENT);
 }

@@ -2,7 +2,11 @@
 
 use chrono::{DateTime, Utc};
 use poem::Request;
-use poem_openapi::{ApiResponse, Enum, Object, OpenApi, param::Path, payload::Json};
+use poem_openapi::{
+    ApiResponse, Enum, Object, OpenApi,
+    param::{Path, Query},
+    payload::Json,
+};
 use uuid::Uuid;
 
 use super::{ApiTags, admin::audit, security::BearerAuth};
@@ -285,11 +289,68 @@ checked_string!(
     }
 );
 
+optional_text!(
+    /// An idempotency key: 1 to 64 characters.
+    ClientIdInput,
+    64
+);
+
 /// A message's new content.
 #[derive(Object)]
+#[oai(rename_all = "camelCase")]
 struct EditBody {
     /// Trimmed; 1 to `chat.message_max_len` (2000 by default) characters, as for sending.
     content: ContentInput,
+    /// Makes the edit idempotent: the same key again (from me, in this room) changes nothing
+    /// more. Keys are shared with sends and deletions: use each once.
+    client_id: ClientIdInput,
+}
+
+/// A client id as given, checked.
+fn client_id(raw: Option<String>) -> Result<Option<String>, ApiError> {
+    raw.map(|c| {
+        crate::domain::ClientId::parse(&c)
+            .map(|c| c.as_str().to_owned())
+            .map_err(|_| ApiError::bad_request("clientId must be 1 to 64 characters", "invalid_payload"))
+    })
+    .transpose()
+}
+
+/// Whether `user` already made this change with this client id (true: answer as done, change
+/// nothing); 409 when the key was used for something else.
+async fn repeated(
+    state: &AppState,
+    name: &RoomName,
+    user: &User,
+    key: Option<&str>,
+    kind: crate::store::MessageKind,
+    target: Uuid,
+) -> Result<bool, ApiError> {
+    let Some(key) = key else { return Ok(false) };
+    match state.store.message_by_client_id(name, user.id, key).await? {
+        None => Ok(false),
+        Some(earlier) if earlier.kind == kind && earlier.target_id == Some(target) => Ok(true),
+        Some(_) => Err(ApiError::conflict("this clientId was used for something else", "client_id_reused")),
+    }
+}
+
+/// What a stored change came to: announced when new; a repeat of another kind of request with
+/// the same client id is a conflict.
+fn settle_change(
+    state: &AppState,
+    name: &RoomName,
+    appended: &crate::store::Appended,
+    kind: crate::store::MessageKind,
+    target: Uuid,
+) -> Result<(), ApiError> {
+    if appended.duplicate {
+        if appended.message.kind != kind || appended.message.target_id != Some(target) {
+            return Err(ApiError::conflict("this clientId was used for something else", "client_id_reused"));
+        }
+        return Ok(());
+    }
+    state.chat.announce_stored(name, &appended.message);
+    Ok(())
 }
 
 checked_string!(
@@ -690,8 +751,16 @@ impl RoomsApi {
         room: Path<String>,
         /// The message's id.
         message_id: Path<Uuid>,
+        /// Makes the deletion idempotent (1 to 64 characters): the same key again changes
+        /// nothing more, even once the message is gone.
+        #[oai(name = "clientId", validator(min_length = 1, max_length = 64))]
+        client_id_param: Query<Option<String>>,
     ) -> Result<Removed, ApiError> {
         let (state, name, _) = readable_room(req, &auth.0, &room.0).await?;
+        let key = client_id(client_id_param.0)?;
+        if repeated(state, &name, &auth.0, key.as_deref(), crate::store::MessageKind::Delete, message_id.0).await? {
+            return Ok(Removed::Done);
+        }
         let found = state.store.message_in_room(&name, message_id.0).await?;
         let Some(found) = found.filter(|m| m.deleted_at.is_none()) else {
             return Err(ApiError::not_found("no such message"));
@@ -701,9 +770,10 @@ impl RoomsApi {
             moderator_only(state, &name, &auth.0, "delete others' messages").await?;
         }
         state.chat.check_message_rate(auth.0.id, "delete_message").map_err(|_| ApiError::rate_limited(1))?;
-        let event = state.store.delete_message(&name, found.id, &auth.0).await?;
-        state.chat.announce_stored(&name, &event);
-        if !own {
+        let stored = state.store.delete_message(&name, found.id, &auth.0, key).await?;
+        let fresh = !stored.duplicate;
+        settle_change(state, &name, &stored, crate::store::MessageKind::Delete, found.id)?;
+        if !own && fresh {
             audit(
                 state,
                 req,
@@ -787,18 +857,30 @@ impl RoomsApi {
             crate::domain::InvalidContent::Empty => ApiError::bad_request(e.to_string(), "invalid_payload"),
             crate::domain::InvalidContent::TooLong { .. } => ApiError::bad_request(e.to_string(), "too_long"),
         })?;
+        let key = client_id(body.0.client_id.0)?;
+        if repeated(state, &name, &auth.0, key.as_deref(), crate::store::MessageKind::Edit, message_id.0).await? {
+            return Ok(Removed::Done);
+        }
         let found = state.store.message_in_room(&name, message_id.0).await?;
         let Some(found) = found.filter(|m| m.deleted_at.is_none() && m.sender_id == auth.0.id.0) else {
             return Err(ApiError::not_found("no such message of yours"));
         };
+        let window = state.config.chat.edit_window.0;
+        if !window.is_zero() && chrono::Duration::from_std(window).is_ok_and(|w| found.created_at + w < Utc::now()) {
+            let mins = window.as_secs().div_ceil(60);
+            return Err(ApiError::forbidden_code(
+                format!("messages can be edited for {mins} minute(s) after sending"),
+                "edit_window_passed",
+            ));
+        }
         let muted =
             state.store.membership(&name, auth.0.id).await?.and_then(|m| m.muted_until).filter(|t| *t > Utc::now());
         if muted.is_some() {
             return Err(ApiError::forbidden("you are muted in this room"));
         }
         state.chat.check_message_rate(auth.0.id, "edit_message").map_err(|_| ApiError::rate_limited(1))?;
-        let event = state.store.edit_message(&name, found.id, &auth.0, content.into_string()).await?;
-        state.chat.announce_stored(&name, &event);
+        let stored = state.store.edit_message(&name, found.id, &auth.0, content.into_string(), key).await?;
+        settle_change(state, &name, &stored, crate::store::MessageKind::Edit, found.id)?;
         Ok(Removed::Done)
     }
 
