@@ -306,14 +306,15 @@ struct EditBody {
     client_id: ClientIdInput,
 }
 
-/// A client id as given, checked.
+/// A client id as given, checked; an empty one is none.
 fn client_id(raw: Option<String>) -> Result<Option<String>, ApiError> {
-    raw.map(|c| {
-        crate::domain::ClientId::parse(&c)
-            .map(|c| c.as_str().to_owned())
-            .map_err(|_| ApiError::bad_request("clientId must be 1 to 64 characters", "invalid_payload"))
-    })
-    .transpose()
+    raw.filter(|c| !c.is_empty())
+        .map(|c| {
+            crate::domain::ClientId::parse(&c)
+                .map(|c| c.as_str().to_owned())
+                .map_err(|_| ApiError::bad_request("clientId must be 1 to 64 characters", "invalid_payload"))
+        })
+        .transpose()
 }
 
 /// Whether `user` already made this change with this client id (true: answer as done, change

@@ -64,7 +64,7 @@ impl SearchApi {
         &self,
         req: &Request,
         auth: BearerAuth,
-        /// What to look for: at most 200 characters and 10 words.
+        /// What to look for: at most 200 characters. Without any letter or digit it finds nothing.
         #[oai(validator(max_length = 200))]
         q: Query<String>,
         /// Only this room.
@@ -82,6 +82,10 @@ impl SearchApi {
             outcome("refused");
             ApiError::bad_request(e.to_string(), "invalid_query")
         })?;
+        if query.terms().is_empty() {
+            // Nothing to look for (no letters or digits): nothing found, nothing read.
+            return Ok(Json(SearchBody { results: Vec::new(), next: None }));
+        }
         let limit = limit.0.unwrap_or(DEFAULT_LIMIT);
         if !(1..=MAX_LIMIT).contains(&limit) {
             outcome("refused");
