@@ -535,6 +535,12 @@ test('two users chat in browsers across two nodes, through restarts', options, a
     await b().waitForSelector(`${room} .msg.msg--found`);
     assert.equal(await b().textContent(`${room} .msg.msg--found .msg-body`), 'hello from A');
     await b().click('#search-close');
+
+    // Who is here: B shows as online in A's member list.
+    const bobId = (await b().getAttribute('#me', 'title')).split('user id ')[1];
+    await a().click('#members-toggle');
+    await a().waitForSelector(`#member-list li[data-user="${bobId}"][data-online="true"] .presence-dot--on`);
+    await a().click('#members-toggle');
   });
 
   await t.test('the owner mutes B, who cannot write until unmuted; bans and unbans B', async () => {

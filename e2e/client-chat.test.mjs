@@ -439,3 +439,18 @@ test('mentions of me count apart from other unread messages, from the server and
   conn.frame({ type: 'read', room: 'team', seq: 6, unread: 0, mentions: 0 });
   assert.equal(team.mentions, 0);
 });
+
+test('presence events keep who is in a room; a disconnect forgets it until the re-join', async () => {
+  const { conn, chat } = setup();
+  conn.open();
+  chat.join('general');
+  conn.take('join_room').resolve({ type: 'ack', room: 'general', seq: 0 });
+  await tick();
+  assert.equal(chat.isOnline('general', 'u1'), undefined, 'unknown before the first event');
+  conn.frame({ type: 'presence', room: 'general', online: ['u1', 'u2'], offline: [] });
+  conn.frame({ type: 'presence', room: 'general', online: [], offline: ['u2'] });
+  assert.equal(chat.isOnline('general', 'u1'), true);
+  assert.equal(chat.isOnline('general', 'u2'), false);
+  conn.close();
+  assert.equal(chat.isOnline('general', 'u1'), undefined);
+});

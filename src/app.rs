@@ -106,6 +106,8 @@ impl App {
                 max_rooms_per_session: config.chat.max_rooms_per_session,
                 outbound_queue: config.ws.outbound_queue,
                 auto_create_rooms: config.rooms.auto_create,
+                presence_interval: config.chat.presence_interval.0,
+                presence_ttl: config.chat.presence_ttl.0,
             },
         );
         let node_id = config.node_id.clone().unwrap_or_else(|| format!("{}:{}", hostname(), local_addr.port()));
@@ -143,6 +145,10 @@ impl App {
     /// Serves until `shutdown` completes, then drains for up to `shutdown.grace`.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let Self { state, listener, local_addr, metrics, background, background_tasks } = self;
+        {
+            let (chat, stop) = (state.chat.clone(), background.clone());
+            background_tasks.spawn(async move { chat.run_presence(stop).await });
+        }
         let limits = http::server::ConnectionLimits {
             header_read_timeout: state.config.http.header_read_timeout.0,
             max_connections_per_ip: state.config.http.max_connections_per_ip,

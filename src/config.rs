@@ -293,6 +293,12 @@ pub struct ChatConfig {
     pub max_reactions_per_message: u32,
     /// How long after sending its author may edit a message; 0 means no limit.
     pub edit_window: HumanDuration,
+    /// How often each node gathers presence changes and tells its members (changes within
+    /// one interval are coalesced).
+    pub presence_interval: HumanDuration,
+    /// How long a node's presence entries outlive its last refresh: a node that dies without
+    /// saying so has its users go offline after this.
+    pub presence_ttl: HumanDuration,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -433,6 +439,8 @@ impl Default for ChatConfig {
             max_rooms_per_session: 256,
             max_reactions_per_message: 20,
             edit_window: HumanDuration(Duration::ZERO),
+            presence_interval: HumanDuration(Duration::from_secs(2)),
+            presence_ttl: HumanDuration(Duration::from_secs(15)),
         }
     }
 }
@@ -598,6 +606,12 @@ impl Config {
         in_range("limits.searches_per_minute", self.limits.searches_per_minute, 0, 1_000_000)?;
         in_range("chat.max_rooms_per_session", self.chat.max_rooms_per_session, 1, 100_000)?;
         in_range("chat.max_reactions_per_message", self.chat.max_reactions_per_message, 1, 1000)?;
+        if self.chat.presence_interval.0 < Duration::from_millis(100) {
+            return Err(ConfigError::invalid("chat.presence_interval", "must be at least 100ms"));
+        }
+        if self.chat.presence_ttl.0 < self.chat.presence_interval.0 * 2 {
+            return Err(ConfigError::invalid("chat.presence_ttl", "must be at least twice chat.presence_interval"));
+        }
         in_range("ws.max_sessions_per_user", self.ws.max_sessions_per_user, 0, 1_000_000)?;
         duration_in_range("ws.handshake_timeout", self.ws.handshake_timeout, 1, 600)?;
         in_range("ws.max_pending_handshakes", self.ws.max_pending_handshakes, 1, 10_000_000)?;

@@ -1018,3 +1018,109 @@ async fn a_reconnect_storm_after_a_node_restart_loses_nothing() {
     assert_eq!(storm, listeners, "the listeners were all on node 0");
     assert!(report.reconnects >= storm, "every client of the killed node reconnected: {}", report.reconnects);
 }
+
+/// A small client for the presence test: a WebSocket that answers nothing and keeps frames.
+struct Watcher {
+    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    user_id: String,
+}
+
+impl Watcher {
+    async fn connect(url: &str, token: &str) -> Self {
+        let url = format!("{url}?access_token={token}");
+        let (mut ws, _) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(&url))
+            .await
+            .expect("connect timed out")
+            .expect("connect");
+        let hello = Self::next_json(&mut ws).await;
+        let user_id = hello["user"]["id"].as_str().expect("hello names the user").to_owned();
+        Self { ws, user_id }
+    }
+
+    async fn next_json(
+        ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    ) -> Value {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(15), ws.next())
+                .await
+                .expect("no frame within 15 s")
+                .expect("the socket ended")
+                .expect("a frame");
+            if let Message::Text(text) = msg {
+                return serde_json::from_str(text.as_str()).expect("JSON frame");
+            }
+        }
+    }
+
+    async fn join(&mut self, room: &str) {
+        let frame = json!({ "type": "join_room", "room": room, "ref": "j" });
+        self.ws.send(Message::text(frame.to_string())).await.expect("send join");
+        loop {
+            let f = Self::next_json(&mut self.ws).await;
+            if f["ref"] == "j" {
+                assert_eq!(f["type"], "ack", "join {room}: {f}");
+                return;
+            }
+        }
+    }
+
+    /// Presence events until one satisfies `done`; all of them.
+    async fn presence_until(&mut self, mut done: impl FnMut(&Value) -> bool) -> Vec<Value> {
+        let mut seen = Vec::new();
+        loop {
+            let f = Self::next_json(&mut self.ws).await;
+            if f["type"] == "presence" {
+                let stop = done(&f);
+                seen.push(f);
+                if stop {
+                    return seen;
+                }
+            }
+        }
+    }
+}
+
+fn names(f: &Value, key: &str, user: &str) -> bool {
+    f[key].as_array().is_some_and(|a| a.iter().any(|u| u == user))
+}
+
+/// kill -9 of a node: nothing is said, yet its users go offline for the others within the
+/// presence TTL, while a user who also has a session on a live node stays online.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_users_of_a_killed_node_go_offline_within_the_presence_ttl() {
+    const TTL: Duration = Duration::from_secs(2);
+    let _serial = SERIAL.lock().await;
+    let Some(mut cluster) =
+        Cluster::start(&[("CONFAB_CHAT__PRESENCE_INTERVAL", "300ms"), ("CONFAB_CHAT__PRESENCE_TTL", "2s")]).await
+    else {
+        return;
+    };
+    let tokens = cluster.users(3).await;
+    let urls = cluster.ws_urls();
+    let mut watcher = Watcher::connect(&urls[0], &tokens[0]).await;
+    let mut twice_on_live = Watcher::connect(&urls[1], &tokens[1]).await;
+    let mut twice_on_doomed = Watcher::connect(&urls[2], &tokens[1]).await;
+    let mut only_there = Watcher::connect(&urls[2], &tokens[2]).await;
+    for w in [&mut watcher, &mut twice_on_live, &mut twice_on_doomed, &mut only_there] {
+        w.join("lobby").await;
+    }
+    let (both, only) = (twice_on_live.user_id.clone(), only_there.user_id.clone());
+    let mut online = HashSet::new();
+    watcher
+        .presence_until(|f| {
+            for u in f["online"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+                online.insert(u.to_owned());
+            }
+            online.contains(&both) && online.contains(&only)
+        })
+        .await;
+
+    cluster.nodes[2].kill();
+    let killed = Instant::now();
+    let seen = watcher.presence_until(|f| names(f, "offline", &only)).await;
+    let took = killed.elapsed();
+    println!("presence: a killed node's user was offline elsewhere {took:?} after the kill (TTL {TTL:?})");
+    assert!(took <= TTL + Duration::from_secs(2), "offline only after {took:?}");
+    assert!(!seen.iter().any(|f| names(f, "offline", &both)), "still online through node 1: {seen:?}");
+    drop((twice_on_doomed, twice_on_live));
+}

@@ -372,10 +372,14 @@ impl Native {
             .expect("sending a frame failed");
     }
 
+    /// The next frame; `presence` frames (on the server's own schedule) are passed over.
     async fn recv(&mut self) -> Value {
-        match recv_frame(&mut self.ws).await {
-            Message::Text(text) => serde_json::from_str(text.as_str()).expect("native frames are JSON"),
-            other => panic!("expected a text frame, got {other:?}"),
+        loop {
+            match recv_frame(&mut self.ws).await {
+                Message::Text(text) if text.as_str().starts_with(r#"{"type":"presence""#) => {}
+                Message::Text(text) => return serde_json::from_str(text.as_str()).expect("native frames are JSON"),
+                other => panic!("expected a text frame, got {other:?}"),
+            }
         }
     }
 

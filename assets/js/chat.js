@@ -65,6 +65,8 @@ export class Room {
     this.info = null;
     /** Until when I may not write here (RFC 3339), while muted. */
     this.mutedUntil = null;
+    /** Who is in the room right now (user ids), from `presence` events; null until the first. */
+    this.online = null;
   }
 
   /**
@@ -447,7 +449,11 @@ export class Chat extends EventTarget {
   }
 
   #onDisconnect() {
-    for (const room of this.rooms.values()) room.joined = false;
+    for (const room of this.rooms.values()) {
+      room.joined = false;
+      // Stale from now on: the re-join brings who is there.
+      room.online = null;
+    }
     this.#emit('rooms');
   }
 
@@ -568,6 +574,12 @@ export class Chat extends EventTarget {
       case 'reaction':
         this.#onReaction(room, frame);
         break;
+      case 'presence':
+        room.online ??= new Set();
+        for (const id of frame.online ?? []) room.online.add(id);
+        for (const id of frame.offline ?? []) room.online.delete(id);
+        this.#emit('presence', { room });
+        break;
       case 'typing':
         if (frame.userId === this.me.id) return;
         room.typing.set(frame.userId, { name: frame.name ?? frame.email, until: this.#now() + TYPING_SHOWN_FOR });
@@ -655,6 +667,12 @@ export class Chat extends EventTarget {
       else await this.loadOlder(name);
     }
     return room.messages.has(seq);
+  }
+
+  /** Whether `userId` is in room `name` now, from presence events; undefined before the first. */
+  isOnline(name, userId) {
+    const online = this.rooms.get(name)?.online;
+    return online ? online.has(userId) : undefined;
   }
 
   /** My latest message in `name` that I may still edit. */

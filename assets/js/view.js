@@ -734,6 +734,9 @@ export class ChatView {
       if (e.detail.room.name === chat.active) this.renderTyping();
     });
     on(chat, 'left', (e) => this.dropView(e.detail.room.name));
+    on(chat, 'presence', (e) => {
+      if (e.detail.room.name === chat.active && !this.el.members.hidden) this.renderMembers();
+    });
     on(chat, 'divider', (e) => this.view(e.detail.room)?.setDivider(e.detail.room.readAtOpen));
     on(document, 'visibilitychange', () => {
       if (!document.hidden && chat.active) chat.markRead(chat.active);
@@ -1177,10 +1180,13 @@ export class ChatView {
           );
         }
       }
+      const here = this.chat.isOnline(name, m.userId) ?? m.online;
       return h(
         'li',
-        { dataset: { user: m.userId } },
+        { dataset: { user: m.userId, online: String(Boolean(here)) } },
+        h('span', { class: `presence-dot${here ? ' presence-dot--on' : ''}`, 'aria-hidden': 'true' }),
         h('span', { class: 'member-name', title: m.userId }, m.displayName),
+        h('span', { class: 'sr-only' }, here ? ' (online)' : ' (offline)'),
         h('span', { class: 'member-role' }, me ? `${m.role} · you` : m.role),
         m.mutedUntil ? h('span', { class: 'member-role' }, `muted until ${timeFormat.format(new Date(m.mutedUntil))}`) : null,
         h('span', { class: 'member-actions' }, ...actions),

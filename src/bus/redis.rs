@@ -65,6 +65,8 @@ struct Inner {
     prefix: String,
     /// The channel of events addressed to users.
     users_channel: String,
+    /// `redis.prefix` as configured.
+    base_prefix: String,
     /// Random per process: lets a node recognise its own events coming back.
     instance: u64,
     publish_tx: mpsc::Sender<(String, Vec<u8>)>,
@@ -93,6 +95,7 @@ impl RedisBus {
             hub,
             prefix: format!("{prefix}:room:"),
             users_channel: format!("{prefix}:users"),
+            base_prefix: prefix.to_owned(),
             instance: rand::random(),
             publish_tx,
             control_tx,
@@ -109,6 +112,15 @@ impl RedisBus {
 
     pub fn hub(&self) -> &Arc<Hub> {
         &self.inner.hub
+    }
+
+    /// Where this node keeps its presence entries: this bus's connection, prefix and instance.
+    pub fn presence_backing(&self) -> crate::chat::presence::Backing {
+        crate::chat::presence::Backing::Redis {
+            conn: self.inner.conn.clone(),
+            prefix: self.inner.base_prefix.clone(),
+            node: format!("{:016x}", self.inner.instance),
+        }
     }
 
     pub fn connected(&self) -> bool {
@@ -190,6 +202,8 @@ fn encode(instance: u64, e: &Event) -> Vec<u8> {
         EventKind::Removed { user } => ('r', user.to_string()),
         EventKind::Muted { user, until } => ('u', format!("{user}:{until}")),
         EventKind::Read { user, origin } => ('R', format!("{user}:{origin}:{}", e.room)),
+        // Made by each node for its own members; never published, but encodable all the same.
+        EventKind::Presence => ('p', String::new()),
     };
     let frame = e.frame.native.as_bytes();
     let compat = e.frame.compat.as_bytes();
@@ -224,6 +238,7 @@ fn decode(instance: u64, room: Option<RoomName>, payload: &[u8]) -> Option<Event
         b"d" => EventKind::Deleted { seq: arg.parse().ok()? },
         b"e" => EventKind::Edited { seq: arg.parse().ok()? },
         b"x" => EventKind::Reacted { seq: arg.parse().ok()? },
+        b"p" => EventKind::Presence,
         b"s" => EventKind::System { origin: arg.parse().ok()? },
         b"t" => EventKind::Typing { user: arg.parse::<Uuid>().ok()? },
         b"r" => EventKind::Removed { user: arg.parse::<Uuid>().ok()? },

@@ -44,6 +44,8 @@ pub enum EventKind {
     /// A user's read marker moved: delivered to that user's sessions on every node (whether
     /// or not they are in the room), except session `origin` which moved it.
     Read { user: Uuid, origin: u64 },
+    /// Who came online or went offline in the room: made by each node for its own members.
+    Presence,
 }
 
 impl EventKind {
@@ -59,6 +61,7 @@ impl EventKind {
             Self::Removed { .. } => "removed",
             Self::Muted { .. } => "muted",
             Self::Read { .. } => "read",
+            Self::Presence => "presence",
         }
     }
 }

@@ -22,7 +22,7 @@ use tokio::sync::{OnceCell, mpsc, oneshot};
 use super::{
     event::{self, Encoded, Event, EventKind},
     registry::SessionRegistry,
-    session::{Flusher, Form, SessionHandle},
+    session::{Flusher, Form, SessionHandle, corked},
     writer::WriteRequest,
 };
 use crate::{
@@ -125,6 +125,11 @@ impl Room {
         self.lock().members.len()
     }
 
+    /// The users of this node's members.
+    fn users(&self) -> std::collections::HashSet<uuid::Uuid> {
+        self.lock().members.iter().map(|m| m.handle.user).collect()
+    }
+
     /// Delivers one message event in seq order, holding early ones back. Returns true when a
     /// gap appeared that no repair task is working on yet.
     fn accept(&self, seq: Seq, frame: &Arc<Encoded>) -> bool {
@@ -161,6 +166,8 @@ impl Room {
                 | EventKind::Removed { .. }
                 | EventKind::Muted { .. }
                 | EventKind::Read { .. } => false,
+                // The original platform's clients have no use for it.
+                EventKind::Presence => m.handle.outbox.form() == Form::SocketIo,
             };
             if !skip && !m.handle.outbox.offer_event(frame) {
                 kicked = true;
@@ -423,6 +430,23 @@ impl Hub {
                 s.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect::<Vec<_>>()
             })
             .collect()
+    }
+
+    /// The users with a session in each room here.
+    pub fn users_by_room(&self) -> HashMap<RoomName, std::collections::HashSet<uuid::Uuid>> {
+        self.rooms().iter().map(|r| (r.name.clone(), r.users())).collect()
+    }
+
+    /// The users with a session in `room` here.
+    pub fn users_in(&self, room: &RoomName) -> std::collections::HashSet<uuid::Uuid> {
+        self.get(room).map(|r| r.users()).unwrap_or_default()
+    }
+
+    /// Gives `frame` (made on this node for this node) to the live members of `room` here.
+    pub fn tell_local(&self, room: &RoomName, frame: &Arc<Encoded>) {
+        if let Some(r) = self.get(room) {
+            corked(&self.flusher, || r.broadcast(EventKind::Presence, frame));
+        }
     }
 
     /// Every room here with its member count.

@@ -7,6 +7,7 @@
 
 pub mod event;
 pub mod hub;
+pub mod presence;
 pub mod registry;
 pub mod session;
 pub mod writer;
@@ -118,6 +119,11 @@ pub struct ChatSettings {
     pub outbound_queue: usize,
     /// Joining an unknown room creates it (public).
     pub auto_create_rooms: bool,
+    /// How often presence changes are gathered and told (coalesced within it).
+    pub presence_interval: Duration,
+    /// How long a node's presence entries outlive its last refresh (a dead node's users go
+    /// offline after this).
+    pub presence_ttl: Duration,
 }
 
 /// The chat core. Cheap to clone.
@@ -139,6 +145,7 @@ struct Inner {
     settings: ChatSettings,
     /// Room writers, so shutdown can wait for in-flight commits.
     writers: TaskTracker,
+    presence: Arc<presence::Presence>,
 }
 
 /// One connection's chat state, owned by its transport task (no locks).
@@ -176,7 +183,13 @@ impl ChatService {
         let membership_limiter = KeyedLimiter::per_second(settings.joins_per_second, settings.join_burst);
         let read_limiter = KeyedLimiter::per_second(settings.joins_per_second, settings.join_burst);
         let sessions = Arc::clone(&hub.sessions);
+        let backing = match &bus {
+            Bus::Local(_) => presence::Backing::Local,
+            Bus::Redis(redis) => redis.presence_backing(),
+        };
+        let presence = presence::Presence::new(Arc::clone(&hub), backing, settings.presence_ttl);
         let inner = Inner {
+            presence,
             hub,
             bus,
             store,
@@ -252,6 +265,18 @@ impl ChatService {
                 Err(e) => tracing::warn!(error = %e, "looking for revoked accounts failed; trying again"),
             }
         }
+    }
+
+    /// Gathers and tells presence changes every `chat.presence_interval` until `stop`, then
+    /// takes this node's users out of the cluster's presence.
+    pub async fn run_presence(&self, stop: tokio_util::sync::CancellationToken) {
+        let every = self.inner.settings.presence_interval;
+        Arc::clone(&self.inner.presence).run(every, stop).await;
+    }
+
+    /// Who is online in `room` now (a session joined to it on a live node).
+    pub async fn online_in(&self, room: &RoomName) -> std::collections::HashSet<Uuid> {
+        self.inner.presence.online(room).await
     }
 
     /// Forgets rate-limit state of users who went quiet. Call periodically.
@@ -358,6 +383,11 @@ impl ChatService {
             }
         };
         s.rooms.insert(name.clone(), room);
+        // Who is online here, as this node last told the room; changes follow as they come.
+        if s.handle.outbox.form() == Form::Native {
+            let online = self.inner.presence.announced(&name);
+            s.handle.outbox.offer_event(&presence::event(&name, online, Vec::new()));
+        }
         Ok(match start {
             Start::Live { .. } => Joined { room: name, catch_up_from: None },
             Start::CatchUp { from, .. } => Joined { room: name, catch_up_from: Some(from) },

@@ -16,6 +16,7 @@ mod limits;
 mod moderation;
 mod ops;
 mod ordering;
+mod presence;
 mod reactions;
 mod reads;
 mod revocation;

@@ -235,6 +235,8 @@ struct MemberView {
     /// While muted: until when.
     #[oai(skip_serializing_if_is_none)]
     muted_until: Option<DateTime<Utc>>,
+    /// In the room right now: a session of theirs is joined to it, on any node.
+    online: bool,
 }
 
 impl From<Member> for MemberView {
@@ -246,6 +248,7 @@ impl From<Member> for MemberView {
             role: m.role.into(),
             joined_at: m.joined_at,
             muted_until,
+            online: false,
         }
     }
 }
@@ -921,7 +924,15 @@ impl RoomsApi {
     ) -> Result<Json<MembersBody>, ApiError> {
         let (state, name, _) = readable_room(req, &auth.0, &room.0).await?;
         let members = state.store.members(&name, MEMBERS_LIMIT).await?;
-        Ok(Json(MembersBody { members: members.into_iter().map(Into::into).collect() }))
+        let online = state.chat.online_in(&name).await;
+        let members = members
+            .into_iter()
+            .map(|m| {
+                let here = online.contains(&m.user_id);
+                MemberView { online: here, ..m.into() }
+            })
+            .collect();
+        Ok(Json(MembersBody { members }))
     }
 
     /// Add a user to a room.

@@ -1,0 +1,217 @@
+//! Who is online in each room, across nodes.
+//!
+//! A user is online in a room while one of their sessions, on any live node, is joined to it.
+//! Every `chat.presence_interval` each node takes the users of its rooms from its hub (the only
+//! source of truth on a node: no hook on join or leave can be forgotten) and, with Redis, writes
+//! them to one sorted set per room whose members are `<user>|<node>` and whose scores are expiry
+//! times: refreshed while the node lives, removed by the node when the user leaves it, expired
+//! `chat.presence_ttl` after a node dies (kill -9 included). A user is online while any entry of
+//! theirs is unexpired. Without Redis the hub's users are the whole story.
+//!
+//! Each node then compares, for each room it hosts, who is online with what it last told its
+//! members there, and tells them the difference in one `presence {room, online, offline}`
+//! event. So changes are coalesced per interval (a socket that drops and reconnects within one
+//! says nothing), every node tells its own members (nothing crosses the bus), and the cost is
+//! per interval and per hosted room member, never per message.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use uuid::Uuid;
+
+use super::{
+    event::{Encoded, EventKind},
+    hub::Hub,
+};
+use crate::domain::RoomName;
+
+/// Where presence entries live.
+pub enum Backing {
+    /// One node: the hub says it all.
+    Local,
+    /// A cluster: sorted sets `<prefix>:online:<room>` in Redis.
+    Redis { conn: ConnectionManager, prefix: String, node: String },
+}
+
+/// Presence of this node's rooms, and the events that tell their members.
+pub struct Presence {
+    hub: Arc<Hub>,
+    backing: Backing,
+    ttl: Duration,
+    /// Per hosted room: who its members here were last told is online.
+    announced: Mutex<HashMap<RoomName, HashSet<Uuid>>>,
+    /// Per room: the users this node last wrote as present (Redis), so leavers are removed.
+    written: Mutex<HashMap<RoomName, HashSet<Uuid>>>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "presence")]
+struct Wire<'a> {
+    room: &'a str,
+    online: Vec<Uuid>,
+    offline: Vec<Uuid>,
+}
+
+/// The `presence` event for `room`.
+pub fn event(room: &RoomName, mut online: Vec<Uuid>, mut offline: Vec<Uuid>) -> Arc<Encoded> {
+    online.sort_unstable();
+    offline.sort_unstable();
+    let wire = Wire { room: room.as_str(), online, offline };
+    let json = serde_json::to_string(&wire).expect("presence frames serialise: strings only");
+    Encoded::new(EventKind::Presence, Utf8Bytes::from(json))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Each update leaves the maps consistent before anything that could panic.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Presence {
+    pub fn new(hub: Arc<Hub>, backing: Backing, ttl: Duration) -> Arc<Self> {
+        Arc::new(Self { hub, backing, ttl, announced: Mutex::default(), written: Mutex::default() })
+    }
+
+    fn key(prefix: &str, room: &RoomName) -> String {
+        format!("{prefix}:online:{room}")
+    }
+
+    /// Who the members of `room` here were last told is online (for a session that joins).
+    pub fn announced(&self, room: &RoomName) -> Vec<Uuid> {
+        lock(&self.announced).get(room).map(|s| s.iter().copied().collect()).unwrap_or_default()
+    }
+
+    /// Who is online in `room` now, on any live node.
+    pub async fn online(&self, room: &RoomName) -> HashSet<Uuid> {
+        match &self.backing {
+            Backing::Local => self.hub.users_in(room),
+            Backing::Redis { conn, prefix, .. } => {
+                let now = chrono::Utc::now().timestamp_millis();
+                let mut conn = conn.clone();
+                let entries: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                    .arg(Self::key(prefix, room))
+                    .arg(now)
+                    .arg("+inf")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                let mut users = users_of(&entries);
+                // This node's own users count even before its next write.
+                users.extend(self.hub.users_in(room));
+                users
+            }
+        }
+    }
+
+    /// One round: writes this node's users (Redis), reads who is online in each hosted room,
+    /// and tells each room's members here what changed.
+    pub async fn tick(&self) {
+        let local = self.hub.users_by_room();
+        let online = match &self.backing {
+            Backing::Local => local.clone(),
+            Backing::Redis { conn, prefix, node } => match self.sync(conn, prefix, node, &local).await {
+                Ok(online) => online,
+                Err(e) => {
+                    tracing::debug!(error = %e, "presence round failed; trying again next round");
+                    return;
+                }
+            },
+        };
+        let mut events = Vec::new();
+        {
+            let mut announced = lock(&self.announced);
+            announced.retain(|room, _| local.contains_key(room));
+            for (room, now) in &online {
+                let before = announced.entry(room.clone()).or_default();
+                let came: Vec<Uuid> = now.difference(before).copied().collect();
+                let went: Vec<Uuid> = before.difference(now).copied().collect();
+                if came.is_empty() && went.is_empty() {
+                    continue;
+                }
+                before.clone_from(now);
+                events.push((room.clone(), event(room, came, went)));
+            }
+        }
+        for (room, frame) in events {
+            self.hub.tell_local(&room, &frame);
+        }
+    }
+
+    /// Writes this node's entries (refreshing those that stay, removing those that left) and
+    /// returns, for each room hosted here, who is online on any live node.
+    async fn sync(
+        &self,
+        conn: &ConnectionManager,
+        prefix: &str,
+        node: &str,
+        local: &HashMap<RoomName, HashSet<Uuid>>,
+    ) -> Result<HashMap<RoomName, HashSet<Uuid>>, redis::RedisError> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let expires = now + i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        let key_ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(60).max(1) * 2;
+        let mut pipe = redis::pipe();
+        {
+            let mut written = lock(&self.written);
+            for (room, users) in local {
+                let key = Self::key(prefix, room);
+                for user in users {
+                    pipe.zadd(&key, format!("{user}|{node}"), expires).ignore();
+                }
+                pipe.expire(&key, key_ttl).ignore();
+                pipe.zrembyscore(&key, "-inf", now).ignore();
+            }
+            for (room, users) in written.iter() {
+                let key = Self::key(prefix, room);
+                let here = local.get(room);
+                for user in users.iter().filter(|u| here.is_none_or(|h| !h.contains(u))) {
+                    pipe.zrem(&key, format!("{user}|{node}")).ignore();
+                }
+            }
+            written.clone_from(local);
+        }
+        let rooms: Vec<&RoomName> = local.keys().collect();
+        for room in &rooms {
+            pipe.cmd("ZRANGEBYSCORE").arg(Self::key(prefix, room)).arg(now).arg("+inf");
+        }
+        let mut conn = conn.clone();
+        let found: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
+        Ok(rooms.into_iter().zip(found).map(|(room, entries)| (room.clone(), users_of(&entries))).collect())
+    }
+
+    /// Removes this node's entries (it is stopping): its users go offline at once elsewhere.
+    pub async fn withdraw(&self) {
+        let Backing::Redis { conn, prefix, node } = &self.backing else { return };
+        let written = std::mem::take(&mut *lock(&self.written));
+        let mut pipe = redis::pipe();
+        for (room, users) in &written {
+            for user in users {
+                pipe.zrem(Self::key(prefix, room), format!("{user}|{node}")).ignore();
+            }
+        }
+        let mut conn = conn.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(1), pipe.query_async::<()>(&mut conn)).await;
+    }
+
+    /// Runs rounds every `every` until `stop`, then withdraws.
+    pub async fn run(self: Arc<Self>, every: Duration, stop: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.tick().await,
+                () = stop.cancelled() => break,
+            }
+        }
+        self.withdraw().await;
+    }
+}
+
+/// The users among `<user>|<node>` entries.
+fn users_of(entries: &[String]) -> HashSet<Uuid> {
+    entries.iter().filter_map(|e| e.split('|').next()?.parse().ok()).collect()
+}
