@@ -240,16 +240,11 @@ impl<'a> Columns<'a> {
 }
 
 impl PgStore {
-    pub async fn search(&self, query: &SearchQuery, scope: &super::SearchScope) -> Result<Vec<Message>, StoreError> {
-        Ok(sqlx::query_as(search_messages!("search @@ to_tsquery('simple', $1)"))
-            .bind(query.tsquery())
-            .bind(scope.room.as_ref().map(RoomName::as_str))
-            .bind(scope.before)
-            .bind(scope.admin)
-            .bind(scope.user.0)
-            .bind(i64::from(scope.limit))
-            .fetch_all(&self.read)
-            .await?)
+    /// Full-text search through the `search` tsvector (see [`search_messages!`]).
+    const SEARCH: &'static str = search_messages!("search @@ to_tsquery('simple', $1)");
+
+    fn search_text(query: &SearchQuery) -> String {
+        query.tsquery()
     }
 }
 

@@ -823,6 +823,22 @@ macro_rules! shared_queries {
                     == 1)
             }
 
+            pub async fn search(
+                &self,
+                query: &$crate::domain::SearchQuery,
+                scope: &$crate::store::SearchScope,
+            ) -> Result<Vec<$crate::store::Message>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(Self::SEARCH)
+                    .bind(Self::search_text(query))
+                    .bind(scope.room.as_ref().map($crate::domain::RoomName::as_str))
+                    .bind(scope.before)
+                    .bind(scope.admin)
+                    .bind(scope.user.0)
+                    .bind(i64::from(scope.limit))
+                    .fetch_all(&self.read)
+                    .await?)
+            }
+
             pub async fn message_by_client_id(
                 &self,
                 room: &str,

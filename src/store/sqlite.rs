@@ -198,19 +198,14 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
-    pub async fn search(&self, query: &SearchQuery, scope: &super::SearchScope) -> Result<Vec<Message>, StoreError> {
-        Ok(sqlx::query_as(search_messages!(
-            "id IN (SELECT s.message_id FROM messages_fts JOIN message_search s ON s.rowid = messages_fts.rowid \
-                    WHERE messages_fts MATCH $1)"
-        ))
-        .bind(query.fts5())
-        .bind(scope.room.as_ref().map(RoomName::as_str))
-        .bind(scope.before)
-        .bind(scope.admin)
-        .bind(scope.user.0)
-        .bind(i64::from(scope.limit))
-        .fetch_all(&self.read)
-        .await?)
+    /// Full-text search through FTS5 (see [`search_messages!`]).
+    const SEARCH: &'static str = search_messages!(
+        "id IN (SELECT s.message_id FROM messages_fts JOIN message_search s ON s.rowid = messages_fts.rowid \
+                WHERE messages_fts MATCH $1)"
+    );
+
+    fn search_text(query: &SearchQuery) -> String {
+        query.fts5()
     }
 }
 
