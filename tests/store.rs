@@ -656,3 +656,28 @@ async fn rooms_are_created_once_and_list_public_ones_and_mine(backend: Backend) 
     assert!(store.remove_member(&room("closed"), other.id).await.expect("remove"));
     assert!(!store.remove_member(&room("closed"), other.id).await.expect("remove again"));
 }
+
+/// A new SQLite database (and the directory made for it) is readable by its owner only: it
+/// holds password hashes and the generated JWT signing key.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_new_sqlite_database_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("data").join("confab.db");
+    let url = format!("sqlite://{}", path.display());
+    let store = Store::connect(confab::config::DatabaseKind::Sqlite, &url, 2).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    store.setting_or_insert("jwt_secret", "s3cret").await.expect("a setting");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o600, "the database file");
+    let wal = path.with_file_name("confab.db-wal");
+    assert!(wal.exists(), "WAL mode keeps a -wal file");
+    assert_eq!(mode(&wal), 0o600, "the -wal file");
+    assert_eq!(mode(path.parent().expect("dir")), 0o700, "the directory made for it");
+    store.close().await;
+    // Opened again, an existing file is left as it is.
+    let again = Store::connect(confab::config::DatabaseKind::Sqlite, &url, 2).await.expect("reopen");
+    again.close().await;
+    assert_eq!(mode(&path), 0o600);
+}

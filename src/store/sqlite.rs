@@ -31,6 +31,47 @@ macro_rules! stored_client_ids {
 }
 const STORED_CLIENT_IDS: &str = stored_client_ids!();
 
+/// Creates `dir` (and its parents) readable by this user only.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Creates the database file, empty (which SQLite takes for a new database), readable and
+/// writable by this user only: it holds password hashes and the generated JWT signing key.
+/// SQLite gives its `-wal` and `-shm` files the same mode. An existing file is left as it is,
+/// with a warning when others may read it.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                if let Ok(meta) = std::fs::metadata(path)
+                    && meta.permissions().mode() & 0o077 != 0
+                {
+                    tracing::warn!(
+                        path = %path.display(),
+                        mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                        "the database file is readable by other users; it holds password hashes and the JWT \
+                         signing key: chmod 600 it"
+                    );
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The client ids of `batch` as a JSON array; `None` when no message has one.
 fn client_ids_json(batch: &[NewMessage]) -> Option<String> {
     let ids: Vec<&str> = batch.iter().filter_map(|m| m.client_id.as_deref()).collect();
@@ -58,12 +99,14 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
         let path = options.get_filename().to_owned();
-        if path != Path::new(":memory:")
-            && let Some(dir) = path.parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Open(format!("cannot create {}: {e}", dir.display())))?;
+        if path != Path::new(":memory:") {
+            if let Some(dir) = path.parent()
+                && !dir.as_os_str().is_empty()
+                && !dir.exists()
+            {
+                private_dir(dir).map_err(|e| StoreError::Open(format!("cannot create {}: {e}", dir.display())))?;
+            }
+            private_file(&path).map_err(|e| StoreError::Open(format!("cannot create {}: {e}", path.display())))?;
         }
         let write = SqlitePoolOptions::new()
             .max_connections(1)
