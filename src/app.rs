@@ -108,6 +108,7 @@ impl App {
                 auto_create_rooms: config.rooms.auto_create,
                 presence_interval: config.chat.presence_interval.0,
                 presence_ttl: config.chat.presence_ttl.0,
+                search_index_interval: config.chat.search_index_interval.0,
             },
         );
         let node_id = config.node_id.clone().unwrap_or_else(|| format!("{}:{}", hostname(), local_addr.port()));
@@ -148,6 +149,8 @@ impl App {
         {
             let (chat, stop) = (state.chat.clone(), background.clone());
             background_tasks.spawn(async move { chat.run_presence(stop).await });
+            let (chat, stop) = (state.chat.clone(), background.clone());
+            background_tasks.spawn(async move { chat.run_search_indexer(stop).await });
         }
         let limits = http::server::ConnectionLimits {
             header_read_timeout: state.config.http.header_read_timeout.0,

@@ -299,6 +299,10 @@ pub struct ChatConfig {
     /// How long a node's presence entries outlive its last refresh: a node that dies without
     /// saying so has its users go offline after this.
     pub presence_ttl: HumanDuration,
+    /// How often each node indexes the messages it stored for full-text search (in batches,
+    /// outside the commits that ack them). A search on the node that stored a message finds it
+    /// at once; on another node, within this.
+    pub search_index_interval: HumanDuration,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -441,6 +445,7 @@ impl Default for ChatConfig {
             edit_window: HumanDuration(Duration::ZERO),
             presence_interval: HumanDuration(Duration::from_secs(2)),
             presence_ttl: HumanDuration(Duration::from_secs(15)),
+            search_index_interval: HumanDuration(Duration::from_millis(500)),
         }
     }
 }
@@ -608,6 +613,9 @@ impl Config {
         in_range("chat.max_reactions_per_message", self.chat.max_reactions_per_message, 1, 1000)?;
         if self.chat.presence_interval.0 < Duration::from_millis(100) {
             return Err(ConfigError::invalid("chat.presence_interval", "must be at least 100ms"));
+        }
+        if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&self.chat.search_index_interval.0) {
+            return Err(ConfigError::invalid("chat.search_index_interval", "must be between 10ms and 1h"));
         }
         if self.chat.presence_ttl.0 < self.chat.presence_interval.0 * 2 {
             return Err(ConfigError::invalid("chat.presence_ttl", "must be at least twice chat.presence_interval"));

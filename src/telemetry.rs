@@ -30,6 +30,7 @@ pub const CHAT_RATE_LIMITED: &str = "confab_chat_rate_limited_total";
 pub const AUDIT_WRITE_FAILED: &str = "confab_audit_write_failures_total";
 pub const ROOMS_REFUSED: &str = "confab_rooms_refused_total";
 pub const SEARCHES: &str = "confab_searches_total";
+pub const SEARCH_INDEXED: &str = "confab_search_indexed_total";
 
 /// Installs the global tracing subscriber. `RUST_LOG`, when set, wins over `level`.
 pub fn init_logging(format: LogFormat, level: &str) {
@@ -86,5 +87,6 @@ fn describe() {
     metrics::describe_counter!(CHAT_RATE_LIMITED, "chat commands refused by a per-user rate limit, by command");
     metrics::describe_counter!(ROOMS_REFUSED, "room creations refused, by reason");
     metrics::describe_counter!(SEARCHES, "full-text searches, by outcome (ok, refused, rate_limited, failed)");
+    metrics::describe_counter!(SEARCH_INDEXED, "messages added to the full-text index (behind the acks)");
     metrics::describe_counter!(AUDIT_WRITE_FAILED, "audited actions that happened but could not be recorded");
 }

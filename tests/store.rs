@@ -86,6 +86,7 @@ both_backends!(
     concurrent_appends_with_one_client_id_store_one_message,
     a_database_of_the_previous_release_keeps_its_rooms_public_and_its_writers_members,
     rooms_are_created_once_and_list_public_ones_and_mine,
+    search_indexing_follows_each_rooms_stream_behind_the_commit,
 );
 
 async fn migrating_again_applies_nothing(backend: Backend) {
@@ -680,4 +681,70 @@ async fn a_new_sqlite_database_is_readable_by_its_owner_only() {
     let again = Store::connect(confab::config::DatabaseKind::Sqlite, &url, 2).await.expect("reopen");
     again.close().await;
     assert_eq!(mode(&path), 0o600);
+}
+
+/// Sends commit without touching the search index; `index_room` catches a room up in steps,
+/// from where it stopped, and the index still shows every message's current content.
+async fn search_indexing_follows_each_rooms_stream_behind_the_commit(backend: Backend) {
+    use confab::{
+        domain::SearchQuery,
+        store::{IndexStep, SearchScope},
+    };
+    let (store, _db) = open(backend).await;
+    let user = store.create_user("ida@example.com", "h").await.expect("create");
+    let (general, quiet) = (room("general"), room("quiet"));
+    let search = |q: &str| {
+        let store = store.clone();
+        let query = SearchQuery::parse(q).expect("query");
+        let uid = user.id;
+        async move {
+            let scope = SearchScope { user: uid, admin: true, room: None, before: None, limit: 100 };
+            let mut found: Vec<String> =
+                store.search(&query, &scope).await.expect("search").into_iter().map(|m| m.content).collect();
+            found.sort();
+            found
+        }
+    };
+    let batch: Vec<NewMessage> =
+        (1..=7).map(|i| message(&general, &user, &format!("walrus number {i}"), None)).collect();
+    let stored = store.append_messages(&general, &batch).await.expect("append");
+    store.append_message(message(&quiet, &user, "a quiet walrus", None)).await.expect("append");
+    assert!(search("walrus").await.is_empty(), "nothing is indexed inside the acking commit");
+    let mut behind = store.rooms_behind_index(100).await.expect("behind");
+    behind.sort();
+    assert_eq!(behind, [general.clone(), quiet.clone()]);
+
+    // Edited and deleted before the indexer gets to them: indexed as they are now.
+    store.edit_message(&general, stored[0].message.id, &user, "narwhal now".into(), None).await.expect("edit");
+    store.delete_message(&general, stored[1].message.id, &user, None).await.expect("delete");
+
+    // Three seqs at a time: 1..3, 4..6, 7..9 (the edit and the deletion take seqs 8 and 9).
+    let step = |room: &RoomName, max: i64| {
+        let (store, room) = (store.clone(), room.clone());
+        async move { store.index_room(&room, max).await.expect("index") }
+    };
+    assert!(matches!(step(&general, 3).await, IndexStep::Indexed(_)));
+    assert_eq!(search("walrus").await, ["walrus number 3"], "only seqs 1..3 are indexed");
+    assert_eq!(search("narwhal").await, ["narwhal now"]);
+    assert!(matches!(step(&general, 3).await, IndexStep::Indexed(_)));
+    assert_eq!(search("walrus").await, ["walrus number 3", "walrus number 4", "walrus number 5", "walrus number 6"]);
+    assert!(matches!(step(&general, 3).await, IndexStep::Indexed(_)));
+    assert_eq!(step(&general, 3).await, IndexStep::UpToDate);
+    assert_eq!(store.rooms_behind_index(100).await.expect("behind"), std::slice::from_ref(&quiet));
+    assert_eq!(search("walrus").await.len(), 5, "{:?}", search("walrus").await);
+
+    // Edits of indexed messages reach the index in their own commit.
+    store.edit_message(&general, stored[2].message.id, &user, "seal".into(), None).await.expect("edit");
+    store.delete_message(&general, stored[3].message.id, &user, None).await.expect("delete");
+    assert_eq!(search("walrus").await, ["walrus number 5", "walrus number 6", "walrus number 7"]);
+    assert_eq!(search("seal").await, ["seal"]);
+
+    assert_eq!(step(&quiet, 500).await, IndexStep::Indexed(1));
+    // The edit and the deletion moved general's stream on: the indexer steps over them.
+    assert_eq!(store.rooms_behind_index(100).await.expect("behind"), std::slice::from_ref(&general));
+    assert_eq!(step(&general, 500).await, IndexStep::Indexed(0));
+    assert!(store.rooms_behind_index(100).await.expect("behind").is_empty());
+    assert_eq!(search("quiet").await, ["a quiet walrus"]);
+    // A room never written to has nothing to index.
+    assert_eq!(step(&room("empty"), 500).await, IndexStep::UpToDate);
 }

@@ -7,6 +7,7 @@
 
 pub mod event;
 pub mod hub;
+pub mod indexer;
 pub mod presence;
 pub mod registry;
 pub mod session;
@@ -124,6 +125,8 @@ pub struct ChatSettings {
     /// How long a node's presence entries outlive its last refresh (a dead node's users go
     /// offline after this).
     pub presence_ttl: Duration,
+    /// How often stored messages are indexed for search.
+    pub search_index_interval: Duration,
 }
 
 /// The chat core. Cheap to clone.
@@ -146,6 +149,8 @@ struct Inner {
     /// Room writers, so shutdown can wait for in-flight commits.
     writers: TaskTracker,
     presence: Arc<presence::Presence>,
+    /// Indexes what the writers stored, behind their acks.
+    indexer: indexer::SearchIndexer,
 }
 
 /// One connection's chat state, owned by its transport task (no locks).
@@ -199,6 +204,7 @@ impl ChatService {
             sessions,
             settings,
             writers: TaskTracker::new(),
+            indexer: indexer::SearchIndexer::new(),
         };
         Self { inner: Arc::new(inner) }
     }
@@ -272,6 +278,23 @@ impl ChatService {
     pub async fn run_presence(&self, stop: tokio_util::sync::CancellationToken) {
         let every = self.inner.settings.presence_interval;
         Arc::clone(&self.inner.presence).run(every, stop).await;
+    }
+
+    /// Indexes stored messages for search until `stop`.
+    pub async fn run_search_indexer(&self, stop: tokio_util::sync::CancellationToken) {
+        let every = self.inner.settings.search_index_interval;
+        self.inner.indexer.run(self.inner.store.clone(), every, stop).await;
+    }
+
+    /// Messages matching `query` that `scope` may read, newest first, including everything this
+    /// node stored before the call (see [`indexer`]).
+    pub async fn search(
+        &self,
+        query: &crate::domain::SearchQuery,
+        scope: &crate::store::SearchScope,
+    ) -> Result<Vec<crate::store::Message>, StoreError> {
+        self.inner.indexer.catch_up().await;
+        self.inner.store.search(query, scope).await
     }
 
     /// Who is online in `room` now (a session joined to it on a live node).
@@ -363,6 +386,7 @@ impl ChatService {
                     name.clone(),
                     self.inner.store.clone(),
                     self.inner.bus.clone(),
+                    self.inner.indexer.clone(),
                     writer::batch_limit(self.inner.settings.outbound_queue),
                     &self.inner.writers,
                 );
@@ -608,6 +632,7 @@ impl ChatService {
     /// Hands a row of `room`'s seq stream stored outside the room's writer (a deletion) to
     /// every node's members, in its seq order.
     pub fn announce_stored(&self, room: &RoomName, stored: &crate::store::Message) {
+        self.inner.indexer.stored(room);
         self.inner.bus.publish(vec![event::message(room, stored)]);
     }
 

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{
     event,
+    indexer::SearchIndexer,
     session::{Reply, ReplyBody, SessionHandle, Tag, corked},
 };
 use crate::{
@@ -47,15 +48,23 @@ pub fn spawn(
     room: RoomName,
     store: Store,
     bus: Bus,
+    indexer: SearchIndexer,
     max_batch: usize,
     tasks: &TaskTracker,
 ) -> mpsc::Sender<WriteRequest> {
     let (tx, rx) = mpsc::channel(QUEUE);
-    tasks.spawn(run(room, rx, store, bus, max_batch));
+    tasks.spawn(run(room, rx, store, bus, indexer, max_batch));
     tx
 }
 
-async fn run(room: RoomName, mut rx: mpsc::Receiver<WriteRequest>, store: Store, bus: Bus, max_batch: usize) {
+async fn run(
+    room: RoomName,
+    mut rx: mpsc::Receiver<WriteRequest>,
+    store: Store,
+    bus: Bus,
+    indexer: SearchIndexer,
+    max_batch: usize,
+) {
     let mut requests = Vec::with_capacity(max_batch);
     let mut batch = Vec::with_capacity(max_batch);
     let mut replies = Vec::with_capacity(max_batch);
@@ -86,6 +95,9 @@ async fn run(room: RoomName, mut rx: mpsc::Receiver<WriteRequest>, store: Store,
                     }
                 }
                 stored.increment(events.len() as u64);
+                if !events.is_empty() {
+                    indexer.stored(&room);
+                }
                 bus.publish(events);
             }),
             Err(e) => {

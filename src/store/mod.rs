@@ -963,6 +963,18 @@ impl Store {
         each_backend!(self, s => s.search(query, scope).await)
     }
 
+    /// Indexes for search the next messages of `room` that are not yet, up to `max` seqs of
+    /// its stream in one transaction.
+    pub async fn index_room(&self, room: &RoomName, max: Seq) -> Result<IndexStep, StoreError> {
+        each_backend!(self, s => s.index_room(room, max).await)
+    }
+
+    /// Rooms whose newest messages are not yet indexed for search, at most `limit`.
+    pub async fn rooms_behind_index(&self, limit: u32) -> Result<Vec<RoomName>, StoreError> {
+        let names = each_backend!(self, s => s.rooms_behind_index(i64::from(limit)).await)?;
+        Ok(names.iter().filter_map(|n| RoomName::parse(n).ok()).collect())
+    }
+
     /// The database's plan for the send path's duplicate look-up, one line per step, as its
     /// `EXPLAIN` prints it: for tests and diagnostics.
     pub async fn dedupe_plan(&self) -> Result<Vec<String>, StoreError> {
@@ -991,6 +1003,18 @@ pub struct ReactionCount {
     pub count: i64,
     /// Whether I am among them.
     pub mine: bool,
+}
+
+/// What one step of search indexing did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexStep {
+    /// Indexed this many messages (edits, deletions and reactions in the range need none); the
+    /// room may have more.
+    Indexed(u64),
+    /// The room's index is up to date.
+    UpToDate,
+    /// Another node is indexing the room right now.
+    Busy,
 }
 
 /// Where a search looks, for whom, and which page.

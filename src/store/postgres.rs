@@ -13,7 +13,7 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use super::{Appended, Message, MessageKind, NewMessage, StoreError, plan_batch, sql::Backend};
+use super::{Appended, IndexStep, Message, MessageKind, NewMessage, StoreError, plan_batch, sql::Backend};
 use crate::domain::{RoomName, SearchQuery, Seq};
 
 /// The stored copies of a batch's client ids in one room; `client_id IS NOT NULL` lets the
@@ -240,8 +240,67 @@ impl<'a> Columns<'a> {
 }
 
 impl PgStore {
-    /// Full-text search through the `search` tsvector (see [`search_messages!`]).
-    const SEARCH: &'static str = search_messages!("search @@ to_tsquery('simple', $1)");
+    /// See [`super::Store::index_room`]. A room's `search_progress` row, locked for the
+    /// transaction, makes one indexer at a time work on it across nodes; the others skip it.
+    /// Everything up to the room's committed `last_seq` is committed, as a batch's messages
+    /// and its `last_seq` commit together.
+    pub async fn index_room(&self, room: &RoomName, max: Seq) -> Result<IndexStep, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let locked: Option<(Seq, Seq)> = sqlx::query_as(
+            "SELECT p.indexed_seq, COALESCE(r.last_seq, 0) FROM search_progress p \
+             LEFT JOIN rooms r ON r.name = p.room WHERE p.room = $1 FOR UPDATE OF p SKIP LOCKED",
+        )
+        .bind(room.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (from, last) = if let Some(row) = locked {
+            row
+        } else {
+            // No row yet (the room's first indexing), or another node holds it.
+            let created = sqlx::query(
+                "INSERT INTO search_progress (room, indexed_seq) VALUES ($1, 0) ON CONFLICT (room) DO NOTHING",
+            )
+            .bind(room.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if created == 0 {
+                return Ok(IndexStep::Busy);
+            }
+            let (last,): (Seq,) = sqlx::query_as("SELECT COALESCE((SELECT last_seq FROM rooms WHERE name = $1), 0)")
+                .bind(room.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+            (0, last)
+        };
+        if last <= from {
+            return Ok(IndexStep::UpToDate);
+        }
+        let to = last.min(from.saturating_add(max.max(1)));
+        let indexed = sqlx::query(
+            "INSERT INTO message_search (message_id, search) \
+             SELECT id, to_tsvector('simple', content) FROM messages \
+             WHERE room = $1 AND seq > $2 AND seq <= $3 AND kind = 'message' AND content <> '' \
+             ON CONFLICT (message_id) DO NOTHING",
+        )
+        .bind(room.as_str())
+        .bind(from)
+        .bind(to)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query("UPDATE search_progress SET indexed_seq = $2 WHERE room = $1")
+            .bind(room.as_str())
+            .bind(to)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(IndexStep::Indexed(indexed))
+    }
+
+    /// Full-text search through `message_search` (see [`search_messages!`]).
+    const SEARCH: &'static str =
+        search_messages!("id IN (SELECT message_id FROM message_search WHERE search @@ to_tsquery('simple', $1))");
 
     fn search_text(query: &SearchQuery) -> String {
         query.tsquery()

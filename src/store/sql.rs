@@ -839,6 +839,17 @@ macro_rules! shared_queries {
                     .await?)
             }
 
+            pub async fn rooms_behind_index(&self, limit: i64) -> Result<Vec<String>, $crate::store::StoreError> {
+                let rows: Vec<(String,)> = sqlx::query_as(
+                    "SELECT r.name FROM rooms r LEFT JOIN search_progress p ON p.room = r.name \
+                     WHERE r.last_seq > COALESCE(p.indexed_seq, 0) LIMIT $1",
+                )
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await?;
+                Ok(rows.into_iter().map(|(name,)| name).collect())
+            }
+
             pub async fn message_by_client_id(
                 &self,
                 room: &str,

@@ -13,7 +13,7 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
-use super::{Appended, Message, MessageKind, NewMessage, StoreError, plan_batch, sql::Backend};
+use super::{Appended, IndexStep, Message, MessageKind, NewMessage, StoreError, plan_batch, sql::Backend};
 use crate::domain::{RoomName, SearchQuery, Seq};
 
 /// The stored copies of a batch's client ids in one room: `$2` is a JSON array of them, so
@@ -237,6 +237,47 @@ impl SqliteStore {
             query.execute(&mut **tx).await?;
         }
         Ok(())
+    }
+}
+
+impl SqliteStore {
+    /// See [`super::Store::index_room`]. The single write connection serialises this with
+    /// sends, edits and other indexers: the range read here is exactly what is committed.
+    pub async fn index_room(&self, room: &RoomName, max: Seq) -> Result<IndexStep, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let (from, last): (Seq, Seq) = sqlx::query_as(
+            "SELECT COALESCE((SELECT indexed_seq FROM search_progress WHERE room = $1), 0), \
+                    COALESCE((SELECT last_seq FROM rooms WHERE name = $1), 0)",
+        )
+        .bind(room.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        if last <= from {
+            return Ok(IndexStep::UpToDate);
+        }
+        let to = last.min(from.saturating_add(max.max(1)));
+        // The trigger on message_search copies each message's content into messages_fts.
+        let indexed = sqlx::query(
+            "INSERT INTO message_search (message_id) SELECT id FROM messages \
+             WHERE room = $1 AND seq > $2 AND seq <= $3 AND kind = 'message' ORDER BY seq \
+             ON CONFLICT (message_id) DO NOTHING",
+        )
+        .bind(room.as_str())
+        .bind(from)
+        .bind(to)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query(
+            "INSERT INTO search_progress (room, indexed_seq) VALUES ($1, $2) \
+             ON CONFLICT (room) DO UPDATE SET indexed_seq = excluded.indexed_seq",
+        )
+        .bind(room.as_str())
+        .bind(to)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(IndexStep::Indexed(indexed))
     }
 }
 

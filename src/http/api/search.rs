@@ -106,7 +106,7 @@ impl SearchApi {
             return Err(ApiError::rate_limited(wait.as_secs() + 1));
         }
         let scope = SearchScope { user: auth.0.id, admin: auth.0.is_admin, room, before: before.0, limit };
-        let found = state.store.search(&query, &scope).await.inspect_err(|_| outcome("failed"))?;
+        let found = state.chat.search(&query, &scope).await.inspect_err(|_| outcome("failed"))?;
         outcome("ok");
         let next = (found.len() == limit as usize).then(|| found.last().map(|m| m.id)).flatten();
         let results = found.into_iter().map(|m| hit(&query, m)).collect();
