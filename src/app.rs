@@ -55,6 +55,7 @@ impl App {
         // Install the recorder before anything counts, or early metrics are lost.
         let _ = crate::telemetry::metrics_handle();
         let store = open_store(&config, config.auto_migrate).await?;
+        crate::telemetry::init_series(store.backend(), config.redis.url.is_some());
         let secret = match &config.auth.jwt_secret {
             Some(secret) => secret.expose().to_owned(),
             // Kept in the database so every node sharing it, and every restart, agree.
@@ -167,6 +168,8 @@ impl App {
             version = env!("CARGO_PKG_VERSION"),
             "confab listening"
         );
+        crate::systemd::ready(&format!("listening on {local_addr}"));
+        background_tasks.spawn(crate::systemd::watchdog(background.clone()));
 
         let sweeper = {
             let limiter = state.auth_limiter.clone();
@@ -194,10 +197,11 @@ impl App {
         };
         let metrics_server = metrics.map(|(listener, addr)| {
             tracing::info!(%addr, "metrics listening");
-            let (stop, limits) = (stop.clone(), limits.clone());
+            let (stop, limits, state) = (stop.clone(), limits.clone(), state.clone());
             tokio::spawn(async move {
                 let stopped = stop.cancelled_owned();
-                http::server::serve(listener, http::metrics_routes(), limits, stopped, Duration::from_secs(1)).await;
+                let routes = http::metrics_routes(state);
+                http::server::serve(listener, routes, limits, stopped, Duration::from_secs(1)).await;
             })
         });
 
@@ -208,6 +212,7 @@ impl App {
             async move {
                 shutdown.await;
                 tracing::info!("shutting down");
+                crate::systemd::stopping();
                 stop.cancel();
             }
         };

@@ -134,13 +134,17 @@ pub enum UserCommand {
 }
 
 /// Runs a parsed command with a loaded configuration.
-pub async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
+pub async fn run(command: Command, mut config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     match command {
         Command::Serve { listen } => {
             if let Some(listen) = listen {
                 config.listen = listen;
                 config.validate()?;
             }
+            // SIGHUP's default is to end the process: handled from here on, migrations included.
+            let reload = tokio_util::sync::CancellationToken::new();
+            crate::systemd::reload_on_hangup(config_path, reload.clone());
+            let _reload_ends = reload.drop_guard();
             let app = App::build(config).await?;
             // Spawned, not awaited here: `main` drives this future with `block_on`, which keeps
             // it on the main thread, and the accept loop with everything it awaits would compete

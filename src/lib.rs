@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //!
-//! - [`cli`] the command line; [`config`] typed configuration; [`telemetry`] logs and metrics.
+//! - [`cli`] the command line; [`config`] typed configuration; [`telemetry`] logs and metrics;
+//!   [`systemd`] readiness, watchdog and reload for the service manager.
 //! - [`app`] builds a node from a config and runs it until stopped.
 //! - [`domain`] validated newtypes (email, room name, content…).
 //! - [`auth`] accounts, argon2 passwords, JWT access tokens, rotating refresh tokens.
@@ -24,6 +25,7 @@ pub mod domain;
 pub mod http;
 pub mod ratelimit;
 pub mod store;
+pub mod systemd;
 pub mod telemetry;
 
 pub use app::App;

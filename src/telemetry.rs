@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use tracing_subscriber::{EnvFilter, fmt, prelude::*, reload};
 
 use crate::config::LogFormat;
 
@@ -31,12 +31,33 @@ pub const AUDIT_WRITE_FAILED: &str = "confab_audit_write_failures_total";
 pub const ROOMS_REFUSED: &str = "confab_rooms_refused_total";
 pub const SEARCHES: &str = "confab_searches_total";
 pub const SEARCH_INDEXED: &str = "confab_search_indexed_total";
+pub const MESSAGES_RECEIVED: &str = "confab_messages_received_total";
+pub const MESSAGES_REJECTED: &str = "confab_messages_rejected_total";
+pub const MESSAGE_ACK_DURATION: &str = "confab_message_ack_duration_seconds";
+pub const STORE_ERRORS: &str = "confab_store_errors_total";
+pub const BUS_PUBLISHED: &str = "confab_bus_published_total";
+pub const BUS_RECEIVED: &str = "confab_bus_received_total";
+pub const REDIS_CONNECTED: &str = "confab_redis_connected";
+pub const GAP_REPAIRED: &str = "confab_gap_repaired_messages_total";
+pub const AUTH_REQUESTS: &str = "confab_auth_requests_total";
+pub const READY: &str = "confab_ready";
+pub const DATABASE_UP: &str = "confab_database_up";
+pub const BUILD_INFO: &str = "confab_build_info";
+
+/// The commit this binary was built from (`build.rs`), `unknown` outside a git checkout.
+pub const GIT_SHA: &str = env!("BUILD_GIT_SHA");
+
+type FilterHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+/// The installed subscriber's filter, for [`set_log_level`].
+static FILTER: OnceLock<FilterHandle> = OnceLock::new();
 
 /// Installs the global tracing subscriber. `RUST_LOG`, when set, wins over `level`.
 pub fn init_logging(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
     // `try_init`: tests and embedders may have installed a subscriber already.
     let _ = match format {
@@ -45,7 +66,25 @@ pub fn init_logging(format: LogFormat, level: &str) {
             .with(fmt::layer().with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())))
             .try_init(),
         LogFormat::Json => registry.with(fmt::layer().json().flatten_event(true)).try_init(),
-    };
+    }
+    .map(|()| FILTER.set(handle));
+}
+
+/// Whether `level` is a valid filter (`info`, `confab=debug,warn`, …).
+pub fn check_log_level(level: &str) -> Result<(), String> {
+    EnvFilter::try_new(level).map(drop).map_err(|e| format!("invalid log level `{level}`: {e}"))
+}
+
+/// Replaces the log level of the running process (SIGHUP). `Ok(false)` when `RUST_LOG` is set,
+/// which wins as it did at start; an error for a level that does not parse.
+pub fn set_log_level(level: &str) -> Result<bool, String> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        return Ok(false);
+    }
+    let filter = EnvFilter::try_new(level).map_err(|e| format!("invalid log level `{level}`: {e}"))?;
+    let handle = FILTER.get().ok_or("logging was not set up by confab")?;
+    handle.reload(filter).map_err(|e| e.to_string())?;
+    Ok(true)
 }
 
 /// The process-wide Prometheus recorder, installed on first use. Several apps in one process
@@ -62,9 +101,72 @@ pub fn metrics_handle() -> PrometheusHandle {
             // Fails only if another recorder is installed; then ours just renders nothing.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            process_collector().describe();
+            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "git_sha" => GIT_SHA).set(1.0);
             handle
         })
         .clone()
+}
+
+/// The text Prometheus scrapes: this process's CPU, memory, descriptors and start time are
+/// read (from /proc) at each scrape, everything else is kept as it happens.
+pub fn render_metrics() -> String {
+    let handle = metrics_handle();
+    process_collector().collect();
+    handle.render()
+}
+
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
+/// Registers every series a dashboard or alert reads, at zero, so that they exist from the
+/// start (an absent series is not a zero to PromQL: `rate()` and alerts see nothing). Labels
+/// are those the code uses; series with other labels appear when first counted.
+pub fn init_series(store_backend: &'static str, redis: bool) {
+    for reason in ["client", "slow", "shutdown", "timeout", "error", "expired", "revoked"] {
+        metrics::counter!(WS_SESSIONS_CLOSED, "reason" => reason).increment(0);
+    }
+    for transport in ["native", "socketio"] {
+        metrics::gauge!(WS_SESSIONS, "transport" => transport).increment(0.0);
+        metrics::counter!(MESSAGES_DELIVERED, "transport" => transport).increment(0);
+    }
+    for counter in
+        [MESSAGES_RECEIVED, MESSAGES_STORED, SEARCH_INDEXED, AUTH_RATE_LIMITED, AUDIT_WRITE_FAILED, GAP_REPAIRED]
+    {
+        metrics::counter!(counter).increment(0);
+    }
+    for reason in ["invalid_payload", "too_long", "rate_limited", "not_joined", "forbidden", "muted", "unavailable"] {
+        metrics::counter!(MESSAGES_REJECTED, "reason" => reason).increment(0);
+    }
+    for query in ["append_messages", "index_messages"] {
+        metrics::counter!(STORE_ERRORS, "query" => query).increment(0);
+    }
+    for reason in ["per_ip", "accept_error", "engineio_pending"] {
+        metrics::counter!(HTTP_CONNECTIONS_REFUSED, "reason" => reason).increment(0);
+    }
+    metrics::counter!(WS_SESSIONS_REFUSED, "reason" => "too_many_sessions").increment(0);
+    for action in ["register", "login", "refresh", "logout"] {
+        metrics::counter!(AUTH_REQUESTS, "action" => action, "outcome" => "ok").increment(0);
+    }
+    for reason in ["queue_full", "timeout"] {
+        metrics::counter!(AUTH_HASH_REJECTED, "reason" => reason).increment(0);
+    }
+    for outcome in ["ok", "refused", "rate_limited", "failed"] {
+        metrics::counter!(SEARCHES, "outcome" => outcome).increment(0);
+    }
+    metrics::gauge!(HTTP_CONNECTIONS).increment(0.0);
+    metrics::gauge!(AUTH_HASH_RUNNING).increment(0.0);
+    metrics::gauge!(AUTH_HASH_QUEUED).increment(0.0);
+    metrics::counter!(BUS_PUBLISH_ERRORS, "bus" => "redis").increment(0);
+    if redis {
+        metrics::counter!(BUS_PUBLISHED, "bus" => "redis").increment(0);
+        metrics::counter!(BUS_RECEIVED, "bus" => "redis").increment(0);
+    }
+    // Histograms with no sample yet: their buckets exist at zero.
+    let _ = metrics::histogram!(STORE_QUERY_DURATION, "query" => "append_messages", "backend" => store_backend);
+    let _ = metrics::histogram!(MESSAGE_ACK_DURATION);
 }
 
 fn describe() {
@@ -89,4 +191,20 @@ fn describe() {
     metrics::describe_counter!(SEARCHES, "full-text searches, by outcome (ok, refused, rate_limited, failed)");
     metrics::describe_counter!(SEARCH_INDEXED, "messages added to the full-text index (behind the acks)");
     metrics::describe_counter!(AUDIT_WRITE_FAILED, "audited actions that happened but could not be recorded");
+    metrics::describe_counter!(MESSAGES_RECEIVED, "messages clients sent to this node (send_message), valid or not");
+    metrics::describe_counter!(MESSAGES_REJECTED, "sent messages refused before storing, by error code");
+    metrics::describe_histogram!(
+        MESSAGE_ACK_DURATION,
+        metrics::Unit::Seconds,
+        "from a send passing validation to its ack (queue, durable commit, fan-out hand-off)"
+    );
+    metrics::describe_counter!(STORE_ERRORS, "store writes of the message path that failed, by query");
+    metrics::describe_counter!(BUS_PUBLISHED, "events published to Redis for the other nodes");
+    metrics::describe_counter!(BUS_RECEIVED, "events received from the other nodes through Redis");
+    metrics::describe_gauge!(REDIS_CONNECTED, "1 while the Redis subscriber connection is up (absent without Redis)");
+    metrics::describe_counter!(GAP_REPAIRED, "messages missed on the bus and fetched from the store instead");
+    metrics::describe_counter!(AUTH_REQUESTS, "auth requests by action and outcome (ok or the error code)");
+    metrics::describe_gauge!(READY, "1 when /ready would answer 200 (checked at each scrape)");
+    metrics::describe_gauge!(DATABASE_UP, "1 when the database answered a ping at this scrape");
+    metrics::describe_gauge!(BUILD_INFO, "always 1; the labels say which build runs");
 }

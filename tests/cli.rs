@@ -694,3 +694,59 @@ async fn serve_takes_a_listen_flag_and_idle_connections_do_not_delay_shutdown() 
     assert!(took < PROMPT_EXIT, "idle connections held shutdown for {took:?}:\n{}", server.log());
     drop(client);
 }
+
+/// The next notification `serve` sends to the test's `NOTIFY_SOCKET` (bounded wait).
+async fn notification(socket: &tokio::net::UnixDatagram, server: &Server) -> String {
+    let mut buf = vec![0u8; 4096];
+    match tokio::time::timeout(STARTUP_TIMEOUT, socket.recv(&mut buf)).await {
+        Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+        Ok(Err(e)) => panic!("notify socket: {e}"),
+        Err(tokio::time::error::Elapsed { .. }) => {
+            panic!("no notification within {STARTUP_TIMEOUT:?}:\n{}", server.log())
+        }
+    }
+}
+
+/// As systemd's `Type=notify` sees it: READY=1 only once the port answers, SIGHUP reloads the
+/// log level instead of killing the node, and SIGTERM says STOPPING=1 before the node exits.
+#[tokio::test]
+async fn serve_tells_systemd_it_is_ready_and_stopping_and_reloads_on_sighup() {
+    let dir = temp_dir();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+    let config = dir.path().join("confab.toml");
+    std::fs::write(&config, "log_level = \"info\"\n").expect("write config");
+    let env = [
+        ("NOTIFY_SOCKET", socket_path.to_str().expect("utf-8 path")),
+        ("CONFAB_CONFIG", config.to_str().expect("utf-8 path")),
+    ];
+    let mut server = Server::start(dir.path(), &env);
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().expect("client");
+
+    let ready = notification(&socket, &server).await;
+    assert!(ready.lines().any(|l| l == "READY=1"), "first notification: {ready:?}");
+    assert!(ready.lines().any(|l| l.starts_with("STATUS=listening on")), "{ready:?}");
+    // READY=1 means serving: no polling here.
+    let health = client.get(server.url("/health")).send().await.expect("/health right after READY=1");
+    assert_eq!(health.status(), reqwest::StatusCode::OK);
+
+    // SIGHUP: the new log level applies (info lines stop), the node keeps serving.
+    std::fs::write(&config, "log_level = \"warn\"\n").expect("rewrite config");
+    kill(server.pid, "-HUP");
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    while !server.log().contains("log level applied") {
+        assert!(Instant::now() < deadline, "no reload logged after SIGHUP:\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let health = client.get(server.url("/health")).send().await.expect("/health after SIGHUP");
+    assert_eq!(health.status(), reqwest::StatusCode::OK, "SIGHUP must not stop the node");
+    drop(client);
+
+    let (status, _) = server.terminate();
+    let log = server.log();
+    assert!(status.success(), "exit {status} after SIGTERM:\n{log}");
+    let stopping = notification(&socket, &server).await;
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "after SIGTERM: {stopping:?}");
+    let after_reload = &log[log.find("log level applied").expect("reload line")..];
+    assert!(!after_reload.contains("shutting down"), "info lines still logged at level warn:\n{log}");
+}

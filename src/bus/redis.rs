@@ -287,6 +287,8 @@ async fn run_publisher(
             // The other nodes repair from the store once they see a later seq or reconnect.
             tracing::warn!(error = %e, count = batch.len(), "redis publish failed");
             metrics::counter!(telemetry::BUS_PUBLISH_ERRORS, "bus" => "redis").increment(batch.len() as u64);
+        } else {
+            metrics::counter!(telemetry::BUS_PUBLISHED, "bus" => "redis").increment(batch.len() as u64);
         }
         batch.clear();
     }
@@ -415,8 +417,10 @@ fn spawn_dispatchers(hub: &Arc<Hub>) -> Vec<mpsc::Sender<Event>> {
             let (tx, mut rx) = mpsc::channel::<Event>(DISPATCH_QUEUE);
             let hub = Arc::clone(hub);
             tokio::spawn(async move {
+                let received = metrics::counter!(telemetry::BUS_RECEIVED, "bus" => "redis");
                 let mut events = Vec::with_capacity(DISPATCH_BATCH);
                 while rx.recv_many(&mut events, DISPATCH_BATCH).await > 0 {
+                    received.increment(events.len() as u64);
                     // Whatever has arrived goes out as one write per session.
                     corked(&hub.flusher, || events.drain(..).for_each(|event| hub.dispatch(&event)));
                 }

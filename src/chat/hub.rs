@@ -480,6 +480,7 @@ impl Hub {
                 match store.messages_after(&room.name, after, limit).await {
                     Ok(found) if !found.is_empty() => {
                         tracing::debug!(room = %room.name, after, count = found.len(), "gap repaired from the store");
+                        metrics::counter!(telemetry::GAP_REPAIRED).increment(found.len() as u64);
                         for msg in &found {
                             room.accept(msg.seq, &event::message(&room.name, msg).frame);
                         }

@@ -510,6 +510,22 @@ impl ChatService {
         client_id: Option<&str>,
         tag: Tag,
     ) -> Result<(), ChatError> {
+        metrics::counter!(telemetry::MESSAGES_RECEIVED).increment(1);
+        let queued = self.queue_message(s, room, content, client_id, tag).await;
+        if let Err(e) = &queued {
+            metrics::counter!(telemetry::MESSAGES_REJECTED, "reason" => e.code()).increment(1);
+        }
+        queued
+    }
+
+    async fn queue_message(
+        &self,
+        s: &Session,
+        room: &str,
+        content: &str,
+        client_id: Option<&str>,
+        tag: Tag,
+    ) -> Result<(), ChatError> {
         let name = RoomName::parse(room).map_err(|_| ChatError::InvalidRoom)?;
         let content = Content::parse(content, self.inner.settings.message_max_len).map_err(|e| match e {
             InvalidContent::Empty => ChatError::InvalidPayload(e.to_string()),
@@ -551,7 +567,8 @@ impl ChatService {
         };
         // Counted before the writer can answer, so the answer always finds it counted.
         s.handle.outbox.began_send();
-        room.writer.send(WriteRequest { msg, tag, reply_to: s.handle.clone() }).await.map_err(|_| {
+        let accepted = std::time::Instant::now();
+        room.writer.send(WriteRequest { msg, tag, reply_to: s.handle.clone(), accepted }).await.map_err(|_| {
             s.handle.outbox.cancel_send();
             ChatError::Unavailable
         })

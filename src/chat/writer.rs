@@ -41,6 +41,8 @@ pub struct WriteRequest {
     pub msg: NewMessage,
     pub tag: Tag,
     pub reply_to: SessionHandle,
+    /// When the send was accepted, for `confab_message_ack_duration_seconds`.
+    pub accepted: Instant,
 }
 
 /// Starts the writer for `room`; it stops when every sender is dropped and the queue is empty.
@@ -73,12 +75,14 @@ async fn run(
         telemetry::STORE_QUERY_DURATION, "query" => "append_messages", "backend" => store.backend()
     );
     let stored = metrics::counter!(telemetry::MESSAGES_STORED);
+    let ack_time = metrics::histogram!(telemetry::MESSAGE_ACK_DURATION);
+    let failed = metrics::counter!(telemetry::STORE_ERRORS, "query" => "append_messages");
     let flusher = Arc::clone(&bus.hub().flusher);
     while rx.recv_many(&mut requests, max_batch).await > 0 {
         // Moved apart, not cloned: the messages go to the store, the reply handles stay here.
-        for WriteRequest { msg, tag, reply_to } in requests.drain(..) {
+        for WriteRequest { msg, tag, reply_to, accepted } in requests.drain(..) {
             batch.push(msg);
-            replies.push((tag, reply_to));
+            replies.push((tag, reply_to, accepted));
         }
         let started = Instant::now();
         let result = store.append_messages(&room, &batch).await;
@@ -87,9 +91,10 @@ async fn run(
             // Corked: each session gets its acks and the batch's messages in one write.
             Ok(appended) => corked(&flusher, || {
                 let mut events = Vec::with_capacity(appended.len());
-                for ((tag, reply_to), a) in replies.drain(..).zip(appended) {
+                for ((tag, reply_to, accepted), a) in replies.drain(..).zip(appended) {
                     let body = ReplyBody::Sent { id: a.message.id, seq: a.message.seq };
                     reply_to.outbox.settle_send(&Reply::new(tag, body));
+                    ack_time.record(accepted.elapsed().as_secs_f64());
                     if !a.duplicate {
                         events.push(event::message(&room, &a.message));
                     }
@@ -103,8 +108,9 @@ async fn run(
             Err(e) => {
                 let code = if e.is_unavailable() { "unavailable" } else { "internal" };
                 tracing::warn!(room = %room, error = ?e, count = replies.len(), "storing messages failed");
+                failed.increment(1);
                 corked(&flusher, || {
-                    for (tag, reply_to) in replies.drain(..) {
+                    for (tag, reply_to, _) in replies.drain(..) {
                         let reply = Reply::error(tag, code, "the message could not be stored; try again");
                         reply_to.outbox.settle_send(&reply);
                     }

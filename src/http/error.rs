@@ -62,6 +62,21 @@ fn body(error: impl Into<String>, code: &str) -> Json<ErrorBody> {
 }
 
 impl ApiError {
+    /// The machine-readable code of the body (a fixed set: each is a literal in this crate).
+    pub fn code(&self) -> &str {
+        match self {
+            Self::BadRequest(b)
+            | Self::Unauthorized(b)
+            | Self::Forbidden(b)
+            | Self::NotFound(b)
+            | Self::Conflict(b)
+            | Self::UnsupportedMediaType(b)
+            | Self::TooManyRequests(b, _)
+            | Self::Unavailable(b, _)
+            | Self::Internal(b) => &b.code,
+        }
+    }
+
     pub fn bad_request(error: impl Into<String>, code: &str) -> Self {
         Self::BadRequest(body(error, code))
     }

@@ -76,9 +76,11 @@ pub fn routes(state: AppState) -> impl Endpoint + 'static {
         .nest("/api", api)
         .at("/health", ops::health)
         .at("/ready", ops::ready);
-    if config.metrics_listen.is_none() {
-        route = route.at("/metrics", ops::metrics);
-    }
+    route = if config.metrics_listen.is_none() {
+        route.at("/metrics", ops::metrics)
+    } else {
+        route.at("/metrics", ops::not_here)
+    };
     // Compression stays off the WebSocket upgrade.
     let route = Route::new()
         .at("/ws", ws::native_endpoint)
@@ -106,8 +108,8 @@ pub fn routes(state: AppState) -> impl Endpoint + 'static {
 }
 
 /// The endpoint serving only `/metrics`, for `metrics_listen`.
-pub fn metrics_routes() -> impl Endpoint + 'static {
-    Route::new().at("/metrics", ops::metrics)
+pub fn metrics_routes(state: AppState) -> impl Endpoint + 'static {
+    Route::new().at("/metrics", ops::metrics).data(state)
 }
 
 /// The client's address: the peer, or — when the peer is a trusted proxy — the rightmost

@@ -13,12 +13,17 @@ pub async fn health(state: Data<&AppState>) -> Response {
         .into_response()
 }
 
+/// Whether the database answers a ping (within 2 s), and whether Redis is connected (`None`
+/// without Redis).
+async fn dependencies(state: &AppState) -> (bool, Option<bool>) {
+    let database = tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await;
+    (matches!(database, Ok(Ok(()))), state.chat.bus().redis_connected())
+}
+
 /// Readiness: 200 only when the database (and Redis, if configured) answer.
 #[handler]
 pub async fn ready(state: Data<&AppState>) -> Response {
-    let database = tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await;
-    let database_ok = matches!(database, Ok(Ok(())));
-    let redis = state.chat.bus().redis_connected();
+    let (database_ok, redis) = dependencies(&state).await;
     let redis_ok = redis.unwrap_or(true);
     let body = json!({
         "ok": database_ok && redis_ok,
@@ -41,10 +46,25 @@ pub async fn ready(state: Data<&AppState>) -> Response {
     }
 }
 
-/// Prometheus text format.
+/// Prometheus text format. Readiness is checked at each scrape, so an alert on it sees the
+/// state of the last scrape rather than of the last `/ready` request.
 #[handler]
-pub async fn metrics() -> Response {
+pub async fn metrics(state: Data<&AppState>) -> Response {
+    use crate::telemetry::{DATABASE_UP, READY, REDIS_CONNECTED};
+    let (database_ok, redis) = dependencies(&state).await;
+    ::metrics::gauge!(DATABASE_UP).set(f64::from(u8::from(database_ok)));
+    if let Some(up) = redis {
+        ::metrics::gauge!(REDIS_CONNECTED).set(f64::from(u8::from(up)));
+    }
+    ::metrics::gauge!(READY).set(f64::from(u8::from(database_ok && redis.unwrap_or(true))));
     Response::builder()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(crate::telemetry::metrics_handle().render())
+        .body(crate::telemetry::render_metrics())
+}
+
+/// `/metrics` on the public listener when metrics have their own (`metrics_listen`): not
+/// here, rather than the web UI's page.
+#[handler]
+pub async fn not_here() -> Response {
+    crate::http::error::from_status(StatusCode::NOT_FOUND, None)
 }

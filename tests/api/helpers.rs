@@ -45,6 +45,8 @@ pub struct TestApp {
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
     pub addr: SocketAddr,
+    /// Where `/metrics` is served when `metrics_listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub client: reqwest::Client,
     /// The app's shared state (store, auth service, config), for arranging and inspecting.
     pub state: AppState,
@@ -144,6 +146,7 @@ pub async fn spawn_node(
     let jwt_secret = cfg.auth.jwt_secret.as_ref().map(|s| s.expose().to_owned());
     let app = tokio::time::timeout(TIMEOUT, App::build(cfg)).await.expect("App::build timed out").expect("App::build");
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
     let state = app.state().clone();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {
@@ -156,7 +159,7 @@ pub async fn spawn_node(
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("reqwest client");
-    TestApp { shutdown: Some(tx), server: Some(server), addr, client, state, jwt_secret, db, redis }
+    TestApp { shutdown: Some(tx), server: Some(server), addr, metrics_addr, client, state, jwt_secret, db, redis }
 }
 
 impl TestApp {

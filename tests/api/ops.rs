@@ -5,7 +5,7 @@ use reqwest::StatusCode;
 
 use crate::{
     common::{Backend, both_backends},
-    helpers::{expect_json, spawn_app},
+    helpers::{expect_json, spawn_app, spawn_app_with},
 };
 
 both_backends!(health_and_readiness_answer_with_the_database_up);
@@ -66,6 +66,54 @@ async fn metrics_are_prometheus_text_and_count_earlier_requests() {
     // Labels stay low-cardinality: unknown paths are one route.
     assert!(text.contains(r#"route="/api/other""#), "{text}");
     assert!(!text.contains("/api/nope"), "{text}");
+}
+
+/// What a dashboard and its alerts read exists from the first scrape, at zero where nothing
+/// happened yet: the process, the build, readiness, close reasons, errors.
+#[tokio::test]
+async fn metrics_exist_from_the_first_scrape_with_process_build_and_readiness() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let text = app.get("/metrics").await.text().await.expect("body");
+    let value = |series: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .unwrap_or_else(|| panic!("no series {series} in:\n{text}"));
+        line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("bad sample: {line}"))
+    };
+    assert!(value("process_open_fds") > 0.0);
+    assert!(value("process_resident_memory_bytes") > 1_000_000.0);
+    assert!(value("process_start_time_seconds") > 1.7e9);
+    let _ = value("process_cpu_seconds_total");
+    assert!((value("confab_ready") - 1.0).abs() < f64::EPSILON);
+    assert!((value("confab_database_up") - 1.0).abs() < f64::EPSILON);
+    assert!(
+        text.lines().any(|l| l.starts_with("confab_build_info{") && l.contains(r#"version=""#) && l.ends_with(" 1"))
+    );
+    for series in [
+        r#"confab_ws_sessions_closed_total{reason="slow"}"#,
+        r#"confab_messages_rejected_total{reason="rate_limited"}"#,
+        r#"confab_store_errors_total{query="append_messages"}"#,
+        "confab_messages_received_total",
+        "confab_gap_repaired_messages_total",
+        "confab_message_ack_duration_seconds_count",
+    ] {
+        // Present (at zero in a process of its own; other tests' apps share this recorder).
+        assert!(value(series) >= 0.0, "{series}");
+    }
+}
+
+/// With `metrics_listen`, metrics are served there only: the public port says 404, not the
+/// web client's page.
+#[tokio::test]
+async fn metrics_on_their_own_listener_are_not_on_the_public_one() {
+    let app = spawn_app_with(Backend::Sqlite, |c| c.metrics_listen = Some("127.0.0.1:0".into())).await;
+    let public = app.get("/metrics").await;
+    assert_eq!(public.status(), StatusCode::NOT_FOUND);
+    let addr = app.metrics_addr.expect("metrics listener");
+    let private = app.client.get(format!("http://{addr}/metrics")).send().await.expect("GET metrics");
+    assert_eq!(private.status(), StatusCode::OK);
+    assert!(private.text().await.expect("body").contains("confab_ready 1"));
 }
 
 #[tokio::test]

@@ -136,7 +136,8 @@ impl AuthApi {
         let signup =
             Signup { display_name: body.display_name.0.as_deref(), invite_code: body.invite_code.0.as_deref() };
         let policy = state.config.auth.registration;
-        let (user, tokens) = state.auth.register(&body.email.0, &body.password.0, signup, policy).await?;
+        let (user, tokens) =
+            counted("register", state.auth.register(&body.email.0, &body.password.0, signup, policy).await)?;
         Ok(Json(SessionBody {
             token: tokens.access,
             refresh_token: tokens.refresh,
@@ -151,7 +152,7 @@ impl AuthApi {
     #[oai(path = "/login", method = "post")]
     async fn login(&self, req: &Request, body: Json<CredentialsBody>) -> Result<Json<SessionBody>, ApiError> {
         let state = limited(req)?;
-        let (user, tokens) = state.auth.login(&body.email, &body.password).await?;
+        let (user, tokens) = counted("login", state.auth.login(&body.email, &body.password).await)?;
         Ok(Json(SessionBody {
             token: tokens.access,
             refresh_token: tokens.refresh,
@@ -167,7 +168,7 @@ impl AuthApi {
     #[oai(path = "/refresh", method = "post")]
     async fn refresh(&self, req: &Request, body: Json<RefreshBody>) -> Result<Json<TokensBody>, ApiError> {
         let state = limited(req)?;
-        let tokens = state.auth.refresh(&body.refresh_token).await?;
+        let tokens = counted("refresh", state.auth.refresh(&body.refresh_token).await)?;
         Ok(Json(TokensBody { token: tokens.access, refresh_token: tokens.refresh, expires_in: tokens.expires_in }))
     }
 
@@ -175,9 +176,20 @@ impl AuthApi {
     #[oai(path = "/logout", method = "post")]
     async fn logout(&self, req: &Request, body: Json<RefreshBody>) -> Result<LogoutResponse, ApiError> {
         let state = limited(req)?;
-        state.auth.logout(&body.refresh_token).await?;
+        counted("logout", state.auth.logout(&body.refresh_token).await)?;
         Ok(LogoutResponse::Done)
     }
+}
+
+/// Counts an auth request's outcome (`ok` or the error code) in `confab_auth_requests_total`.
+fn counted<T, E: Into<ApiError>>(action: &'static str, result: Result<T, E>) -> Result<T, ApiError> {
+    let result = result.map_err(Into::into);
+    let outcome = match &result {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => e.code().to_owned(),
+    };
+    metrics::counter!(crate::telemetry::AUTH_REQUESTS, "action" => action, "outcome" => outcome).increment(1);
+    result
 }
 
 /// The app state, after taking one token from this client's auth bucket.
