@@ -750,3 +750,29 @@ async fn serve_tells_systemd_it_is_ready_and_stopping_and_reloads_on_sighup() {
     let after_reload = &log[log.find("log level applied").expect("reload line")..];
     assert!(!after_reload.contains("shutting down"), "info lines still logged at level warn:\n{log}");
 }
+
+/// The shipped unit waits for READY=1, reloads with SIGHUP, and keeps its hardening: systemd's
+/// own offline analysis rates its exposure 1.2 ("OK"), and a change that raises it fails here.
+#[test]
+fn the_systemd_unit_is_type_notify_and_stays_hardened() {
+    let unit_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/confab.service");
+    let unit = std::fs::read_to_string(&unit_path).expect("read the unit");
+    for line in ["Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "NoNewPrivileges=yes", "User=confab"] {
+        assert!(unit.lines().any(|l| l == line), "{line} missing from {}", unit_path.display());
+    }
+    let analyze = Command::new("systemd-analyze").arg("--version").output();
+    if analyze.is_err() {
+        assert!(std::env::var_os("CONFAB_TEST_REQUIRE_SERVICES").is_none(), "systemd-analyze is not installed");
+        eprintln!("skipped: systemd-analyze is not installed");
+        return;
+    }
+    // The analysis names the unit after its file: copy it under its own name.
+    let dir = temp_dir();
+    let copy = dir.path().join("confab.service");
+    std::fs::copy(&unit_path, &copy).expect("copy the unit");
+    let mut cmd = Command::new("systemd-analyze");
+    // Exposure in tenths: 12 is the 1.2 it has today.
+    cmd.args(["security", "--offline=yes", "--threshold=12"]).arg(&copy);
+    let out = run(cmd, None);
+    assert!(out.status.success(), "exposure above 1.2:\n{}{}", stdout(&out), stderr(&out));
+}
