@@ -15,6 +15,13 @@ fn main() -> ExitCode {
     if matches!(cli.command, Command::Serve { .. }) {
         tune_allocator();
     }
+    // Before any thread starts: it sets environment variables.
+    if let Some(path) = &cli.env_file
+        && let Err(e) = cli::load_env_file(path)
+    {
+        eprintln!("confab: {e:#}");
+        return ExitCode::from(2);
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {

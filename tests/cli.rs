@@ -94,7 +94,7 @@ fn temp_dir() -> TempDir {
 #[test]
 fn every_subcommand_has_help() {
     let dir = temp_dir();
-    let subcommands: [&[&str]; 17] = [
+    let subcommands: [&[&str]; 20] = [
         &[],
         &["serve"],
         &["migrate"],
@@ -112,6 +112,9 @@ fn every_subcommand_has_help() {
         &["invite", "create"],
         &["audit"],
         &["audit", "list"],
+        &["healthcheck"],
+        &["backup"],
+        &["restore"],
     ];
     for args in subcommands {
         let mut cmd = confab(dir.path());
@@ -124,7 +127,9 @@ fn every_subcommand_has_help() {
     let mut cmd = confab(dir.path());
     cmd.arg("--help");
     let top = stdout(&run(cmd, None));
-    for name in ["serve", "migrate", "create-user", "config", "user", "invite", "audit"] {
+    for name in
+        ["serve", "migrate", "create-user", "config", "user", "invite", "audit", "healthcheck", "backup", "restore"]
+    {
         assert!(top.contains(name), "top-level help does not list {name}:\n{top}");
     }
     let mut cmd = confab(dir.path());
@@ -251,6 +256,52 @@ fn users_can_be_disabled_and_enabled() {
     let missing = user(&["disable", "--email", "nobody@y.zz"]);
     assert!(!missing.status.success());
     assert!(stderr(&missing).contains("nobody@y.zz"), "{}", stderr(&missing));
+}
+
+/// Run from the wrong directory, an admin command refuses instead of making a new, empty
+/// database and reporting success on it; pointed at the server's settings with `--env-file`
+/// (as systemd's `EnvironmentFile=`), it finds the server's data, and lists it as JSON.
+#[test]
+fn admin_commands_find_the_servers_database_or_refuse() {
+    let server_dir = temp_dir();
+    assert_success(&create_user(server_dir.path(), "ops@y.zz", Some(PASSWORD)));
+    let elsewhere = temp_dir();
+    for args in
+        [&["user", "list"][..], &["user", "disable", "--email", "ops@y.zz"], &["invite", "create"], &["audit", "list"]]
+    {
+        let mut cmd = confab(elsewhere.path());
+        cmd.args(args);
+        let out = run(cmd, None);
+        assert!(!out.status.success(), "{args:?} succeeded in an empty directory");
+        assert!(stderr(&out).contains("no database at"), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("--config"), "{args:?}: {}", stderr(&out));
+    }
+    assert!(!elsewhere.path().join("data").exists(), "an admin command created a database");
+
+    let env_file = elsewhere.path().join("confab.env");
+    let db = server_dir.path().join("data/confab.db");
+    std::fs::write(&env_file, format!("# the server's settings\nCONFAB_DATABASE__URL=sqlite://{}\n", db.display()))
+        .expect("write env file");
+    let mut cmd = confab(elsewhere.path());
+    cmd.arg("--env-file").arg(&env_file).args(["user", "list", "--json"]);
+    let out = run(cmd, None);
+    assert_success(&out);
+    let users: Vec<Value> =
+        stdout(&out).lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+    assert_eq!(users.len(), 1, "{users:?}");
+    assert_eq!(
+        (&users[0]["email"], &users[0]["state"], &users[0]["role"]),
+        (&json!("ops@y.zz"), &json!("active"), &json!("user"))
+    );
+    // The command line's environment wins over the file, as over the configuration file.
+    let mut cmd = confab(elsewhere.path());
+    cmd.arg("--env-file").arg(&env_file).env("CONFAB_DATABASE__URL", "sqlite://nowhere/x.db").args(["user", "list"]);
+    assert!(stderr(&run(cmd, None)).contains("no database at"));
+    let mut cmd = confab(elsewhere.path());
+    cmd.args(["--env-file", "missing.env", "user", "list"]);
+    let out = run(cmd, None);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("missing.env"), "{}", stderr(&out));
 }
 
 #[test]
@@ -515,6 +566,8 @@ async fn an_invitation_from_the_command_line_lets_one_person_register_and_the_au
         cmd.args(args).envs(env);
         run(cmd, None)
     };
+    // A new server's database: admin commands never create one themselves.
+    assert_success(&cli(&["migrate"]));
     let made = cli(&["invite", "create", "--ttl", "1h"]);
     assert_success(&made);
     let code = stdout(&made).trim().to_owned();
@@ -775,4 +828,34 @@ fn the_systemd_unit_is_type_notify_and_stays_hardened() {
     cmd.args(["security", "--offline=yes", "--threshold=12"]).arg(&copy);
     let out = run(cmd, None);
     assert!(out.status.success(), "exposure above 1.2:\n{}{}", stdout(&out), stderr(&out));
+}
+
+/// `confab healthcheck` exits 0 while the node configured beside it is ready, and not once it
+/// is gone: what a container's HEALTHCHECK runs, with the port from the configuration.
+#[tokio::test]
+async fn healthcheck_follows_the_configured_node() {
+    let dir = temp_dir();
+    let mut server = Server::start(dir.path(), &[]);
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().expect("client");
+    server.wait_healthy(&client).await;
+    drop(client);
+    let check = |env: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = confab(dir.path());
+        cmd.arg("healthcheck").args(args).envs(env.iter().copied());
+        run(cmd, None)
+    };
+    let listen = server.addr.clone();
+    let up = check(&[("CONFAB_LISTEN", &listen)], &[]);
+    assert_success(&up);
+    assert!(stdout(&up).contains(r#""database":"up""#), "{}", stdout(&up));
+    // A wildcard listen address is probed on loopback.
+    let port = listen.rsplit(':').next().expect("port");
+    assert_success(&check(&[("CONFAB_LISTEN", &format!("0.0.0.0:{port}"))], &[]));
+    assert_success(&check(&[], &["--url", &format!("http://{listen}")]));
+
+    let (status, _) = server.terminate();
+    assert!(status.success());
+    let down = check(&[("CONFAB_LISTEN", &listen)], &[]);
+    assert!(!down.status.success(), "healthy with the node stopped");
+    assert!(stderr(&down).contains("does not answer"), "{}", stderr(&down));
 }

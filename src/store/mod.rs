@@ -20,7 +20,7 @@ use crate::{
     domain::{DisplayName, RoomName, SearchQuery, Seq, UserId},
 };
 pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, sqlite_path};
 
 /// Everything the store can fail with, by what a caller does about it.
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,11 @@
 //! `busy_timeout` instead of failing a read-to-write upgrade). Reads use their own pool and, thanks
 //! to WAL, never wait for the writer.
 
-use std::{path::Path, str::FromStr, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
 
 use sqlx::{
     Sqlite, SqlitePool, Transaction,
@@ -78,6 +82,13 @@ fn client_ids_json(batch: &[NewMessage]) -> Option<String> {
     (!ids.is_empty()).then(|| serde_json::to_string(&ids).expect("a list of strings serializes"))
 }
 
+/// The file a `sqlite:` URL names; `None` for an in-memory database or a URL that does not parse.
+pub fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let options = SqliteConnectOptions::from_str(url).ok()?;
+    let path = options.get_filename();
+    (path != Path::new(":memory:")).then(|| path.to_owned())
+}
+
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     read: SqlitePool,
@@ -121,6 +132,14 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
         Ok(Self { read, write })
+    }
+
+    /// Writes a consistent, compacted copy of the database to `path` (which must not exist),
+    /// while others keep reading and writing: `VACUUM INTO` reads one snapshot.
+    pub async fn vacuum_into(&self, path: &Path) -> Result<(), StoreError> {
+        let target = path.to_str().ok_or_else(|| StoreError::Open("the backup path is not UTF-8".into()))?;
+        sqlx::query("VACUUM INTO $1").bind(target).execute(&self.read).await?;
+        Ok(())
     }
 
     fn migrator() -> sqlx::migrate::Migrator {

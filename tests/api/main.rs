@@ -9,6 +9,7 @@ mod helpers;
 mod abuse;
 mod acl;
 mod auth;
+mod backup;
 mod cluster;
 mod fixtures;
 mod history;

@@ -1,65 +1,17 @@
-//! The command line: `serve`, `migrate`, `create-user`, `config`, and the `user …`, `invite …`
-//! and `audit …` admin commands.
-
-use std::{io::BufRead as _, path::PathBuf};
+//! The admin commands: `user …`, `invite …` and `audit …`. They work on the server's existing
+//! database and never create one: run from another directory, a relative SQLite path would
+//! otherwise make a new, empty database and the command would act on nothing.
 
 use anyhow::{Context as _, bail};
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 
+use super::{open_server_store, read_password};
 use crate::{
-    app::{App, open_store},
-    auth::{self, AuthError, PasswordHasher},
+    auth::{self, PasswordHasher},
     config::{Config, HumanDuration},
-    domain::{Email, Password},
+    domain::Email,
     store::{NewAudit, Store},
 };
-
-/// confab: a single-binary real-time chat server.
-#[derive(Debug, Parser)]
-#[command(name = "confab", version, about, long_about = None, propagate_version = true)]
-pub struct Cli {
-    /// Configuration file (default: ./confab.toml, then /etc/confab/confab.toml, if present).
-    #[arg(long, short = 'c', global = true, env = "CONFAB_CONFIG", value_name = "PATH")]
-    pub config: Option<PathBuf>,
-
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the chat server (HTTP API, WebSocket, web UI, metrics).
-    Serve {
-        /// Address to listen on, overriding `listen` (e.g. 127.0.0.1:4000).
-        #[arg(long, value_name = "HOST:PORT")]
-        listen: Option<String>,
-    },
-    /// Apply pending database migrations and exit. Safe to run repeatedly.
-    Migrate,
-    /// Create an account. The password is read from a prompt (or stdin), never from arguments.
-    CreateUser {
-        /// Email address of the new account.
-        #[arg(long)]
-        email: String,
-        /// Read the password from the first line of standard input instead of prompting.
-        #[arg(long)]
-        password_stdin: bool,
-        /// Make the account a server administrator (sees and moderates every room).
-        #[arg(long)]
-        admin: bool,
-    },
-    /// Print the effective configuration (secrets redacted) and exit; fails if it is invalid.
-    Config,
-    /// Manage accounts.
-    #[command(subcommand)]
-    User(UserCommand),
-    /// Invitation codes, for `auth.registration = "invite"`.
-    #[command(subcommand)]
-    Invite(InviteCommand),
-    /// The audit log of administrative and moderation actions.
-    #[command(subcommand)]
-    Audit(AuditCommand),
-}
 
 #[derive(Debug, Subcommand)]
 pub enum InviteCommand {
@@ -86,8 +38,12 @@ pub enum AuditCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
-    /// List accounts.
-    List,
+    /// List accounts: id, email, display name, created, state, role.
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Disable an account: it can no longer sign in, and its sessions are refused.
     Disable {
         #[arg(long)]
@@ -133,70 +89,8 @@ pub enum UserCommand {
     },
 }
 
-/// Runs a parsed command with a loaded configuration.
-pub async fn run(command: Command, mut config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    match command {
-        Command::Serve { listen } => {
-            if let Some(listen) = listen {
-                config.listen = listen;
-                config.validate()?;
-            }
-            // SIGHUP's default is to end the process: handled from here on, migrations included.
-            let reload = tokio_util::sync::CancellationToken::new();
-            crate::systemd::reload_on_hangup(config_path, reload.clone());
-            let _reload_ends = reload.drop_guard();
-            let app = App::build(config).await?;
-            // Spawned, not awaited here: `main` drives this future with `block_on`, which keeps
-            // it on the main thread, and the accept loop with everything it awaits would compete
-            // there instead of on the workers (measured: the main thread at 100% of a core while
-            // the workers idled, at 100,000 deliveries/s).
-            tokio::spawn(app.run_until_stopped(shutdown_signal()))
-                .await
-                .map_err(|e| anyhow::anyhow!("the server task failed: {e}"))?
-        }
-        Command::Migrate => {
-            let store = open_store(&config, false).await?;
-            let applied = store.migrate().await.context("cannot apply database migrations")?;
-            println!("database is up to date ({applied} migration(s) applied)");
-            store.close().await;
-            Ok(())
-        }
-        Command::CreateUser { email, password_stdin, admin } => {
-            let email = Email::parse(&email).context("invalid --email")?;
-            let password = read_password(password_stdin)?;
-            let store = open_store(&config, config.auto_migrate).await?;
-            let hasher = PasswordHasher::new(&config.auth.argon2)?;
-            let mut result = auth::create_account(&store, &hasher, email.as_str(), password.expose()).await;
-            if admin && let Ok(user) = &result {
-                result = store.set_admin(&user.email, true).await.map(|_| user.clone()).map_err(AuthError::from);
-            }
-            if let Ok(user) = &result {
-                let detail = admin.then(|| "administrator".to_owned());
-                audit_cli(&store, "user.create", Some(user.email.clone()), detail).await;
-            }
-            store.close().await;
-            match result {
-                Ok(user) => {
-                    let what = if admin { "administrator" } else { "user" };
-                    println!("created {what} {} ({})", user.email, user.id);
-                    Ok(())
-                }
-                Err(AuthError::EmailTaken) => bail!("a user with email {email} already exists"),
-                Err(e) => Err(e.into()),
-            }
-        }
-        Command::Config => {
-            print!("{}", config.redacted_toml());
-            Ok(())
-        }
-        Command::User(cmd) => run_user(cmd, &config).await,
-        Command::Invite(cmd) => run_invite(cmd, &config).await,
-        Command::Audit(cmd) => run_audit(cmd, &config).await,
-    }
-}
-
-async fn run_user(cmd: UserCommand, config: &Config) -> anyhow::Result<()> {
-    let store = open_store(config, config.auto_migrate).await?;
+pub(super) async fn run_user(cmd: UserCommand, config: &Config) -> anyhow::Result<()> {
+    let store = open_server_store(config).await?;
     let result = run_user_on(cmd, config, &store).await;
     store.close().await;
     result
@@ -205,10 +99,18 @@ async fn run_user(cmd: UserCommand, config: &Config) -> anyhow::Result<()> {
 async fn run_user_on(cmd: UserCommand, config: &Config, store: &Store) -> anyhow::Result<()> {
     let email_of = |raw: &str| Email::parse(raw).context("invalid --email");
     let (action, found, email, done) = match cmd {
-        UserCommand::List => {
+        UserCommand::List { json } => {
             for u in store.list_users().await? {
                 let state = if u.disabled_at.is_some() { "disabled" } else { "active" };
                 let role = if u.is_admin { "admin" } else { "user" };
+                if json {
+                    let line = serde_json::json!({
+                        "id": u.id, "email": u.email, "displayName": u.display_name,
+                        "createdAt": u.created_at.to_rfc3339(), "state": state, "role": role,
+                    });
+                    println!("{line}");
+                    continue;
+                }
                 println!(
                     "{}\t{}\t{}\t{}\t{}\t{}",
                     u.id,
@@ -298,7 +200,7 @@ async fn list_sessions(store: &Store, email: &Email, json: bool) -> anyhow::Resu
 
 /// Records an action taken on the command line. The action is done: a failure to record it is
 /// reported but does not undo it.
-async fn audit_cli(store: &Store, action: &'static str, target: Option<String>, detail: Option<String>) {
+pub(super) async fn audit_cli(store: &Store, action: &'static str, target: Option<String>, detail: Option<String>) {
     let login = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| "unknown".into());
     let entry = NewAudit {
         actor_id: None,
@@ -314,8 +216,8 @@ async fn audit_cli(store: &Store, action: &'static str, target: Option<String>, 
     }
 }
 
-async fn run_invite(cmd: InviteCommand, config: &Config) -> anyhow::Result<()> {
-    let store = open_store(config, config.auto_migrate).await?;
+pub(super) async fn run_invite(cmd: InviteCommand, config: &Config) -> anyhow::Result<()> {
+    let store = open_server_store(config).await?;
     let result = async {
         match cmd {
             InviteCommand::Create { ttl } => {
@@ -335,8 +237,8 @@ async fn run_invite(cmd: InviteCommand, config: &Config) -> anyhow::Result<()> {
     result
 }
 
-async fn run_audit(cmd: AuditCommand, config: &Config) -> anyhow::Result<()> {
-    let store = open_store(config, config.auto_migrate).await?;
+pub(super) async fn run_audit(cmd: AuditCommand, config: &Config) -> anyhow::Result<()> {
+    let store = open_server_store(config).await?;
     let result = async {
         match cmd {
             AuditCommand::List { limit, json } => {
@@ -366,47 +268,4 @@ async fn run_audit(cmd: AuditCommand, config: &Config) -> anyhow::Result<()> {
     .await;
     store.close().await;
     result
-}
-
-/// The password from stdin's first line, or from a no-echo prompt (asked twice).
-fn read_password(from_stdin: bool) -> anyhow::Result<Password> {
-    let raw = if from_stdin {
-        let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line).context("cannot read the password from stdin")?;
-        line.trim_end_matches(['\r', '\n']).to_owned()
-    } else {
-        if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-            bail!("no terminal to prompt for the password: pipe it in with --password-stdin");
-        }
-        let first = rpassword::prompt_password("Password: ").context("cannot read the password")?;
-        let again = rpassword::prompt_password("Repeat password: ").context("cannot read the password")?;
-        if first != again {
-            bail!("the passwords do not match");
-        }
-        first
-    };
-    Ok(Password::parse(&raw)?)
-}
-
-/// Completes on SIGTERM or SIGINT (Ctrl-C), logging which.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
-                    _ = int.recv() => tracing::info!(signal = "SIGINT", "signal received"),
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
