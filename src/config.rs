@@ -501,17 +501,54 @@ impl AuthConfig {
     }
 }
 
+/// The configuration file [`Config::load`] reads for `path`: it, or the first default that exists.
+pub fn config_file(path: Option<&Path>) -> Option<PathBuf> {
+    match path {
+        Some(p) => Some(p.to_owned()),
+        None => DEFAULT_CONFIG_PATHS.iter().map(PathBuf::from).find(|p| p.exists()),
+    }
+}
+
+/// Warns when `path` (a configuration or environment file) holds a secret — a JWT key, or a
+/// URL with a password — and any other user may read it.
+pub fn warn_if_secrets_exposed(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let Ok(meta) = std::fs::metadata(path) else { return };
+        if meta.permissions().mode() & 0o004 == 0 {
+            return;
+        }
+        let Ok(text) = std::fs::read_to_string(path) else { return };
+        let secret = text.lines().map(str::trim).filter(|l| !l.starts_with('#')).any(|line| {
+            let lower = line.to_ascii_lowercase();
+            lower.contains("jwt_secret")
+                || lower.contains("password")
+                || line
+                    .split("://")
+                    .nth(1)
+                    .is_some_and(|rest| rest.split('/').next().is_some_and(|a| a.contains(':') && a.contains('@')))
+        });
+        if secret {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                "this file holds secrets and every user may read it: chmod o-r it"
+            );
+        }
+    }
+}
+
 impl Config {
     /// Loads the configuration from the file at `path` (or the default locations) and the
     /// process environment, then validates it.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let file = match path {
-            Some(p) if !p.exists() => {
-                return Err(ConfigError::File { path: p.to_owned(), message: "no such file".into() });
-            }
-            Some(p) => Some(p.to_owned()),
-            None => DEFAULT_CONFIG_PATHS.iter().map(PathBuf::from).find(|p| p.exists()),
-        };
+        if let Some(p) = path
+            && !p.exists()
+        {
+            return Err(ConfigError::File { path: p.to_owned(), message: "no such file".into() });
+        }
+        let file = config_file(path);
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = &file {
             figment = figment.merge(Toml::file_exact(file));

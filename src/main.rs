@@ -40,7 +40,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::run(cli.command, config, cli.config)) {
+    match runtime.block_on(cli::run(cli.command, config, cli.config, cli.env_file)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // `{:#}` prints the context chain on one line, no backtrace.

@@ -859,3 +859,26 @@ async fn healthcheck_follows_the_configured_node() {
     assert!(!down.status.success(), "healthy with the node stopped");
     assert!(stderr(&down).contains("does not answer"), "{}", stderr(&down));
 }
+
+/// A configuration file holding a secret that every user may read gets a warning at start; the
+/// same file readable by its owner only does not.
+#[tokio::test]
+async fn serve_warns_about_a_world_readable_file_holding_secrets() {
+    use std::os::unix::fs::PermissionsExt as _;
+    for (mode, warned) in [(0o644, true), (0o600, false)] {
+        let dir = temp_dir();
+        let config = dir.path().join("confab.toml");
+        std::fs::write(&config, "[auth]\njwt_secret = \"0123456789abcdef0123456789abcdef-not-for-production\"\n")
+            .expect("write config");
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        let mut server = Server::start(dir.path(), &[("CONFAB_CONFIG", config.to_str().expect("utf-8"))]);
+        let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().expect("client");
+        server.wait_healthy(&client).await;
+        drop(client);
+        let (status, _) = server.terminate();
+        let log = server.log();
+        assert!(status.success(), "{log}");
+        assert_eq!(log.contains("holds secrets and every user may read it"), warned, "mode {mode:o}:\n{log}");
+        assert!(!log.contains("not-for-production"), "the secret was logged:\n{log}");
+    }
+}

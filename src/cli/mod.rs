@@ -94,12 +94,20 @@ pub enum Command {
 }
 
 /// Runs a parsed command with a loaded configuration.
-pub async fn run(command: Command, mut config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+pub async fn run(
+    command: Command,
+    mut config: Config,
+    config_path: Option<PathBuf>,
+    env_file: Option<PathBuf>,
+) -> anyhow::Result<()> {
     match command {
         Command::Serve { listen } => {
             if let Some(listen) = listen {
                 config.listen = listen;
                 config.validate()?;
+            }
+            for file in crate::config::config_file(config_path.as_deref()).into_iter().chain(env_file) {
+                crate::config::warn_if_secrets_exposed(&file);
             }
             // SIGHUP's default is to end the process: handled from here on, migrations included.
             let reload = tokio_util::sync::CancellationToken::new();
