@@ -511,67 +511,61 @@ impl ChatService {
         tag: Tag,
     ) -> Result<(), ChatError> {
         metrics::counter!(telemetry::MESSAGES_RECEIVED).increment(1);
-        let queued = self.queue_message(s, room, content, client_id, tag).await;
+        // A block, so that every refusal below is counted once, by its code.
+        let queued = async {
+            let name = RoomName::parse(room).map_err(|_| ChatError::InvalidRoom)?;
+            let content = Content::parse(content, self.inner.settings.message_max_len).map_err(|e| match e {
+                InvalidContent::Empty => ChatError::InvalidPayload(e.to_string()),
+                InvalidContent::TooLong { max } => ChatError::TooLong { max },
+            })?;
+            let client_id = client_id
+                .map(|c| {
+                    ClientId::parse(c)
+                        .map_err(|_| ChatError::InvalidPayload("clientId must be 1 to 64 characters".into()))
+                })
+                .transpose()?;
+            let room = s.rooms.get(&name).ok_or(ChatError::NotJoined)?;
+            if s.handle.is_evicted_from(&name) {
+                return Err(ChatError::Forbidden("you are no longer a member of this room"));
+            }
+            if let Some(until) = s.handle.muted_until(&name, Utc::now().timestamp()) {
+                let until = chrono::DateTime::from_timestamp(until, 0).unwrap_or_default().to_rfc3339();
+                return Err(ChatError::Muted { until });
+            }
+            self.check_message_rate(s.user.id, "send_message")?;
+            // Only a message that could mention someone pays for the member list.
+            let mentions = if content.as_str().contains('@') {
+                self.mentions_in(&name, &s.user, content.as_str()).await?
+            } else {
+                Mentions::default()
+            };
+            let msg = NewMessage {
+                id: Uuid::now_v7(),
+                room: name,
+                sender_id: s.user.id,
+                sender_email: s.user.email.clone(),
+                sender_name: s.user.display_name.clone(),
+                content: content.into_string(),
+                client_id: client_id.map(|c| c.as_str().to_owned()),
+                // PostgreSQL keeps microseconds: truncate now so live frames and history agree.
+                created_at: Utc::now().trunc_subsecs(6),
+                kind: crate::store::MessageKind::Message,
+                target_id: None,
+                mentions,
+            };
+            // Counted before the writer can answer, so the answer always finds it counted.
+            s.handle.outbox.began_send();
+            let accepted = std::time::Instant::now();
+            room.writer.send(WriteRequest { msg, tag, reply_to: s.handle.clone(), accepted }).await.map_err(|_| {
+                s.handle.outbox.cancel_send();
+                ChatError::Unavailable
+            })
+        }
+        .await;
         if let Err(e) = &queued {
             metrics::counter!(telemetry::MESSAGES_REJECTED, "reason" => e.code()).increment(1);
         }
         queued
-    }
-
-    async fn queue_message(
-        &self,
-        s: &Session,
-        room: &str,
-        content: &str,
-        client_id: Option<&str>,
-        tag: Tag,
-    ) -> Result<(), ChatError> {
-        let name = RoomName::parse(room).map_err(|_| ChatError::InvalidRoom)?;
-        let content = Content::parse(content, self.inner.settings.message_max_len).map_err(|e| match e {
-            InvalidContent::Empty => ChatError::InvalidPayload(e.to_string()),
-            InvalidContent::TooLong { max } => ChatError::TooLong { max },
-        })?;
-        let client_id = client_id
-            .map(|c| {
-                ClientId::parse(c).map_err(|_| ChatError::InvalidPayload("clientId must be 1 to 64 characters".into()))
-            })
-            .transpose()?;
-        let room = s.rooms.get(&name).ok_or(ChatError::NotJoined)?;
-        if s.handle.is_evicted_from(&name) {
-            return Err(ChatError::Forbidden("you are no longer a member of this room"));
-        }
-        if let Some(until) = s.handle.muted_until(&name, Utc::now().timestamp()) {
-            let until = chrono::DateTime::from_timestamp(until, 0).unwrap_or_default().to_rfc3339();
-            return Err(ChatError::Muted { until });
-        }
-        self.check_message_rate(s.user.id, "send_message")?;
-        // Only a message that could mention someone pays for the member list.
-        let mentions = if content.as_str().contains('@') {
-            self.mentions_in(&name, &s.user, content.as_str()).await?
-        } else {
-            Mentions::default()
-        };
-        let msg = NewMessage {
-            id: Uuid::now_v7(),
-            room: name,
-            sender_id: s.user.id,
-            sender_email: s.user.email.clone(),
-            sender_name: s.user.display_name.clone(),
-            content: content.into_string(),
-            client_id: client_id.map(|c| c.as_str().to_owned()),
-            // PostgreSQL keeps microseconds: truncate now so live frames and history agree.
-            created_at: Utc::now().trunc_subsecs(6),
-            kind: crate::store::MessageKind::Message,
-            target_id: None,
-            mentions,
-        };
-        // Counted before the writer can answer, so the answer always finds it counted.
-        s.handle.outbox.began_send();
-        let accepted = std::time::Instant::now();
-        room.writer.send(WriteRequest { msg, tag, reply_to: s.handle.clone(), accepted }).await.map_err(|_| {
-            s.handle.outbox.cancel_send();
-            ChatError::Unavailable
-        })
     }
 
     /// Whom `content`, sent by `sender` in `room`, mentions: members by display name, and

@@ -273,30 +273,16 @@ impl PgStore {
                 .await?;
             (0, last)
         };
-        if last <= from {
-            return Ok(IndexStep::UpToDate);
-        }
-        let to = last.min(from.saturating_add(max.max(1)));
-        let indexed = sqlx::query(
-            "INSERT INTO message_search (message_id, search) \
-             SELECT id, to_tsvector('simple', content) FROM messages \
-             WHERE room = $1 AND seq > $2 AND seq <= $3 AND kind = 'message' AND content <> '' \
-             ON CONFLICT (message_id) DO NOTHING",
-        )
-        .bind(room.as_str())
-        .bind(from)
-        .bind(to)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        sqlx::query("UPDATE search_progress SET indexed_seq = $2 WHERE room = $1")
-            .bind(room.as_str())
-            .bind(to)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(IndexStep::Indexed(indexed))
+        Self::index_range(tx, room, (from, last), max).await
     }
+
+    /// The messages of a seq range (`$1` room, `$2` after, `$3` up to) into the search table.
+    const INDEX_MESSAGES: &'static str = "INSERT INTO message_search (message_id, search) \
+         SELECT id, to_tsvector('simple', content) FROM messages \
+         WHERE room = $1 AND seq > $2 AND seq <= $3 AND kind = 'message' AND content <> '' \
+         ON CONFLICT (message_id) DO NOTHING";
+    /// How far the room is indexed; its row exists and is locked.
+    const SET_INDEXED: &'static str = "UPDATE search_progress SET indexed_seq = $2 WHERE room = $1";
 
     /// Full-text search through `message_search` (see [`search_messages!`]).
     const SEARCH: &'static str =

@@ -271,33 +271,17 @@ impl SqliteStore {
         .bind(room.as_str())
         .fetch_one(&mut *tx)
         .await?;
-        if last <= from {
-            return Ok(IndexStep::UpToDate);
-        }
-        let to = last.min(from.saturating_add(max.max(1)));
-        // The trigger on message_search copies each message's content into messages_fts.
-        let indexed = sqlx::query(
-            "INSERT INTO message_search (message_id) SELECT id FROM messages \
-             WHERE room = $1 AND seq > $2 AND seq <= $3 AND kind = 'message' ORDER BY seq \
-             ON CONFLICT (message_id) DO NOTHING",
-        )
-        .bind(room.as_str())
-        .bind(from)
-        .bind(to)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        sqlx::query(
-            "INSERT INTO search_progress (room, indexed_seq) VALUES ($1, $2) \
-             ON CONFLICT (room) DO UPDATE SET indexed_seq = excluded.indexed_seq",
-        )
-        .bind(room.as_str())
-        .bind(to)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(IndexStep::Indexed(indexed))
+        Self::index_range(tx, room, (from, last), max).await
     }
+
+    /// The messages of a seq range (`$1` room, `$2` after, `$3` up to) into the search table;
+    /// its trigger copies each one's content into `messages_fts`.
+    const INDEX_MESSAGES: &'static str = "INSERT INTO message_search (message_id) SELECT id FROM messages \
+         WHERE room = $1 AND seq > $2 AND seq <= $3 AND kind = 'message' ORDER BY seq \
+         ON CONFLICT (message_id) DO NOTHING";
+    /// How far the room is indexed.
+    const SET_INDEXED: &'static str = "INSERT INTO search_progress (room, indexed_seq) VALUES ($1, $2) \
+         ON CONFLICT (room) DO UPDATE SET indexed_seq = excluded.indexed_seq";
 }
 
 impl SqliteStore {
