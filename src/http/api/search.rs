@@ -58,7 +58,8 @@ impl SearchApi {
     /// member of and not banned from; administrators: every room), or only in `room`.
     /// Deleted messages are never found; edited ones are found by their latest text. Newest
     /// first; page with `before` = the previous page's `next`. Rate limited per user
-    /// (`limits.searches_per_minute`).
+    /// (`limits.searches_per_minute`). Messages are indexed behind their acks: this node's own
+    /// are found at once, other nodes' within `chat.search_index_interval` (500 ms).
     #[oai(path = "/search", method = "get")]
     async fn search(
         &self,
