@@ -156,6 +156,7 @@ async fn pass(store: &Store, pending: &mut HashSet<RoomName>, stop: &Cancellatio
                     break;
                 }
                 Err(e) => {
+                    metrics::counter!(telemetry::STORE_ERRORS, "query" => "index_messages").increment(1);
                     tracing::warn!(room = %room, error = ?e, "indexing messages for search failed; will retry");
                     retry.push(room);
                     break;
