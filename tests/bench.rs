@@ -49,4 +49,5 @@ fn a_tiny_fanout_run_delivers_every_message_once_and_in_order() {
     assert_eq!(n("delivered"), n("expected"), "{run}");
     assert_eq!((n("lost"), n("duplicated"), n("out_of_order"), n("errors"), n("closed")), (0, 0, 0, 0, 0), "{run}");
     assert!(run["latency_ms"]["p99"].as_f64().is_some(), "{run}");
+    assert_eq!(run["client_ids"], true, "sends carry a clientId by default, as the web client's do: {run}");
 }

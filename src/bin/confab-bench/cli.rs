@@ -102,6 +102,9 @@ pub struct FanoutArgs {
     /// Connections being opened at once.
     #[arg(long, default_value_t = 128)]
     pub connect_concurrency: usize,
+    /// Send without a `clientId` (by default every send has one, as the web client's do).
+    #[arg(long)]
+    pub no_client_id: bool,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -155,4 +158,7 @@ pub struct StoreArgs {
     /// Message content size, bytes.
     #[arg(long, default_value_t = 100)]
     pub size: usize,
+    /// Send without a `clientId` (by default every send has one, as the web client's do).
+    #[arg(long)]
+    pub no_client_id: bool,
 }

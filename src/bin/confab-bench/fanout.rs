@@ -134,11 +134,17 @@ fn digits_value(b: &[u8]) -> Option<u64> {
     })
 }
 
-/// Writes a `send_message` frame's JSON for sender `id`, message `k`, due at `sched_ns`.
-pub fn encode_send(out: &mut Vec<u8>, room: &str, id: usize, k: u64, sched_ns: u64, size: usize) {
+/// Writes a `send_message` frame's JSON for sender `id`, message `k`, due at `sched_ns`; with
+/// `client_id`, the frame carries a UUID-sized `clientId` unique to the sender and message, as
+/// the web client's sends (and every resend after a reconnect) do.
+pub fn encode_send(out: &mut Vec<u8>, room: &str, id: usize, k: u64, sched_ns: u64, size: usize, client_id: bool) {
     use std::io::Write as _;
     out.clear();
-    out.extend_from_slice(b"{\"type\":\"send_message\",\"room\":\"");
+    out.extend_from_slice(b"{\"type\":\"send_message\",");
+    if client_id {
+        write!(out, "\"clientId\":\"{id:08x}-0000-4000-8000-{k:012x}\",").expect("writing to a Vec cannot fail");
+    }
+    out.extend_from_slice(b"\"room\":\"");
     out.extend_from_slice(room.as_bytes());
     out.extend_from_slice(b"\",\"content\":\"~B~");
     write!(out, "{id:06}~{k:010}~{sched_ns:016}~").expect("writing to a Vec cannot fail");
@@ -154,6 +160,8 @@ pub struct Plan {
     pub senders: usize,
     pub nodes: usize,
     pub size: usize,
+    /// Whether every send carries a `clientId`.
+    pub client_ids: bool,
     /// Distinguishes this run's rooms and accounts from any other's.
     pub run: String,
 }
@@ -459,7 +467,7 @@ struct PacerReport {
 }
 
 /// The pacer thread: sends every message of the phase at its scheduled time.
-fn pace(senders: &mut [Sender], s: Schedule, size: usize, stop: &AtomicBool) -> PacerReport {
+fn pace(senders: &mut [Sender], s: Schedule, (size, client_ids): (usize, bool), stop: &AtomicBool) -> PacerReport {
     let mut report = PacerReport { sent: 0, expected: 0, send_errors: 0, unflushed_bytes: 0, lag: histogram() };
     let interval = 1e9 / s.rate;
     let mut payload = Vec::with_capacity(size + 128);
@@ -487,7 +495,7 @@ fn pace(senders: &mut [Sender], s: Schedule, size: usize, stop: &AtomicBool) -> 
             continue;
         }
         let sender = &mut senders[usize::try_from(n % senders.len() as u64).expect("index fits")];
-        encode_send(&mut payload, &sender.room, sender.id, sender.k, due, size);
+        encode_send(&mut payload, &sender.room, sender.id, sender.k, due, size, client_ids);
         sender.k += 1;
         n += 1;
         match sender.writer.send(OP_TEXT, &payload) {
@@ -704,10 +712,10 @@ impl Clients {
         self.shared.window_start.store(start, Ordering::Relaxed);
         self.shared.window_end.store(end, Ordering::Relaxed);
         let mut senders = std::mem::take(&mut self.senders);
-        let size = self.plan.size;
+        let (size, client_ids) = (self.plan.size, self.plan.client_ids);
         let shared = Arc::clone(&self.shared);
         let pacer = tokio::task::spawn_blocking(move || {
-            let report = pace(&mut senders, schedule, size, &shared.stop);
+            let report = pace(&mut senders, schedule, (size, client_ids), &shared.stop);
             (senders, report)
         });
         tokio::time::sleep_until(clock::instant(start).into()).await;
@@ -896,8 +904,12 @@ mod tests {
     #[test]
     fn a_message_frame_is_scanned_without_parsing() {
         let mut content = Vec::new();
-        encode_send(&mut content, "r1", 42, 7, 1_234_567_890, 100);
+        encode_send(&mut content, "r1", 42, 7, 1_234_567_890, 100, false);
         let v: serde_json::Value = serde_json::from_slice(&content).expect("the send frame is JSON");
+        assert!(v.get("clientId").is_none(), "{v}");
+        encode_send(&mut content, "r1", 42, 7, 1_234_567_890, 100, true);
+        let v: serde_json::Value = serde_json::from_slice(&content).expect("the send frame is JSON");
+        assert_eq!(v["clientId"], "0000002a-0000-4000-8000-000000000007");
         let text = v["content"].as_str().unwrap();
         assert_eq!(text.len(), 100);
         let frame = format!(
@@ -925,7 +937,8 @@ mod tests {
 
     #[test]
     fn rooms_spread_over_nodes() {
-        let plan = Plan { clients: 1000, rooms: 10, senders: 50, nodes: 2, size: 100, run: "x".into() };
+        let plan =
+            Plan { clients: 1000, rooms: 10, senders: 50, nodes: 2, size: 100, client_ids: true, run: "x".into() };
         assert_eq!((0..10).map(|r| plan.members(r)).sum::<u64>(), 1000);
         let room0_nodes: std::collections::HashSet<_> =
             (0..1000).filter(|i| i % 10 == 0).map(|i| plan.node_of(i)).collect();

@@ -70,6 +70,7 @@ async fn open_fanout(ctx: &Context<'_>, args: &FanoutArgs) -> anyhow::Result<Cli
         senders: args.senders,
         nodes: ctx.targets.nodes.len(),
         size: args.size,
+        client_ids: !args.no_client_id,
         run: ctx.run.clone(),
     };
     let clients = Clients::open(ctx.targets, &tokens, plan, args.connect_concurrency, FANOUT_BUFFER).await?;
@@ -283,6 +284,7 @@ fn phase_json(ctx: &Context<'_>, scenario: &str, args: &FanoutArgs, clients: &Cl
         "rooms": plan.rooms,
         "senders": plan.senders,
         "size": plan.size,
+        "client_ids": plan.client_ids,
         "rate": p.rate,
         "duration_s": p.window_s,
         "warmup_s": args.warmup.as_secs_f64(),
@@ -339,6 +341,7 @@ pub async fn idle(ctx: &Context<'_>, args: &IdleArgs) -> anyhow::Result<()> {
         senders: 0,
         nodes: ctx.targets.nodes.len(),
         size: MIN_SIZE,
+        client_ids: false,
         run: ctx.run.clone(),
     };
     let clients = Clients::open(ctx.targets, &tokens, plan, args.connect_concurrency, IDLE_BUFFER).await?;
@@ -459,6 +462,7 @@ pub async fn store(ctx: &Context<'_>, args: &StoreArgs) -> anyhow::Result<()> {
         "senders": args.senders,
         "window": args.window,
         "size": args.size,
+        "client_ids": !args.no_client_id,
         "duration_s": secs,
         "warmup_s": args.warmup.as_secs_f64(),
         "acks": r.acks,

@@ -60,7 +60,7 @@ pub async fn run(targets: &Targets, tokens: &[String], args: &StoreArgs, run: &s
         let token = token.clone();
         let room = format!("s{run}-{i}");
         let (ready_tx, mut go_rx, permits) = (ready_tx.clone(), go_rx.clone(), Arc::clone(&permits));
-        let (size, window) = (args.size, args.window.max(1));
+        let (size, window, client_ids) = (args.size, args.window.max(1), !args.no_client_id);
         tasks.spawn(async move {
             let setup = async {
                 let _permit = permits.acquire().await?;
@@ -81,7 +81,7 @@ pub async fn run(targets: &Targets, tokens: &[String], args: &StoreArgs, run: &s
                 }
             };
             let w = (*go_rx.wait_for(Option::is_some).await.ok()?)?;
-            Some(send_loop(&mut conn, &room, i, window, size, w).await)
+            Some(send_loop(&mut conn, &room, i, window, (size, client_ids), w).await)
         });
     }
     drop(ready_tx);
@@ -132,7 +132,7 @@ async fn send_loop(
     room: &str,
     id: usize,
     window: usize,
-    size: usize,
+    (size, client_ids): (usize, bool),
     w: Window,
 ) -> anyhow::Result<Tally> {
     let mut tally = Tally {
@@ -180,7 +180,7 @@ async fn send_loop(
         if now < w.end {
             wire.clear();
             while inflight.len() < window {
-                encode_send(&mut json, room, id, k, now, size);
+                encode_send(&mut json, room, id, k, now, size, client_ids);
                 conn.encode(&mut wire, OP_TEXT, &json);
                 inflight.push_back(now);
                 k += 1;
