@@ -1,4 +1,4 @@
-//! Records the commit the binary is built from, for `confab --version` readers and the
+//! Records the commit the binary is built from, for `confab --version` and the
 //! `confab_build_info` metric: `SOURCE_GIT_SHA` when set (an image built without `.git`),
 //! else `git rev-parse`, else `unknown`.
 

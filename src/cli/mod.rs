@@ -21,7 +21,13 @@ use crate::{
 
 /// confab: a single-binary real-time chat server.
 #[derive(Debug, Parser)]
-#[command(name = "confab", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "confab",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("BUILD_GIT_SHA"), ")"),
+    about,
+    long_about = None,
+    propagate_version = true
+)]
 pub struct Cli {
     /// Configuration file (default: ./confab.toml, then /etc/confab/confab.toml, if present).
     #[arg(long, short = 'c', global = true, env = "CONFAB_CONFIG", value_name = "PATH")]
