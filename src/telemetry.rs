@@ -17,6 +17,7 @@ pub const HTTP_CONNECTIONS_REFUSED: &str = "confab_http_connections_refused_tota
 pub const ENGINEIO_PENDING: &str = "confab_engineio_pending_sessions";
 pub const WS_SESSIONS: &str = "confab_ws_sessions";
 pub const WS_SESSIONS_CLOSED: &str = "confab_ws_sessions_closed_total";
+pub const WS_SESSIONS_OPENED: &str = "confab_ws_sessions_opened_total";
 pub const MESSAGES_STORED: &str = "confab_messages_stored_total";
 pub const MESSAGES_DELIVERED: &str = "confab_messages_delivered_total";
 pub const STORE_QUERY_DURATION: &str = "confab_store_query_duration_seconds";
@@ -130,6 +131,7 @@ pub fn init_series(store_backend: &'static str, redis: bool) {
     }
     for transport in ["native", "socketio"] {
         metrics::gauge!(WS_SESSIONS, "transport" => transport).increment(0.0);
+        metrics::counter!(WS_SESSIONS_OPENED, "transport" => transport).increment(0);
         metrics::counter!(MESSAGES_DELIVERED, "transport" => transport).increment(0);
     }
     for counter in
@@ -147,6 +149,11 @@ pub fn init_series(store_backend: &'static str, redis: bool) {
         metrics::counter!(HTTP_CONNECTIONS_REFUSED, "reason" => reason).increment(0);
     }
     metrics::counter!(WS_SESSIONS_REFUSED, "reason" => "too_many_sessions").increment(0);
+    for command in ["send_message", "edit_message", "delete_message", "react", "membership", "mark_read"] {
+        metrics::counter!(CHAT_RATE_LIMITED, "command" => command).increment(0);
+    }
+    metrics::counter!(ROOMS_REFUSED, "reason" => "too_many_rooms").increment(0);
+    metrics::gauge!(ENGINEIO_PENDING).increment(0.0);
     for action in ["register", "login", "refresh", "logout"] {
         metrics::counter!(AUTH_REQUESTS, "action" => action, "outcome" => "ok").increment(0);
     }
@@ -177,6 +184,7 @@ fn describe() {
     metrics::describe_gauge!(ENGINEIO_PENDING, "Socket.IO polling connections not yet upgraded (as of the last open)");
     metrics::describe_gauge!(WS_SESSIONS, "open WebSocket sessions");
     metrics::describe_counter!(WS_SESSIONS_CLOSED, "WebSocket sessions closed, by reason");
+    metrics::describe_counter!(WS_SESSIONS_OPENED, "WebSocket sessions opened (authenticated), by transport");
     metrics::describe_counter!(MESSAGES_STORED, "messages durably stored by this node");
     metrics::describe_counter!(MESSAGES_DELIVERED, "messages written to WebSocket clients by this node");
     metrics::describe_histogram!(STORE_QUERY_DURATION, metrics::Unit::Seconds, "store query latency");

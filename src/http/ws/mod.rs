@@ -555,6 +555,7 @@ async fn run_session(
     let mut conn =
         Conn { chat, session, out: Arc::clone(&out), codec, attachments_to_skip: 0, expires_at, state: state.clone() };
     metrics::gauge!(telemetry::WS_SESSIONS, "transport" => codec.label()).increment(1.0);
+    metrics::counter!(telemetry::WS_SESSIONS_OPENED, "transport" => codec.label()).increment(1);
     let shutdown = state.shutdown.clone();
     let ws_config = &state.config.ws;
     let idle = ws_config.idle_timeout.0;
