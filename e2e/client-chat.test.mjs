@@ -28,9 +28,9 @@ class FakeConn extends EventTarget {
     this.notified.push(frame);
     return this.connected;
   }
-  open() {
+  open(hello = {}) {
     this.connected = true;
-    this.dispatchEvent(new CustomEvent('open', { detail: { type: 'hello' } }));
+    this.dispatchEvent(new CustomEvent('open', { detail: { type: 'hello', ...hello } }));
   }
   close() {
     this.connected = false;
@@ -166,6 +166,27 @@ test('a refused send is failed until retried, and the retry reuses its clientId'
   chat.retry('general', entry.clientId);
   const retry = conn.take('send_message');
   assert.equal(retry.frame.clientId, entry.clientId);
+});
+
+test("the server's message limit from hello bounds what is sent", async () => {
+  const { conn, chat } = setup();
+  let limits = 0;
+  chat.addEventListener('limits', () => limits++);
+  conn.open({ messageMaxLen: 10 });
+  assert.equal(chat.messageMaxLen, 10);
+  assert.equal(limits, 1);
+  chat.join('general');
+  conn.take('join_room').resolve({ type: 'ack', room: 'general', seq: 0 });
+  await tick();
+  const long = chat.send('general', 'ü'.repeat(11));
+  assert.equal(long.status, 'failed');
+  assert.equal(long.error, 'message is longer than 10 characters');
+  const fits = chat.send('general', 'ü'.repeat(10));
+  assert.notEqual(fits.status, 'failed');
+  // A hello without it (an older server) keeps what is known.
+  conn.close();
+  conn.open();
+  assert.equal(chat.messageMaxLen, 10);
 });
 
 test('an own message frame confirms the pending entry; the later ack changes nothing', async () => {

@@ -15,6 +15,7 @@
 export const ROOM_RULE = /^[A-Za-z0-9:_-]{1,64}$/;
 export const ROOM_RULE_MESSAGE = 'room names are 1 to 64 characters of A-Z a-z 0-9 : _ -';
 export const HISTORY_PAGE = 50;
+/** The longest message until the server says its own (`messageMaxLen` in `hello`). */
 export const MESSAGE_MAX_LEN = 2000;
 const SEND_TIMEOUT = 10_000;
 const TYPING_SEND_EVERY = 2_000;
@@ -93,6 +94,8 @@ export class Room {
 export class Chat extends EventTarget {
   /** @type {Map<string, Room>} */
   rooms = new Map();
+  /** The longest message the server takes, in characters, as its `hello` said. */
+  messageMaxLen = MESSAGE_MAX_LEN;
   active = null;
   /** Rooms with activity, from GET /api/rooms. */
   directory = [];
@@ -127,7 +130,14 @@ export class Chat extends EventTarget {
     this.#uuid = uuid;
     this.#now = now;
     this.#visible = visible;
-    this.#listen(conn, 'open', () => this.#resume());
+    this.#listen(conn, 'open', (e) => {
+      const max = e.detail?.messageMaxLen;
+      if (Number.isInteger(max) && max > 0 && max !== this.messageMaxLen) {
+        this.messageMaxLen = max;
+        this.#emit('limits');
+      }
+      this.#resume();
+    });
     this.#listen(conn, 'close', () => this.#onDisconnect());
     this.#listen(conn, 'frame', (e) => this.#onFrame(e.detail));
     for (const name of this.#savedRooms()) this.rooms.set(name, new Room(name));
@@ -240,9 +250,9 @@ export class Chat extends EventTarget {
       error: null,
       createdAt: new Date(this.#now()).toISOString(),
     };
-    if ([...text].length > MESSAGE_MAX_LEN) {
+    if ([...text].length > this.messageMaxLen) {
       entry.status = 'failed';
-      entry.error = `message is longer than ${MESSAGE_MAX_LEN} characters`;
+      entry.error = `message is longer than ${this.messageMaxLen} characters`;
     }
     room.outbox.set(entry.clientId, entry);
     // Others hide "typing" when this message arrives: typing again is announced sooner.

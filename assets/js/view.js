@@ -4,7 +4,7 @@
 // Every piece of text from the network goes into the page as a text node (see dom.js).
 
 import { h, byId } from './dom.js';
-import { roomNameProblem, MESSAGE_MAX_LEN } from './chat.js';
+import { roomNameProblem } from './chat.js';
 import { parse, mentionsMe } from './markup.js';
 
 /** The reactions offered by a message's React button. */
@@ -645,7 +645,7 @@ export class ChatView {
     el.me.textContent = chat.me.displayName ?? chat.me.email;
     // My id is what others need to invite me to a private room.
     el.me.title = `${chat.me.email} · user id ${chat.me.id}`;
-    el.input.maxLength = MESSAGE_MAX_LEN;
+    el.input.maxLength = chat.messageMaxLen;
 
     on(el.logout, 'click', onLogout);
     on(el.connRetry, 'click', () => conn.retryNow());
@@ -715,6 +715,7 @@ export class ChatView {
 
     on(conn, 'state', () => this.renderConn());
     on(chat, 'rooms', () => this.renderRooms());
+    on(chat, 'limits', () => (el.input.maxLength = chat.messageMaxLen));
     on(chat, 'directory', () => this.renderDirectory());
     on(chat, 'joined', (e) => this.view(e.detail.room)?.renderStatus());
     on(chat, 'join-error', (e) => this.view(e.detail.room)?.renderStatus());

@@ -551,7 +551,8 @@ impl TestSocket {
         assert_eq!(hello["type"], "hello", "the first frame is hello: {hello}");
         let mut keys: Vec<&str> = hello.as_object().expect("object").keys().map(String::as_str).collect();
         keys.sort_unstable();
-        assert_eq!(keys, ["node", "type", "user"], "{hello}");
+        assert_eq!(keys, ["messageMaxLen", "node", "type", "user"], "{hello}");
+        assert!(hello["messageMaxLen"].as_u64().is_some_and(|n| n > 0), "{hello}");
         let mut user_keys: Vec<&str> =
             hello["user"].as_object().expect("user object").keys().map(String::as_str).collect();
         user_keys.sort_unstable();

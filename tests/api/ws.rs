@@ -79,7 +79,8 @@ async fn members_exchange_messages_and_each_sender_gets_its_ack_first(backend: B
         json!({
             "type": "hello",
             "user": { "id": a.user_id, "email": "alice@example.com", "displayName": "alice" },
-            "node": "test-node"
+            "node": "test-node",
+            "messageMaxLen": 2000
         })
     );
     assert_eq!(bob.email, "bob@example.com", "emails are lowercased");
@@ -388,6 +389,7 @@ async fn a_client_that_stops_reading_is_cut_off_and_the_others_keep_receiving(ba
     })
     .await;
     let (_, mut alice) = connect_user(&app, "alice@example.com").await;
+    assert_eq!(alice.hello["messageMaxLen"], BIG, "hello says the configured limit");
     let (b, mut bob) = connect_user(&app, "bob@example.com").await;
     let (s, mut slow) = connect_user(&app, "slow@example.com").await;
     let room = "firehose";

@@ -171,7 +171,7 @@ pub async fn native_endpoint(req: &Request, state: Data<&AppState>) -> Response 
         }
     };
     upgrade(req, &state, Codec::Native, move |socket, state| async move {
-        let hello = native::hello(&who.user, &state.node_id);
+        let hello = native::hello(&who.user, &state.node_id, state.config.chat.message_max_len);
         run_session(socket, state, who, vec![hello], Vec::new()).await;
     })
 }

@@ -109,6 +109,9 @@ enum ServerFrame<'a> {
     Hello {
         user: UserRef<'a>,
         node: &'a str,
+        /// The longest message this server takes (`chat.message_max_len`), in characters.
+        #[serde(rename = "messageMaxLen")]
+        message_max_len: usize,
     },
     Ack {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
@@ -148,9 +151,9 @@ struct UserRef<'a> {
     display_name: &'a str,
 }
 
-pub fn hello(user: &User, node: &str) -> Utf8Bytes {
+pub fn hello(user: &User, node: &str, message_max_len: usize) -> Utf8Bytes {
     let me = UserRef { id: user.id.0, email: &user.email, display_name: &user.display_name };
-    let frame = ServerFrame::Hello { user: me, node };
+    let frame = ServerFrame::Hello { user: me, node, message_max_len };
     Utf8Bytes::from(serde_json::to_string(&frame).expect("server frames serialise: strings and numbers only"))
 }
 
