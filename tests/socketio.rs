@@ -529,7 +529,8 @@ async fn polling_start_hands_over_to_the_websocket() {
     assert_eq!(posted.text().await.expect("body"), "ok");
     let polled = node.http.get(&with_sid).send().await.expect("poll").text().await.expect("body");
     assert_eq!(polled, format!("40{}", json!({ "sid": sid })));
-    // A poll in flight while the client upgrades.
+    // A poll in flight while the client upgrades: released with a noop, whether it was parked
+    // before the upgrade or reaches the server after it.
     let pending = tokio::spawn({
         let (http, url) = (node.http.clone(), with_sid.clone());
         async move { http.get(&url).send().await.expect("poll").text().await.expect("body") }
@@ -561,8 +562,11 @@ async fn polling_start_hands_over_to_the_websocket() {
             break;
         }
     }
-    // The polling session is gone once upgraded.
-    let stale = node.http.get(&with_sid).send().await.expect("stale poll");
+    // A poll that reaches the server after the upgrade (the client sent it before; the one
+    // above may have been one) is a noop; packets over polling are refused from now on.
+    let late = node.http.get(&with_sid).send().await.expect("late poll");
+    assert_eq!((late.status().as_u16(), late.text().await.expect("body").as_str()), (200, "6"));
+    let stale = node.http.post(&with_sid).body("42[\"typing\",\"general\"]").send().await.expect("stale post");
     assert_eq!(stale.status(), 400);
 }
 

@@ -219,7 +219,11 @@ pub async fn socketio_endpoint(req: &Request, state: Data<&AppState>, body: poem
         };
         return upgrade(req, &state, Codec::SocketIo, move |mut socket, state| async move {
             let upgraded = finish_upgrade(&mut socket, &session, &state).await;
-            state.polling.remove(&session.sid);
+            if upgraded.is_some() {
+                state.polling.remove_upgraded(session.sid.clone());
+            } else {
+                state.polling.remove(&session.sid);
+            }
             match upgraded {
                 Some((user, greeting, replay)) => run_session(socket, state, user, greeting, replay).await,
                 None => abandon(socket).await,

@@ -27,6 +27,9 @@ const SEPARATOR: char = '\u{1e}';
 const UPGRADE_WITHIN: Duration = Duration::from_secs(60);
 /// Packets buffered either way before the connection counts as misbehaving.
 const MAX_BUFFERED: usize = 256;
+/// How long an upgraded sid still answers a poll with a noop: a poll the client sent before it
+/// upgraded can reach the server after the upgrade (another connection, a proxy).
+const LATE_POLL: Duration = Duration::from_secs(5);
 
 /// Polling connections that have not upgraded yet, by Engine.IO sid.
 #[derive(Clone, Default)]
@@ -45,6 +48,15 @@ impl Registry {
         self.lock().remove(sid);
     }
 
+    /// Forgets an upgraded connection after [`LATE_POLL`], answering late polls until then.
+    pub fn remove_upgraded(&self, sid: String) {
+        let registry = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(LATE_POLL).await;
+            registry.remove(&sid);
+        });
+    }
+
     /// A new polling connection, unless `max` are pending already. Expired ones go first:
     /// unauthenticated after `handshake_timeout`, any after [`UPGRADE_WITHIN`]. The scan is
     /// bounded by `max`, so it stays cheap however many clients try.
@@ -53,7 +65,8 @@ impl Registry {
         if map.len() >= max {
             map.retain(|_, s| {
                 let age = s.created.elapsed();
-                age < UPGRADE_WITHIN && (age < handshake_timeout || s.lock().user.is_some())
+                let state = s.lock();
+                !state.upgraded && age < UPGRADE_WITHIN && (age < handshake_timeout || state.user.is_some())
             });
             metrics::gauge!(telemetry::ENGINEIO_PENDING).set(f64::from(u32::try_from(map.len()).unwrap_or(u32::MAX)));
             if map.len() >= max {
@@ -166,6 +179,9 @@ pub async fn poll(state: &AppState, sid: &str) -> Response {
 /// wait for the upgrade.
 pub async fn post(state: &AppState, sid: &str, body: &str) -> Response {
     let Some(session) = state.polling.get(sid) else { return bad("unknown or expired sid") };
+    if session.lock().upgraded {
+        return bad("this connection has moved to its WebSocket");
+    }
     for packet in body.split(SEPARATOR) {
         match socketio::parse(packet) {
             socketio::Packet::Connect { nsp: "/", auth } => {
