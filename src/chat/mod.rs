@@ -151,6 +151,8 @@ struct Inner {
     presence: Arc<presence::Presence>,
     /// Indexes what the writers stored, behind their acks.
     indexer: indexer::SearchIndexer,
+    /// `confab_messages_received_total`, registered once rather than looked up per send.
+    received: metrics::Counter,
 }
 
 /// One connection's chat state, owned by its transport task (no locks).
@@ -205,6 +207,7 @@ impl ChatService {
             settings,
             writers: TaskTracker::new(),
             indexer: indexer::SearchIndexer::new(),
+            received: metrics::counter!(telemetry::MESSAGES_RECEIVED),
         };
         Self { inner: Arc::new(inner) }
     }
@@ -510,7 +513,7 @@ impl ChatService {
         client_id: Option<&str>,
         tag: Tag,
     ) -> Result<(), ChatError> {
-        metrics::counter!(telemetry::MESSAGES_RECEIVED).increment(1);
+        self.inner.received.increment(1);
         // A block, so that every refusal below is counted once, by its code.
         let queued = async {
             let name = RoomName::parse(room).map_err(|_| ChatError::InvalidRoom)?;
