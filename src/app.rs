@@ -85,13 +85,12 @@ impl App {
         let background = CancellationToken::new();
         let background_tasks = TaskTracker::new();
         let bus = match &config.redis.url {
-            Some(url) => {
-                Bus::redis(url.expose(), &config.redis.prefix, Arc::clone(&hub), background.clone(), &background_tasks)
-                    .await
-                    .with_context(|| {
-                        format!("cannot connect to Redis at {}", crate::config::redact_url(url.expose()))
-                    })?
-            }
+            Some(url) => Bus::redis(&config.redis, Arc::clone(&hub), background.clone(), &background_tasks)
+                .await
+                .with_context(|| {
+                    let shown: Vec<String> = url.expose().split(',').map(crate::config::redact_url).collect();
+                    format!("cannot connect to Redis at {}", shown.join(","))
+                })?,
             None => Bus::local(Arc::clone(&hub)),
         };
         let chat = ChatService::new(

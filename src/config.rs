@@ -222,10 +222,57 @@ pub struct DatabaseConfig {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://host:port/db`; unset means in-process fan-out on a single node.
+    /// `redis://host:port/db`; unset means in-process fan-out on a single node. With `cluster`,
+    /// one or more comma-separated seed nodes of a Redis Cluster.
     pub url: Option<Secret>,
+    /// `url` names a Redis Cluster: rooms are spread over its shards with sharded pub/sub.
+    pub cluster: bool,
     /// Prefix of every Redis key and channel, so several deployments can share one Redis.
     pub prefix: String,
+}
+
+impl RedisConfig {
+    /// The server URL, or the cluster's seed URLs, trimmed; empty when unset.
+    pub fn urls(&self) -> Vec<&str> {
+        self.url
+            .as_ref()
+            .map(|u| u.expose().split(',').map(str::trim).filter(|u| !u.is_empty()).collect())
+            .unwrap_or_default()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.url {
+            let urls = self.urls();
+            if urls.len() > 1 && !self.cluster {
+                return Err(ConfigError::invalid(
+                    "redis.url",
+                    "several URLs name the seed nodes of a Redis Cluster: set redis.cluster = true, or give one URL",
+                ));
+            }
+            if urls.is_empty() {
+                return Err(ConfigError::invalid(
+                    "redis.url",
+                    format!("`{}` names no server", redact_url(url.expose())),
+                ));
+            }
+            for one in urls {
+                let parsed = url::Url::parse(one).map_err(|e| {
+                    ConfigError::invalid("redis.url", format!("not a URL ({e}); use redis://HOST:PORT"))
+                })?;
+                let schemes: &[&str] =
+                    if self.cluster { &["redis", "rediss"] } else { &["redis", "rediss", "unix", "redis+unix"] };
+                if !schemes.contains(&parsed.scheme()) {
+                    return Err(ConfigError::invalid(
+                        "redis.url",
+                        format!("unknown scheme `{}`; use redis://HOST:PORT", parsed.scheme()),
+                    ));
+                }
+            }
+        } else if self.cluster {
+            return Err(ConfigError::invalid("redis.cluster", "set redis.url to the cluster's seed nodes"));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -382,7 +429,7 @@ impl Default for Config {
             log_level: "info".into(),
             auto_migrate: true,
             database: DatabaseConfig::default(),
-            redis: RedisConfig { url: None, prefix: "confab".into() },
+            redis: RedisConfig { url: None, cluster: false, prefix: "confab".into() },
             auth: AuthConfig::default(),
             http: HttpConfig::default(),
             chat: ChatConfig::default(),
@@ -585,16 +632,7 @@ impl Config {
         }
         self.database_kind()?;
         in_range("database.max_connections", self.database.max_connections, 1, 1000)?;
-        if let Some(url) = &self.redis.url {
-            let parsed = url::Url::parse(url.expose())
-                .map_err(|e| ConfigError::invalid("redis.url", format!("not a URL ({e}); use redis://HOST:PORT")))?;
-            if !matches!(parsed.scheme(), "redis" | "rediss" | "unix" | "redis+unix") {
-                return Err(ConfigError::invalid(
-                    "redis.url",
-                    format!("unknown scheme `{}`; use redis://HOST:PORT", parsed.scheme()),
-                ));
-            }
-        }
+        self.redis.validate()?;
         if self.redis.prefix.is_empty() || self.redis.prefix.contains(char::is_whitespace) {
             return Err(ConfigError::invalid("redis.prefix", "must be non-empty, without spaces"));
         }
@@ -712,7 +750,8 @@ impl Config {
     pub fn redacted_toml(&self) -> String {
         let mut shown = self.clone();
         shown.database.url = Secret::new(redact_url(shown.database.url.expose()));
-        shown.redis.url = shown.redis.url.map(|u| Secret::new(redact_url(u.expose())));
+        shown.redis.url =
+            shown.redis.url.map(|u| Secret::new(u.expose().split(',').map(redact_url).collect::<Vec<_>>().join(",")));
         shown.auth.jwt_secret = shown.auth.jwt_secret.map(|_| Secret::new("***"));
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
@@ -807,5 +846,22 @@ mod tests {
         let shown = c.redacted_toml();
         assert!(!shown.contains("hunter2") && !shown.contains(&"x".repeat(40)), "{shown}");
         assert!(shown.contains("u:***@db"), "{shown}");
+    }
+
+    #[test]
+    fn a_cluster_is_a_list_of_seed_urls_and_says_so() {
+        let mut c = Config::default();
+        c.redis.url = Some(Secret::new("redis://:pw1@a:7000, redis://:pw2@b:7001"));
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("redis.cluster = true"), "{err}");
+        c.redis.cluster = true;
+        c.validate().expect("a cluster with two seeds");
+        assert_eq!(c.redis.urls(), vec!["redis://:pw1@a:7000", "redis://:pw2@b:7001"]);
+        let shown = c.redacted_toml();
+        assert!(!shown.contains("pw1") && !shown.contains("pw2"), "{shown}");
+        c.redis.url = Some(Secret::new("unix:///run/redis.sock"));
+        assert!(c.validate().unwrap_err().to_string().contains("unknown scheme"));
+        c.redis.url = None;
+        assert!(c.validate().unwrap_err().to_string().contains("redis.cluster"));
     }
 }

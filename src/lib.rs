@@ -9,7 +9,8 @@
 //! - [`auth`] accounts, argon2 passwords, JWT access tokens, rotating refresh tokens.
 //! - [`store`] durable state on SQLite or PostgreSQL.
 //! - [`chat`] the real-time core: hub (rooms, in-order delivery), room writers (group commit),
-//!   sessions; [`bus`] fan-out between nodes (in-process, or Redis pub/sub).
+//!   sessions; [`bus`] fan-out between nodes (in-process, Redis pub/sub, or sharded pub/sub on a
+//!   Redis Cluster).
 //! - [`http`] REST API (OpenAPI), WebSocket transports, operational endpoints, embedded UI.
 //! - [`ratelimit`] keyed token buckets.
 //!

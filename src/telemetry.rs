@@ -38,6 +38,7 @@ pub const MESSAGE_ACK_DURATION: &str = "confab_message_ack_duration_seconds";
 pub const STORE_ERRORS: &str = "confab_store_errors_total";
 pub const BUS_PUBLISHED: &str = "confab_bus_published_total";
 pub const BUS_RECEIVED: &str = "confab_bus_received_total";
+pub const BUS_DROPPED: &str = "confab_bus_dropped_total";
 pub const REDIS_CONNECTED: &str = "confab_redis_connected";
 pub const GAP_REPAIRED: &str = "confab_gap_repaired_messages_total";
 pub const AUTH_REQUESTS: &str = "confab_auth_requests_total";
@@ -170,6 +171,7 @@ pub fn init_series(store_backend: &'static str, redis: bool) {
     if redis {
         metrics::counter!(BUS_PUBLISHED, "bus" => "redis").increment(0);
         metrics::counter!(BUS_RECEIVED, "bus" => "redis").increment(0);
+        metrics::counter!(BUS_DROPPED, "bus" => "redis").increment(0);
     }
     // Histograms with no sample yet: their buckets exist at zero.
     let _ = metrics::histogram!(STORE_QUERY_DURATION, "query" => "append_messages", "backend" => store_backend);
@@ -209,6 +211,10 @@ fn describe() {
     metrics::describe_counter!(STORE_ERRORS, "store writes of the message path that failed, by query");
     metrics::describe_counter!(BUS_PUBLISHED, "events published to Redis for the other nodes");
     metrics::describe_counter!(BUS_RECEIVED, "events received from the other nodes through Redis");
+    metrics::describe_counter!(
+        BUS_DROPPED,
+        "events from the other nodes dropped because this node's fan-out was behind (repaired from the store)"
+    );
     metrics::describe_gauge!(REDIS_CONNECTED, "1 while the Redis subscriber connection is up (absent without Redis)");
     metrics::describe_counter!(GAP_REPAIRED, "messages missed on the bus and fetched from the store instead");
     metrics::describe_counter!(AUTH_REQUESTS, "auth requests by action and outcome (ok or the error code)");

@@ -13,9 +13,10 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-pub use self::redis::RedisBus;
+pub use self::redis::{Conn as RedisConn, RedisBus};
 use crate::{
     chat::{event::Event, hub::Hub},
+    config::RedisConfig,
     domain::RoomName,
 };
 
@@ -24,6 +25,8 @@ use crate::{
 pub enum BusError {
     #[error("cannot connect to Redis: {0}")]
     Connect(#[source] ::redis::RedisError),
+    #[error("{0}")]
+    Misconfigured(String),
 }
 
 #[derive(Clone)]
@@ -37,15 +40,15 @@ impl Bus {
         Self::Local(hub)
     }
 
-    /// Connects to Redis; the bus's tasks run on `tasks` until `stop` is cancelled.
+    /// Connects to Redis (one server or a cluster); the bus's tasks run on `tasks` until `stop`
+    /// is cancelled.
     pub async fn redis(
-        url: &str,
-        prefix: &str,
+        config: &RedisConfig,
         hub: Arc<Hub>,
         stop: CancellationToken,
         tasks: &TaskTracker,
     ) -> Result<Self, BusError> {
-        Ok(Self::Redis(RedisBus::connect(url, prefix, hub, stop, tasks).await?))
+        Ok(Self::Redis(RedisBus::connect(config, hub, stop, tasks).await?))
     }
 
     /// Delivers `events` (in order) on this node and, when clustered, to the other nodes.

@@ -20,7 +20,6 @@ use std::{
     time::Duration,
 };
 
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use uuid::Uuid;
@@ -29,14 +28,15 @@ use super::{
     event::{Encoded, EventKind},
     hub::Hub,
 };
-use crate::domain::RoomName;
+use crate::{bus::RedisConn, domain::RoomName};
 
 /// Where presence entries live.
 pub enum Backing {
     /// One node: the hub says it all.
     Local,
-    /// A cluster: sorted sets `<prefix>:online:<room>` in Redis.
-    Redis { conn: ConnectionManager, prefix: String, node: String },
+    /// A cluster: sorted sets `<prefix>:online:<room>` in Redis (`prefix` carries a hash tag on a
+    /// Redis Cluster, so that one round's pipeline stays on one slot).
+    Redis { conn: RedisConn, prefix: String, node: String },
 }
 
 /// Presence of this node's rooms, and the events that tell their members.
@@ -146,7 +146,7 @@ impl Presence {
     /// returns, for each room hosted here, who is online on any live node.
     async fn sync(
         &self,
-        conn: &ConnectionManager,
+        conn: &RedisConn,
         prefix: &str,
         node: &str,
         local: &HashMap<RoomName, HashSet<Uuid>>,

@@ -400,14 +400,14 @@ impl Drop for RedisProxy {
 }
 
 /// Waits until the senders have had `n` more messages acked.
-async fn traffic(sent: &mut mpsc::UnboundedReceiver<()>, n: usize) {
+pub(crate) async fn traffic(sent: &mut mpsc::UnboundedReceiver<()>, n: usize) {
     for _ in 0..n {
         tokio::time::timeout(FRAME_TIMEOUT, sent.recv()).await.expect("senders stalled").expect("senders");
     }
 }
 
 /// Polls `/ready` until it reports Redis `up` (200) or `down` (503); returns the body.
-async fn wait_for_redis(node: &TestApp, state: &str) -> Value {
+pub(crate) async fn wait_for_redis(node: &TestApp, state: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let resp = node.get("/ready").await;

@@ -20,6 +20,7 @@ mod ordering;
 mod presence;
 mod reactions;
 mod reads;
+mod redis_cluster;
 mod revocation;
 mod rooms;
 mod search;
