@@ -109,6 +109,7 @@ impl App {
                 presence_interval: config.chat.presence_interval.0,
                 presence_ttl: config.chat.presence_ttl.0,
                 search_index_interval: config.chat.search_index_interval.0,
+                writer_idle: config.chat.writer_idle.0,
             },
         );
         let node_id = config.node_id.clone().unwrap_or_else(|| format!("{}:{}", hostname(), local_addr.port()));

@@ -350,6 +350,9 @@ pub struct ChatConfig {
     /// outside the commits that ack them). A search on the node that stored a message finds it
     /// at once; on another node, within this.
     pub search_index_interval: HumanDuration,
+    /// How long a room's writer (its group-commit task and send queue) lives after the last
+    /// send; a room that is only read holds none.
+    pub writer_idle: HumanDuration,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -493,6 +496,7 @@ impl Default for ChatConfig {
             presence_interval: HumanDuration(Duration::from_secs(2)),
             presence_ttl: HumanDuration(Duration::from_secs(15)),
             search_index_interval: HumanDuration(Duration::from_millis(500)),
+            writer_idle: HumanDuration(Duration::from_secs(30)),
         }
     }
 }
@@ -691,6 +695,9 @@ impl Config {
         }
         if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&self.chat.search_index_interval.0) {
             return Err(ConfigError::invalid("chat.search_index_interval", "must be between 10ms and 1h"));
+        }
+        if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&self.chat.writer_idle.0) {
+            return Err(ConfigError::invalid("chat.writer_idle", "must be between 10ms and 1h"));
         }
         if self.chat.presence_ttl.0 < self.chat.presence_interval.0 * 2 {
             return Err(ConfigError::invalid("chat.presence_ttl", "must be at least twice chat.presence_interval"));

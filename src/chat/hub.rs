@@ -17,13 +17,13 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{OnceCell, mpsc, oneshot};
+use tokio::sync::{OnceCell, oneshot};
 
 use super::{
     event::{self, Encoded, Event, EventKind},
     registry::SessionRegistry,
     session::{Flusher, Form, SessionHandle, corked},
-    writer::WriteRequest,
+    writer,
 };
 use crate::{
     domain::{RoomName, Seq},
@@ -43,8 +43,8 @@ pub struct Room {
     ready: OnceCell<()>,
     /// The bus's confirmation of our subscription, awaited by the first initialiser.
     subscribed: Mutex<Option<oneshot::Receiver<()>>>,
-    /// This room's group-commit writer on this node.
-    pub writer: mpsc::Sender<WriteRequest>,
+    /// This room's group-commit writer on this node, while sends come.
+    pub writer: writer::Slot,
 }
 
 struct RoomInner {
@@ -277,19 +277,15 @@ impl Hub {
         self.shard(room).get(room).cloned()
     }
 
-    /// The room, created if this node has none. `create` runs under the shard lock and
-    /// returns the new room's writer and bus subscription, so subscribe and unsubscribe
-    /// requests for one room reach the bus in the order rooms come and go.
-    pub fn room_or_insert(
-        &self,
-        room: &RoomName,
-        create: impl FnOnce() -> (mpsc::Sender<WriteRequest>, oneshot::Receiver<()>),
-    ) -> Arc<Room> {
+    /// The room, created if this node has none. `subscribe` runs under the shard lock and
+    /// returns the new room's bus subscription, so subscribe and unsubscribe requests for one
+    /// room reach the bus in the order rooms come and go.
+    pub fn room_or_insert(&self, room: &RoomName, subscribe: impl FnOnce() -> oneshot::Receiver<()>) -> Arc<Room> {
         let mut shard = self.shard(room);
         if let Some(existing) = shard.get(room) {
             return Arc::clone(existing);
         }
-        let (writer, subscribed) = create();
+        let subscribed = subscribe();
         let new = Arc::new(Room {
             name: room.clone(),
             inner: Mutex::new(RoomInner {
@@ -304,7 +300,7 @@ impl Hub {
             }),
             ready: OnceCell::new(),
             subscribed: Mutex::new(Some(subscribed)),
-            writer,
+            writer: writer::Slot::default(),
         });
         shard.insert(room.clone(), Arc::clone(&new));
         new

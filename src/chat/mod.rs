@@ -127,6 +127,8 @@ pub struct ChatSettings {
     pub presence_ttl: Duration,
     /// How often stored messages are indexed for search.
     pub search_index_interval: Duration,
+    /// How long a room's writer outlives its last send.
+    pub writer_idle: Duration,
 }
 
 /// The chat core. Cheap to clone.
@@ -146,8 +148,8 @@ struct Inner {
     read_limiter: KeyedLimiter<Uuid>,
     sessions: Arc<SessionRegistry>,
     settings: ChatSettings,
-    /// Room writers, so shutdown can wait for in-flight commits.
-    writers: TaskTracker,
+    /// What room writers are started with; its tracker lets shutdown wait for in-flight commits.
+    writers: writer::Writers,
     presence: Arc<presence::Presence>,
     /// Indexes what the writers stored, behind their acks.
     indexer: indexer::SearchIndexer,
@@ -195,6 +197,16 @@ impl ChatService {
             Bus::Redis(redis) => redis.presence_backing(),
         };
         let presence = presence::Presence::new(Arc::clone(&hub), backing, settings.presence_ttl);
+        let indexer = indexer::SearchIndexer::new();
+        let writers = writer::Writers {
+            store: store.clone(),
+            bus: bus.clone(),
+            indexer: indexer.clone(),
+            max_batch: writer::batch_limit(settings.outbound_queue),
+            idle: settings.writer_idle,
+            tasks: TaskTracker::new(),
+            running: Arc::default(),
+        };
         let inner = Inner {
             presence,
             hub,
@@ -205,11 +217,16 @@ impl ChatService {
             read_limiter,
             sessions,
             settings,
-            writers: TaskTracker::new(),
-            indexer: indexer::SearchIndexer::new(),
+            writers,
+            indexer,
             received: metrics::counter!(telemetry::MESSAGES_RECEIVED),
         };
         Self { inner: Arc::new(inner) }
+    }
+
+    /// Room writers running on this node (rooms sent to within `chat.writer_idle`).
+    pub fn running_writers(&self) -> usize {
+        self.inner.writers.running()
     }
 
     pub fn bus(&self) -> &Bus {
@@ -314,8 +331,8 @@ impl ChatService {
 
     /// Waits (up to `grace`) for room writers to finish in-flight commits.
     pub async fn drain(&self, grace: Duration) {
-        self.inner.writers.close();
-        let _ = tokio::time::timeout(grace, self.inner.writers.wait()).await;
+        self.inner.writers.tasks.close();
+        let _ = tokio::time::timeout(grace, self.inner.writers.tasks.wait()).await;
     }
 
     /// A new session for `user` on a token of session epoch `epoch`, whose frames go out
@@ -384,17 +401,7 @@ impl ChatService {
         // member's message before its join.
         let mut announce = !rejoin;
         let (room, start) = loop {
-            let room = self.inner.hub.room_or_insert(&name, || {
-                let writer = writer::spawn(
-                    name.clone(),
-                    self.inner.store.clone(),
-                    self.inner.bus.clone(),
-                    self.inner.indexer.clone(),
-                    writer::batch_limit(self.inner.settings.outbound_queue),
-                    &self.inner.writers,
-                );
-                (writer, self.inner.bus.subscribe(&name))
-            });
+            let room = self.inner.hub.room_or_insert(&name, || self.inner.bus.subscribe(&name));
             self.inner.hub.ensure_ready(&room).await?;
             if std::mem::take(&mut announce) {
                 self.inner.bus.publish(vec![event::system(&name, Presence::Join, s.id(), who(&s.user))]);
@@ -559,7 +566,8 @@ impl ChatService {
             // Counted before the writer can answer, so the answer always finds it counted.
             s.handle.outbox.began_send();
             let accepted = std::time::Instant::now();
-            room.writer.send(WriteRequest { msg, tag, reply_to: s.handle.clone(), accepted }).await.map_err(|_| {
+            let request = WriteRequest { msg, tag, reply_to: s.handle.clone(), accepted };
+            room.writer.submit(&room.name, &self.inner.writers, request).await.map_err(|_| {
                 s.handle.outbox.cancel_send();
                 ChatError::Unavailable
             })

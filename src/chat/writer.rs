@@ -1,4 +1,11 @@
-//! Group commit: one writer task per room with members on this node.
+//! Group commit: one writer task per room that is being written to on this node.
+//!
+//! A room's writer starts with the first send and retires after `chat.writer_idle` without one, so a
+//! room whose members only read (most rooms, most of the time) holds no task and no queue. A
+//! writer that retires first closes its queue, then stores whatever was already in it; a send
+//! that finds the queue closed starts the next writer, which waits for the retiring one to
+//! finish before it commits anything, so a room's messages are stored in the order they were
+//! queued.
 //!
 //! Sends queue here; the writer takes everything queued (up to [`batch_limit`]) and stores it in
 //! one transaction with one seq range. Under light load a batch is one message and nothing
@@ -7,9 +14,15 @@
 //! published, so a sender sees its ack first. A failed commit answers every sender of the
 //! batch with `unavailable`/`internal` and publishes nothing: no ack for anything not stored.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
 use super::{
@@ -45,31 +58,88 @@ pub struct WriteRequest {
     pub accepted: Instant,
 }
 
-/// Starts the writer for `room`; it stops when every sender is dropped and the queue is empty.
-pub fn spawn(
-    room: RoomName,
-    store: Store,
-    bus: Bus,
-    indexer: SearchIndexer,
-    max_batch: usize,
-    tasks: &TaskTracker,
-) -> mpsc::Sender<WriteRequest> {
-    let (tx, rx) = mpsc::channel(QUEUE);
-    tasks.spawn(run(room, rx, store, bus, indexer, max_batch));
-    tx
+/// What every writer of this node needs: where to store, publish and index, and its batch limit.
+#[derive(Clone)]
+pub struct Writers {
+    pub store: Store,
+    pub bus: Bus,
+    pub indexer: SearchIndexer,
+    pub max_batch: usize,
+    /// How long a writer waits for another send before it retires.
+    pub idle: Duration,
+    pub tasks: TaskTracker,
+    /// Writers running now (`confab_room_writers`).
+    pub running: Arc<AtomicUsize>,
+}
+
+impl Writers {
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
+    }
+}
+
+/// One room's writer on this node, while one runs.
+#[derive(Default)]
+pub struct Slot(Mutex<Option<Running>>);
+
+struct Running {
+    tx: mpsc::Sender<WriteRequest>,
+    /// Completes when this writer has stored everything it took.
+    finished: oneshot::Receiver<()>,
+}
+
+impl Slot {
+    /// Queues `request` for `room`'s writer, starting one if none runs; waits while the queue is
+    /// full. `Err` gives the request back only when the node is stopping.
+    pub async fn submit(&self, room: &RoomName, writers: &Writers, request: WriteRequest) -> Result<(), WriteRequest> {
+        let mut request = request;
+        // A writer can retire between taking its sender and sending: try the next one. Two
+        // retirements in a row mean writers cannot run at all.
+        for _ in 0..3 {
+            let tx = self.sender(room, writers);
+            match tx.send(request).await {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::SendError(back)) => request = back,
+            }
+        }
+        Err(request)
+    }
+
+    fn sender(&self, room: &RoomName, writers: &Writers) -> mpsc::Sender<WriteRequest> {
+        let mut slot = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(running) = slot.as_ref()
+            && !running.tx.is_closed()
+        {
+            return running.tx.clone();
+        }
+        let previous = slot.take().map(|r| r.finished);
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (finished_tx, finished) = oneshot::channel();
+        writers.tasks.spawn(run(room.clone(), rx, writers.clone(), previous, finished_tx));
+        *slot = Some(Running { tx: tx.clone(), finished });
+        tx
+    }
 }
 
 async fn run(
     room: RoomName,
     mut rx: mpsc::Receiver<WriteRequest>,
-    store: Store,
-    bus: Bus,
-    indexer: SearchIndexer,
-    max_batch: usize,
+    writers: Writers,
+    previous: Option<oneshot::Receiver<()>>,
+    finished: oneshot::Sender<()>,
 ) {
-    let mut requests = Vec::with_capacity(max_batch);
-    let mut batch = Vec::with_capacity(max_batch);
-    let mut replies = Vec::with_capacity(max_batch);
+    // Whatever the retiring writer took is stored before anything queued here.
+    if let Some(previous) = previous {
+        let _ = previous.await;
+    }
+    let Writers { store, bus, indexer, max_batch, idle, running, .. } = writers;
+    let gauge = metrics::gauge!(telemetry::ROOM_WRITERS);
+    running.fetch_add(1, Ordering::Relaxed);
+    gauge.increment(1.0);
+    // Grown by the batches that come, not reserved up front: most writers see small ones.
+    let mut requests = Vec::new();
+    let mut batch = Vec::new();
+    let mut replies = Vec::new();
     // Handles registered once per writer, not looked up per batch.
     let commit_time = metrics::histogram!(
         telemetry::STORE_QUERY_DURATION, "query" => "append_messages", "backend" => store.backend()
@@ -78,7 +148,24 @@ async fn run(
     let ack_time = metrics::histogram!(telemetry::MESSAGE_ACK_DURATION);
     let failed = metrics::counter!(telemetry::STORE_ERRORS, "query" => "append_messages");
     let flusher = Arc::clone(&bus.hub().flusher);
-    while rx.recv_many(&mut requests, max_batch).await > 0 {
+    let mut retiring = false;
+    loop {
+        let taken = if retiring {
+            rx.recv_many(&mut requests, max_batch).await
+        } else {
+            match tokio::time::timeout(idle, rx.recv_many(&mut requests, max_batch)).await {
+                Ok(n) => n,
+                Err(_) => {
+                    // Idle: refuse new sends (they start the next writer), store what is queued.
+                    rx.close();
+                    retiring = true;
+                    continue;
+                }
+            }
+        };
+        if taken == 0 {
+            break;
+        }
         // Moved apart, not cloned: the messages go to the store, the reply handles stay here.
         for WriteRequest { msg, tag, reply_to, accepted } in requests.drain(..) {
             batch.push(msg);
@@ -119,6 +206,9 @@ async fn run(
         }
         batch.clear();
     }
+    running.fetch_sub(1, Ordering::Relaxed);
+    gauge.decrement(1.0);
+    let _ = finished.send(());
 }
 
 #[cfg(test)]
