@@ -153,15 +153,13 @@ async fn run(
         let taken = if retiring {
             rx.recv_many(&mut requests, max_batch).await
         } else {
-            match tokio::time::timeout(idle, rx.recv_many(&mut requests, max_batch)).await {
-                Ok(n) => n,
-                Err(_) => {
-                    // Idle: refuse new sends (they start the next writer), store what is queued.
-                    rx.close();
-                    retiring = true;
-                    continue;
-                }
-            }
+            let Ok(n) = tokio::time::timeout(idle, rx.recv_many(&mut requests, max_batch)).await else {
+                // Idle: refuse new sends (they start the next writer), store what is queued.
+                rx.close();
+                retiring = true;
+                continue;
+            };
+            n
         };
         if taken == 0 {
             break;

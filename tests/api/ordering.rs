@@ -118,9 +118,10 @@ fn joiner_index(ids: &[&str], user: &Value) -> Option<usize> {
 both_backends!(a_room_writer_retires_when_idle_and_sends_across_retirements_keep_their_order);
 
 /// A room's writer exists only while sends come: none for a room that is only joined, one after
-/// a send, none again `chat.writer_idle` later. Pipelined sends that straddle a retirement (the
-/// queue closes while more are on their way) are stored and delivered in the order they were
-/// sent, each once.
+/// a send, none again `chat.writer_idle` later; bursts of pipelined sends before, around and
+/// after retirements are stored and delivered in the order they were sent, each once. (The
+/// instant between a writer's timeout and its closing the queue, which the next writer's wait for
+/// the retiring one covers, is too short to hit from outside.)
 async fn a_room_writer_retires_when_idle_and_sends_across_retirements_keep_their_order(backend: Backend) {
     let idle = std::time::Duration::from_millis(20);
     let app = spawn_chat_node(backend, |c| c.chat.writer_idle = confab::config::HumanDuration(idle)).await;
