@@ -83,6 +83,7 @@ both_backends!(
     history_pages_oldest_first_and_resumes_after_a_seq,
     rooms_are_listed_with_their_last_seq,
     concurrent_appends_to_one_room_get_seqs_one_to_n,
+    a_failing_batch_fails_only_its_own_room_among_concurrent_ones,
     concurrent_appends_with_one_client_id_store_one_message,
     a_database_of_the_previous_release_keeps_its_rooms_public_and_its_writers_members,
     rooms_are_created_once_and_list_public_ones_and_mine,
@@ -453,6 +454,53 @@ async fn rooms_are_listed_with_their_last_seq(backend: Backend) {
 
 const WRITERS: usize = 8;
 const PER_WRITER: usize = 50;
+
+/// Many rooms' batches at once (on SQLite they are stored in one transaction when they wait for
+/// the write connection together): one batch that cannot be stored (a message id already taken)
+/// fails alone; every other room's batch is stored with its seqs.
+async fn a_failing_batch_fails_only_its_own_room_among_concurrent_ones(backend: Backend) {
+    let (store, _db) = open(backend).await;
+    let user = store.create_user("writer@example.com", "h").await.expect("create");
+    let taken = store.append_message(message(&room("taken"), &user, "first", None)).await.expect("append");
+    let store = Arc::new(store);
+    let mut tasks = Vec::new();
+    for round in 0..5 {
+        for r in 0..16 {
+            let (store, user) = (Arc::clone(&store), user.clone());
+            tasks.push(tokio::spawn(async move {
+                let name = room(&format!("room{r}"));
+                let mut batch = vec![
+                    message(&name, &user, &format!("{round}a"), None),
+                    message(&name, &user, &format!("{round}b"), None),
+                ];
+                if r == 7 && round == 2 {
+                    // The same id as a stored message: this batch cannot be stored.
+                    batch[1].id = taken.message.id;
+                }
+                (r, round, store.append_messages(&name, &batch).await)
+            }));
+        }
+    }
+    let mut stored = 0;
+    for task in tasks {
+        let (r, round, result) =
+            tokio::time::timeout(SERVICE_TIMEOUT, task).await.expect("appends finish").expect("task");
+        if r == 7 && round == 2 {
+            assert!(result.is_err(), "a batch with a taken id is refused: {result:?}");
+        } else {
+            assert_eq!(result.expect("the other rooms' batches are stored").len(), 2);
+            stored += 2;
+        }
+    }
+    assert_eq!(stored, 2 * (5 * 16 - 1));
+    for r in 0..16 {
+        let name = room(&format!("room{r}"));
+        let messages = store.messages_after(&name, 0, 100).await.expect("read");
+        let expected = if r == 7 { 8 } else { 10 };
+        assert_eq!(seqs(&messages), (1..=expected).collect::<Vec<_>>(), "room{r} is gapless");
+        assert_eq!(store.last_seq(&name).await.expect("last_seq"), expected);
+    }
+}
 
 async fn concurrent_appends_to_one_room_get_seqs_one_to_n(backend: Backend) {
     let (store, _db) = open(backend).await;

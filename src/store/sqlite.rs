@@ -5,6 +5,12 @@
 //! (another process, such as `confab create-user` next to a running server, then waits on
 //! `busy_timeout` instead of failing a read-to-write upgrade). Reads use their own pool and, thanks
 //! to WAL, never wait for the writer.
+//!
+//! Messages are the one write that comes in floods, from many rooms at once. Each room's writer
+//! already batches its own sends; here the batches of all rooms that are waiting for the write
+//! connection are stored in one transaction (one savepoint per room, so a room whose statements
+//! fail answers only its own senders), so the commits per second — and the fsyncs that
+//! `synchronous = FULL` makes of them — stop growing with the number of busy rooms.
 
 use std::{
     path::{Path, PathBuf},
@@ -16,6 +22,7 @@ use sqlx::{
     Sqlite, SqlitePool, Transaction,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Appended, IndexStep, Message, MessageKind, NewMessage, StoreError, plan_batch, sql::Backend};
 use crate::domain::{RoomName, SearchQuery, Seq};
@@ -93,6 +100,19 @@ pub fn sqlite_path(url: &str) -> Option<PathBuf> {
 pub struct SqliteStore {
     read: SqlitePool,
     write: SqlitePool,
+    /// Room batches waiting to be stored together (see the module's docs).
+    commits: mpsc::Sender<Commit>,
+}
+
+/// Rooms' batches stored in one transaction, at most.
+const ROOMS_PER_COMMIT: usize = 64;
+
+/// One room's batch, and where its result goes.
+#[derive(Debug)]
+struct Commit {
+    room: RoomName,
+    batch: Vec<NewMessage>,
+    done: oneshot::Sender<Result<Vec<Appended>, StoreError>>,
 }
 
 impl Backend for SqliteStore {
@@ -131,7 +151,9 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
-        Ok(Self { read, write })
+        let (commits, queue) = mpsc::channel(4 * ROOMS_PER_COMMIT);
+        tokio::spawn(run_commits(write.clone(), queue));
+        Ok(Self { read, write, commits })
     }
 
     /// Writes a consistent, compacted copy of the database to `path` (which must not exist),
@@ -151,8 +173,20 @@ impl SqliteStore {
     }
 
     pub async fn append_messages(&self, room: &RoomName, batch: &[NewMessage]) -> Result<Vec<Appended>, StoreError> {
+        let (done, result) = oneshot::channel();
+        let commit = Commit { room: room.clone(), batch: batch.to_vec(), done };
+        let stopped = || StoreError::Unavailable(sqlx::Error::PoolClosed);
+        self.commits.send(commit).await.map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
+    }
+
+    /// Appends one room's batch inside `tx`.
+    async fn append_in(
+        tx: &mut Transaction<'static, Sqlite>,
+        room: &RoomName,
+        batch: &[NewMessage],
+    ) -> Result<Vec<Appended>, StoreError> {
         let now = chrono::Utc::now();
-        let mut tx = self.begin_write().await?;
         // The single write connection and `BEGIN IMMEDIATE` serialise writers: each sees the
         // previous one's messages.
         let (last_seq,): (Seq,) = sqlx::query_as(
@@ -161,9 +195,9 @@ impl SqliteStore {
         )
         .bind(room.as_str())
         .bind(now)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await?;
-        let existing = Self::stored_client_ids(&mut tx, room, batch).await?;
+        let existing = Self::stored_client_ids(tx, room, batch).await?;
         let (fresh, out) = plan_batch(batch, &existing, last_seq + 1);
         if let Some(last) = fresh.last() {
             let messages = fresh.iter().filter(|m| m.kind == MessageKind::Message).count();
@@ -171,11 +205,10 @@ impl SqliteStore {
                 .bind(room.as_str())
                 .bind(last.seq)
                 .bind(i64::try_from(messages).unwrap_or(0))
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
-            Self::insert_messages(&mut tx, &fresh).await?;
+            Self::insert_messages(tx, &fresh).await?;
         }
-        tx.commit().await?;
         Ok(out)
     }
 
@@ -297,3 +330,66 @@ impl SqliteStore {
 }
 
 shared_queries!(SqliteStore);
+
+/// Stores what rooms queued for the write connection, all rooms waiting at once in one
+/// transaction, until every store handle is gone.
+async fn run_commits(write: SqlitePool, mut queue: mpsc::Receiver<Commit>) {
+    let mut commits = Vec::with_capacity(ROOMS_PER_COMMIT);
+    while queue.recv_many(&mut commits, ROOMS_PER_COMMIT).await > 0 {
+        match commit_together(&write, &commits).await {
+            Ok(results) => {
+                for (commit, result) in commits.drain(..).zip(results) {
+                    let _ = commit.done.send(result);
+                }
+            }
+            Err(e) => {
+                // Nothing of this transaction was stored: every room's senders hear why.
+                let unavailable = e.is_unavailable();
+                let text = e.to_string();
+                for commit in commits.drain(..) {
+                    let error = sqlx::Error::Protocol(text.clone());
+                    let _ = commit.done.send(Err(if unavailable {
+                        StoreError::Unavailable(error)
+                    } else {
+                        StoreError::Other(error)
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// One transaction for `commits`, a savepoint per room when there are several. `Err` only when
+/// the transaction itself failed; a room whose own statements failed gets its error in the list.
+async fn commit_together(
+    write: &SqlitePool,
+    commits: &[Commit],
+) -> Result<Vec<Result<Vec<Appended>, StoreError>>, StoreError> {
+    let mut tx = write.begin_with("BEGIN IMMEDIATE").await?;
+    if let [one] = commits {
+        // Alone: its error is the transaction's (rolled back on drop), kept as it is so that
+        // the caller can tell a conflict from an outage.
+        let result = SqliteStore::append_in(&mut tx, &one.room, &one.batch).await;
+        if result.is_ok() {
+            tx.commit().await?;
+        }
+        return Ok(vec![result]);
+    }
+    let mut results = Vec::with_capacity(commits.len());
+    for commit in commits {
+        sqlx::query("SAVEPOINT room").execute(&mut *tx).await?;
+        match SqliteStore::append_in(&mut tx, &commit.room, &commit.batch).await {
+            Ok(out) => {
+                sqlx::query("RELEASE room").execute(&mut *tx).await?;
+                results.push(Ok(out));
+            }
+            Err(e) => {
+                sqlx::query("ROLLBACK TO room").execute(&mut *tx).await?;
+                sqlx::query("RELEASE room").execute(&mut *tx).await?;
+                results.push(Err(e));
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(results)
+}
