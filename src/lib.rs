@@ -26,6 +26,7 @@ pub mod domain;
 pub mod http;
 pub mod ratelimit;
 pub mod store;
+pub mod sync;
 pub mod systemd;
 pub mod telemetry;
 

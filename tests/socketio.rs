@@ -664,6 +664,39 @@ async fn too_many_refused_connects_close_the_connection() {
     sio.expect_closed(TIMEOUT).await;
 }
 
+/// The same limit over long-polling: four refused CONNECTs are answered, the fifth ends the
+/// session, and a valid CONNECT does not count against it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_refused_connects_over_polling_end_the_session_too() {
+    let node = sqlite_node(|_| {}).await;
+    let alice = node.register("alice").await;
+    let base = node.url("/socket.io/?EIO=4&transport=polling");
+    let open_session = || async {
+        let open = node.http.get(&base).send().await.expect("GET open").text().await.expect("body");
+        let open: Value = serde_json::from_str(open.strip_prefix('0').expect("an OPEN packet")).expect("JSON");
+        format!("{base}&sid={}", open["sid"].as_str().expect("sid"))
+    };
+    let refused = r#"40{"token":"nope"}"#;
+    let with_sid = open_session().await;
+    for _ in 0..4 {
+        let posted = node.http.post(&with_sid).body(refused).send().await.expect("POST");
+        assert_eq!(posted.status(), 200);
+        let polled = node.http.get(&with_sid).send().await.expect("poll").text().await.expect("body");
+        assert_eq!(polled, r#"44{"message":"unauthorized"}"#);
+    }
+    let fifth = node.http.post(&with_sid).body(refused).send().await.expect("POST");
+    assert_eq!(fifth.status(), 400, "the fifth refused CONNECT ends the session");
+    let gone = node.http.get(&with_sid).send().await.expect("poll");
+    assert_eq!(gone.status(), 400, "the session is forgotten");
+    // Four refusals and then a valid token: connected, and still usable.
+    let with_sid = open_session().await;
+    let payload = [refused; 4].join("\u{1e}") + "\u{1e}" + &format!("40{}", json!({ "token": alice.token }));
+    let posted = node.http.post(&with_sid).body(payload).send().await.expect("POST");
+    assert_eq!(posted.status(), 200);
+    let polled = node.http.get(&with_sid).send().await.expect("poll").text().await.expect("body");
+    assert!(polled.ends_with(&format!("40{}", json!({ "sid": with_sid.rsplit('=').next() }))), "{polled}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_namespaces_get_connect_error() {
     let node = sqlite_node(|_| {}).await;

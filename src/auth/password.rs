@@ -12,6 +12,7 @@
 //! Logins for unknown emails verify against a dummy hash made with the same parameters, so
 //! "no such user" and "wrong password" cost the same time.
 
+use crate::sync::MutexExt as _;
 use std::{
     sync::{Arc, Mutex, mpsc},
     time::{Duration, Instant},
@@ -151,7 +152,7 @@ impl PasswordHasher {
 fn run_worker(queue: &Mutex<mpsc::Receiver<Job>>) {
     loop {
         // The lock is held only while taking a job, never while hashing.
-        let Ok(job) = queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv() else { return };
+        let Ok(job) = queue.lock_unpoisoned().recv() else { return };
         metrics::gauge!(telemetry::AUTH_HASH_QUEUED).decrement(1.0);
         if Instant::now() > job.deadline {
             continue; // its caller has given up; dropping the job tells it so

@@ -10,6 +10,7 @@
 //! Locking: a sharded map finds a room (short critical sections, never across `.await`); each
 //! room has its own mutex, so rooms never wait for one another. Lock order: shard, then room.
 
+use crate::sync::MutexExt as _;
 use std::{
     collections::{BTreeMap, HashMap},
     hash::BuildHasher,
@@ -87,7 +88,7 @@ impl Room {
     fn lock(&self) -> MutexGuard<'_, RoomInner> {
         // A panic while holding the lock cannot leave the room half-updated in a way that
         // matters more than stopping delivery would, so poisoning is ignored.
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner.lock_unpoisoned()
     }
 
     /// Adds a session. With `since`, it must catch up (see [`Hub::go_live`]). `joined` runs
@@ -270,7 +271,7 @@ impl Hub {
 
     fn shard(&self, room: &RoomName) -> MutexGuard<'_, HashMap<RoomName, Arc<Room>>> {
         let idx = usize::try_from(self.hasher.hash_one(room) % SHARDS as u64).unwrap_or(0);
-        self.shards[idx].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.shards[idx].lock_unpoisoned()
     }
 
     pub fn get(&self, room: &RoomName) -> Option<Arc<Room>> {
@@ -311,7 +312,7 @@ impl Hub {
     pub async fn ensure_ready(self: &Arc<Self>, room: &Arc<Room>) -> Result<(), StoreError> {
         room.ready
             .get_or_try_init(|| async {
-                let subscribed = room.subscribed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+                let subscribed = room.subscribed.lock_unpoisoned().take();
                 if let Some(rx) = subscribed {
                     let _ = rx.await;
                 }
@@ -420,12 +421,7 @@ impl Hub {
 
     /// Every room with members here.
     fn rooms(&self) -> Vec<Arc<Room>> {
-        self.shards
-            .iter()
-            .flat_map(|s| {
-                s.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect::<Vec<_>>()
-            })
-            .collect()
+        self.shards.iter().flat_map(|s| s.lock_unpoisoned().values().cloned().collect::<Vec<_>>()).collect()
     }
 
     /// The users with a session in each room here.

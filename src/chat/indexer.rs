@@ -14,6 +14,7 @@
 //! `chat.search_index_interval`. Edits and deletions of indexed messages re-index them in
 //! their own commit (a database trigger): they are rare and must not show stale text.
 
+use crate::sync::MutexExt as _;
 use std::{
     collections::HashSet,
     sync::{
@@ -97,7 +98,7 @@ impl SearchIndexer {
 
     /// Indexes hinted rooms every `every` (and whenever a search asks) until `stop`.
     pub async fn run(&self, store: Store, every: Duration, stop: CancellationToken) {
-        let taken = self.inbox.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let taken = self.inbox.lock_unpoisoned().take();
         let Some(Inbox { mut hints, mut waiters }) = taken else { return };
         let mut pending: HashSet<RoomName> = HashSet::new();
         let mut tick = tokio::time::interval(every);

@@ -14,6 +14,7 @@
 //! says nothing), every node tells its own members (nothing crosses the bus), and the cost is
 //! per interval and per hosted room member, never per message.
 
+use crate::sync::MutexExt as _;
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
@@ -67,11 +68,6 @@ pub fn event(room: &RoomName, mut online: Vec<Uuid>, mut offline: Vec<Uuid>) -> 
     Encoded::new(EventKind::Presence, Utf8Bytes::from(json))
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Each update leaves the maps consistent before anything that could panic.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl Presence {
     pub fn new(hub: Arc<Hub>, backing: Backing, ttl: Duration) -> Arc<Self> {
         Arc::new(Self { hub, backing, ttl, announced: Mutex::default(), written: Mutex::default() })
@@ -83,7 +79,7 @@ impl Presence {
 
     /// Who the members of `room` here were last told is online (for a session that joins).
     pub fn announced(&self, room: &RoomName) -> Vec<Uuid> {
-        lock(&self.announced).get(room).map(|s| s.iter().copied().collect()).unwrap_or_default()
+        self.announced.lock_unpoisoned().get(room).map(|s| s.iter().copied().collect()).unwrap_or_default()
     }
 
     /// Who is online in `room` now, on any live node.
@@ -124,7 +120,7 @@ impl Presence {
         };
         let mut events = Vec::new();
         {
-            let mut announced = lock(&self.announced);
+            let mut announced = self.announced.lock_unpoisoned();
             announced.retain(|room, _| local.contains_key(room));
             for (room, now) in &online {
                 let before = announced.entry(room.clone()).or_default();
@@ -156,7 +152,7 @@ impl Presence {
         let key_ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(60).max(1) * 2;
         let mut pipe = redis::pipe();
         {
-            let mut written = lock(&self.written);
+            let mut written = self.written.lock_unpoisoned();
             for (room, users) in local {
                 let key = Self::key(prefix, room);
                 for user in users {
@@ -186,7 +182,7 @@ impl Presence {
     /// Removes this node's entries (it is stopping): its users go offline at once elsewhere.
     pub async fn withdraw(&self) {
         let Backing::Redis { conn, prefix, node } = &self.backing else { return };
-        let written = std::mem::take(&mut *lock(&self.written));
+        let written = std::mem::take(&mut *self.written.lock_unpoisoned());
         let mut pipe = redis::pipe();
         for (room, users) in &written {
             for user in users {

@@ -7,6 +7,7 @@
 //! Not on the message path: only opening, closing and revoking a session touch the map, under
 //! one of a few sharded locks.
 
+use crate::sync::MutexExt as _;
 use std::{
     collections::HashMap,
     hash::BuildHasher as _,
@@ -99,7 +100,7 @@ impl SessionRegistry {
     fn shard(&self, user: &Uuid) -> MutexGuard<'_, HashMap<Uuid, Vec<Entry>>> {
         let idx = usize::try_from(self.hasher.hash_one(user) % SHARDS as u64).unwrap_or(0);
         // Every update leaves the map consistent before anything that could panic.
-        self.shards[idx].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.shards[idx].lock_unpoisoned()
     }
 
     /// Registers session `session` of `user` (token epoch `epoch`, writing to `out`, from
@@ -134,7 +135,7 @@ impl SessionRegistry {
     pub fn snapshot(&self, limit: usize) -> Vec<LiveSession> {
         let mut out = Vec::new();
         for shard in &self.shards {
-            let shard = shard.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let shard = shard.lock_unpoisoned();
             for (user, entries) in shard.iter() {
                 for e in entries {
                     if out.len() == limit {

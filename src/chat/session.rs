@@ -12,13 +12,14 @@
 //! its messages) inside [`corked`], and the [`Flusher`] then gives each recipient everything for
 //! it in one write instead of one write per frame.
 
+use crate::sync::MutexExt as _;
 use std::{
     cell::RefCell,
     collections::VecDeque,
     future::poll_fn,
     pin::Pin,
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     task::{Context, Poll, Waker},
@@ -238,7 +239,7 @@ impl Outbox {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every update leaves the state consistent before anything that could panic.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock_unpoisoned()
     }
 
     pub fn form(&self) -> Form {
@@ -658,7 +659,7 @@ impl SessionHandle {
 
     /// The user may not send in `room` until `until` (Unix seconds); 0 lifts it.
     pub fn mute(&self, room: &RoomName, until: i64) {
-        let mut muted = self.muted.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut muted = self.muted.lock_unpoisoned();
         muted.retain(|(r, _)| r != room);
         if until > 0 {
             muted.push((room.clone(), until));
@@ -667,13 +668,13 @@ impl SessionHandle {
 
     /// Until when the user may not send in `room`, if they are muted there now.
     pub fn muted_until(&self, room: &RoomName, now: i64) -> Option<i64> {
-        let muted = self.muted.lock().unwrap_or_else(PoisonError::into_inner);
+        let muted = self.muted.lock_unpoisoned();
         muted.iter().find(|(r, until)| r == room && *until > now).map(|(_, until)| *until)
     }
 
     /// The user is no longer a member of `room`.
     pub fn evict(&self, room: &RoomName) {
-        let mut rooms = self.evicted.rooms.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut rooms = self.evicted.rooms.lock_unpoisoned();
         if !rooms.contains(room) {
             rooms.push(room.clone());
         }
@@ -681,8 +682,7 @@ impl SessionHandle {
     }
 
     pub fn is_evicted_from(&self, room: &RoomName) -> bool {
-        self.evicted.any.load(Ordering::Acquire)
-            && self.evicted.rooms.lock().unwrap_or_else(PoisonError::into_inner).contains(room)
+        self.evicted.any.load(Ordering::Acquire) && self.evicted.rooms.lock_unpoisoned().contains(room)
     }
 
     /// The rooms removed from since the last call.
@@ -690,7 +690,7 @@ impl SessionHandle {
         if !self.evicted.any.swap(false, Ordering::AcqRel) {
             return Vec::new();
         }
-        std::mem::take(&mut *self.evicted.rooms.lock().unwrap_or_else(PoisonError::into_inner))
+        std::mem::take(&mut *self.evicted.rooms.lock_unpoisoned())
     }
 }
 

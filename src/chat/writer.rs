@@ -14,6 +14,7 @@
 //! published, so a sender sees its ack first. A failed commit answers every sender of the
 //! batch with `unavailable`/`internal` and publishes nothing: no ack for anything not stored.
 
+use crate::sync::MutexExt as _;
 use std::{
     sync::{
         Arc, Mutex,
@@ -106,7 +107,7 @@ impl Slot {
     }
 
     fn sender(&self, room: &RoomName, writers: &Writers) -> mpsc::Sender<WriteRequest> {
-        let mut slot = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slot = self.0.lock_unpoisoned();
         if let Some(running) = slot.as_ref()
             && !running.tx.is_closed()
         {

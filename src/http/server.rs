@@ -13,6 +13,7 @@
 //! Upgraded WebSockets outlive their HTTP connection here: the session code has its own
 //! heartbeat and idle timeout, and its own shutdown.
 
+use crate::sync::MutexExt as _;
 use std::{
     collections::HashMap,
     convert::Infallible,
@@ -65,7 +66,7 @@ struct ConnSlot {
 impl PerIp {
     fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, u32>> {
         // Plain counters: a panic elsewhere cannot leave them half-written.
-        self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.open.lock_unpoisoned()
     }
 
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnSlot> {

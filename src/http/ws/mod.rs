@@ -150,8 +150,17 @@ enum Inbound {
     Close,
 }
 
-/// CONNECT attempts allowed on one Socket.IO connection before it is closed.
+/// Refused CONNECTs allowed on one Socket.IO connection (WebSocket or polling) before it is
+/// closed.
 const MAX_CONNECT_ATTEMPTS: usize = 5;
+
+/// Longest accepted `ref` of a command, in characters, on either transport.
+const MAX_REF: usize = 64;
+
+/// Whether `cmd_ref` is short enough to be echoed back.
+fn ref_fits(cmd_ref: &str) -> bool {
+    cmd_ref.chars().count() <= MAX_REF
+}
 
 /// `GET /ws`: the native protocol.
 #[handler]

@@ -11,9 +11,6 @@ use crate::{
     store::User,
 };
 
-/// Longest accepted `ref`.
-const MAX_REF: usize = 64;
-
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", rename_all_fields = "camelCase")]
 enum ClientFrame {
@@ -74,7 +71,7 @@ pub struct DecodeError {
 /// Parses one text frame into a command and the tag its reply carries.
 pub fn decode(text: &str) -> Result<(Command, Tag), DecodeError> {
     let frame: ClientFrame = serde_json::from_str(text).map_err(|e| DecodeError {
-        cmd_ref: serde_json::from_str::<RefOnly>(text).ok().and_then(|r| r.cmd_ref).filter(|r| r.len() <= MAX_REF),
+        cmd_ref: serde_json::from_str::<RefOnly>(text).ok().and_then(|r| r.cmd_ref).filter(|r| super::ref_fits(r)),
         message: describe(&e),
     })?;
     let (cmd, cmd_ref) = match frame {
@@ -88,8 +85,11 @@ pub fn decode(text: &str) -> Result<(Command, Tag), DecodeError> {
         ClientFrame::Ping { cmd_ref } => (Command::Ping, cmd_ref),
         ClientFrame::Auth { token, cmd_ref } => (Command::Auth { token }, cmd_ref),
     };
-    if cmd_ref.as_ref().is_some_and(|r| r.chars().count() > MAX_REF) {
-        return Err(DecodeError { cmd_ref: None, message: format!("ref must be at most {MAX_REF} characters") });
+    if cmd_ref.as_ref().is_some_and(|r| !super::ref_fits(r)) {
+        return Err(DecodeError {
+            cmd_ref: None,
+            message: format!("ref must be at most {} characters", super::MAX_REF),
+        });
     }
     Ok((cmd, Tag { cmd_ref, ack_id: None }))
 }

@@ -8,6 +8,7 @@
 //! upgrade (`2probe`/`3probe`/`5`) the connection is a normal Socket.IO WebSocket session. A
 //! client that never upgrades is dropped after [`UPGRADE_WITHIN`] and reconnects.
 
+use crate::sync::MutexExt as _;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, MutexGuard},
@@ -37,7 +38,7 @@ pub struct Registry(Arc<Mutex<HashMap<String, Arc<PollSession>>>>);
 
 impl Registry {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<PollSession>>> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0.lock_unpoisoned()
     }
 
     pub fn get(&self, sid: &str) -> Option<Arc<PollSession>> {
@@ -106,7 +107,7 @@ struct PollState {
 
 impl PollSession {
     fn lock(&self) -> MutexGuard<'_, PollState> {
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner.lock_unpoisoned()
     }
 
     /// The upgrade is complete: a pending poll returns a noop, and the WebSocket session takes
@@ -190,7 +191,7 @@ pub async fn post(state: &AppState, sid: &str, body: &str) -> Response {
                 }
                 let user = super::connect_user(state, auth).await;
                 let mut s = session.lock();
-                s.connect_attempts += 1;
+                s.connect_attempts += usize::from(user.is_err());
                 match user {
                     Ok(user) => {
                         s.user = Some(user);
@@ -220,7 +221,9 @@ pub async fn post(state: &AppState, sid: &str, body: &str) -> Response {
     }
     let overflow = {
         let s = session.lock();
-        s.inbox.len() > MAX_BUFFERED || s.outbox.len() > MAX_BUFFERED || s.connect_attempts > 5
+        s.inbox.len() > MAX_BUFFERED
+            || s.outbox.len() > MAX_BUFFERED
+            || s.connect_attempts >= super::MAX_CONNECT_ATTEMPTS
     };
     if overflow {
         state.polling.remove(sid);

@@ -13,9 +13,6 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use super::{Command, native};
 use crate::chat::{Reply, ReplyBody, Tag};
 
-/// Longest accepted `ref`.
-const MAX_REF: usize = 64;
-
 /// The Engine.IO ping the server sends; the client answers `3`.
 pub const PING: &str = "2";
 
@@ -139,7 +136,7 @@ pub fn decode_event(data: &str, ack_id: Option<u64>) -> Result<(Command, Tag), D
     let payload = if items.len() > 1 { items.swap_remove(1) } else { Value::Null };
     let name = items.first().and_then(Value::as_str).unwrap_or_default().to_owned();
     let cmd_ref = payload.get("ref").and_then(Value::as_str).map(str::to_owned);
-    let tag = Tag { cmd_ref: cmd_ref.filter(|r| r.chars().count() <= MAX_REF), ack_id };
+    let tag = Tag { cmd_ref: cmd_ref.filter(|r| super::ref_fits(r)), ack_id };
     let text = |key: &str| payload.get(key).and_then(Value::as_str).map(str::to_owned);
     let room = || match &payload {
         Value::String(room) => Some(room.clone()),
