@@ -48,25 +48,45 @@ use crate::{
 
 /// One monotonic clock for the whole process, in nanoseconds: send times are embedded in
 /// messages and compared with receive times on other threads.
+///
+/// Messages carry their scheduled send time as Unix time (ns since 1970, UTC), so that any other
+/// client on the machine can compute the same latency with its own reading of the system clock
+/// (tests/bench.rs does, with an independent Node.js client). The wall clock is read once, when
+/// the monotonic base is taken; from then on both are the base plus monotonic time, so a step of
+/// the system clock during a run cannot distort the bench's own figures.
 mod clock {
     use std::{
         sync::OnceLock,
-        time::{Duration, Instant},
+        time::{Duration, Instant, SystemTime, UNIX_EPOCH},
     };
 
-    static BASE: OnceLock<Instant> = OnceLock::new();
+    static BASE: OnceLock<(Instant, u64)> = OnceLock::new();
 
-    fn base() -> Instant {
-        *BASE.get_or_init(Instant::now)
+    fn base() -> (Instant, u64) {
+        *BASE.get_or_init(|| {
+            let mono = Instant::now();
+            let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+            (mono, unix)
+        })
     }
 
     pub fn now_ns() -> u64 {
-        base().elapsed().as_nanos() as u64
+        base().0.elapsed().as_nanos() as u64
     }
 
     /// The instant `ns` after the base.
     pub fn instant(ns: u64) -> Instant {
-        base() + Duration::from_nanos(ns)
+        base().0 + Duration::from_nanos(ns)
+    }
+
+    /// Clock time `ns` as Unix time in nanoseconds.
+    pub fn to_unix(ns: u64) -> u64 {
+        base().1 + ns
+    }
+
+    /// Unix time in nanoseconds as clock time (0 for anything before the base).
+    pub fn from_unix(unix_ns: u64) -> u64 {
+        unix_ns.saturating_sub(base().1)
     }
 }
 

@@ -93,7 +93,7 @@ pub struct FanoutArgs {
     /// Sending before the measured window starts (not counted).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub warmup: Duration,
-    /// Message content size, bytes (at least 40: sender, sequence and send time are embedded).
+    /// Message content size, bytes (at least 43: sender, sequence and send time are embedded).
     #[arg(long, default_value_t = 100)]
     pub size: usize,
     /// How long to wait after the window for messages still in flight before counting them lost.
