@@ -18,6 +18,8 @@
 mod cli;
 #[path = "confab-bench/fanout.rs"]
 mod fanout;
+#[path = "confab-bench/floor.rs"]
+mod floor;
 #[path = "confab-bench/http.rs"]
 mod http;
 #[path = "confab-bench/nodes.rs"]
@@ -121,6 +123,7 @@ async fn run(cli: Cli, workers: usize, nofile: u64) -> anyhow::Result<()> {
         Scenario::Step(a) => a.fanout.clients,
         Scenario::Idle(a) => a.clients,
         Scenario::Store(a) => a.senders,
+        Scenario::FloorServer(a) => return floor::serve(&a.listen).await,
     };
     if nofile > 0 && (clients as u64) + 64 > nofile {
         eprintln!("confab-bench: warning: {clients} connections but only {nofile} open files allowed (ulimit -n)");
@@ -141,6 +144,7 @@ async fn run(cli: Cli, workers: usize, nofile: u64) -> anyhow::Result<()> {
                 Scenario::Step(a) => scenario::step(&ctx, a).await,
                 Scenario::Idle(a) => scenario::idle(&ctx, a).await,
                 Scenario::Store(a) => scenario::store(&ctx, a).await,
+                Scenario::FloorServer(_) => unreachable!("served above"),
             }
         } => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),

@@ -71,6 +71,16 @@ pub enum Scenario {
     Store(StoreArgs),
     /// Fan-out over 2-3 nodes sharing PostgreSQL and Redis, with same-node vs cross-node latency.
     Cluster(FanoutArgs),
+    /// The in-memory broadcaster that `--floor` measures beside confab (started by the bench
+    /// itself; run it by hand to point other tools at it). Prints `FLOOR_LISTENING <addr>`.
+    FloorServer(FloorServerArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct FloorServerArgs {
+    /// Address to listen on (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "HOST:PORT")]
+    pub listen: String,
 }
 
 #[derive(Clone, Debug, Args)]
