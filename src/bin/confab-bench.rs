@@ -24,6 +24,8 @@ mod floor;
 mod http;
 #[path = "confab-bench/nodes.rs"]
 mod nodes;
+#[path = "confab-bench/preload.rs"]
+mod preload;
 #[path = "confab-bench/procfs.rs"]
 mod procfs;
 #[path = "confab-bench/report.rs"]

@@ -115,6 +115,20 @@ pub struct FanoutArgs {
     /// Send without a `clientId` (by default every send has one, as the web client's do).
     #[arg(long)]
     pub no_client_id: bool,
+    /// Store N messages into the run's rooms (acked sends through the server, before the
+    /// clients connect), so the measured window runs against a big messages table.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub preload: u64,
+    /// Unacknowledged preload sends kept in flight per room.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub preload_window: usize,
+    /// Also run the same load against the floor (`confab-bench floor-server`: an in-memory
+    /// broadcaster, no storage) and report its latency and CPU beside confab's.
+    #[arg(long)]
+    pub floor: bool,
+    /// Room names are PREFIX-0 … PREFIX-(R-1) [default: b<run id>, unique per run].
+    #[arg(long, value_name = "PREFIX")]
+    pub room_prefix: Option<String>,
 }
 
 #[derive(Clone, Debug, Args)]

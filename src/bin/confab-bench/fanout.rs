@@ -165,8 +165,8 @@ pub struct Plan {
     pub size: usize,
     /// Whether every send carries a `clientId`.
     pub client_ids: bool,
-    /// Distinguishes this run's rooms and accounts from any other's.
-    pub run: String,
+    /// Room `r` is `<room_prefix>-<r>`.
+    pub room_prefix: String,
 }
 
 impl Plan {
@@ -179,7 +179,7 @@ impl Plan {
     }
 
     pub fn room_name(&self, room: usize) -> String {
-        format!("b{}-{room}", self.run)
+        format!("{}-{room}", self.room_prefix)
     }
 
     /// Clients in `room`.
@@ -756,6 +756,7 @@ impl Clients {
         Ok(Phase {
             rate,
             window_s,
+            window_ns: (start, end),
             sent: report.sent,
             expected: report.expected,
             delivered,
@@ -859,6 +860,8 @@ pub async fn join(conn: &mut WsConn, room: &str) -> anyhow::Result<u64> {
 pub struct Phase {
     pub rate: f64,
     pub window_s: f64,
+    /// The measured window on the bench's clock: messages scheduled in `start..end` count.
+    pub window_ns: (u64, u64),
     pub sent: u64,
     pub expected: u64,
     pub delivered: u64,
@@ -944,8 +947,15 @@ mod tests {
 
     #[test]
     fn rooms_spread_over_nodes() {
-        let plan =
-            Plan { clients: 1000, rooms: 10, senders: 50, nodes: 2, size: 100, client_ids: true, run: "x".into() };
+        let plan = Plan {
+            clients: 1000,
+            rooms: 10,
+            senders: 50,
+            nodes: 2,
+            size: 100,
+            client_ids: true,
+            room_prefix: "x".into(),
+        };
         assert_eq!((0..10).map(|r| plan.members(r)).sum::<u64>(), 1000);
         let room0_nodes: std::collections::HashSet<_> =
             (0..1000).filter(|i| i % 10 == 0).map(|i| plan.node_of(i)).collect();
