@@ -607,7 +607,7 @@ fn phase_json(
         "machine_busy_pct": round1(p.cpu.machine_busy_pct),
         "connect_per_s": round1(per(plan.clients as f64, clients.setup.connect_secs)),
         "clean": p.correct(),
-        "rooms_prefix": plan.room_prefix,
+        "room_prefix": plan.room_prefix,
         "window_unix_ns": [clock::to_unix(p.window_ns.0), clock::to_unix(p.window_ns.1)],
         "preloaded": preloaded_json(extra.preloaded),
         "floor": extra.floor.map_or(Value::Null, floor_json),
