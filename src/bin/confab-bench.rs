@@ -18,10 +18,14 @@
 mod cli;
 #[path = "confab-bench/fanout.rs"]
 mod fanout;
+#[path = "confab-bench/floor.rs"]
+mod floor;
 #[path = "confab-bench/http.rs"]
 mod http;
 #[path = "confab-bench/nodes.rs"]
 mod nodes;
+#[path = "confab-bench/preload.rs"]
+mod preload;
 #[path = "confab-bench/procfs.rs"]
 mod procfs;
 #[path = "confab-bench/report.rs"]
@@ -48,25 +52,45 @@ use crate::{
 
 /// One monotonic clock for the whole process, in nanoseconds: send times are embedded in
 /// messages and compared with receive times on other threads.
+///
+/// Messages carry their scheduled send time as Unix time (ns since 1970, UTC), so that any other
+/// client on the machine can compute the same latency with its own reading of the system clock
+/// (tests/bench.rs does, with an independent Node.js client). The wall clock is read once, when
+/// the monotonic base is taken; from then on both are the base plus monotonic time, so a step of
+/// the system clock during a run cannot distort the bench's own figures.
 mod clock {
     use std::{
         sync::OnceLock,
-        time::{Duration, Instant},
+        time::{Duration, Instant, SystemTime, UNIX_EPOCH},
     };
 
-    static BASE: OnceLock<Instant> = OnceLock::new();
+    static BASE: OnceLock<(Instant, u64)> = OnceLock::new();
 
-    fn base() -> Instant {
-        *BASE.get_or_init(Instant::now)
+    fn base() -> (Instant, u64) {
+        *BASE.get_or_init(|| {
+            let mono = Instant::now();
+            let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+            (mono, unix)
+        })
     }
 
     pub fn now_ns() -> u64 {
-        base().elapsed().as_nanos() as u64
+        base().0.elapsed().as_nanos() as u64
     }
 
     /// The instant `ns` after the base.
     pub fn instant(ns: u64) -> Instant {
-        base() + Duration::from_nanos(ns)
+        base().0 + Duration::from_nanos(ns)
+    }
+
+    /// Clock time `ns` as Unix time in nanoseconds.
+    pub fn to_unix(ns: u64) -> u64 {
+        base().1 + ns
+    }
+
+    /// Unix time in nanoseconds as clock time (0 for anything before the base).
+    pub fn from_unix(unix_ns: u64) -> u64 {
+        unix_ns.saturating_sub(base().1)
     }
 }
 
@@ -101,6 +125,7 @@ async fn run(cli: Cli, workers: usize, nofile: u64) -> anyhow::Result<()> {
         Scenario::Step(a) => a.fanout.clients,
         Scenario::Idle(a) => a.clients,
         Scenario::Store(a) => a.senders,
+        Scenario::FloorServer(a) => return floor::serve(&a.listen).await,
     };
     if nofile > 0 && (clients as u64) + 64 > nofile {
         eprintln!("confab-bench: warning: {clients} connections but only {nofile} open files allowed (ulimit -n)");
@@ -121,6 +146,7 @@ async fn run(cli: Cli, workers: usize, nofile: u64) -> anyhow::Result<()> {
                 Scenario::Step(a) => scenario::step(&ctx, a).await,
                 Scenario::Idle(a) => scenario::idle(&ctx, a).await,
                 Scenario::Store(a) => scenario::store(&ctx, a).await,
+                Scenario::FloorServer(_) => unreachable!("served above"),
             }
         } => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),

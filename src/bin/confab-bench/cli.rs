@@ -71,6 +71,16 @@ pub enum Scenario {
     Store(StoreArgs),
     /// Fan-out over 2-3 nodes sharing PostgreSQL and Redis, with same-node vs cross-node latency.
     Cluster(FanoutArgs),
+    /// The in-memory broadcaster that `--floor` measures beside confab (started by the bench
+    /// itself; run it by hand to point other tools at it). Prints `FLOOR_LISTENING <addr>`.
+    FloorServer(FloorServerArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct FloorServerArgs {
+    /// Address to listen on (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "HOST:PORT")]
+    pub listen: String,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -93,7 +103,7 @@ pub struct FanoutArgs {
     /// Sending before the measured window starts (not counted).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub warmup: Duration,
-    /// Message content size, bytes (at least 40: sender, sequence and send time are embedded).
+    /// Message content size, bytes (at least 43: sender, sequence and send time are embedded).
     #[arg(long, default_value_t = 100)]
     pub size: usize,
     /// How long to wait after the window for messages still in flight before counting them lost.
@@ -105,6 +115,20 @@ pub struct FanoutArgs {
     /// Send without a `clientId` (by default every send has one, as the web client's do).
     #[arg(long)]
     pub no_client_id: bool,
+    /// Store N messages into the run's rooms (acked sends through the server, before the
+    /// clients connect), so the measured window runs against a big messages table.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub preload: u64,
+    /// Unacknowledged preload sends kept in flight per room.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub preload_window: usize,
+    /// Also run the same load against the floor (`confab-bench floor-server`: an in-memory
+    /// broadcaster, no storage) and report its latency and CPU beside confab's.
+    #[arg(long)]
+    pub floor: bool,
+    /// Room names are PREFIX-0 … PREFIX-(R-1) [default: b<run id>, unique per run].
+    #[arg(long, value_name = "PREFIX")]
+    pub room_prefix: Option<String>,
 }
 
 #[derive(Clone, Debug, Args)]

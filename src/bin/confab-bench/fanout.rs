@@ -6,7 +6,8 @@
 //! Sending is open loop and paced by one dedicated thread (the pacer): message `n` of a phase is
 //! due at `t0 + n / M` and goes to sender `n mod S`, whatever the server did with the earlier
 //! ones. Its content embeds the sender, the sender's sequence number and the *scheduled* send
-//! time, so a receiver's latency (receive time − scheduled time) includes any delay the server
+//! time (as Unix time, so that an independent client can measure against the same instant), so a
+//! receiver's latency (receive time − scheduled time) includes any delay the server
 //! caused upstream, and a stalled server cannot hide it by slowing the generator down. The pacer
 //! sleeps on the OS timer (tens of µs of slack rather than a runtime timer's millisecond) and
 //! writes straight to non-blocking duplicates of the sender sockets.
@@ -44,9 +45,10 @@ use crate::{
     ws::{OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, SharedWriter, WsConn},
 };
 
-/// `"content":"~B~` then sender (6 digits) `~` sequence (10) `~` scheduled ns (16) `~`, padding.
+/// `"content":"~B~` then sender (6 digits) `~` sequence (10) `~` scheduled send time, Unix ns
+/// (19) `~`, then padding.
 const MARKER: &[u8] = b"\"content\":\"~B~";
-const TAG_LEN: usize = 35;
+const TAG_LEN: usize = 38;
 /// Smallest content that holds the tag.
 pub const MIN_SIZE: usize = 3 + TAG_LEN + 2;
 /// Histogram shards: connection `i` records into shard `i mod SHARDS`.
@@ -106,24 +108,24 @@ pub fn seq(p: &[u8]) -> Option<u64> {
     if digits == 0 { None } else { digits_value(&p[at..at + digits]) }
 }
 
-/// The bench tag of a message: who sent it, its number, and when it was due.
+/// The bench tag of a message: who sent it, its number, and when it was due (Unix ns).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tag {
     pub sender: usize,
     pub k: u64,
-    pub sched_ns: u64,
+    pub sched_unix_ns: u64,
 }
 
 pub fn tag(p: &[u8]) -> Option<Tag> {
     let at = SCAN.marker.find(p)? + MARKER.len();
     let t = p.get(at..at + TAG_LEN)?;
-    if t[6] != b'~' || t[17] != b'~' || t[34] != b'~' {
+    if t[6] != b'~' || t[17] != b'~' || t[37] != b'~' {
         return None;
     }
     Some(Tag {
         sender: usize::try_from(digits_value(&t[..6])?).ok()?,
         k: digits_value(&t[7..17])?,
-        sched_ns: digits_value(&t[18..34])?,
+        sched_unix_ns: digits_value(&t[18..37])?,
     })
 }
 
@@ -134,7 +136,8 @@ fn digits_value(b: &[u8]) -> Option<u64> {
     })
 }
 
-/// Writes a `send_message` frame's JSON for sender `id`, message `k`, due at `sched_ns`; with
+/// Writes a `send_message` frame's JSON for sender `id`, message `k`, due at `sched_ns` (clock
+/// time; the tag carries it as Unix time); with
 /// `client_id`, the frame carries a UUID-sized `clientId` unique to the sender and message, as
 /// the web client's sends (and every resend after a reconnect) do.
 pub fn encode_send(out: &mut Vec<u8>, room: &str, id: usize, k: u64, sched_ns: u64, size: usize, client_id: bool) {
@@ -147,7 +150,7 @@ pub fn encode_send(out: &mut Vec<u8>, room: &str, id: usize, k: u64, sched_ns: u
     out.extend_from_slice(b"\"room\":\"");
     out.extend_from_slice(room.as_bytes());
     out.extend_from_slice(b"\",\"content\":\"~B~");
-    write!(out, "{id:06}~{k:010}~{sched_ns:016}~").expect("writing to a Vec cannot fail");
+    write!(out, "{id:06}~{k:010}~{:019}~", clock::to_unix(sched_ns)).expect("writing to a Vec cannot fail");
     out.resize(out.len() + size.saturating_sub(3 + TAG_LEN), b'x');
     out.extend_from_slice(b"\"}");
 }
@@ -162,8 +165,8 @@ pub struct Plan {
     pub size: usize,
     /// Whether every send carries a `clientId`.
     pub client_ids: bool,
-    /// Distinguishes this run's rooms and accounts from any other's.
-    pub run: String,
+    /// Room `r` is `<room_prefix>-<r>`.
+    pub room_prefix: String,
 }
 
 impl Plan {
@@ -176,7 +179,7 @@ impl Plan {
     }
 
     pub fn room_name(&self, room: usize) -> String {
-        format!("b{}-{room}", self.run)
+        format!("{}-{room}", self.room_prefix)
     }
 
     /// Clients in `room`.
@@ -338,7 +341,8 @@ impl Receiver {
         let verdict = self.tracks[tag.sender].accept(tag.k);
         let start = self.shared.window_start.load(Ordering::Relaxed);
         let end = self.shared.window_end.load(Ordering::Relaxed);
-        let counted = (start..end).contains(&tag.sched_ns);
+        let sched_ns = clock::from_unix(tag.sched_unix_ns);
+        let counted = (start..end).contains(&sched_ns);
         if let Some(seq) = seq {
             if seq <= self.last_seq && verdict != Verdict::Duplicate && counted {
                 self.batch.ooo_seq += 1;
@@ -355,7 +359,7 @@ impl Receiver {
                     self.batch.ooo_sender += 1;
                 }
                 self.batch.delivered += 1;
-                let latency_us = now.saturating_sub(tag.sched_ns) / 1000;
+                let latency_us = now.saturating_sub(sched_ns) / 1000;
                 self.samples.push((latency_us, self.shared.sender_node[tag.sender] != self.node));
             }
         }
@@ -752,6 +756,7 @@ impl Clients {
         Ok(Phase {
             rate,
             window_s,
+            window_ns: (start, end),
             sent: report.sent,
             expected: report.expected,
             delivered,
@@ -855,6 +860,8 @@ pub async fn join(conn: &mut WsConn, room: &str) -> anyhow::Result<u64> {
 pub struct Phase {
     pub rate: f64,
     pub window_s: f64,
+    /// The measured window on the bench's clock: messages scheduled in `start..end` count.
+    pub window_ns: (u64, u64),
     pub sent: u64,
     pub expected: u64,
     pub delivered: u64,
@@ -917,7 +924,10 @@ mod tests {
         );
         assert_eq!(kind(frame.as_bytes()), Kind::Message);
         assert_eq!(seq(frame.as_bytes()), Some(981));
-        assert_eq!(tag(frame.as_bytes()), Some(Tag { sender: 42, k: 7, sched_ns: 1_234_567_890 }));
+        let sched_unix_ns = clock::to_unix(1_234_567_890);
+        assert_eq!(tag(frame.as_bytes()), Some(Tag { sender: 42, k: 7, sched_unix_ns }));
+        assert_eq!(clock::from_unix(sched_unix_ns), 1_234_567_890);
+        assert!(text.starts_with(&format!("~B~000042~0000000007~{sched_unix_ns:019}~")), "{text}");
         assert_eq!(kind(br#"{"type":"ack","seq":3}"#), Kind::Ack);
         assert_eq!(kind(br#"{"room":"r","type":"error"}"#), Kind::Error);
         assert_eq!(kind(br#"{"type":"system","room":"r"}"#), Kind::Other);
@@ -937,8 +947,15 @@ mod tests {
 
     #[test]
     fn rooms_spread_over_nodes() {
-        let plan =
-            Plan { clients: 1000, rooms: 10, senders: 50, nodes: 2, size: 100, client_ids: true, run: "x".into() };
+        let plan = Plan {
+            clients: 1000,
+            rooms: 10,
+            senders: 50,
+            nodes: 2,
+            size: 100,
+            client_ids: true,
+            room_prefix: "x".into(),
+        };
         assert_eq!((0..10).map(|r| plan.members(r)).sum::<u64>(), 1000);
         let room0_nodes: std::collections::HashSet<_> =
             (0..1000).filter(|i| i % 10 == 0).map(|i| plan.node_of(i)).collect();

@@ -85,6 +85,44 @@ impl Targets {
         }
     }
 
+    /// The floor of `--floor`: `confab-bench floor-server` (this executable) started on a free
+    /// port of 127.0.0.1, as a process of its own so that its CPU time can be read apart from
+    /// the generator's. Stopped like a spawned node.
+    pub async fn floor() -> anyhow::Result<Self> {
+        let exe = std::env::current_exe()?;
+        let mut child = Command::new(&exe)
+            .args(["floor-server", "--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {} floor-server", exe.display()))?;
+        let pid = i32::try_from(child.id()).ok();
+        let stdout = child.stdout.take().context("the floor's stdout is piped")?;
+        let first_line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).map(|_| line)
+        });
+        let addr = match tokio::time::timeout(READY_TIMEOUT, first_line).await {
+            Ok(Ok(Ok(line))) => line.trim().strip_prefix(crate::floor::LISTENING).map(str::to_owned),
+            _ => None,
+        };
+        let node = Node { addr: addr.clone().unwrap_or_default(), pid, child: Some(child), log: None };
+        let targets = Self {
+            nodes: vec![node],
+            database: "floor".into(),
+            redis: false,
+            external_pids: Vec::new(),
+            tmp: None,
+            scratch_db: None,
+        };
+        if addr.is_none() {
+            // Dropping the targets kills it.
+            bail!("the floor server did not say where it listens");
+        }
+        Ok(targets)
+    }
+
     /// Server pids known for CPU and RSS figures.
     pub fn pids(&self) -> Vec<i32> {
         self.nodes.iter().filter_map(|n| n.pid).chain(self.external_pids.iter().copied()).collect()
