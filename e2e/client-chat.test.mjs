@@ -424,6 +424,35 @@ test('a room in view is read at once, and a burst is told to the server with one
   chat.dispose();
 });
 
+test("a read marker's count taken before messages that arrived first does not hide them", async () => {
+  const { conn, chat } = setup();
+  conn.open();
+  await chat.loadDirectory();
+  for (const name of ['general', 'random']) {
+    chat.join(name);
+    conn.take('join_room').resolve({ type: 'ack', room: name, seq: 0 });
+  }
+  await tick();
+  chat.setActive('general');
+  conn.frame(msg(1));
+  await new Promise((r) => setTimeout(r, 400));
+  const mark = conn.requests.find((r) => r.frame.type === 'mark_read');
+  assert.deepEqual(mark.frame, { type: 'mark_read', room: 'general', seq: 1 });
+  // I look at another room; two messages reach general before the server answers the mark
+  // with the count it took when it stored it (nothing after seq 1 then).
+  chat.setActive('random');
+  conn.frame(msg(2));
+  conn.frame(msg(3));
+  assert.equal(chat.rooms.get('general').unread, 2);
+  mark.resolve({ type: 'ack', room: 'general', seq: 1, unread: 0 });
+  await tick();
+  assert.equal(chat.rooms.get('general').unread, 2, 'the two messages after the marker stay unread');
+  // The same for the read event my other devices get.
+  conn.frame({ type: 'read', room: 'general', seq: 1, unread: 0 });
+  assert.equal(chat.rooms.get('general').unread, 2);
+  chat.dispose();
+});
+
 test('a hidden page does not mark what arrives as read', async () => {
   let visible = false;
   const conn = new FakeConn();

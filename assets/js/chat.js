@@ -84,6 +84,13 @@ export class Room {
     return true;
   }
 
+  /** Messages held here after `seq`. */
+  heldAfter(seq) {
+    let n = 0;
+    for (const s of this.messages.keys()) if (s > seq) n++;
+    return n;
+  }
+
   get oldestSeq() {
     let min = null;
     for (const seq of this.messages.keys()) if (min === null || seq < min) min = seq;
@@ -230,6 +237,7 @@ export class Chat extends EventTarget {
           .then((ack) => {
             // Messages that came in meanwhile are read too (the room is in view): marked next.
             if (this.rooms.get(name) === r && ack.seq >= r.lastReadSeq && r.setRead(ack.seq, ack.unread, ack.mentions)) {
+              this.#floorUnread(r);
               this.#emit('rooms');
             }
           })
@@ -579,7 +587,10 @@ export class Chat extends EventTarget {
         this.#onEdited(room, frame);
         break;
       case 'read':
-        if (room.setRead(frame.seq, frame.unread, frame.mentions)) this.#emit('rooms');
+        if (room.setRead(frame.seq, frame.unread, frame.mentions)) {
+          this.#floorUnread(room);
+          this.#emit('rooms');
+        }
         break;
       case 'reaction':
         this.#onReaction(room, frame);
@@ -780,6 +791,17 @@ export class Chat extends EventTarget {
       return;
     }
     this.#emit('message', { room, msg });
+  }
+
+  /**
+   * The server counts a room's unread messages when it stores a read marker, and its answer can
+   * reach this page after messages stored later, which were counted here already: out of view,
+   * never show fewer unread than the messages held here after the marker.
+   */
+  #floorUnread(room) {
+    if (!this.#inView(room) && room.lastReadSeq !== null) {
+      room.unread = Math.max(room.unread, room.heldAfter(room.lastReadSeq));
+    }
   }
 
   #inView(room) {

@@ -147,6 +147,11 @@ impl Presence {
         node: &str,
         local: &HashMap<RoomName, HashSet<Uuid>>,
     ) -> Result<HashMap<RoomName, HashSet<Uuid>>, redis::RedisError> {
+        if local.is_empty() && self.written.lock_unpoisoned().is_empty() {
+            // Nothing hosted here and nothing of ours to withdraw: no round trip (and no empty
+            // pipeline, which the client refuses).
+            return Ok(HashMap::new());
+        }
         let now = chrono::Utc::now().timestamp_millis();
         let expires = now + i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX / 2);
         let key_ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(60).max(1) * 2;
