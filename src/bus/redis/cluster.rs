@@ -27,7 +27,9 @@ use redis::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{BusError, Control, DISPATCH_QUEUE, Dispatchers, Inner, PUBLISH_BATCH, count_published};
+use super::{
+    BusError, Control, DISPATCH_QUEUE, Dispatchers, Inner, Outgoing, PUBLISH_BATCH, count_published, next_batch,
+};
 use crate::telemetry;
 
 /// How long one attempt to reach the cluster may take: short, so a dead master is noticed
@@ -76,20 +78,9 @@ impl AsyncPushSender for Pushes {
     }
 }
 
-pub(super) async fn run_publisher(
-    conn: ClusterConnection,
-    mut rx: mpsc::Receiver<(String, Vec<u8>)>,
-    stop: CancellationToken,
-) {
+pub(super) async fn run_publisher(conn: ClusterConnection, mut rx: mpsc::Receiver<Outgoing>, stop: CancellationToken) {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
-    loop {
-        let n = tokio::select! {
-            n = rx.recv_many(&mut batch, PUBLISH_BATCH) => n,
-            () = stop.cancelled() => 0,
-        };
-        if n == 0 {
-            return;
-        }
+    while next_batch(&mut rx, &mut batch, &stop).await {
         // One pipeline per slot, all sent at once: a room's events stay in order within its
         // slot's pipeline, and no pipeline spans two slots (the cluster would refuse it).
         let mut slots: HashMap<Slot, (redis::Pipeline, usize)> = HashMap::new();

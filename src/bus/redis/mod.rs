@@ -271,6 +271,19 @@ impl Inner {
     }
 }
 
+/// An event to publish: its channel and payload.
+type Outgoing = (String, Vec<u8>);
+
+/// Waits for events to publish and moves up to a batch of them into `batch`; false once the
+/// node is stopping (or nothing can be published any more).
+async fn next_batch(rx: &mut mpsc::Receiver<Outgoing>, batch: &mut Vec<Outgoing>, stop: &CancellationToken) -> bool {
+    let taken = tokio::select! {
+        n = rx.recv_many(batch, PUBLISH_BATCH) => n,
+        () = stop.cancelled() => 0,
+    };
+    taken > 0
+}
+
 /// Counts a publishing round of `n` events that ended with `error` (or without).
 fn count_published(n: usize, error: Option<redis::RedisError>) {
     if let Some(e) = error {

@@ -13,22 +13,15 @@ use redis::{AsyncCommands as _, aio::ConnectionManager};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Control, Dispatchers, Inner, PUBLISH_BATCH, count_published};
+use super::{Control, Dispatchers, Inner, Outgoing, PUBLISH_BATCH, count_published, next_batch};
 
 pub(super) async fn run_publisher(
     mut conn: ConnectionManager,
-    mut rx: mpsc::Receiver<(String, Vec<u8>)>,
+    mut rx: mpsc::Receiver<Outgoing>,
     stop: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
-    loop {
-        let n = tokio::select! {
-            n = rx.recv_many(&mut batch, PUBLISH_BATCH) => n,
-            () = stop.cancelled() => 0,
-        };
-        if n == 0 {
-            return;
-        }
+    while next_batch(&mut rx, &mut batch, &stop).await {
         let result = if batch.len() == 1 {
             let (channel, payload) = &batch[0];
             conn.publish::<_, _, ()>(channel, payload).await
