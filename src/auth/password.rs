@@ -12,7 +12,6 @@
 //! Logins for unknown emails verify against a dummy hash made with the same parameters, so
 //! "no such user" and "wrong password" cost the same time.
 
-use crate::sync::MutexExt as _;
 use std::{
     sync::{Arc, Mutex, mpsc},
     time::{Duration, Instant},
@@ -21,6 +20,7 @@ use std::{
 use argon2::{Algorithm, Argon2, Params, PasswordHasher as _, PasswordVerifier as _, Version};
 use tokio::sync::oneshot;
 
+use crate::sync::MutexExt as _;
 use crate::{config::Argon2Config, telemetry};
 
 /// Why a password could not be hashed or checked now.

@@ -10,7 +10,6 @@
 //! Locking: a sharded map finds a room (short critical sections, never across `.await`); each
 //! room has its own mutex, so rooms never wait for one another. Lock order: shard, then room.
 
-use crate::sync::MutexExt as _;
 use std::{
     collections::{BTreeMap, HashMap},
     hash::BuildHasher,
@@ -26,6 +25,7 @@ use super::{
     session::{Flusher, Form, SessionHandle, corked},
     writer,
 };
+use crate::sync::MutexExt as _;
 use crate::{
     domain::{RoomName, Seq},
     store::{Store, StoreError},

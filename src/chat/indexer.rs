@@ -14,7 +14,6 @@
 //! `chat.search_index_interval`. Edits and deletions of indexed messages re-index them in
 //! their own commit (a database trigger): they are rare and must not show stale text.
 
-use crate::sync::MutexExt as _;
 use std::{
     collections::HashSet,
     sync::{
@@ -27,6 +26,7 @@ use std::{
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::sync::MutexExt as _;
 use crate::{
     domain::{RoomName, Seq},
     store::{IndexStep, Store},

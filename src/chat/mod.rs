@@ -148,7 +148,7 @@ struct Inner {
     read_limiter: KeyedLimiter<Uuid>,
     sessions: Arc<SessionRegistry>,
     settings: ChatSettings,
-    /// What room writers are started with; its tracker lets shutdown wait for in-flight commits.
+    /// What room writers are started with, and the running ones.
     writers: writer::Writers,
     presence: Arc<presence::Presence>,
     /// Indexes what the writers stored, behind their acks.
@@ -205,7 +205,6 @@ impl ChatService {
             max_batch: writer::batch_limit(settings.outbound_queue),
             idle: settings.writer_idle,
             tasks: TaskTracker::new(),
-            running: Arc::default(),
         };
         let inner = Inner {
             presence,

@@ -14,7 +14,6 @@
 //! says nothing), every node tells its own members (nothing crosses the bus), and the cost is
 //! per interval and per hosted room member, never per message.
 
-use crate::sync::MutexExt as _;
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
@@ -29,6 +28,7 @@ use super::{
     event::{Encoded, EventKind},
     hub::Hub,
 };
+use crate::sync::MutexExt as _;
 use crate::{bus::RedisConn, domain::RoomName};
 
 /// Where presence entries live.

@@ -7,7 +7,6 @@
 //! Not on the message path: only opening, closing and revoking a session touch the map, under
 //! one of a few sharded locks.
 
-use crate::sync::MutexExt as _;
 use std::{
     collections::HashMap,
     hash::BuildHasher as _,
@@ -26,6 +25,7 @@ use super::{
     event::Encoded,
     session::{Outbox, Revocation},
 };
+use crate::sync::MutexExt as _;
 
 const SHARDS: usize = 16;
 

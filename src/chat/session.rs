@@ -12,7 +12,6 @@
 //! its messages) inside [`corked`], and the [`Flusher`] then gives each recipient everything for
 //! it in one write instead of one write per frame.
 
-use crate::sync::MutexExt as _;
 use std::{
     cell::RefCell,
     collections::VecDeque,
@@ -39,6 +38,7 @@ use uuid::Uuid;
 
 use super::event::Encoded;
 use crate::domain::{RoomName, Seq};
+use crate::sync::MutexExt as _;
 
 /// Which command a reply answers: the native `ref` and/or the Socket.IO ack id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -14,12 +14,8 @@
 //! published, so a sender sees its ack first. A failed commit answers every sender of the
 //! batch with `unavailable`/`internal` and publishes nothing: no ack for anything not stored.
 
-use crate::sync::MutexExt as _;
 use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -31,6 +27,7 @@ use super::{
     indexer::SearchIndexer,
     session::{Reply, ReplyBody, SessionHandle, Tag, corked},
 };
+use crate::sync::MutexExt as _;
 use crate::{
     bus::Bus,
     domain::RoomName,
@@ -68,14 +65,14 @@ pub struct Writers {
     pub max_batch: usize,
     /// How long a writer waits for another send before it retires.
     pub idle: Duration,
+    /// The running writers (and nothing else), so shutdown can wait for in-flight commits.
     pub tasks: TaskTracker,
-    /// Writers running now (`confab_room_writers`).
-    pub running: Arc<AtomicUsize>,
 }
 
 impl Writers {
+    /// Writers running now.
     pub fn running(&self) -> usize {
-        self.running.load(Ordering::Relaxed)
+        self.tasks.len()
     }
 }
 
@@ -133,9 +130,8 @@ async fn run(
     if let Some(previous) = previous {
         let _ = previous.await;
     }
-    let Writers { store, bus, indexer, max_batch, idle, running, .. } = writers;
+    let Writers { store, bus, indexer, max_batch, idle, .. } = writers;
     let gauge = metrics::gauge!(telemetry::ROOM_WRITERS);
-    running.fetch_add(1, Ordering::Relaxed);
     gauge.increment(1.0);
     // Grown by the batches that come, not reserved up front: most writers see small ones.
     let mut requests = Vec::new();
@@ -205,7 +201,6 @@ async fn run(
         }
         batch.clear();
     }
-    running.fetch_sub(1, Ordering::Relaxed);
     gauge.decrement(1.0);
     let _ = finished.send(());
 }

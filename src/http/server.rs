@@ -13,7 +13,6 @@
 //! Upgraded WebSockets outlive their HTTP connection here: the session code has its own
 //! heartbeat and idle timeout, and its own shutdown.
 
-use crate::sync::MutexExt as _;
 use std::{
     collections::HashMap,
     convert::Infallible,
@@ -38,6 +37,7 @@ use tokio::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+use crate::sync::MutexExt as _;
 use crate::telemetry;
 
 /// The bounds the server enforces on every connection.

@@ -8,7 +8,6 @@
 //! upgrade (`2probe`/`3probe`/`5`) the connection is a normal Socket.IO WebSocket session. A
 //! client that never upgrades is dropped after [`UPGRADE_WITHIN`] and reconnects.
 
-use crate::sync::MutexExt as _;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, MutexGuard},
@@ -20,6 +19,7 @@ use tokio::sync::Notify;
 
 use super::Identity;
 use super::socketio;
+use crate::sync::MutexExt as _;
 use crate::{http::AppState, telemetry};
 
 /// Engine.IO's packet separator in a polling payload.
