@@ -345,7 +345,8 @@ async fn run_commits(write: SqlitePool, mut queue: mpsc::Receiver<Commit>) {
             Err(e) => {
                 // Nothing of this transaction was stored: every room's senders hear why.
                 let unavailable = e.is_unavailable();
-                let text = e.to_string();
+                // The cause goes along in words (the error itself cannot be cloned).
+                let text = std::error::Error::source(&e).map_or_else(|| e.to_string(), |cause| format!("{e}: {cause}"));
                 for commit in commits.drain(..) {
                     let error = sqlx::Error::Protocol(text.clone());
                     let _ = commit.done.send(Err(if unavailable {
