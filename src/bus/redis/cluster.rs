@@ -39,6 +39,11 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY: Duration = Duration::from_millis(250);
 /// Subscriptions sent at once while subscribing everything again.
 const RESUBSCRIBE_CONCURRENCY: usize = 64;
+/// After a node connection drops, how long every room is subscribed again (and repaired) every
+/// [`SETTLE_EVERY`], even once that has worked: a subscription made while the cluster was still
+/// failing over may have reached a node that does not keep it.
+const SETTLE: Duration = Duration::from_secs(20);
+const SETTLE_EVERY: Duration = Duration::from_secs(1);
 
 /// Connects the publishing connection and prepares the subscriber.
 pub(super) async fn connect(urls: &[&str]) -> Result<(ClusterConnection, Subscriber), BusError> {
@@ -133,6 +138,8 @@ impl Subscriber {
         let mut lost = true;
         let mut first = true;
         let mut retry = tokio::time::interval(RETRY);
+        // Until when, and when next, the rooms are subscribed again after a loss.
+        let mut settling: Option<(tokio::time::Instant, tokio::time::Instant)> = None;
         loop {
             tokio::select! {
                 cmd = control.recv() => match cmd {
@@ -156,6 +163,8 @@ impl Subscriber {
                 }
                 Some(push) = self.events.recv() => match push.kind {
                     PushKind::Disconnection => {
+                        let now = tokio::time::Instant::now();
+                        settling = Some((now + SETTLE, now + SETTLE_EVERY));
                         if !lost {
                             tracing::warn!("a redis cluster node connection dropped; subscribing again, local delivery continues");
                         }
@@ -169,8 +178,27 @@ impl Subscriber {
                     }
                     _ => {}
                 },
-                _ = retry.tick(), if lost || self.overflowed.load(Ordering::Relaxed) => {
-                    if lost && !subscribe_all(&mut conn, &wanted).await {
+                _ = retry.tick(), if lost || settling.is_some() || self.overflowed.load(Ordering::Relaxed) => {
+                    let overflowed = self.overflowed.load(Ordering::Relaxed);
+                    if !lost && !overflowed {
+                        // Settling: again every SETTLE_EVERY until SETTLE has passed.
+                        let now = tokio::time::Instant::now();
+                        match settling {
+                            Some((until, next)) if now < until => {
+                                if now < next {
+                                    continue;
+                                }
+                                settling = Some((until, now + SETTLE_EVERY));
+                            }
+                            _ => {
+                                settling = None;
+                                continue;
+                            }
+                        }
+                    }
+                    let (was_lost, resubscribe) = (lost, lost || settling.is_some());
+                    if resubscribe && !subscribe_all(&mut conn, &wanted).await {
+                        lost = true;
                         continue;
                     }
                     lost = false;
@@ -179,7 +207,9 @@ impl Subscriber {
                     if first {
                         tracing::info!("redis cluster bus connected");
                     } else {
-                        tracing::info!(rooms = wanted.len(), "redis cluster bus resubscribed; repairing missed messages from the store");
+                        if was_lost {
+                            tracing::info!(rooms = wanted.len(), "redis cluster bus resubscribed; repairing missed messages from the store");
+                        }
                         inner.hub.resync_all();
                     }
                     first = false;
