@@ -84,14 +84,16 @@ impl App {
         let hub = Hub::new(store.clone(), SessionRegistry::new(config.ws.max_sessions_per_user));
         let background = CancellationToken::new();
         let background_tasks = TaskTracker::new();
+        // The bus delivers to the hub through `bus::EventHandler`: the bus never imports the core.
+        let handler: Arc<dyn crate::bus::EventHandler> = Arc::clone(&hub) as _;
         let bus = match &config.redis.url {
-            Some(url) => Bus::redis(&config.redis, Arc::clone(&hub), background.clone(), &background_tasks)
+            Some(url) => Bus::redis(&config.redis, Arc::clone(&handler), background.clone(), &background_tasks)
                 .await
                 .with_context(|| {
-                    let shown: Vec<String> = url.expose().split(',').map(crate::config::redact_url).collect();
-                    format!("cannot connect to Redis at {}", shown.join(","))
-                })?,
-            None => Bus::local(Arc::clone(&hub)),
+                let shown: Vec<String> = url.expose().split(',').map(crate::config::redact_url).collect();
+                format!("cannot connect to Redis at {}", shown.join(","))
+            })?,
+            None => Bus::local(handler),
         };
         let chat = ChatService::new(
             hub,

@@ -24,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod protocol;
 pub mod ratelimit;
 pub mod store;
 pub mod sync;

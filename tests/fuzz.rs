@@ -10,7 +10,7 @@
 use confab::{
     config::Config,
     domain::{ClientId, Content, Email, RoomName, is_invisible},
-    http::ws::{native, socketio},
+    protocol::{native, socketio},
 };
 use proptest::prelude::*;
 

@@ -20,25 +20,15 @@ use std::{
     time::Duration,
 };
 
-use serde::Serialize;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
-use super::{
-    event::{Encoded, EventKind},
-    hub::Hub,
+use super::hub::Hub;
+use crate::{
+    bus::{PresenceBacking as Backing, RedisConn},
+    domain::RoomName,
+    protocol::events::presence,
+    sync::MutexExt as _,
 };
-use crate::sync::MutexExt as _;
-use crate::{bus::RedisConn, domain::RoomName};
-
-/// Where presence entries live.
-pub enum Backing {
-    /// One node: the hub says it all.
-    Local,
-    /// A cluster: sorted sets `<prefix>:online:<room>` in Redis (`prefix` carries a hash tag on a
-    /// Redis Cluster, so that one round's pipeline stays on one slot).
-    Redis { conn: RedisConn, prefix: String, node: String },
-}
 
 /// Presence of this node's rooms, and the events that tell their members.
 pub struct Presence {
@@ -49,23 +39,6 @@ pub struct Presence {
     announced: Mutex<HashMap<RoomName, HashSet<Uuid>>>,
     /// Per room: the users this node last wrote as present (Redis), so leavers are removed.
     written: Mutex<HashMap<RoomName, HashSet<Uuid>>>,
-}
-
-#[derive(Serialize)]
-#[serde(tag = "type", rename = "presence")]
-struct Wire<'a> {
-    room: &'a str,
-    online: Vec<Uuid>,
-    offline: Vec<Uuid>,
-}
-
-/// The `presence` event for `room`.
-pub fn event(room: &RoomName, mut online: Vec<Uuid>, mut offline: Vec<Uuid>) -> Arc<Encoded> {
-    online.sort_unstable();
-    offline.sort_unstable();
-    let wire = Wire { room: room.as_str(), online, offline };
-    let json = serde_json::to_string(&wire).expect("presence frames serialise: strings only");
-    Encoded::new(EventKind::Presence, Utf8Bytes::from(json))
 }
 
 impl Presence {
@@ -130,7 +103,7 @@ impl Presence {
                     continue;
                 }
                 before.clone_from(now);
-                events.push((room.clone(), event(room, came, went)));
+                events.push((room.clone(), presence(room, came, went)));
             }
         }
         for (room, frame) in events {

@@ -21,11 +21,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{
-    event::Encoded,
-    session::{Outbox, Revocation},
-};
-use crate::sync::MutexExt as _;
+use super::{outbox::Outbox, session::Revocation};
+use crate::{protocol::Encoded, sync::MutexExt as _};
 
 const SHARDS: usize = 16;
 
@@ -212,10 +209,10 @@ impl Drop for SessionSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chat::session::{Failure, Form};
+    use crate::{chat::outbox::Failure, protocol::Codec};
 
     fn outbox() -> Arc<Outbox> {
-        Outbox::new(tokio::io::sink(), Form::Native, |_| Vec::new(), 8)
+        Outbox::new(tokio::io::sink(), Codec::Native, 8)
     }
 
     const HERE: Origin = Origin { addr: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), transport: "native" };

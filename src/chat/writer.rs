@@ -23,15 +23,16 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
 use super::{
-    event,
+    cork::{Flusher, corked},
     indexer::SearchIndexer,
-    session::{Reply, ReplyBody, SessionHandle, Tag, corked},
+    session::SessionHandle,
 };
-use crate::sync::MutexExt as _;
 use crate::{
     bus::Bus,
     domain::RoomName,
+    protocol::{Reply, ReplyBody, Tag, events},
     store::{NewMessage, Store},
+    sync::MutexExt as _,
     telemetry,
 };
 
@@ -62,6 +63,8 @@ pub struct Writers {
     pub store: Store,
     pub bus: Bus,
     pub indexer: SearchIndexer,
+    /// Writes what a committed batch corked: each session's acks and messages in one write.
+    pub flusher: Arc<Flusher>,
     pub max_batch: usize,
     /// How long a writer waits for another send before it retires.
     pub idle: Duration,
@@ -130,7 +133,7 @@ async fn run(
     if let Some(previous) = previous {
         let _ = previous.await;
     }
-    let Writers { store, bus, indexer, max_batch, idle, .. } = writers;
+    let Writers { store, bus, indexer, flusher, max_batch, idle, .. } = writers;
     let gauge = metrics::gauge!(telemetry::ROOM_WRITERS);
     gauge.increment(1.0);
     // Grown by the batches that come, not reserved up front: most writers see small ones.
@@ -144,7 +147,6 @@ async fn run(
     let stored = metrics::counter!(telemetry::MESSAGES_STORED);
     let ack_time = metrics::histogram!(telemetry::MESSAGE_ACK_DURATION);
     let failed = metrics::counter!(telemetry::STORE_ERRORS, "query" => "append_messages");
-    let flusher = Arc::clone(&bus.hub().flusher);
     let mut retiring = false;
     loop {
         let taken = if retiring {
@@ -172,20 +174,20 @@ async fn run(
         match result {
             // Corked: each session gets its acks and the batch's messages in one write.
             Ok(appended) => corked(&flusher, || {
-                let mut events = Vec::with_capacity(appended.len());
+                let mut published = Vec::with_capacity(appended.len());
                 for ((tag, reply_to, accepted), a) in replies.drain(..).zip(appended) {
                     let body = ReplyBody::Sent { id: a.message.id, seq: a.message.seq };
                     reply_to.outbox.settle_send(&Reply::new(tag, body));
                     ack_time.record(accepted.elapsed().as_secs_f64());
                     if !a.duplicate {
-                        events.push(event::message(&room, &a.message));
+                        published.push(events::message(&room, &a.message));
                     }
                 }
-                stored.increment(events.len() as u64);
-                if !events.is_empty() {
+                stored.increment(published.len() as u64);
+                if !published.is_empty() {
                     indexer.stored(&room);
                 }
-                bus.publish(events);
+                bus.publish(published);
             }),
             Err(e) => {
                 let code = if e.is_unavailable() { "unavailable" } else { "internal" };

@@ -201,6 +201,12 @@ pub fn from_status(status: StatusCode, detail: Option<String>) -> Response {
         Some(d) if status.is_client_error() && !d.is_empty() => d,
         _ => default.to_owned(),
     };
-    let json = serde_json::json!({ "error": error, "code": code }).to_string();
-    Response::builder().status(status).content_type("application/json; charset=utf-8").body(json)
+    json(status, &error, code)
+}
+
+/// The error shape as a bare response, for endpoints outside the OpenAPI routes (WebSocket
+/// upgrades, Engine.IO polling) and for what poem refuses on its own.
+pub fn json(status: StatusCode, error: &str, code: &str) -> Response {
+    let body = serde_json::json!({ "error": error, "code": code }).to_string();
+    Response::builder().status(status).content_type("application/json; charset=utf-8").body(body)
 }

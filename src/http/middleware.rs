@@ -77,19 +77,22 @@ impl<E: Endpoint> Endpoint for SameOriginEndpoint<E> {
     type Output = Response;
 
     async fn call(&self, mut req: Request) -> Result<Response> {
-        let headers = req.headers();
-        let same = match (headers.get(header::ORIGIN), headers.get(header::HOST)) {
-            (Some(origin), Some(host)) => origin
-                .to_str()
-                .ok()
-                .and_then(|o| o.split_once("://"))
-                .is_some_and(|(_, authority)| host.to_str().is_ok_and(|h| h.eq_ignore_ascii_case(authority))),
-            _ => false,
-        };
-        if same {
+        if is_same_origin(req.headers()) {
             req.headers_mut().remove(header::ORIGIN);
         }
         Ok(flatten(self.inner.call(req).await))
+    }
+}
+
+/// Whether the request's `Origin` is the server's own: the same authority as its `Host`.
+pub fn is_same_origin(headers: &poem::http::HeaderMap) -> bool {
+    match (headers.get(header::ORIGIN), headers.get(header::HOST)) {
+        (Some(origin), Some(host)) => origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .is_some_and(|(_, authority)| host.to_str().is_ok_and(|h| h.eq_ignore_ascii_case(authority))),
+        _ => false,
     }
 }
 

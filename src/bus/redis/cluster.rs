@@ -116,7 +116,7 @@ impl Subscriber {
         mut control: mpsc::UnboundedReceiver<Control>,
         stop: CancellationToken,
     ) {
-        let dispatchers = Dispatchers::spawn(&inner.hub);
+        let dispatchers = Dispatchers::spawn(&inner.handler);
         // The channels we should be subscribed to: the source of truth across failovers.
         let mut wanted: HashSet<String> = HashSet::from([inner.users_channel.clone()]);
         let mut backoff = Duration::from_millis(100);
@@ -210,7 +210,7 @@ impl Subscriber {
                         if was_lost {
                             tracing::info!(rooms = wanted.len(), "redis cluster bus resubscribed; repairing missed messages from the store");
                         }
-                        inner.hub.resync_all();
+                        inner.handler.resync();
                     }
                     first = false;
                 }

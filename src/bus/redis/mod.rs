@@ -38,15 +38,11 @@ use redis::{
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::BusError;
+use super::{BusError, EventHandler, PresenceBacking};
 use crate::{
-    chat::{
-        event::{Event, EventKind},
-        hub::Hub,
-        session::corked,
-    },
     config::RedisConfig,
     domain::RoomName,
+    protocol::{Event, EventKind},
     telemetry,
 };
 
@@ -109,7 +105,8 @@ pub struct RedisBus {
 }
 
 struct Inner {
-    hub: Arc<Hub>,
+    /// This node's side of the bus: where events from other nodes go.
+    handler: Arc<dyn EventHandler>,
     /// What room channels start with: `<prefix>:room:`.
     prefix: String,
     /// The channel of events addressed to users.
@@ -131,7 +128,7 @@ struct Inner {
 impl RedisBus {
     pub async fn connect(
         config: &RedisConfig,
-        hub: Arc<Hub>,
+        handler: Arc<dyn EventHandler>,
         stop: CancellationToken,
         tasks: &TaskTracker,
     ) -> Result<Self, BusError> {
@@ -142,7 +139,7 @@ impl RedisBus {
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let make = |conn: Conn| {
             Arc::new(Inner {
-                hub: Arc::clone(&hub),
+                handler: Arc::clone(&handler),
                 prefix: format!("{prefix}:room:"),
                 users_channel: format!("{prefix}:users"),
                 instance: rand::random(),
@@ -180,13 +177,9 @@ impl RedisBus {
         Ok(Self { inner })
     }
 
-    pub fn hub(&self) -> &Arc<Hub> {
-        &self.inner.hub
-    }
-
     /// Where this node keeps its presence entries: this bus's connection, key prefix and instance.
-    pub fn presence_backing(&self) -> crate::chat::presence::Backing {
-        crate::chat::presence::Backing::Redis {
+    pub fn presence_backing(&self) -> PresenceBacking {
+        PresenceBacking::Redis {
             conn: self.inner.conn.clone(),
             prefix: self.inner.key_prefix.clone(),
             node: format!("{:016x}", self.inner.instance),
@@ -203,7 +196,7 @@ impl RedisBus {
 
     pub fn publish(&self, events: Vec<Event>) {
         for e in events {
-            self.inner.hub.dispatch(&e);
+            self.inner.handler.deliver(&e);
             let payload = wire::encode(self.inner.instance, &e);
             let channel = match e.frame.kind {
                 EventKind::Read { .. } => self.inner.users_channel.clone(),
@@ -309,7 +302,7 @@ async fn run_presence(inner: Arc<Inner>, stop: CancellationToken) {
         }
         let now = chrono::Utc::now().timestamp();
         let counts: Vec<(String, usize)> =
-            inner.hub.member_counts().into_iter().filter(|(_, n)| *n > 0).map(|(r, n)| (r.to_string(), n)).collect();
+            inner.handler.local_counts().into_iter().filter(|(_, n)| *n > 0).map(|(r, n)| (r.to_string(), n)).collect();
         let mut pipe = redis::pipe();
         pipe.atomic().del(&key).ignore();
         if !counts.is_empty() {
@@ -334,26 +327,21 @@ async fn run_presence(inner: Arc<Inner>, stop: CancellationToken) {
 struct Dispatchers(Vec<mpsc::Sender<Event>>);
 
 impl Dispatchers {
-    fn spawn(hub: &Arc<Hub>) -> Self {
-        let n = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).clamp(1, 16);
-        Self(
-            (0..n)
-                .map(|_| {
-                    let (tx, mut rx) = mpsc::channel::<Event>(DISPATCH_QUEUE);
-                    let hub = Arc::clone(hub);
-                    tokio::spawn(async move {
-                        let received = metrics::counter!(telemetry::BUS_RECEIVED, "bus" => "redis");
-                        let mut events = Vec::with_capacity(DISPATCH_BATCH);
-                        while rx.recv_many(&mut events, DISPATCH_BATCH).await > 0 {
-                            received.increment(events.len() as u64);
-                            // Whatever has arrived goes out as one write per session.
-                            corked(&hub.flusher, || events.drain(..).for_each(|event| hub.dispatch(&event)));
-                        }
-                    });
-                    tx
-                })
-                .collect(),
-        )
+    fn spawn(handler: &Arc<dyn EventHandler>) -> Self {
+        Self(crate::sync::per_core(|_| {
+            let (tx, mut rx) = mpsc::channel::<Event>(DISPATCH_QUEUE);
+            let handler = Arc::clone(handler);
+            tokio::spawn(async move {
+                let received = metrics::counter!(telemetry::BUS_RECEIVED, "bus" => "redis");
+                let mut events = Vec::with_capacity(DISPATCH_BATCH);
+                while rx.recv_many(&mut events, DISPATCH_BATCH).await > 0 {
+                    received.increment(events.len() as u64);
+                    handler.deliver_batch(&events);
+                    events.clear();
+                }
+            });
+            tx
+        }))
     }
 
     /// Hands a message that came on `channel` to its room's task, waiting while that task is

@@ -45,7 +45,7 @@ pub(super) async fn run_subscriber(
 ) {
     // The channels we should be subscribed to: the source of truth across reconnects.
     let mut wanted: HashSet<String> = HashSet::from([inner.users_channel.clone()]);
-    let dispatchers = Dispatchers::spawn(&inner.hub);
+    let dispatchers = Dispatchers::spawn(&inner.handler);
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
     loop {
@@ -73,7 +73,7 @@ pub(super) async fn run_subscriber(
             tracing::info!("redis bus connected");
         } else {
             tracing::info!(rooms = wanted.len(), "redis bus reconnected; repairing missed messages from the store");
-            inner.hub.resync_all();
+            inner.handler.resync();
         }
         first = false;
         loop {

@@ -2,12 +2,11 @@
 //! JSON, then the frames exactly as the publishing node encoded them, so no node encodes an
 //! event twice.
 
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
 use crate::{
-    chat::event::{Encoded, Event, EventKind},
     domain::RoomName,
+    protocol::{Encoded, Event, EventKind, Utf8Bytes},
 };
 
 /// `<instance hex>|<kind>|<seq, origin session, user, user:until or user:origin:room>|<compat

@@ -17,10 +17,8 @@ use std::{
 use poem::{Response, http::StatusCode};
 use tokio::sync::Notify;
 
-use super::Identity;
-use super::socketio;
-use crate::sync::MutexExt as _;
-use crate::{http::AppState, telemetry};
+use super::{Identity, engineio::MAX_CONNECT_ATTEMPTS};
+use crate::{http::AppState, protocol::socketio, sync::MutexExt as _, telemetry};
 
 /// Engine.IO's packet separator in a polling payload.
 const SEPARATOR: char = '\u{1e}';
@@ -127,7 +125,7 @@ fn text(status: StatusCode, body: String) -> Response {
 }
 
 fn bad(message: &str) -> Response {
-    super::json_error(StatusCode::BAD_REQUEST, message, "invalid_session")
+    crate::http::error::json(StatusCode::BAD_REQUEST, message, "invalid_session")
 }
 
 /// `GET /socket.io/?EIO=4&transport=polling` without a sid: a new connection.
@@ -135,13 +133,13 @@ pub fn open(state: &AppState) -> Response {
     let ws = &state.config.ws;
     let Some(session) = state.polling.insert(ws.max_pending_handshakes as usize, ws.handshake_timeout.0) else {
         metrics::counter!(telemetry::HTTP_CONNECTIONS_REFUSED, "reason" => "engineio_pending").increment(1);
-        return super::json_error(
+        return crate::http::error::json(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many Socket.IO connections are opening at once; try again shortly",
             "busy",
         );
     };
-    text(StatusCode::OK, super::open_packet(state, &session.sid, true).to_string())
+    text(StatusCode::OK, super::engineio::open_packet(state, &session.sid, true).to_string())
 }
 
 /// `GET …&sid=X`: waits for packets to deliver, or answers with a ping when it is time for one.
@@ -189,7 +187,7 @@ pub async fn post(state: &AppState, sid: &str, body: &str) -> Response {
                 if session.lock().user.is_some() {
                     continue;
                 }
-                let user = super::connect_user(state, auth).await;
+                let user = super::engineio::connect_user(state, auth).await;
                 let mut s = session.lock();
                 s.connect_attempts += usize::from(user.is_err());
                 match user {
@@ -221,9 +219,7 @@ pub async fn post(state: &AppState, sid: &str, body: &str) -> Response {
     }
     let overflow = {
         let s = session.lock();
-        s.inbox.len() > MAX_BUFFERED
-            || s.outbox.len() > MAX_BUFFERED
-            || s.connect_attempts >= super::MAX_CONNECT_ATTEMPTS
+        s.inbox.len() > MAX_BUFFERED || s.outbox.len() > MAX_BUFFERED || s.connect_attempts >= MAX_CONNECT_ATTEMPTS
     };
     if overflow {
         state.polling.remove(sid);

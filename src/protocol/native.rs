@@ -4,12 +4,8 @@ use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
-use super::Command;
-use crate::{
-    chat::{Reply, ReplyBody, Tag},
-    domain::Seq,
-    store::User,
-};
+use super::{Command, Reply, ReplyBody, Tag};
+use crate::{domain::Seq, store::User};
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", rename_all_fields = "camelCase")]

@@ -10,8 +10,7 @@
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::{Command, native};
-use crate::chat::{Reply, ReplyBody, Tag};
+use super::{Command, Reply, ReplyBody, Tag, native};
 
 /// The Engine.IO ping the server sends; the client answers `3`.
 pub const PING: &str = "2";

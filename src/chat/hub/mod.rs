@@ -1,0 +1,308 @@
+//! The hub: which sessions on this node are in which rooms, and in-order delivery to them.
+//!
+//! It never talks to Redis and reads the store only to repair gaps: every event comes from the
+//! bus, even ones published on this node. Invariant: a member sees a room's messages in `seq`
+//! order, each exactly once. A message that arrives early (Redis reordered or dropped
+//! something, or a reconnect lost some) waits in `pending` until the gap is filled from the
+//! store, which holds every seq below any published one (a message is published only after it
+//! is committed, and a room's seqs are committed in order).
+//!
+//! Locking: a sharded map finds a room (short critical sections, never across `.await`); each
+//! room has its own mutex, so rooms never wait for one another. Lock order: shard, then room.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    hash::BuildHasher,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use tokio::sync::{OnceCell, oneshot};
+
+mod room;
+
+pub use self::room::{Room, RoomClosed, Start};
+use self::room::{RoomInner, drain_pending};
+use super::{
+    cork::{Flusher, corked},
+    registry::SessionRegistry,
+    writer,
+};
+use crate::{
+    bus::EventHandler,
+    domain::{RoomName, Seq},
+    protocol::{Codec, Encoded, Event, EventKind, events},
+    store::{Store, StoreError},
+    sync::MutexExt as _,
+    telemetry,
+};
+
+const SHARDS: usize = 64;
+/// Messages fetched per store read when repairing a gap or catching a member up.
+pub const PAGE: u32 = 256;
+
+type Shard = Mutex<HashMap<RoomName, Arc<Room>>>;
+
+/// Rooms with members on this node.
+pub struct Hub {
+    shards: Box<[Shard]>,
+    hasher: std::collections::hash_map::RandomState,
+    store: Store,
+    /// This node's sessions by account, for events addressed to a user rather than a room.
+    pub sessions: Arc<SessionRegistry>,
+    /// Writes what deliveries corked (see [`session::corked`](super::session::corked)).
+    pub flusher: Arc<Flusher>,
+}
+
+impl Hub {
+    pub fn new(store: Store, sessions: Arc<SessionRegistry>) -> Arc<Self> {
+        Arc::new(Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+            store,
+            sessions,
+            flusher: Flusher::spawn(),
+        })
+    }
+
+    fn shard(&self, room: &RoomName) -> MutexGuard<'_, HashMap<RoomName, Arc<Room>>> {
+        let idx = usize::try_from(self.hasher.hash_one(room) % SHARDS as u64).unwrap_or(0);
+        self.shards[idx].lock_unpoisoned()
+    }
+
+    pub fn get(&self, room: &RoomName) -> Option<Arc<Room>> {
+        self.shard(room).get(room).cloned()
+    }
+
+    /// The room, created if this node has none. `subscribe` runs under the shard lock and
+    /// returns the new room's bus subscription, so subscribe and unsubscribe requests for one
+    /// room reach the bus in the order rooms come and go.
+    pub fn room_or_insert(&self, room: &RoomName, subscribe: impl FnOnce() -> oneshot::Receiver<()>) -> Arc<Room> {
+        let mut shard = self.shard(room);
+        if let Some(existing) = shard.get(room) {
+            return Arc::clone(existing);
+        }
+        let subscribed = subscribe();
+        let new = Arc::new(Room {
+            name: room.clone(),
+            inner: Mutex::new(RoomInner {
+                members: Vec::new(),
+                delivered: None,
+                pending: BTreeMap::new(),
+                fill_target: 0,
+                filling: false,
+                closed: false,
+                delivered_total: [Codec::Native, Codec::SocketIo]
+                    .map(|f| metrics::counter!(telemetry::MESSAGES_DELIVERED, "transport" => f.label())),
+            }),
+            ready: OnceCell::new(),
+            subscribed: Mutex::new(Some(subscribed)),
+            writer: writer::Slot::default(),
+        });
+        shard.insert(room.clone(), Arc::clone(&new));
+        new
+    }
+
+    /// Waits until the room is subscribed and knows where it starts: the store's latest seq
+    /// read *after* subscribing, so no message falls between the two.
+    pub async fn ensure_ready(&self, room: &Arc<Room>) -> Result<(), StoreError> {
+        room.ready
+            .get_or_try_init(|| async {
+                let subscribed = room.subscribed.lock_unpoisoned().take();
+                if let Some(rx) = subscribed {
+                    let _ = rx.await;
+                }
+                let latest = self.store.last_seq(&room.name).await?;
+                let gap = {
+                    let mut inner = room.lock();
+                    inner.delivered = Some(latest);
+                    drain_pending(&mut inner);
+                    match inner.pending.first_key_value() {
+                        Some((&first, _)) => {
+                            inner.fill_target = inner.fill_target.max(first - 1);
+                            !std::mem::replace(&mut inner.filling, true)
+                        }
+                        None => false,
+                    }
+                };
+                if gap {
+                    spawn_repair(self.store.clone(), Arc::clone(room));
+                }
+                Ok::<(), StoreError>(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a session from a room. When it was the last member the room leaves the hub and
+    /// `on_empty` runs under the shard lock (to unsubscribe in order). Returns whether the
+    /// session was a member.
+    pub fn remove_member(&self, room: &Arc<Room>, session: u64, on_empty: impl FnOnce(&RoomName)) -> bool {
+        let (was_member, empty) = {
+            let mut inner = room.lock();
+            let before = inner.members.len();
+            inner.members.retain(|m| m.handle.id != session);
+            (inner.members.len() < before, inner.members.is_empty())
+        };
+        if empty {
+            let mut shard = self.shard(&room.name);
+            let mut inner = room.lock();
+            let same = shard.get(&room.name).is_some_and(|r| Arc::ptr_eq(r, room));
+            if same && inner.members.is_empty() && !inner.closed {
+                inner.closed = true;
+                shard.remove(&room.name);
+                on_empty(&room.name);
+            }
+        }
+        was_member
+    }
+
+    /// Makes a catching-up member live if it has everything the room delivered so far.
+    /// Returns false if more arrived meanwhile (fetch again from `sent_upto`).
+    pub fn go_live(&self, room: &Room, session: u64, sent_upto: Seq) -> bool {
+        let mut inner = room.lock();
+        if inner.delivered.unwrap_or(0) > sent_upto {
+            return false;
+        }
+        if let Some(m) = inner.members.iter_mut().find(|m| m.handle.id == session) {
+            m.live = true;
+            m.last = m.last.max(sent_upto);
+        }
+        true
+    }
+
+    /// Hands an event from the bus to the room's members on this node.
+    pub fn dispatch(&self, event: &Event) {
+        if let EventKind::Read { user, origin } = event.frame.kind {
+            self.sessions.deliver(user, origin, &event.frame);
+            return;
+        }
+        let Some(room) = self.get(&event.room) else { return };
+        match event.frame.kind {
+            EventKind::Message { seq }
+            | EventKind::Deleted { seq }
+            | EventKind::Edited { seq }
+            | EventKind::Reacted { seq } => {
+                if room.accept(seq, &event.frame) {
+                    spawn_repair(self.store.clone(), room);
+                }
+            }
+            kind => room.broadcast(kind, &event.frame),
+        }
+    }
+
+    /// After the bus may have lost events (reconnect): compare every room with the store and
+    /// repair what is missing.
+    pub fn resync_all(&self) {
+        for room in self.rooms() {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                let Ok(latest) = store.last_seq(&room.name).await else { return };
+                let start = {
+                    let mut inner = room.lock();
+                    match inner.delivered {
+                        Some(d) if latest > d => {
+                            inner.fill_target = inner.fill_target.max(latest);
+                            !std::mem::replace(&mut inner.filling, true)
+                        }
+                        _ => false,
+                    }
+                };
+                if start {
+                    spawn_repair(store, room);
+                }
+            });
+        }
+    }
+
+    /// Every room with members here.
+    fn rooms(&self) -> Vec<Arc<Room>> {
+        self.shards.iter().flat_map(|s| s.lock_unpoisoned().values().cloned().collect::<Vec<_>>()).collect()
+    }
+
+    /// The users with a session in each room here.
+    pub fn users_by_room(&self) -> HashMap<RoomName, std::collections::HashSet<uuid::Uuid>> {
+        self.rooms().iter().map(|r| (r.name.clone(), r.users())).collect()
+    }
+
+    /// The users with a session in `room` here.
+    pub fn users_in(&self, room: &RoomName) -> std::collections::HashSet<uuid::Uuid> {
+        self.get(room).map(|r| r.users()).unwrap_or_default()
+    }
+
+    /// Gives `frame` (made on this node for this node) to the live members of `room` here.
+    pub fn tell_local(&self, room: &RoomName, frame: &Arc<Encoded>) {
+        if let Some(r) = self.get(room) {
+            corked(&self.flusher, || r.broadcast(EventKind::Presence, frame));
+        }
+    }
+
+    /// Every room here with its member count.
+    pub fn member_counts(&self) -> Vec<(RoomName, usize)> {
+        self.rooms().iter().map(|r| (r.name.clone(), r.member_count())).collect()
+    }
+
+    /// Members of `room` on this node.
+    pub fn member_count(&self, room: &RoomName) -> usize {
+        self.get(room).map_or(0, |r| r.member_count())
+    }
+}
+
+/// Fetches missing seqs from the store until the room has delivered up to its fill target.
+/// Runs until done; only one per room at a time (`filling`).
+fn spawn_repair(store: Store, room: Arc<Room>) {
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let (after, want) = {
+                let mut inner = room.lock();
+                match inner.delivered {
+                    Some(d) if d < inner.fill_target => (d, inner.fill_target - d),
+                    _ => {
+                        inner.filling = false;
+                        return;
+                    }
+                }
+            };
+            let limit = u32::try_from(want).unwrap_or(PAGE).min(PAGE);
+            match store.messages_after(&room.name, after, limit).await {
+                Ok(found) if !found.is_empty() => {
+                    tracing::debug!(room = %room.name, after, count = found.len(), "gap repaired from the store");
+                    metrics::counter!(telemetry::GAP_REPAIRED).increment(found.len() as u64);
+                    for msg in &found {
+                        room.accept(msg.seq, &events::message(&room.name, msg).frame);
+                    }
+                    backoff = Duration::from_millis(10);
+                }
+                // Not visible yet (a replica lagging) or the store is down: try again.
+                result => {
+                    if let Err(e) = result {
+                        tracing::warn!(room = %room.name, error = %e, "gap repair: store unavailable");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    });
+}
+
+/// The bus delivers here: events published on this node or received from others.
+impl EventHandler for Hub {
+    fn deliver(&self, event: &Event) {
+        self.dispatch(event);
+    }
+
+    /// A batch from another node: whatever has arrived goes out as one write per session.
+    fn deliver_batch(&self, events: &[Event]) {
+        corked(&self.flusher, || events.iter().for_each(|event| self.dispatch(event)));
+    }
+
+    fn resync(&self) {
+        self.resync_all();
+    }
+
+    fn local_counts(&self) -> Vec<(RoomName, usize)> {
+        self.member_counts()
+    }
+}
