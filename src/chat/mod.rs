@@ -6,8 +6,8 @@
 //! their clients share one path and one order. A new command goes through the same layers:
 //! its wire form in `protocol`, its rule here, its SQL in `store`.
 //!
-//! - [`join`]: joining (access control, resume from `since`), leaving.
-//! - [`send`]: sending (to the room's [`writer`]), typing, read markers, moderation events.
+//! - `join`: joining (access control, resume from `since`), leaving.
+//! - `send`: sending (to the room's [`writer`]), typing, read markers, moderation events.
 //! - [`hub`]: rooms with members on this node, in-order delivery, gap repair; it is the
 //!   [`crate::bus::EventHandler`] the bus delivers to.
 //! - [`outbox`] and [`session`]: a connection's way out, and its state; [`cork`]: batched

@@ -50,7 +50,7 @@ pub struct Hub {
     store: Store,
     /// This node's sessions by account, for events addressed to a user rather than a room.
     pub sessions: Arc<SessionRegistry>,
-    /// Writes what deliveries corked (see [`session::corked`](super::session::corked)).
+    /// Writes what deliveries corked (see [`corked`](crate::chat::cork::corked)).
     pub flusher: Arc<Flusher>,
 }
 

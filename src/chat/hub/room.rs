@@ -70,7 +70,7 @@ impl Room {
         self.inner.lock_unpoisoned()
     }
 
-    /// Adds a session. With `since`, it must catch up (see [`Hub::go_live`]). `joined` runs
+    /// Adds a session. With `since`, it must catch up (see [`Hub::go_live`](super::Hub::go_live)). `joined` runs
     /// under the room's lock just before the member is added, with the latest seq the join
     /// answers: whatever it writes to the session precedes every live event of the room.
     pub fn add_member(
