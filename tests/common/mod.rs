@@ -510,6 +510,28 @@ impl ClusterSpec {
     }
 }
 
+/// Nodes sharing one PostgreSQL database, one Redis prefix and one JWT key: a cluster.
+pub struct Cluster {
+    pub spec: ClusterSpec,
+    pub nodes: Vec<TestNode>,
+}
+
+impl Cluster {
+    pub fn node(&self, i: usize) -> &TestNode {
+        &self.nodes[i]
+    }
+}
+
+/// `n` nodes named `node-0`, `node-1`, … (see [`ClusterSpec`]), `configure` applied to each.
+pub async fn spawn_cluster(n: usize, configure: impl Fn(&mut Config)) -> Option<Cluster> {
+    let spec = ClusterSpec::new().await?;
+    let mut nodes = Vec::with_capacity(n);
+    for i in 0..n {
+        nodes.push(spec.node(i, &configure).await);
+    }
+    Some(Cluster { spec, nodes })
+}
+
 /// Two nodes of a fresh cluster (see [`ClusterSpec`]): `None` (after saying why) when the
 /// services are not configured and not required.
 pub async fn pg_redis_pair(configure: impl Fn(&mut Config)) -> Option<(TestNode, TestNode)> {
