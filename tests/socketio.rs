@@ -4,6 +4,9 @@
 //! test runs two nodes sharing PostgreSQL and Redis, and `interop_with_the_real_socket_io_client`
 //! drives the real `socket.io-client` npm package (tests/interop/) against such a pair.
 //!
+//! Nodes, users and native `/ws` clients come from the shared test infrastructure
+//! (tests/common); the Engine.IO/Socket.IO client is here.
+//!
 //! Every receive is bounded by [`TIMEOUT`]; nothing sleeps to synchronise. A receive that must
 //! prove that nothing else arrived uses a ping event with an ack id as a barrier ([`Sio::sync`]).
 
@@ -11,196 +14,31 @@
 #[allow(unused_macros, unused_imports)]
 mod common;
 
-use std::{net::SocketAddr, process::Stdio, sync::Arc, time::Duration};
+use std::{net::SocketAddr, process::Stdio, time::Duration};
 
-use confab::{
-    App, Config,
-    config::{Argon2Config, HumanDuration, Secret},
-};
+use confab::config::HumanDuration;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
-use tokio::{net::TcpStream, sync::oneshot, task::JoinHandle};
-use tokio_tungstenite::{
-    MaybeTlsStream, WebSocketStream,
-    tungstenite::{
-        Message,
-        client::IntoClientRequest as _,
-        protocol::{CloseFrame, frame::coding::CloseCode},
-    },
+use tokio_tungstenite::tungstenite::{
+    Message,
+    client::IntoClientRequest as _,
+    protocol::{CloseFrame, frame::coding::CloseCode},
 };
 
-use crate::common::{Backend, TestDb, TestRedis};
+use crate::common::{
+    NativeClient, PASSWORD, TestNode, TestUser, WS_TIMEOUT, Ws, expect_closed, pg_redis_pair, recv_frame, sqlite_node,
+    ws_connect,
+};
 
-/// Upper bound on one receive, one HTTP request, and the app's start.
-const TIMEOUT: Duration = Duration::from_secs(10);
+/// Upper bound on one receive (the shared WebSocket bound).
+const TIMEOUT: Duration = WS_TIMEOUT;
 /// Upper bound on the whole Node.js interop run.
 const NODE_TIMEOUT: Duration = Duration::from_secs(120);
-const PASSWORD: &str = "correct horse battery";
 const SIO_PATH: &str = "/socket.io/?EIO=4&transport=websocket";
-
-// ---------------------------------------------------------------------------------------------
-// Nodes
-// ---------------------------------------------------------------------------------------------
-
-/// A running confab node. Dropping it stops the server; the database goes with its last owner.
-struct Node {
-    addr: SocketAddr,
-    state: confab::http::AppState,
-    http: reqwest::Client,
-    stop: Option<oneshot::Sender<()>>,
-    server: JoinHandle<anyhow::Result<()>>,
-    _db: Arc<TestDb>,
-    _redis: Option<Arc<TestRedis>>,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        self.server.abort();
-    }
-}
-
-/// A registered user.
-#[derive(Clone, Debug)]
-struct User {
-    token: String,
-    id: String,
-    email: String,
-    /// What rooms show of the user (Socket.IO events add the email for the original clients).
-    name: String,
-}
-
-/// Starts a node on `db` (and `redis`, under its test prefix), with cheap hashing, no rate
-/// limits and the given JWT key, so that nodes sharing a key accept each other's tokens.
-async fn spawn_node(
-    db: &Arc<TestDb>,
-    redis: Option<&Arc<TestRedis>>,
-    jwt_secret: &str,
-    configure: impl FnOnce(&mut Config),
-) -> Node {
-    let mut cfg = Config { listen: "127.0.0.1:0".into(), ..Config::default() };
-    cfg.database.url = Secret::new(db.url());
-    cfg.database.max_connections = 8;
-    cfg.auth.argon2 = Argon2Config { memory_kib: 64, iterations: 1, parallelism: 1 };
-    cfg.auth.jwt_secret = Some(Secret::new(jwt_secret));
-    cfg.limits.auth_per_minute = 0;
-    cfg.limits.messages_per_second = 0;
-    cfg.shutdown.grace = HumanDuration(Duration::from_secs(2));
-    if let Some(redis) = redis {
-        cfg.redis.url = Some(Secret::new(redis.url.as_str()));
-        cfg.redis.prefix.clone_from(&redis.prefix);
-    }
-    configure(&mut cfg);
-    let app = tokio::time::timeout(TIMEOUT, App::build(cfg)).await.expect("App::build timed out").expect("App::build");
-    let addr = app.local_addr();
-    let state = app.state().clone();
-    let (tx, rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async move {
-        let _ = rx.await;
-    }));
-    let http = reqwest::Client::builder().no_proxy().timeout(TIMEOUT).build().expect("reqwest client");
-    Node { addr, state, http, stop: Some(tx), server, _db: Arc::clone(db), _redis: redis.cloned() }
-}
-
-fn new_secret() -> String {
-    format!("sio-test-{}", uuid::Uuid::new_v4().simple())
-}
-
-/// One node on a fresh SQLite database.
-async fn sqlite_node(configure: impl FnOnce(&mut Config)) -> Node {
-    let db = Arc::new(TestDb::create(Backend::Sqlite).await);
-    spawn_node(&db, None, &new_secret(), configure).await
-}
-
-/// Two nodes sharing a fresh PostgreSQL database and Redis: `None` (after saying why) when the
-/// services are not configured and not required.
-async fn pg_redis_pair(configure: impl Fn(&mut Config)) -> Option<(Node, Node)> {
-    if !Backend::Postgres.available() {
-        return None;
-    }
-    let redis = Arc::new(TestRedis::from_env()?);
-    let db = Arc::new(TestDb::create(Backend::Postgres).await);
-    let secret = new_secret();
-    let a = spawn_node(&db, Some(&redis), &secret, |c| {
-        c.node_id = Some("node-a".into());
-        configure(c);
-    })
-    .await;
-    let b = spawn_node(&db, Some(&redis), &secret, |c| {
-        c.node_id = Some("node-b".into());
-        configure(c);
-    })
-    .await;
-    Some((a, b))
-}
-
-impl Node {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Registers a unique user whose address starts with `name`.
-    async fn register(&self, name: &str) -> User {
-        let email = format!("{name}-{}@example.com", uuid::Uuid::new_v4().simple());
-        let resp = self
-            .http
-            .post(self.url("/api/auth/register"))
-            .json(&json!({ "email": email, "password": PASSWORD }))
-            .send()
-            .await
-            .expect("register request");
-        let status = resp.status();
-        let body: Value = resp.json().await.expect("register answers JSON");
-        assert_eq!(status, 200, "register failed: {body}");
-        User {
-            token: body["token"].as_str().expect("token").to_owned(),
-            id: body["user"]["id"].as_str().expect("user id").to_owned(),
-            email: body["user"]["email"].as_str().expect("user email").to_owned(),
-            name: body["user"]["displayName"].as_str().expect("user displayName").to_owned(),
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // A raw Socket.IO client
 // ---------------------------------------------------------------------------------------------
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-async fn ws_connect(url: &str, bearer: Option<&str>) -> Ws {
-    let mut req = url.into_client_request().expect("a WebSocket request");
-    if let Some(token) = bearer {
-        req.headers_mut().insert("authorization", format!("Bearer {token}").parse().expect("header value"));
-    }
-    let (ws, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(req))
-        .await
-        .expect("WebSocket connect timed out")
-        .unwrap_or_else(|e| panic!("WebSocket connect to {url} failed: {e}"));
-    ws
-}
-
-async fn recv_frame(ws: &mut Ws) -> Message {
-    let next = tokio::time::timeout(TIMEOUT, ws.next()).await;
-    match next.unwrap_or_else(|_| panic!("no frame within {TIMEOUT:?}")) {
-        Some(Ok(frame)) => frame,
-        Some(Err(e)) => panic!("WebSocket error while waiting for a frame: {e}"),
-        None => panic!("the connection ended while waiting for a frame"),
-    }
-}
-
-/// Waits for the server to close: the close frame, if one was sent. Panics on a text frame.
-async fn expect_closed(ws: &mut Ws, within: Duration) -> Option<CloseFrame> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let next = tokio::time::timeout_at(deadline, ws.next()).await;
-        match next.unwrap_or_else(|_| panic!("the connection was not closed within {within:?}")) {
-            Some(Ok(Message::Close(frame))) => return frame,
-            None | Some(Err(_)) => return None,
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-            Some(Ok(other)) => panic!("expected the connection to close, got {other:?}"),
-        }
-    }
-}
 
 /// A Socket.IO client on one WebSocket, speaking packets by hand.
 struct Sio {
@@ -351,55 +189,6 @@ fn assert_error(reply: &Value, code: &str) {
     assert_eq!(reply.as_object().map(serde_json::Map::len), Some(3), "type, code and message only: {reply}");
 }
 
-/// A native `/ws` client.
-struct Native {
-    ws: Ws,
-}
-
-impl Native {
-    async fn connect(addr: SocketAddr, user: &User) -> Self {
-        let mut native = Self { ws: ws_connect(&format!("ws://{addr}/ws"), Some(&user.token)).await };
-        let hello = native.recv().await;
-        assert_eq!(hello["type"], "hello", "{hello}");
-        assert_eq!(hello["user"]["email"], user.email.as_str());
-        native
-    }
-
-    async fn send(&mut self, frame: &Value) {
-        tokio::time::timeout(TIMEOUT, self.ws.send(Message::text(frame.to_string())))
-            .await
-            .expect("sending a frame timed out")
-            .expect("sending a frame failed");
-    }
-
-    /// The next frame; `presence` frames (on the server's own schedule) are passed over.
-    async fn recv(&mut self) -> Value {
-        loop {
-            match recv_frame(&mut self.ws).await {
-                Message::Text(text) if text.as_str().starts_with(r#"{"type":"presence""#) => {}
-                Message::Text(text) => return serde_json::from_str(text.as_str()).expect("native frames are JSON"),
-                other => panic!("expected a text frame, got {other:?}"),
-            }
-        }
-    }
-
-    async fn expect(&mut self, kind: &str) -> Value {
-        let frame = self.recv().await;
-        assert_eq!(frame["type"], kind, "unexpected frame {frame}");
-        frame
-    }
-
-    /// The next frame, of type `kind`, that `skip` does not pass over.
-    async fn expect_except(&mut self, kind: &str, skip: impl Fn(&Value) -> bool) -> Value {
-        loop {
-            let frame = self.expect(kind).await;
-            if !skip(&frame) {
-                return frame;
-            }
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Engine.IO handshake and HTTP refusals
 // ---------------------------------------------------------------------------------------------
@@ -428,7 +217,7 @@ async fn the_open_packet_advertises_sid_heartbeat_and_payload_limit() {
 async fn unknown_transports_and_old_engine_io_versions_get_a_clear_400() {
     let node = sqlite_node(|_| {}).await;
     let expect_400 = |path: &'static str, code: &'static str| {
-        let (http, url) = (node.http.clone(), node.url(path));
+        let (http, url) = (node.client.clone(), node.url(path));
         async move {
             let resp = http.get(&url).send().await.expect("GET");
             let status = resp.status();
@@ -467,7 +256,7 @@ async fn unknown_transports_and_old_engine_io_versions_get_a_clear_400() {
         }
     }
     // A plain GET with the right query is told to upgrade.
-    let resp = node.http.get(node.url(SIO_PATH)).send().await.expect("GET");
+    let resp = node.client.get(node.url(SIO_PATH)).send().await.expect("GET");
     assert_eq!(resp.status(), 400);
 }
 
@@ -485,7 +274,7 @@ async fn unauthenticated_handshakes_are_capped_and_expire() {
     })
     .await;
     let base = node.url("/socket.io/?EIO=4&transport=polling");
-    let open = || async { node.http.get(&base).send().await.expect("GET open") };
+    let open = || async { node.client.get(&base).send().await.expect("GET open") };
     let started = std::time::Instant::now();
     for _ in 0..2 {
         assert_eq!(open().await.status(), 200);
@@ -515,24 +304,24 @@ async fn unauthenticated_handshakes_are_capped_and_expire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_start_hands_over_to_the_websocket() {
     let node = sqlite_node(|_| {}).await;
-    let alice = node.register("alice").await;
+    let alice = node.new_user("alice").await;
     let base = node.url("/socket.io/?EIO=4&transport=polling");
-    let open = node.http.get(&base).send().await.expect("GET open").text().await.expect("body");
+    let open = node.client.get(&base).send().await.expect("GET open").text().await.expect("body");
     let open: Value = serde_json::from_str(open.strip_prefix('0').expect("an OPEN packet")).expect("JSON");
     assert_eq!(open["upgrades"], json!(["websocket"]));
     let sid = open["sid"].as_str().expect("sid").to_owned();
     let with_sid = format!("{base}&sid={sid}");
     // CONNECT and an event in one payload (packets separated by U+001E).
     let payload = format!("40{}\u{1e}42[\"join_room\",\"general\"]", json!({ "token": alice.token }));
-    let posted = node.http.post(&with_sid).body(payload).send().await.expect("POST");
+    let posted = node.client.post(&with_sid).body(payload).send().await.expect("POST");
     assert_eq!(posted.status(), 200);
     assert_eq!(posted.text().await.expect("body"), "ok");
-    let polled = node.http.get(&with_sid).send().await.expect("poll").text().await.expect("body");
+    let polled = node.client.get(&with_sid).send().await.expect("poll").text().await.expect("body");
     assert_eq!(polled, format!("40{}", json!({ "sid": sid })));
     // A poll in flight while the client upgrades: released with a noop, whether it was parked
     // before the upgrade or reaches the server after it.
     let pending = tokio::spawn({
-        let (http, url) = (node.http.clone(), with_sid.clone());
+        let (http, url) = (node.client.clone(), with_sid.clone());
         async move { http.get(&url).send().await.expect("poll").text().await.expect("body") }
     });
     let ws_url = format!("ws://{}/socket.io/?EIO=4&transport=websocket&sid={sid}", node.addr);
@@ -564,9 +353,9 @@ async fn polling_start_hands_over_to_the_websocket() {
     }
     // A poll that reaches the server after the upgrade (the client sent it before; the one
     // above may have been one) is a noop; packets over polling are refused from now on.
-    let late = node.http.get(&with_sid).send().await.expect("late poll");
+    let late = node.client.get(&with_sid).send().await.expect("late poll");
     assert_eq!((late.status().as_u16(), late.text().await.expect("body").as_str()), (200, "6"));
-    let stale = node.http.post(&with_sid).body("42[\"typing\",\"general\"]").send().await.expect("stale post");
+    let stale = node.client.post(&with_sid).body("42[\"typing\",\"general\"]").send().await.expect("stale post");
     assert_eq!(stale.status(), 400);
 }
 
@@ -577,7 +366,7 @@ async fn polling_start_hands_over_to_the_websocket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_with_a_valid_token_gets_a_sid_and_can_talk() {
     let node = sqlite_node(|_| {}).await;
-    let alice = node.register("alice").await;
+    let alice = node.new_user("alice").await;
     let (mut sio, _) = Sio::open(node.addr).await;
     sio.send(&format!("40{}", json!({ "token": alice.token }))).await;
     sio.expect_connected().await;
@@ -587,7 +376,7 @@ async fn connect_with_a_valid_token_gets_a_sid_and_can_talk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_over_its_session_cap_gets_connect_error_and_a_1008_close() {
     let node = sqlite_node(|c| c.ws.max_sessions_per_user = 2).await;
-    let mallory = node.register("mallory").await;
+    let mallory = node.new_user("mallory").await;
     let mut open = vec![Sio::connect(node.addr, &mallory.token).await, Sio::connect(node.addr, &mallory.token).await];
     let (mut extra, _) = Sio::open(node.addr).await;
     extra.send(&format!("40{}", json!({ "token": mallory.token }))).await;
@@ -608,12 +397,12 @@ async fn an_account_over_its_session_cap_gets_connect_error_and_a_1008_close() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_account_gets_an_error_event_and_a_1008_close_and_auth_extends_a_session() {
     let node = sqlite_node(|c| c.auth.revocation_check_interval = HumanDuration(Duration::from_millis(200))).await;
-    let alice = node.register("alice").await;
-    let bob = node.register("bob").await;
+    let alice = node.new_user("alice").await;
+    let bob = node.new_user("bob").await;
     let mut sio = Sio::connect(node.addr, &alice.token).await;
     let mut other = Sio::connect(node.addr, &bob.token).await;
     // In-band refresh over Socket.IO: the ack carries the new expiry.
-    let fresh = node.register("carol").await;
+    let fresh = node.new_user("carol").await;
     other.emit(Some(1), "auth", &json!({ "token": bob.token })).await;
     let ack = other.ack(1).await;
     assert_eq!(ack["type"], "ack", "{ack}");
@@ -632,12 +421,12 @@ async fn a_revoked_account_gets_an_error_event_and_a_1008_close_and_auth_extends
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_or_missing_token_gets_connect_error_and_may_retry_on_the_same_connection() {
     let node = sqlite_node(|_| {}).await;
-    let alice = node.register("alice").await;
+    let alice = node.new_user("alice").await;
     let (mut sio, _) = Sio::open(node.addr).await;
     let forged = {
         // A well-formed JWT signed with another key.
         let other = sqlite_node(|_| {}).await;
-        other.register("mallory").await.token
+        other.new_user("mallory").await.token
     };
     for attempt in ["40", "40{}", r#"40{"token":"not-a-jwt"}"#] {
         sio.send(attempt).await;
@@ -669,38 +458,38 @@ async fn too_many_refused_connects_close_the_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_refused_connects_over_polling_end_the_session_too() {
     let node = sqlite_node(|_| {}).await;
-    let alice = node.register("alice").await;
+    let alice = node.new_user("alice").await;
     let base = node.url("/socket.io/?EIO=4&transport=polling");
     let open_session = || async {
-        let open = node.http.get(&base).send().await.expect("GET open").text().await.expect("body");
+        let open = node.client.get(&base).send().await.expect("GET open").text().await.expect("body");
         let open: Value = serde_json::from_str(open.strip_prefix('0').expect("an OPEN packet")).expect("JSON");
         format!("{base}&sid={}", open["sid"].as_str().expect("sid"))
     };
     let refused = r#"40{"token":"nope"}"#;
     let with_sid = open_session().await;
     for _ in 0..4 {
-        let posted = node.http.post(&with_sid).body(refused).send().await.expect("POST");
+        let posted = node.client.post(&with_sid).body(refused).send().await.expect("POST");
         assert_eq!(posted.status(), 200);
-        let polled = node.http.get(&with_sid).send().await.expect("poll").text().await.expect("body");
+        let polled = node.client.get(&with_sid).send().await.expect("poll").text().await.expect("body");
         assert_eq!(polled, r#"44{"message":"unauthorized"}"#);
     }
-    let fifth = node.http.post(&with_sid).body(refused).send().await.expect("POST");
+    let fifth = node.client.post(&with_sid).body(refused).send().await.expect("POST");
     assert_eq!(fifth.status(), 400, "the fifth refused CONNECT ends the session");
-    let gone = node.http.get(&with_sid).send().await.expect("poll");
+    let gone = node.client.get(&with_sid).send().await.expect("poll");
     assert_eq!(gone.status(), 400, "the session is forgotten");
     // Four refusals and then a valid token: connected, and still usable.
     let with_sid = open_session().await;
     let payload = [refused; 4].join("\u{1e}") + "\u{1e}" + &format!("40{}", json!({ "token": alice.token }));
-    let posted = node.http.post(&with_sid).body(payload).send().await.expect("POST");
+    let posted = node.client.post(&with_sid).body(payload).send().await.expect("POST");
     assert_eq!(posted.status(), 200);
-    let polled = node.http.get(&with_sid).send().await.expect("poll").text().await.expect("body");
+    let polled = node.client.get(&with_sid).send().await.expect("poll").text().await.expect("body");
     assert!(polled.ends_with(&format!("40{}", json!({ "sid": with_sid.rsplit('=').next() }))), "{polled}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_namespaces_get_connect_error() {
     let node = sqlite_node(|_| {}).await;
-    let alice = node.register("alice").await;
+    let alice = node.new_user("alice").await;
     let (mut sio, _) = Sio::open(node.addr).await;
     sio.send(&format!("40/admin,{}", json!({ "token": alice.token }))).await;
     assert_eq!(sio.text().await, r#"44/admin,{"message":"Invalid namespace"}"#);
@@ -717,11 +506,11 @@ async fn other_namespaces_get_connect_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_during_connect_is_unavailable_not_unauthorized() {
     let node = sqlite_node(|_| {}).await;
-    let alice = node.register("alice").await;
+    let alice = node.new_user("alice").await;
     node.state.store.close().await;
 
     let resp = node
-        .http
+        .client
         .get(node.url("/ws"))
         .bearer_auth(&alice.token)
         .header("connection", "upgrade")
@@ -746,7 +535,7 @@ async fn a_database_outage_during_connect_is_unavailable_not_unauthorized() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_namespaces_get_connect_error_after_the_default_one_connected_too() {
     let node = sqlite_node(|_| {}).await;
-    let alice = node.register("alice").await;
+    let alice = node.new_user("alice").await;
     let mut sio = Sio::connect(node.addr, &alice.token).await;
     sio.join(1, "general").await;
     sio.send(&format!("40/admin,{}", json!({ "token": alice.token }))).await;
@@ -773,7 +562,7 @@ async fn closing_before_connect_ends_the_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_without_an_ack_id_get_events_and_with_one_get_an_ack() {
     let node = sqlite_node(|_| {}).await;
-    let alice = node.register("alice").await;
+    let alice = node.new_user("alice").await;
     let mut sio = Sio::connect(node.addr, &alice.token).await;
 
     // ping: a `pong` event without an ack id, the ack callback's argument with one.
@@ -812,8 +601,8 @@ async fn events_without_an_ack_id_get_events_and_with_one_get_an_ack() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_is_acked_then_delivered_as_a_message_event() {
     let node = sqlite_node(|_| {}).await;
-    let alice = node.register("alice").await;
-    let bob = node.register("bob").await;
+    let alice = node.new_user("alice").await;
+    let bob = node.new_user("bob").await;
     let mut a = Sio::connect(node.addr, &alice.token).await;
     let mut b = Sio::connect(node.addr, &bob.token).await;
 
@@ -879,13 +668,13 @@ async fn send_is_acked_then_delivered_as_a_message_event() {
 async fn socket_io_clients_meet_the_room_access_rules() {
     let node = sqlite_node(|_| {}).await;
     let (owner, outsider, member) =
-        (node.register("owner").await, node.register("out").await, node.register("mem").await);
-    let post = |path: &str, body: Value| node.http.post(node.url(path)).bearer_auth(&owner.token).json(&body).send();
+        (node.new_user("owner").await, node.new_user("out").await, node.new_user("mem").await);
+    let post = |path: &str, body: Value| node.client.post(node.url(path)).bearer_auth(&owner.token).json(&body).send();
     let status = |r: reqwest::Result<reqwest::Response>| r.expect("request").status().as_u16();
     assert_eq!(status(post("/api/rooms", json!({ "name": "priv", "kind": "private" })).await), 201);
     assert_eq!(status(post("/api/rooms/priv/members", json!({ "userId": member.id })).await), 200);
 
-    let dm = node.http.post(node.url(&format!("/api/dm/{}", member.id))).bearer_auth(&owner.token).send().await;
+    let dm = node.client.post(node.url(&format!("/api/dm/{}", member.id))).bearer_auth(&owner.token).send().await;
     let dm: Value = dm.expect("dm").json().await.expect("json");
     let dm = dm["name"].as_str().expect("dm name").to_owned();
 
@@ -925,7 +714,7 @@ async fn socket_io_clients_meet_the_room_access_rules() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_input_gets_an_error_and_the_seed_style_system_line() {
     let node = sqlite_node(|c| c.chat.message_max_len = 10).await;
-    let alice = node.register("alice").await;
+    let alice = node.new_user("alice").await;
     let mut sio = Sio::connect(node.addr, &alice.token).await;
     let invalid_room = json!({ "message": "Invalid room name." });
     let invalid_payload = json!({ "message": "Invalid message payload." });
@@ -983,7 +772,7 @@ async fn invalid_input_gets_an_error_and_the_seed_style_system_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_events_and_malformed_packets_are_answered_and_the_connection_stays_usable() {
     let node = sqlite_node(|_| {}).await;
-    let alice = node.register("alice").await;
+    let alice = node.new_user("alice").await;
     let mut sio = Sio::connect(node.addr, &alice.token).await;
     sio.join(1, "general").await;
     let invalid_payload = json!({ "message": "Invalid message payload." });
@@ -1035,7 +824,7 @@ async fn unknown_events_and_malformed_packets_are_answered_and_the_connection_st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_packets_and_frames_are_refused_politely() {
     let node = sqlite_node(|_| {}).await;
-    let alice = node.register("alice").await;
+    let alice = node.new_user("alice").await;
     let mut sio = Sio::connect(node.addr, &alice.token).await;
     sio.join(1, "general").await;
     let invalid_payload = json!({ "message": "Invalid message payload." });
@@ -1092,7 +881,7 @@ async fn binary_packets_and_frames_are_refused_politely() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_over_max_payload_is_refused_and_closes_the_connection() {
     let node = sqlite_node(|c| c.ws.max_frame = 2048).await;
-    let alice = node.register("alice").await;
+    let alice = node.new_user("alice").await;
     let (mut sio, open) = Sio::open(node.addr).await;
     assert_eq!(open["maxPayload"], 2048);
     sio.send(&format!("40{}", json!({ "token": alice.token }))).await;
@@ -1115,8 +904,8 @@ async fn a_frame_over_max_payload_is_refused_and_closes_the_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnect_closes_the_connection_and_leaves_the_rooms() {
     let node = sqlite_node(|_| {}).await;
-    let alice = node.register("alice").await;
-    let bob = node.register("bob").await;
+    let alice = node.new_user("alice").await;
+    let bob = node.new_user("bob").await;
     let mut a = Sio::connect(node.addr, &alice.token).await;
     a.join(1, "general").await;
 
@@ -1148,8 +937,8 @@ async fn a_client_that_does_not_answer_pings_is_closed_and_one_that_does_stays()
         c.ws.idle_timeout = HumanDuration(Duration::from_secs(4));
     })
     .await;
-    let alice = node.register("alice").await;
-    let bob = node.register("bob").await;
+    let alice = node.new_user("alice").await;
+    let bob = node.new_user("bob").await;
 
     let (mut silent, open) = Sio::open(node.addr).await;
     assert_eq!((&open["pingInterval"], &open["pingTimeout"]), (&json!(1000), &json!(3000)));
@@ -1194,8 +983,8 @@ async fn a_client_that_does_not_answer_pings_is_closed_and_one_that_does_stays()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_with_since_resumes_over_socket_io() {
     let node = sqlite_node(|_| {}).await;
-    let alice = node.register("alice").await;
-    let bob = node.register("bob").await;
+    let alice = node.new_user("alice").await;
+    let bob = node.new_user("bob").await;
     let mut a = Sio::connect(node.addr, &alice.token).await;
     a.join(1, "general").await;
     let mut sent = Vec::new();
@@ -1235,7 +1024,7 @@ const ROUNDS: u64 = 10;
 
 /// Socket.IO `message` events as a native client gets them: each one's `senderEmail` checked
 /// against its sender and taken out.
-fn as_native(events: &[Value], senders: &[&User]) -> Vec<Value> {
+fn as_native(events: &[Value], senders: &[&TestUser]) -> Vec<Value> {
     events
         .iter()
         .map(|m| {
@@ -1256,13 +1045,13 @@ fn as_native(events: &[Value], senders: &[&User]) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_io_and_native_clients_on_two_nodes_see_the_same_messages_in_the_same_order() {
     let Some((node_a, node_b)) = pg_redis_pair(|_| {}).await else { return };
-    let alice = node_a.register("alice").await;
-    let bob = node_b.register("bob").await;
-    let carol = node_b.register("carol").await;
+    let alice = node_a.new_user("alice").await;
+    let bob = node_b.new_user("bob").await;
+    let carol = node_b.new_user("carol").await;
 
     let mut sio = Sio::connect(node_a.addr, &alice.token).await;
     sio.join(1, "general").await;
-    let mut native = Native::connect(node_b.addr, &bob).await;
+    let mut native = NativeClient::connect(node_b.addr, &bob).await;
     native.send(&json!({ "type": "join_room", "room": "general", "ref": "j" })).await;
     assert_eq!(native.expect("ack").await, json!({ "type": "ack", "ref": "j", "room": "general", "seq": 0 }));
     let joined = sio.expect_event("system").await;
@@ -1371,7 +1160,12 @@ async fn socket_io_and_native_clients_on_two_nodes_see_the_same_messages_in_the_
 
 /// `carol`'s Socket.IO client (`gone`, on node B) disconnects: the native client (node B) and
 /// the other Socket.IO client (node A) hear her leave.
-async fn a_socketio_disconnect_is_a_leave_elsewhere(mut gone: Sio, sio: &mut Sio, native: &mut Native, carol: &User) {
+async fn a_socketio_disconnect_is_a_leave_elsewhere(
+    mut gone: Sio,
+    sio: &mut Sio,
+    native: &mut NativeClient,
+    carol: &TestUser,
+) {
     gone.send("41").await;
     gone.expect_closed(TIMEOUT).await;
     let left = native.expect("system").await;
@@ -1417,7 +1211,7 @@ async fn interop_with_the_real_socket_io_client() {
     else {
         return;
     };
-    let users = [node_a.register("alice").await, node_b.register("bob").await, node_b.register("carol").await];
+    let users = [node_a.new_user("alice").await, node_b.new_user("bob").await, node_b.new_user("carol").await];
 
     let mut cmd = tokio::process::Command::new("node");
     cmd.arg("--test")
@@ -1455,12 +1249,12 @@ async fn interop_with_the_real_socket_io_client() {
 /// each leaves in turn. The observer (on `observer_node`; the joiners are all on
 /// `joiner_node`) must hear joins and leaves in ack order and each message after its sender's
 /// join, in each of three rooms.
-async fn joins_and_leaves_in_ack_order(observer_node: &Node, joiner_node: &Node) {
+async fn joins_and_leaves_in_ack_order(observer_node: &TestNode, joiner_node: &TestNode) {
     const JOINERS: usize = 16;
-    let mut observer = Sio::connect(observer_node.addr, &observer_node.register("observer").await.token).await;
+    let mut observer = Sio::connect(observer_node.addr, &observer_node.new_user("observer").await.token).await;
     let mut joiners = Vec::with_capacity(JOINERS);
     for i in 0..JOINERS {
-        let user = joiner_node.register(&format!("joiner{i}")).await;
+        let user = joiner_node.new_user(&format!("joiner{i}")).await;
         joiners.push((Sio::connect(joiner_node.addr, &user.token).await, user));
     }
     let mut ack_id = 0;

@@ -9,53 +9,26 @@
 //! `send`, `next_message`, `expect_error`. Every receive has a deadline, so a frame that never
 //! comes fails the test instead of hanging it.
 
-use std::{
-    collections::VecDeque,
-    net::SocketAddr,
-    sync::{Arc, Once},
-    time::Duration,
-};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 
-use confab::{
-    App, Config,
-    config::{Argon2Config, LogFormat, Secret},
-    http::AppState,
-};
+use confab::Config;
 use futures_util::{SinkExt as _, StreamExt as _};
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
-use tokio::{net::TcpStream, sync::oneshot, task::JoinHandle, time::Instant};
+use tokio::{net::TcpStream, time::Instant};
 use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream,
     tungstenite::{self, Message, client::IntoClientRequest as _, http::HeaderValue},
 };
 
-pub use crate::common::{Backend, TestDb, TestRedis};
+pub use crate::common::{Backend, ClusterSpec, PASSWORD, TestDb, TestRedis, spawn_cluster};
+use crate::common::{TestNode, node_config};
 
 /// Upper bound on one HTTP request, and on the app's start and stop.
-pub const TIMEOUT: Duration = Duration::from_secs(15);
+pub const TIMEOUT: Duration = crate::common::APP_TIMEOUT;
 
-/// A password every test account can use.
-pub const PASSWORD: &str = "correct horse battery";
-
-/// A running app. Dropping it asks the server to stop; the database goes when its last
-/// `Arc<TestDb>` does.
-pub struct TestApp {
-    /// Stops the server when sent to, or dropped.
-    shutdown: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<anyhow::Result<()>>>,
-    pub addr: SocketAddr,
-    /// Where `/metrics` is served when `metrics_listen` is set.
-    pub metrics_addr: Option<SocketAddr>,
-    pub client: reqwest::Client,
-    /// The app's shared state (store, auth service, config), for arranging and inspecting.
-    pub state: AppState,
-    /// The configured HS256 key, `None` when the app generated one.
-    pub jwt_secret: Option<String>,
-    pub db: Arc<TestDb>,
-    /// The Redis prefix this app uses, when it was given one (see [`spawn_node`]).
-    pub redis: Option<Arc<TestRedis>>,
-}
+/// The app under test: the shared in-process node, spoken to by the methods below.
+pub type TestApp = TestNode;
 
 /// What register and login return.
 #[derive(Debug, Clone)]
@@ -91,26 +64,13 @@ impl Session {
     }
 }
 
-/// The configuration every test app starts from: loopback port 0, cheap hashing, no auth rate
-/// limit, a known JWT key (so tests can forge tokens), the given database.
+/// The configuration every test app starts from: [`node_config`] (loopback port 0, cheap
+/// hashing, no auth rate limit, a known JWT key, so tests can forge tokens) on `db`, as node
+/// `test-node`.
 pub fn test_config(db: &TestDb) -> Config {
-    let mut cfg = Config { listen: "127.0.0.1:0".into(), node_id: Some("test-node".into()), ..Config::default() };
-    cfg.database.url = Secret::new(db.url());
-    cfg.database.max_connections = 8;
-    cfg.auth.argon2 = Argon2Config { memory_kib: 64, iterations: 1, parallelism: 1 };
-    cfg.auth.jwt_secret = Some(Secret::new(format!("test-secret-{}", uuid::Uuid::new_v4().simple())));
-    cfg.limits.auth_per_minute = 0;
-    cfg.shutdown.grace = confab::config::HumanDuration(Duration::from_secs(2));
+    let mut cfg = node_config(db, None);
+    cfg.node_id = Some("test-node".into());
     cfg
-}
-
-fn init_test_logging() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        if std::env::var_os("TEST_LOG").is_some() {
-            confab::telemetry::init_logging(LogFormat::Text, "debug");
-        }
-    });
 }
 
 /// An app on a fresh database of `backend`, with the test defaults.
@@ -130,43 +90,20 @@ pub async fn spawn_app_on(db: Arc<TestDb>, configure: impl FnOnce(&mut Config)) 
 }
 
 /// An app on an existing database and, if given, the test Redis under the test's own prefix:
-/// nodes given the same `db` and `redis` form a cluster.
+/// nodes given the same `db` and `redis` (and JWT key) form a cluster.
 pub async fn spawn_node(
     db: Arc<TestDb>,
     redis: Option<Arc<TestRedis>>,
     configure: impl FnOnce(&mut Config),
 ) -> TestApp {
-    init_test_logging();
-    let mut cfg = test_config(&db);
-    if let Some(redis) = &redis {
-        cfg.redis.url = Some(Secret::new(redis.url.as_str()));
-        cfg.redis.prefix.clone_from(&redis.prefix);
-    }
-    configure(&mut cfg);
-    let jwt_secret = cfg.auth.jwt_secret.as_ref().map(|s| s.expose().to_owned());
-    let app = tokio::time::timeout(TIMEOUT, App::build(cfg)).await.expect("App::build timed out").expect("App::build");
-    let addr = app.local_addr();
-    let metrics_addr = app.metrics_addr();
-    let state = app.state().clone();
-    let (tx, rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async move {
-        // A send or the sender's drop: either way, stop.
-        let _ = rx.await;
-    }));
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("reqwest client");
-    TestApp { shutdown: Some(tx), server: Some(server), addr, metrics_addr, client, state, jwt_secret, db, redis }
+    TestNode::spawn(db, redis, |cfg| {
+        cfg.node_id = Some("test-node".into());
+        configure(cfg);
+    })
+    .await
 }
 
 impl TestApp {
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
     pub async fn get(&self, path: &str) -> Response {
         self.client.get(self.url(path)).send().await.unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
@@ -221,32 +158,6 @@ impl TestApp {
     pub async fn me(&self, token: &str) -> Response {
         self.get_authed("/api/me", token).await
     }
-
-    /// Stops the server and waits until it has (bounded), so another app can take over its
-    /// database. The database itself stays.
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(server) = self.server.take() {
-            tokio::time::timeout(TIMEOUT, server)
-                .await
-                .expect("the app did not stop in time")
-                .expect("the server task panicked")
-                .expect("the server failed");
-        }
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        if let Some(server) = &self.server {
-            // Graceful stop starts with the sender's drop; aborting makes sure a stuck server
-            // does not outlive the test either.
-            drop(self.shutdown.take());
-            server.abort();
-        }
-    }
 }
 
 /// Asserts the status (showing the body if it differs) and returns the JSON body.
@@ -286,60 +197,6 @@ pub async fn spawn_chat_node(backend: Backend, configure: impl FnOnce(&mut Confi
         configure(cfg);
     })
     .await
-}
-
-/// What nodes of one cluster share: a PostgreSQL database, a Redis prefix and a JWT key.
-pub struct ClusterSpec {
-    pub db: Arc<TestDb>,
-    pub redis: Arc<TestRedis>,
-    pub jwt_secret: String,
-}
-
-impl ClusterSpec {
-    /// A fresh database and Redis prefix. `None` (after saying why) when PostgreSQL or Redis is
-    /// not configured; with `CONFAB_TEST_REQUIRE_SERVICES=1` that is a failure instead.
-    pub async fn new() -> Option<Self> {
-        if !Backend::Postgres.available() {
-            return None;
-        }
-        let redis = Arc::new(TestRedis::from_env()?);
-        let db = Arc::new(TestDb::create(Backend::Postgres).await);
-        Some(Self { db, redis, jwt_secret: format!("cluster-secret-{}", uuid::Uuid::new_v4().simple()) })
-    }
-
-    /// Node `node-<i>` of this cluster, chat rate limits off unless `configure` sets them.
-    pub async fn node(&self, i: usize, configure: impl FnOnce(&mut Config)) -> TestApp {
-        spawn_node(Arc::clone(&self.db), Some(Arc::clone(&self.redis)), |cfg| {
-            cfg.node_id = Some(format!("node-{i}"));
-            // Every node must accept every node's tokens.
-            cfg.auth.jwt_secret = Some(Secret::new(self.jwt_secret.as_str()));
-            cfg.limits.messages_per_second = 0;
-            configure(cfg);
-        })
-        .await
-    }
-}
-
-/// Nodes sharing one PostgreSQL database, one Redis prefix and one JWT key: a cluster.
-pub struct Cluster {
-    pub spec: ClusterSpec,
-    pub nodes: Vec<TestApp>,
-}
-
-impl Cluster {
-    pub fn node(&self, i: usize) -> &TestApp {
-        &self.nodes[i]
-    }
-}
-
-/// `n` nodes named `node-0`, `node-1`, … (see [`ClusterSpec`]), `configure` applied to each.
-pub async fn spawn_cluster(n: usize, configure: impl Fn(&mut Config)) -> Option<Cluster> {
-    let spec = ClusterSpec::new().await?;
-    let mut nodes = Vec::with_capacity(n);
-    for i in 0..n {
-        nodes.push(spec.node(i, &configure).await);
-    }
-    Some(Cluster { spec, nodes })
 }
 
 /// Upper bound on waiting for one WebSocket frame (generous: the test machine is small and busy).

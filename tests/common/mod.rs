@@ -1,7 +1,9 @@
 //! Test infrastructure shared by every test binary: which database backend a test runs on, a
 //! fresh database per test (a temp SQLite file, or a UUID-named PostgreSQL database that is
 //! dropped afterwards), a unique Redis key prefix, and `both_backends!`, which turns one async
-//! test body into a SQLite test and a PostgreSQL test.
+//! test body into a SQLite test and a PostgreSQL test. On top of those: the real app started
+//! in-process ([`TestNode`]: one on SQLite, or a PostgreSQL + Redis [`ClusterSpec`]), users
+//! registered on it, and WebSocket connections to it ([`ws_connect`], [`NativeClient`]).
 //!
 //! Services come from the environment, as `.ci/run` sets them:
 //! - `CONFAB_TEST_DATABASE_URL`: an admin URL of a PostgreSQL server (must be allowed to
@@ -10,16 +12,28 @@
 //! - `CONFAB_TEST_REQUIRE_SERVICES=1`: a test whose service is not configured fails instead of
 //!   printing why it did not run.
 //!
-//! Nothing here sleeps: every wait on a service is bounded by [`SERVICE_TIMEOUT`].
+//! Nothing here sleeps: every wait is bounded, on PostgreSQL or Redis by [`SERVICE_TIMEOUT`], on
+//! a node by [`APP_TIMEOUT`], on a WebSocket by [`WS_TIMEOUT`].
 
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use confab::config::DatabaseKind;
+use confab::{
+    App, Config,
+    config::{Argon2Config, DatabaseKind, HumanDuration, LogFormat, Secret},
+    http::AppState,
+};
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
 // The only dynamic SQL here is a database name this module made from a UUID.
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
+use tokio::{net::TcpStream, sync::oneshot, task::JoinHandle};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream,
+    tungstenite::{Message, client::IntoClientRequest as _, protocol::CloseFrame},
+};
 
 /// Upper bound on any single wait for PostgreSQL or Redis set-up and clean-up.
 pub const SERVICE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -296,6 +310,330 @@ impl Drop for CpuLoad {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// In-process nodes
+// ---------------------------------------------------------------------------------------------
+
+/// Upper bound on a node's start and stop, and on one HTTP request of its client.
+pub const APP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A password every test account can use.
+pub const PASSWORD: &str = "correct horse battery";
+
+/// With `TEST_LOG` set, the app's debug log goes to the test's output.
+fn init_test_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            confab::telemetry::init_logging(LogFormat::Text, "debug");
+        }
+    });
+}
+
+/// A fresh HS256 key: nodes given the same one accept each other's tokens.
+pub fn new_jwt_secret() -> String {
+    format!("test-secret-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The configuration every in-process node starts from: loopback port 0, `db` (and `redis`,
+/// under its test prefix), cheap hashing, no auth rate limit, a fresh JWT key, a short grace.
+pub fn node_config(db: &TestDb, redis: Option<&TestRedis>) -> Config {
+    let mut cfg = Config { listen: "127.0.0.1:0".into(), ..Config::default() };
+    cfg.database.url = Secret::new(db.url());
+    cfg.database.max_connections = 8;
+    cfg.auth.argon2 = Argon2Config { memory_kib: 64, iterations: 1, parallelism: 1 };
+    cfg.auth.jwt_secret = Some(Secret::new(new_jwt_secret()));
+    cfg.limits.auth_per_minute = 0;
+    cfg.shutdown.grace = HumanDuration(Duration::from_secs(2));
+    if let Some(redis) = redis {
+        cfg.redis.url = Some(Secret::new(redis.url.as_str()));
+        cfg.redis.prefix.clone_from(&redis.prefix);
+    }
+    cfg
+}
+
+/// The real confab `App`, running in-process. Dropping it stops the server; the database and
+/// Redis prefix go with their last owner.
+pub struct TestNode {
+    /// Stops the server when sent to, or dropped.
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+    pub addr: SocketAddr,
+    /// Where `/metrics` is served when `metrics_listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
+    /// An HTTP client for this node: bounded by [`APP_TIMEOUT`], follows no redirects.
+    pub client: reqwest::Client,
+    /// The app's shared state (store, auth service, config), for arranging and inspecting.
+    pub state: AppState,
+    /// The configured HS256 key, `None` when the app generated one.
+    pub jwt_secret: Option<String>,
+    pub db: Arc<TestDb>,
+    /// The Redis prefix this node uses, when it was given one.
+    pub redis: Option<Arc<TestRedis>>,
+}
+
+impl TestNode {
+    /// Starts a node on `db` and, if given, `redis` under the test's own prefix, with
+    /// `configure` applied to [`node_config`]. Nodes given the same `db`, `redis` and JWT key
+    /// form a cluster.
+    pub async fn spawn(db: Arc<TestDb>, redis: Option<Arc<TestRedis>>, configure: impl FnOnce(&mut Config)) -> Self {
+        init_test_logging();
+        let mut cfg = node_config(&db, redis.as_deref());
+        configure(&mut cfg);
+        let jwt_secret = cfg.auth.jwt_secret.as_ref().map(|s| s.expose().to_owned());
+        let app = tokio::time::timeout(APP_TIMEOUT, App::build(cfg))
+            .await
+            .expect("App::build timed out")
+            .expect("App::build");
+        let addr = app.local_addr();
+        let metrics_addr = app.metrics_addr();
+        let state = app.state().clone();
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until_stopped(async move {
+            // A send or the sender's drop: either way, stop.
+            let _ = rx.await;
+        }));
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(APP_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("reqwest client");
+        Self { shutdown: Some(tx), server: Some(server), addr, metrics_addr, client, state, jwt_secret, db, redis }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Registers a unique user, with [`PASSWORD`], whose address starts with `name`.
+    pub async fn new_user(&self, name: &str) -> TestUser {
+        let email = format!("{name}-{}@example.com", uuid::Uuid::new_v4().simple());
+        let resp = self
+            .client
+            .post(self.url("/api/auth/register"))
+            .json(&json!({ "email": email, "password": PASSWORD }))
+            .send()
+            .await
+            .expect("register request");
+        let status = resp.status();
+        let body: Value = resp.json().await.expect("register answers JSON");
+        assert_eq!(status, 200, "register failed: {body}");
+        TestUser {
+            token: body["token"].as_str().expect("token").to_owned(),
+            id: body["user"]["id"].as_str().expect("user id").to_owned(),
+            email: body["user"]["email"].as_str().expect("user email").to_owned(),
+            name: body["user"]["displayName"].as_str().expect("user displayName").to_owned(),
+        }
+    }
+
+    /// Stops the server and waits until it has (bounded), so another node can take over its
+    /// database. The database itself stays.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            tokio::time::timeout(APP_TIMEOUT, server)
+                .await
+                .expect("the app did not stop in time")
+                .expect("the server task panicked")
+                .expect("the server failed");
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(server) = &self.server {
+            // Graceful stop starts with the sender's drop; aborting makes sure a stuck server
+            // does not outlive the test either.
+            drop(self.shutdown.take());
+            server.abort();
+        }
+    }
+}
+
+/// A user registered by [`TestNode::new_user`].
+#[derive(Clone, Debug)]
+pub struct TestUser {
+    pub token: String,
+    pub id: String,
+    pub email: String,
+    /// What rooms show of the user.
+    pub name: String,
+}
+
+/// One node on a fresh SQLite database, chat rate limits off unless `configure` sets them.
+pub async fn sqlite_node(configure: impl FnOnce(&mut Config)) -> TestNode {
+    let db = Arc::new(TestDb::create(Backend::Sqlite).await);
+    TestNode::spawn(db, None, |cfg| {
+        cfg.limits.messages_per_second = 0;
+        configure(cfg);
+    })
+    .await
+}
+
+/// What nodes of one cluster share: a PostgreSQL database, a Redis prefix and a JWT key.
+pub struct ClusterSpec {
+    pub db: Arc<TestDb>,
+    pub redis: Arc<TestRedis>,
+    pub jwt_secret: String,
+}
+
+impl ClusterSpec {
+    /// A fresh database and Redis prefix. `None` (after saying why) when PostgreSQL or Redis is
+    /// not configured; with `CONFAB_TEST_REQUIRE_SERVICES=1` that is a failure instead.
+    pub async fn new() -> Option<Self> {
+        if !Backend::Postgres.available() {
+            return None;
+        }
+        let redis = Arc::new(TestRedis::from_env()?);
+        let db = Arc::new(TestDb::create(Backend::Postgres).await);
+        Some(Self { db, redis, jwt_secret: new_jwt_secret() })
+    }
+
+    /// Node `node-<i>` of this cluster, chat rate limits off unless `configure` sets them.
+    pub async fn node(&self, i: usize, configure: impl FnOnce(&mut Config)) -> TestNode {
+        TestNode::spawn(Arc::clone(&self.db), Some(Arc::clone(&self.redis)), |cfg| {
+            cfg.node_id = Some(format!("node-{i}"));
+            // Every node must accept every node's tokens.
+            cfg.auth.jwt_secret = Some(Secret::new(self.jwt_secret.as_str()));
+            cfg.limits.messages_per_second = 0;
+            configure(cfg);
+        })
+        .await
+    }
+}
+
+/// Nodes sharing one PostgreSQL database, one Redis prefix and one JWT key: a cluster.
+pub struct Cluster {
+    pub spec: ClusterSpec,
+    pub nodes: Vec<TestNode>,
+}
+
+impl Cluster {
+    pub fn node(&self, i: usize) -> &TestNode {
+        &self.nodes[i]
+    }
+}
+
+/// `n` nodes named `node-0`, `node-1`, … (see [`ClusterSpec`]), `configure` applied to each.
+pub async fn spawn_cluster(n: usize, configure: impl Fn(&mut Config)) -> Option<Cluster> {
+    let spec = ClusterSpec::new().await?;
+    let mut nodes = Vec::with_capacity(n);
+    for i in 0..n {
+        nodes.push(spec.node(i, &configure).await);
+    }
+    Some(Cluster { spec, nodes })
+}
+
+/// Two nodes of a fresh cluster (see [`ClusterSpec`]): `None` (after saying why) when the
+/// services are not configured and not required.
+pub async fn pg_redis_pair(configure: impl Fn(&mut Config)) -> Option<(TestNode, TestNode)> {
+    let spec = ClusterSpec::new().await?;
+    let a = spec.node(0, &configure).await;
+    let b = spec.node(1, &configure).await;
+    Some((a, b))
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSockets
+// ---------------------------------------------------------------------------------------------
+
+/// Upper bound on opening a WebSocket, and on sending or waiting for one frame.
+pub const WS_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Opens a WebSocket to `url` (`ws://…`), with `Authorization: Bearer <bearer>` if given.
+pub async fn ws_connect(url: &str, bearer: Option<&str>) -> Ws {
+    let mut req = url.into_client_request().expect("a WebSocket request");
+    if let Some(token) = bearer {
+        req.headers_mut().insert("authorization", format!("Bearer {token}").parse().expect("header value"));
+    }
+    let (ws, _) = tokio::time::timeout(WS_TIMEOUT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("WebSocket connect timed out")
+        .unwrap_or_else(|e| panic!("WebSocket connect to {url} failed: {e}"));
+    ws
+}
+
+/// The next frame of any kind, within [`WS_TIMEOUT`].
+pub async fn recv_frame(ws: &mut Ws) -> Message {
+    let next = tokio::time::timeout(WS_TIMEOUT, ws.next()).await;
+    match next.unwrap_or_else(|_| panic!("no frame within {WS_TIMEOUT:?}")) {
+        Some(Ok(frame)) => frame,
+        Some(Err(e)) => panic!("WebSocket error while waiting for a frame: {e}"),
+        None => panic!("the connection ended while waiting for a frame"),
+    }
+}
+
+/// Waits for the server to close: the close frame, if one was sent. Panics on a text frame.
+pub async fn expect_closed(ws: &mut Ws, within: Duration) -> Option<CloseFrame> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let next = tokio::time::timeout_at(deadline, ws.next()).await;
+        match next.unwrap_or_else(|_| panic!("the connection was not closed within {within:?}")) {
+            Some(Ok(Message::Close(frame))) => return frame,
+            None | Some(Err(_)) => return None,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(other)) => panic!("expected the connection to close, got {other:?}"),
+        }
+    }
+}
+
+/// A minimal native `/ws` client (the api tests have a fuller one, `TestSocket`).
+pub struct NativeClient {
+    pub ws: Ws,
+}
+
+impl NativeClient {
+    /// Connects as `user`; the server's `hello` must be the first frame and name them.
+    pub async fn connect(addr: SocketAddr, user: &TestUser) -> Self {
+        let mut native = Self { ws: ws_connect(&format!("ws://{addr}/ws"), Some(&user.token)).await };
+        let hello = native.recv().await;
+        assert_eq!(hello["type"], "hello", "{hello}");
+        assert_eq!(hello["user"]["email"], user.email.as_str());
+        native
+    }
+
+    pub async fn send(&mut self, frame: &Value) {
+        tokio::time::timeout(WS_TIMEOUT, self.ws.send(Message::text(frame.to_string())))
+            .await
+            .expect("sending a frame timed out")
+            .expect("sending a frame failed");
+    }
+
+    /// The next frame; `presence` frames (on the server's own schedule) are passed over.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            match recv_frame(&mut self.ws).await {
+                Message::Text(text) if text.as_str().starts_with(r#"{"type":"presence""#) => {}
+                Message::Text(text) => return serde_json::from_str(text.as_str()).expect("native frames are JSON"),
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next frame, which must be of type `kind`.
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        let frame = self.recv().await;
+        assert_eq!(frame["type"], kind, "unexpected frame {frame}");
+        frame
+    }
+
+    /// The next frame, of type `kind`, that `skip` does not pass over.
+    pub async fn expect_except(&mut self, kind: &str, skip: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let frame = self.expect(kind).await;
+            if !skip(&frame) {
+                return frame;
+            }
         }
     }
 }
