@@ -14,10 +14,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
 use super::session::{Form, text_frame};
-use crate::{
-    domain::{RoomName, Seq},
-    store::{Message, MessageKind, ReadMarker},
-};
+use crate::domain::{Message, MessageKind, ReadMarker, RoomName, Seq};
 
 /// What kind of event, with what the hub needs to route it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -328,7 +325,7 @@ mod tests {
             deleted_at: None,
             edited_at: None,
             tally: None,
-            mentions: crate::store::Mentions::default(),
+            mentions: crate::domain::Mentions::default(),
         };
         let ev = message(&room, &msg);
         let v: serde_json::Value = serde_json::from_str(ev.frame.native.as_str()).unwrap();

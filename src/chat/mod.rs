@@ -33,9 +33,12 @@ use self::{
 };
 use crate::{
     bus::Bus,
-    domain::{ClientId, Content, InvalidContent, RoomName, Seq, UserId},
+    domain::{
+        ClientId, Content, InvalidContent, Mentions, NewMessage, NewRoom, ReadMarker, Role, RoomKind, RoomName, Seq,
+        User, UserId,
+    },
     ratelimit::KeyedLimiter,
-    store::{Mentions, NewMessage, NewRoom, ReadMarker, Role, RoomKind, Store, StoreError, User},
+    store::{Store, StoreError},
     telemetry,
 };
 /// At most one `typing` per user and room in this interval is passed on.
@@ -311,7 +314,7 @@ impl ChatService {
         &self,
         query: &crate::domain::SearchQuery,
         scope: &crate::store::SearchScope,
-    ) -> Result<Vec<crate::store::Message>, StoreError> {
+    ) -> Result<Vec<crate::domain::Message>, StoreError> {
         self.inner.indexer.catch_up().await;
         self.inner.store.search(query, scope).await
     }
@@ -437,7 +440,7 @@ impl ChatService {
         let found = match store.room(room).await? {
             Some(found) => found,
             // Direct rooms are made by `POST /api/dm/{userId}`, never by joining.
-            None if room.as_str().starts_with(crate::store::DIRECT_PREFIX) => return Err(ChatError::NoSuchRoom),
+            None if room.as_str().starts_with(crate::domain::DIRECT_PREFIX) => return Err(ChatError::NoSuchRoom),
             None if self.inner.settings.auto_create_rooms => {
                 let new =
                     NewRoom { name: room.clone(), kind: RoomKind::Public, title: None, topic: None, created_by: user };
@@ -558,7 +561,7 @@ impl ChatService {
                 client_id: client_id.map(|c| c.as_str().to_owned()),
                 // PostgreSQL keeps microseconds: truncate now so live frames and history agree.
                 created_at: Utc::now().trunc_subsecs(6),
-                kind: crate::store::MessageKind::Message,
+                kind: crate::domain::MessageKind::Message,
                 target_id: None,
                 mentions,
             };
@@ -583,7 +586,7 @@ impl ChatService {
     async fn mentions_in(&self, room: &RoomName, sender: &User, content: &str) -> Result<Mentions, ChatError> {
         let members = self.inner.store.members(room, MENTION_CANDIDATES).await?;
         let may_mention_all = sender.is_admin
-            || members.iter().any(|m| m.user_id == sender.id.0 && m.role >= crate::store::Role::Moderator);
+            || members.iter().any(|m| m.user_id == sender.id.0 && m.role >= crate::domain::Role::Moderator);
         let named: Vec<(Uuid, &str)> =
             members.iter().filter(|m| m.user_id != sender.id.0).map(|m| (m.user_id, m.display_name.as_str())).collect();
         Ok(resolve_mentions(content, &named, may_mention_all))
@@ -652,7 +655,7 @@ impl ChatService {
 
     /// Hands a row of `room`'s seq stream stored outside the room's writer (a deletion) to
     /// every node's members, in its seq order.
-    pub fn announce_stored(&self, room: &RoomName, stored: &crate::store::Message) {
+    pub fn announce_stored(&self, room: &RoomName, stored: &crate::domain::Message) {
         self.inner.indexer.stored(room);
         self.inner.bus.publish(vec![event::message(room, stored)]);
     }

@@ -30,8 +30,8 @@ use super::{
 use crate::sync::MutexExt as _;
 use crate::{
     bus::Bus,
-    domain::RoomName,
-    store::{NewMessage, Store},
+    domain::{NewMessage, RoomName},
+    store::Store,
     telemetry,
 };
 

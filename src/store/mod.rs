@@ -12,12 +12,15 @@ mod postgres;
 mod sqlite;
 
 use chrono::{DateTime, SubsecRound as _, Utc};
-use serde::Serialize;
 use uuid::Uuid;
 
 use crate::{
     config::DatabaseKind,
-    domain::{DisplayName, RoomName, SearchQuery, Seq, UserId},
+    domain::{
+        AuditEntry, Ban, Credentials, DisplayName, Member, Membership, Mentions, Message, MessageKind, NewAudit,
+        NewMessage, NewRoom, Peer, ReactionCount, ReadMarker, Role, Room, RoomListing, RoomName, RoomSummary,
+        SearchQuery, Seq, User, UserId, direct_room_name,
+    },
 };
 pub use postgres::PgStore;
 pub use sqlite::{SqliteStore, sqlite_path};
@@ -66,198 +69,6 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// A user account as the API shows it.
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
-pub struct User {
-    #[sqlx(try_from = "Uuid")]
-    pub id: UserId,
-    pub email: String,
-    /// What rooms show instead of the email.
-    pub display_name: String,
-    pub created_at: DateTime<Utc>,
-    pub disabled_at: Option<DateTime<Utc>>,
-    /// Bumped whenever the user's tokens and sessions are revoked (disable, password change,
-    /// kick): tokens and sessions of an older epoch are refused.
-    pub session_epoch: i64,
-    /// A server administrator: sees and moderates every room.
-    pub is_admin: bool,
-}
-
-impl From<Uuid> for UserId {
-    fn from(id: Uuid) -> Self {
-        Self(id)
-    }
-}
-
-/// A user with the stored password hash, for login only.
-#[derive(Clone, Debug, sqlx::FromRow)]
-pub struct Credentials {
-    #[sqlx(flatten)]
-    pub user: User,
-    pub password_hash: String,
-}
-
-/// A stored chat message; serialises to the wire `Message` shape of `PROTOCOL.md`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
-#[serde(rename_all = "camelCase")]
-pub struct Message {
-    pub id: Uuid,
-    pub room: String,
-    pub seq: Seq,
-    pub sender_id: Uuid,
-    /// Not on the native wire (rooms see names, not addresses): Socket.IO compatibility frames
-    /// add it as `senderEmail` for the original platform's clients.
-    #[serde(skip)]
-    pub sender_email: String,
-    /// The sender's display name when they wrote it.
-    pub sender_name: String,
-    pub content: String,
-    #[serde(serialize_with = "rfc3339")]
-    pub created_at: DateTime<Utc>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_id: Option<String>,
-    /// A message, or the event of one's deletion (which the wire shows as `message_deleted`).
-    #[serde(skip)]
-    #[sqlx(try_from = "String")]
-    pub kind: MessageKind,
-    /// For a deletion: the message deleted.
-    #[serde(skip)]
-    pub target_id: Option<Uuid>,
-    /// Set once deleted; the content is then empty.
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "rfc3339_opt")]
-    pub deleted_at: Option<DateTime<Utc>>,
-    /// Set once edited: `content` is the latest version.
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "rfc3339_opt")]
-    pub edited_at: Option<DateTime<Utc>>,
-    /// For a reaction event: how many have that reaction on the message after it.
-    #[serde(skip)]
-    pub tally: Option<i64>,
-    /// Whom it mentions (`mentions`, `mentionsAll` on the wire).
-    #[serde(flatten)]
-    #[sqlx(try_from = "Option<String>")]
-    pub mentions: Mentions,
-}
-
-/// Whom a message mentions: members by id, and for `@room` / `@here` (by a moderator) everyone.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Mentions {
-    #[serde(rename = "mentions", skip_serializing_if = "Vec::is_empty")]
-    pub users: Vec<Uuid>,
-    #[serde(rename = "mentionsAll", skip_serializing_if = "std::ops::Not::not")]
-    pub all: bool,
-}
-
-impl Mentions {
-    pub fn is_empty(&self) -> bool {
-        self.users.is_empty() && !self.all
-    }
-
-    /// As stored: user ids separated by spaces, `all` for everyone; `None` when nobody.
-    pub fn to_db(&self) -> Option<String> {
-        if self.is_empty() {
-            return None;
-        }
-        let mut parts: Vec<String> = self.users.iter().map(Uuid::to_string).collect();
-        if self.all {
-            parts.push("all".into());
-        }
-        Some(parts.join(" "))
-    }
-
-    /// The rows of the `mentions` table: each user, and the nil user for everyone.
-    pub fn targets(&self) -> impl Iterator<Item = Uuid> + '_ {
-        self.users.iter().copied().chain(self.all.then_some(Uuid::nil()))
-    }
-}
-
-impl TryFrom<Option<String>> for Mentions {
-    type Error = String;
-    fn try_from(raw: Option<String>) -> Result<Self, Self::Error> {
-        let mut out = Self::default();
-        for part in raw.as_deref().unwrap_or_default().split_whitespace() {
-            if part == "all" {
-                out.all = true;
-            } else {
-                out.users.push(part.parse().map_err(|e| format!("bad mention {part:?}: {e}"))?);
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// What a row of a room's seq stream is.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum MessageKind {
-    #[default]
-    Message,
-    /// A new version (`content`) of the message `target_id`, by its author.
-    Edit,
-    /// The deletion of the message `target_id`, by `sender_id`.
-    Delete,
-    /// `sender_id` put the reaction `content` (an emoji) on the message `target_id`.
-    React,
-    /// `sender_id` took the reaction `content` back.
-    Unreact,
-}
-
-impl MessageKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Message => "message",
-            Self::Edit => "edit",
-            Self::Delete => "delete",
-            Self::React => "react",
-            Self::Unreact => "unreact",
-        }
-    }
-}
-
-impl TryFrom<String> for MessageKind {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        match s.as_str() {
-            "message" => Ok(Self::Message),
-            "edit" => Ok(Self::Edit),
-            "delete" => Ok(Self::Delete),
-            "react" => Ok(Self::React),
-            "unreact" => Ok(Self::Unreact),
-            _ => Err(format!("unknown message kind {s:?}")),
-        }
-    }
-}
-
-#[allow(clippy::ref_option)] // serde hands `serialize_with` a reference to the field
-fn rfc3339_opt<S: serde::Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
-    match t {
-        Some(t) => s.serialize_str(&t.to_rfc3339()),
-        None => s.serialize_none(),
-    }
-}
-
-/// `createdAt` exactly as the REST API writes it (`…+00:00`), so a client comparing a live
-/// message with the same message from history sees the same string.
-fn rfc3339<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&t.to_rfc3339())
-}
-
-/// A message to store; it gets its `seq` from the store.
-#[derive(Clone, Debug)]
-pub struct NewMessage {
-    pub id: Uuid,
-    pub room: RoomName,
-    pub sender_id: UserId,
-    pub sender_email: String,
-    pub sender_name: String,
-    pub content: String,
-    pub client_id: Option<String>,
-    pub created_at: DateTime<Utc>,
-    /// `Delete` with `target_id`: the deletion of that message (empty content, no client id).
-    pub kind: MessageKind,
-    pub target_id: Option<Uuid>,
-    /// Whom a message mentions, resolved when it was sent.
-    pub mentions: Mentions,
-}
-
 /// The result of storing one message.
 #[derive(Clone, Debug)]
 pub struct Appended {
@@ -267,167 +78,6 @@ pub struct Appended {
     pub duplicate: bool,
 }
 
-/// Who may find and join a room.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RoomKind {
-    /// Listed to everyone; anyone may join (and so becomes a member).
-    Public,
-    /// Listed to and joined by its members only; members are invited.
-    Private,
-    /// Two users' conversation.
-    Direct,
-}
-
-impl RoomKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Public => "public",
-            Self::Private => "private",
-            Self::Direct => "direct",
-        }
-    }
-}
-
-impl TryFrom<String> for RoomKind {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        match s.as_str() {
-            "public" => Ok(Self::Public),
-            "private" => Ok(Self::Private),
-            "direct" => Ok(Self::Direct),
-            _ => Err(format!("unknown room kind {s:?}")),
-        }
-    }
-}
-
-/// A member's role in a room, from least to most power.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Role {
-    Member,
-    /// Deletes any message, kicks, bans and mutes members.
-    Moderator,
-    /// A moderator who also manages the room and its moderators.
-    Owner,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Member => "member",
-            Self::Moderator => "moderator",
-            Self::Owner => "owner",
-        }
-    }
-}
-
-impl TryFrom<String> for Role {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        match s.as_str() {
-            "member" => Ok(Self::Member),
-            "moderator" => Ok(Self::Moderator),
-            "owner" => Ok(Self::Owner),
-            _ => Err(format!("unknown role {s:?}")),
-        }
-    }
-}
-
-/// A room as stored.
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
-pub struct Room {
-    pub name: String,
-    #[sqlx(try_from = "String")]
-    pub kind: RoomKind,
-    pub title: Option<String>,
-    pub topic: Option<String>,
-    pub created_by: Option<Uuid>,
-    pub created_at: DateTime<Utc>,
-    pub archived_at: Option<DateTime<Utc>>,
-    pub last_seq: Seq,
-    /// Messages ever posted (edits, deletions and reactions not counted).
-    pub message_count: i64,
-}
-
-/// A room listed for a user, with the user's role when a member.
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
-pub struct RoomListing {
-    #[sqlx(flatten)]
-    pub room: Room,
-    pub role: Option<String>,
-    /// How far the user has read, when a member.
-    pub last_read_seq: Option<Seq>,
-    /// How many messages that covers, when a member.
-    pub read_count: Option<i64>,
-    /// Mentions of the user (or of everyone) after the marker.
-    pub unread_mentions: i64,
-}
-
-impl RoomListing {
-    /// Messages after my read marker, when a member.
-    pub fn unread(&self) -> Option<i64> {
-        self.read_count.map(|read| (self.room.message_count - read).max(0))
-    }
-}
-
-/// A member's read marker in a room.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ReadMarker {
-    pub last_read_seq: Seq,
-    /// Messages after it.
-    pub unread: i64,
-    /// Mentions of me (by name, or of everyone) after it.
-    pub mentions: i64,
-}
-
-/// One user's standing in one room.
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
-pub struct Membership {
-    #[sqlx(try_from = "String")]
-    pub role: Role,
-    pub banned_at: Option<DateTime<Utc>>,
-    pub muted_until: Option<DateTime<Utc>>,
-    /// How far they have read the room.
-    pub last_read_seq: Seq,
-    /// How many messages that covers.
-    pub read_count: i64,
-}
-
-impl Membership {
-    /// What an administrator who is not a member counts as: an owner, never muted.
-    pub fn admin() -> Self {
-        Self { role: Role::Owner, banned_at: None, muted_until: None, last_read_seq: 0, read_count: 0 }
-    }
-}
-
-/// A member as a room's member list shows it.
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
-pub struct Member {
-    pub user_id: Uuid,
-    pub display_name: String,
-    #[sqlx(try_from = "String")]
-    pub role: Role,
-    pub joined_at: DateTime<Utc>,
-    pub muted_until: Option<DateTime<Utc>>,
-}
-
-/// A user banned from a room.
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
-pub struct Ban {
-    pub user_id: Uuid,
-    pub display_name: String,
-    pub banned_at: DateTime<Utc>,
-}
-
-/// A room to create.
-#[derive(Clone, Debug)]
-pub struct NewRoom {
-    pub name: RoomName,
-    pub kind: RoomKind,
-    pub title: Option<String>,
-    pub topic: Option<String>,
-    pub created_by: UserId,
-}
-
 /// One node's open sessions, as it last published them (a JSON array of
 /// [`LiveSession`](crate::chat::registry::LiveSession)).
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -435,54 +85,6 @@ pub struct NodeSessions {
     pub node: String,
     pub seen_at: DateTime<Utc>,
     pub sessions: String,
-}
-
-/// The other member of a direct room.
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
-pub struct Peer {
-    pub room: String,
-    pub user_id: Uuid,
-    pub display_name: String,
-}
-
-/// An administrative or moderation action to record.
-#[derive(Clone, Debug)]
-pub struct NewAudit {
-    /// None: the command line.
-    pub actor_id: Option<Uuid>,
-    /// The actor's email, or `cli`.
-    pub actor: String,
-    /// The client's address, or `cli:<login>`.
-    pub source: String,
-    /// e.g. `room.ban`, `user.disable`.
-    pub action: &'static str,
-    /// Whom it was done to (an email or a user id), if anyone.
-    pub target: Option<String>,
-    pub room: Option<String>,
-    pub detail: Option<String>,
-}
-
-/// A recorded action.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, sqlx::FromRow)]
-#[serde(rename_all = "camelCase")]
-pub struct AuditEntry {
-    pub id: i64,
-    #[serde(serialize_with = "rfc3339")]
-    pub at: DateTime<Utc>,
-    pub actor_id: Option<Uuid>,
-    pub actor: String,
-    pub source: String,
-    pub action: String,
-    pub target: Option<String>,
-    pub room: Option<String>,
-    pub detail: Option<String>,
-}
-
-/// A room with activity.
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
-pub struct RoomSummary {
-    pub name: String,
-    pub last_seq: Seq,
 }
 
 /// What presenting a refresh token led to.
@@ -995,16 +597,6 @@ pub enum Reacted {
     Done(Box<Message>),
 }
 
-/// One emoji on one message.
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
-pub struct ReactionCount {
-    pub message_id: Uuid,
-    pub emoji: String,
-    pub count: i64,
-    /// Whether I am among them.
-    pub mine: bool,
-}
-
 /// What one step of search indexing did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IndexStep {
@@ -1027,21 +619,6 @@ pub struct SearchScope {
     /// Only messages older than this one (the last of the previous page).
     pub before: Option<Uuid>,
     pub limit: u32,
-}
-
-/// The prefix reserved for direct rooms' names: no other room may take one.
-pub const DIRECT_PREFIX: &str = "dm:";
-
-/// The name of the direct room of `a` and `b`: `dm:` and 40 hex digits of the SHA-256 of the
-/// two ids in order, so the pair always gets the same room and the name says nothing of who.
-pub fn direct_room_name(a: UserId, b: UserId) -> RoomName {
-    use sha2::{Digest as _, Sha256};
-    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-    let mut hasher = Sha256::new();
-    hasher.update(lo.0.as_bytes());
-    hasher.update(hi.0.as_bytes());
-    let hex = hex::encode(hasher.finalize());
-    RoomName::parse(&format!("{DIRECT_PREFIX}{}", &hex[..40])).expect("dm: and hex digits make a valid room name")
 }
 
 /// Assigns seqs `first_seq..` to the messages of `batch` that are not yet stored, in order.

@@ -6,7 +6,7 @@
 //! and gets the rest from [`shared_queries!`]. Storing messages is not shared: PostgreSQL does it
 //! in one statement to save round trips (see `postgres.rs`), SQLite step by step in a transaction.
 
-/// The columns of a [`Message`](crate::store::Message), in its `FromRow` order: a literal, so
+/// The columns of a [`Message`](crate::domain::Message), in its `FromRow` order: a literal, so
 /// queries can `concat!` it into `&'static str` SQL.
 macro_rules! message_columns {
     () => {
@@ -15,7 +15,7 @@ macro_rules! message_columns {
     };
 }
 
-/// The columns of a [`User`](crate::store::User), in its `FromRow` order.
+/// The columns of a [`User`](crate::domain::User), in its `FromRow` order.
 macro_rules! user_columns {
     () => {
         "id, email, display_name, created_at, disabled_at, session_epoch, is_admin"
@@ -88,7 +88,7 @@ macro_rules! shared_queries {
                 display_name: &str,
                 password_hash: &str,
                 now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<$crate::store::User, $crate::store::StoreError> {
+            ) -> Result<$crate::domain::User, $crate::store::StoreError> {
                 sqlx::query(
                     "INSERT INTO users (id, email, display_name, password_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
                 )
@@ -99,7 +99,7 @@ macro_rules! shared_queries {
                 .bind(now)
                     .execute(&self.write)
                     .await?;
-                Ok($crate::store::User {
+                Ok($crate::domain::User {
                     id,
                     email: email.to_owned(),
                     display_name: display_name.to_owned(),
@@ -113,7 +113,7 @@ macro_rules! shared_queries {
             pub async fn user_by_id(
                 &self,
                 id: $crate::domain::UserId,
-            ) -> Result<Option<$crate::store::User>, $crate::store::StoreError> {
+            ) -> Result<Option<$crate::domain::User>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1"))
                     .bind(id.0)
                     .fetch_optional(&self.read)
@@ -124,7 +124,7 @@ macro_rules! shared_queries {
             pub async fn users_by_ids(
                 &self,
                 ids: &[$crate::domain::UserId],
-            ) -> Result<Vec<$crate::store::User>, $crate::store::StoreError> {
+            ) -> Result<Vec<$crate::domain::User>, $crate::store::StoreError> {
                 if ids.is_empty() {
                     return Ok(Vec::new());
                 }
@@ -140,7 +140,7 @@ macro_rules! shared_queries {
             pub async fn credentials_by_email(
                 &self,
                 email: &str,
-            ) -> Result<Option<$crate::store::Credentials>, $crate::store::StoreError> {
+            ) -> Result<Option<$crate::domain::Credentials>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(
                     concat!("SELECT ", user_columns!(), ", password_hash FROM users WHERE email = $1"),
                 )
@@ -149,7 +149,7 @@ macro_rules! shared_queries {
                 .await?)
             }
 
-            pub async fn list_users(&self) -> Result<Vec<$crate::store::User>, $crate::store::StoreError> {
+            pub async fn list_users(&self) -> Result<Vec<$crate::domain::User>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(concat!("SELECT ", user_columns!(), " FROM users ORDER BY created_at, email"))
                     .fetch_all(&self.read)
                     .await?)
@@ -220,7 +220,7 @@ macro_rules! shared_queries {
             pub async fn revoked_users_since(
                 &self,
                 since_ms: i64,
-            ) -> Result<Vec<$crate::store::User>, $crate::store::StoreError> {
+            ) -> Result<Vec<$crate::domain::User>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(concat!(
                     "SELECT ",
                     user_columns!(),
@@ -362,7 +362,7 @@ macro_rules! shared_queries {
                 room: &str,
                 before: $crate::domain::Seq,
                 limit: i64,
-            ) -> Result<Vec<$crate::store::Message>, $crate::store::StoreError> {
+            ) -> Result<Vec<$crate::domain::Message>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(
                     concat!("SELECT * FROM (SELECT ", message_columns!(), " \
                      FROM messages WHERE room = $1 AND seq < $2 AND kind = 'message' \
@@ -380,7 +380,7 @@ macro_rules! shared_queries {
                 room: &str,
                 after: $crate::domain::Seq,
                 limit: i64,
-            ) -> Result<Vec<$crate::store::Message>, $crate::store::StoreError> {
+            ) -> Result<Vec<$crate::domain::Message>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(
                     concat!("SELECT ", message_columns!(), " \
                      FROM messages WHERE room = $1 AND seq > $2 ORDER BY seq LIMIT $3"),
@@ -397,7 +397,7 @@ macro_rules! shared_queries {
                 &self,
                 room: &str,
                 id: uuid::Uuid,
-            ) -> Result<Option<$crate::store::Message>, $crate::store::StoreError> {
+            ) -> Result<Option<$crate::domain::Message>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(
                     concat!("SELECT ", message_columns!(), " FROM messages WHERE id = $1 AND room = $2 AND kind = 'message'"),
                 )
@@ -456,7 +456,7 @@ macro_rules! shared_queries {
                 password_hash: &str,
                 code_hash: &str,
                 now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<Option<$crate::store::User>, $crate::store::StoreError> {
+            ) -> Result<Option<$crate::domain::User>, $crate::store::StoreError> {
                 let mut tx = self.begin_write().await?;
                 sqlx::query(
                     "INSERT INTO users (id, email, display_name, password_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
@@ -483,7 +483,7 @@ macro_rules! shared_queries {
                     return Ok(None); // dropping the transaction rolls the user back
                 }
                 tx.commit().await?;
-                Ok(Some($crate::store::User {
+                Ok(Some($crate::domain::User {
                     id,
                     email: email.to_owned(),
                     display_name: display_name.to_owned(),
@@ -496,7 +496,7 @@ macro_rules! shared_queries {
 
             pub async fn append_audit(
                 &self,
-                entry: &$crate::store::NewAudit,
+                entry: &$crate::domain::NewAudit,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<(), $crate::store::StoreError> {
                 sqlx::query(
@@ -521,7 +521,7 @@ macro_rules! shared_queries {
                 &self,
                 before: i64,
                 limit: i64,
-            ) -> Result<Vec<$crate::store::AuditEntry>, $crate::store::StoreError> {
+            ) -> Result<Vec<$crate::domain::AuditEntry>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(
                     "SELECT id, at, actor_id, actor, source, action, target, room, detail FROM audit_log \
                      WHERE id < $1 ORDER BY id DESC LIMIT $2",
@@ -616,7 +616,7 @@ macro_rules! shared_queries {
             pub async fn direct_peers(
                 &self,
                 user: uuid::Uuid,
-            ) -> Result<Vec<$crate::store::Peer>, $crate::store::StoreError> {
+            ) -> Result<Vec<$crate::domain::Peer>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(
                     "SELECT me.room, u.id AS user_id, u.display_name FROM room_members me \
                      JOIN rooms r ON r.name = me.room AND r.kind = 'direct' \
@@ -711,7 +711,7 @@ macro_rules! shared_queries {
                     == 1)
             }
 
-            pub async fn bans(&self, room: &str, limit: i64) -> Result<Vec<$crate::store::Ban>, $crate::store::StoreError> {
+            pub async fn bans(&self, room: &str, limit: i64) -> Result<Vec<$crate::domain::Ban>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(
                     "SELECT m.user_id, u.display_name, m.banned_at FROM room_members m JOIN users u ON u.id = m.user_id \
                      WHERE m.room = $1 AND m.banned_at IS NOT NULL ORDER BY m.banned_at, m.user_id LIMIT $2",
@@ -724,7 +724,7 @@ macro_rules! shared_queries {
 
             pub async fn create_room(
                 &self,
-                room: &$crate::store::NewRoom,
+                room: &$crate::domain::NewRoom,
                 owner: Option<$crate::domain::UserId>,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<bool, $crate::store::StoreError> {
@@ -755,7 +755,7 @@ macro_rules! shared_queries {
                 Ok(created)
             }
 
-            pub async fn room(&self, name: &str) -> Result<Option<$crate::store::Room>, $crate::store::StoreError> {
+            pub async fn room(&self, name: &str) -> Result<Option<$crate::domain::Room>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(
                     "SELECT name, kind, title, topic, created_by, created_at, archived_at, last_seq, message_count \
                      FROM rooms WHERE name = $1",
@@ -768,7 +768,7 @@ macro_rules! shared_queries {
             pub async fn rooms_for(
                 &self,
                 user: uuid::Uuid,
-            ) -> Result<Vec<$crate::store::RoomListing>, $crate::store::StoreError> {
+            ) -> Result<Vec<$crate::domain::RoomListing>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(
                     "SELECT r.name, r.kind, r.title, r.topic, r.created_by, r.created_at, r.archived_at, r.last_seq, \
                             r.message_count, m.role, m.last_read_seq, m.read_count, \
@@ -789,7 +789,7 @@ macro_rules! shared_queries {
                 &self,
                 room: &str,
                 user: uuid::Uuid,
-            ) -> Result<Option<$crate::store::Membership>, $crate::store::StoreError> {
+            ) -> Result<Option<$crate::domain::Membership>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(
                     "SELECT role, banned_at, muted_until, last_read_seq, read_count FROM room_members \
                      WHERE room = $1 AND user_id = $2",
@@ -827,7 +827,7 @@ macro_rules! shared_queries {
                 &self,
                 query: &$crate::domain::SearchQuery,
                 scope: &$crate::store::SearchScope,
-            ) -> Result<Vec<$crate::store::Message>, $crate::store::StoreError> {
+            ) -> Result<Vec<$crate::domain::Message>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(Self::SEARCH)
                     .bind(Self::search_text(query))
                     .bind(scope.room.as_ref().map($crate::domain::RoomName::as_str))
@@ -880,7 +880,7 @@ macro_rules! shared_queries {
                 room: &str,
                 sender: uuid::Uuid,
                 client_id: &str,
-            ) -> Result<Option<$crate::store::Message>, $crate::store::StoreError> {
+            ) -> Result<Option<$crate::domain::Message>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(concat!(
                     "SELECT ",
                     message_columns!(),
@@ -897,10 +897,10 @@ macro_rules! shared_queries {
             /// changed anything, stores it at the room's next seq, with the new tally.
             pub async fn react(
                 &self,
-                event: &$crate::store::NewMessage,
+                event: &$crate::domain::NewMessage,
                 max_distinct: i64,
             ) -> Result<$crate::store::Reacted, $crate::store::StoreError> {
-                use $crate::store::{MessageKind, Reacted};
+                use $crate::{domain::MessageKind, store::Reacted};
                 let room = event.room.as_str();
                 let target = event.target_id.unwrap_or_default();
                 let mut tx = self.begin_write().await?;
@@ -962,7 +962,7 @@ macro_rules! shared_queries {
                         .bind(room)
                         .fetch_one(&mut *tx)
                         .await?;
-                let stored = $crate::store::Message {
+                let stored = $crate::domain::Message {
                     id: event.id,
                     room: room.to_owned(),
                     seq,
@@ -977,7 +977,7 @@ macro_rules! shared_queries {
                     deleted_at: None,
                     edited_at: None,
                     tally: Some(tally),
-                    mentions: $crate::store::Mentions::default(),
+                    mentions: $crate::domain::Mentions::default(),
                 };
                 sqlx::query(
                     "INSERT INTO messages (id, room, seq, sender_id, sender_email, sender_name, content, created_at, \
@@ -1006,7 +1006,7 @@ macro_rules! shared_queries {
                 &self,
                 messages: &[uuid::Uuid],
                 me: uuid::Uuid,
-            ) -> Result<Vec<$crate::store::ReactionCount>, $crate::store::StoreError> {
+            ) -> Result<Vec<$crate::domain::ReactionCount>, $crate::store::StoreError> {
                 let mut q = sqlx::QueryBuilder::new(
                     "SELECT message_id, emoji, COUNT(*) AS count, \
                             MAX(CASE WHEN user_id = ",
@@ -1029,7 +1029,7 @@ macro_rules! shared_queries {
                 room: &str,
                 user: uuid::Uuid,
                 seq: $crate::domain::Seq,
-            ) -> Result<Option<$crate::store::ReadMarker>, $crate::store::StoreError> {
+            ) -> Result<Option<$crate::domain::ReadMarker>, $crate::store::StoreError> {
                 let mut tx = self.begin_write().await?;
                 let found: Option<($crate::domain::Seq, i64, $crate::domain::Seq, i64)> = sqlx::query_as(
                     "SELECT m.last_read_seq, m.read_count, r.last_seq, r.message_count \
@@ -1044,7 +1044,7 @@ macro_rules! shared_queries {
                 let upto = seq.min(last_seq);
                 if upto <= from {
                     let mentions = Self::mentions_after(&mut *tx, room, user, from).await?;
-                    return Ok(Some($crate::store::ReadMarker { last_read_seq: from, unread: (total - read).max(0), mentions }));
+                    return Ok(Some($crate::domain::ReadMarker { last_read_seq: from, unread: (total - read).max(0), mentions }));
                 }
                 // The messages between the old marker and the new one: each is counted once per
                 // reader, when passed.
@@ -1076,7 +1076,7 @@ macro_rules! shared_queries {
                 if !moved {
                     return Err($crate::store::StoreError::Conflict);
                 }
-                Ok(Some($crate::store::ReadMarker {
+                Ok(Some($crate::domain::ReadMarker {
                     last_read_seq: upto,
                     unread: (total - read - passed).max(0),
                     mentions,
@@ -1128,7 +1128,7 @@ macro_rules! shared_queries {
                 &self,
                 room: &str,
                 limit: i64,
-            ) -> Result<Vec<$crate::store::Member>, $crate::store::StoreError> {
+            ) -> Result<Vec<$crate::domain::Member>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(
                     "SELECT m.user_id, u.display_name, m.role, m.joined_at, m.muted_until FROM room_members m \
                      JOIN users u ON u.id = m.user_id \
@@ -1140,7 +1140,7 @@ macro_rules! shared_queries {
                 .await?)
             }
 
-            pub async fn list_rooms(&self) -> Result<Vec<$crate::store::RoomSummary>, $crate::store::StoreError> {
+            pub async fn list_rooms(&self) -> Result<Vec<$crate::domain::RoomSummary>, $crate::store::StoreError> {
                 Ok(sqlx::query_as("SELECT name, last_seq FROM rooms WHERE last_seq > 0 ORDER BY name")
                     .fetch_all(&self.read)
                     .await?)

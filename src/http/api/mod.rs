@@ -116,7 +116,7 @@ use chrono::{DateTime, Utc};
 use poem_openapi::{Object, OpenApiService, Tags};
 use uuid::Uuid;
 
-use crate::store::User;
+use crate::domain::User;
 
 #[derive(Tags)]
 enum ApiTags {

@@ -12,9 +12,12 @@ use uuid::Uuid;
 use super::{ApiTags, admin::audit, security::BearerAuth};
 use crate::{
     chat::ChatError,
-    domain::{Reaction, RoomName, Seq, UserId},
+    domain::{
+        Ban, DIRECT_PREFIX, Member, Membership, NewRoom, Reaction, ReadMarker, Role, Room, RoomKind, RoomName, Seq,
+        User, UserId,
+    },
     http::{AppState, error::ApiError},
-    store::{Ban, DIRECT_PREFIX, Member, Membership, NewRoom, Reacted, ReadMarker, Role, Room, RoomKind, User},
+    store::Reacted,
 };
 
 /// Longest mute, in minutes (a year).
@@ -327,7 +330,7 @@ async fn repeated(
     name: &RoomName,
     user: &User,
     key: Option<&str>,
-    kind: crate::store::MessageKind,
+    kind: crate::domain::MessageKind,
     target: Uuid,
 ) -> Result<bool, ApiError> {
     let Some(key) = key else { return Ok(false) };
@@ -344,7 +347,7 @@ fn settle_change(
     state: &AppState,
     name: &RoomName,
     appended: &crate::store::Appended,
-    kind: crate::store::MessageKind,
+    kind: crate::domain::MessageKind,
     target: Uuid,
 ) -> Result<(), ApiError> {
     if appended.duplicate {
@@ -762,7 +765,7 @@ impl RoomsApi {
     ) -> Result<Removed, ApiError> {
         let (state, name, _) = readable_room(req, &auth.0, &room.0).await?;
         let key = client_id(client_id_param.0)?;
-        if repeated(state, &name, &auth.0, key.as_deref(), crate::store::MessageKind::Delete, message_id.0).await? {
+        if repeated(state, &name, &auth.0, key.as_deref(), crate::domain::MessageKind::Delete, message_id.0).await? {
             return Ok(Removed::Done);
         }
         let found = state.store.message_in_room(&name, message_id.0).await?;
@@ -776,7 +779,7 @@ impl RoomsApi {
         state.chat.check_message_rate(auth.0.id, "delete_message").map_err(|_| ApiError::rate_limited(1))?;
         let stored = state.store.delete_message(&name, found.id, &auth.0, key).await?;
         let fresh = !stored.duplicate;
-        settle_change(state, &name, &stored, crate::store::MessageKind::Delete, found.id)?;
+        settle_change(state, &name, &stored, crate::domain::MessageKind::Delete, found.id)?;
         if !own && fresh {
             audit(
                 state,
@@ -862,7 +865,7 @@ impl RoomsApi {
             crate::domain::InvalidContent::TooLong { .. } => ApiError::bad_request(e.to_string(), "too_long"),
         })?;
         let key = client_id(body.0.client_id.0)?;
-        if repeated(state, &name, &auth.0, key.as_deref(), crate::store::MessageKind::Edit, message_id.0).await? {
+        if repeated(state, &name, &auth.0, key.as_deref(), crate::domain::MessageKind::Edit, message_id.0).await? {
             return Ok(Removed::Done);
         }
         let found = state.store.message_in_room(&name, message_id.0).await?;
@@ -884,7 +887,7 @@ impl RoomsApi {
         }
         state.chat.check_message_rate(auth.0.id, "edit_message").map_err(|_| ApiError::rate_limited(1))?;
         let stored = state.store.edit_message(&name, found.id, &auth.0, content.into_string(), key).await?;
-        settle_change(state, &name, &stored, crate::store::MessageKind::Edit, found.id)?;
+        settle_change(state, &name, &stored, crate::domain::MessageKind::Edit, found.id)?;
         Ok(Removed::Done)
     }
 

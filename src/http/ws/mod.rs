@@ -44,8 +44,7 @@ use super::{AppState, error};
 use crate::{
     chat::{ChatError, ChatService, Failure, Form, Outbox, Reply, ReplyBody, Revocation, Session, Tag},
     config::WsConfig,
-    domain::Seq,
-    store::User,
+    domain::{Seq, User},
     telemetry,
 };
 

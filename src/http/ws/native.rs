@@ -7,8 +7,7 @@ use uuid::Uuid;
 use super::Command;
 use crate::{
     chat::{Reply, ReplyBody, Tag},
-    domain::Seq,
-    store::User,
+    domain::{Seq, User},
 };
 
 #[derive(Deserialize)]
