@@ -13,7 +13,7 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use super::{Appended, IndexStep, StoreError, plan_batch, sql::Backend};
+use super::{Appended, IndexStep, StoreError, messages::plan_batch, sql::Backend};
 use crate::domain::{Message, MessageKind, NewMessage, RoomName, SearchQuery, Seq};
 
 /// The stored copies of a batch's client ids in one room; `client_id IS NOT NULL` lets the

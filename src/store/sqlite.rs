@@ -24,7 +24,7 @@ use sqlx::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Appended, IndexStep, StoreError, plan_batch, sql::Backend};
+use super::{Appended, IndexStep, StoreError, messages::plan_batch, sql::Backend};
 use crate::domain::{Message, MessageKind, NewMessage, RoomName, SearchQuery, Seq};
 
 /// The stored copies of a batch's client ids in one room: `$2` is a JSON array of them, so
