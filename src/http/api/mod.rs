@@ -156,12 +156,12 @@ impl From<User> for UserView {
     }
 }
 
-pub type Api = (auth::AuthApi, me::MeApi, messages::MessagesApi, rooms::RoomsApi, search::SearchApi, admin::AdminApi);
+pub type Api = (auth::AuthApi, me::MeApi, messages::MessagesApi, rooms::Api, search::SearchApi, admin::AdminApi);
 
 /// The OpenAPI service, mounted at `/api`.
 pub fn service() -> OpenApiService<Api, ()> {
     OpenApiService::new(
-        (auth::AuthApi, me::MeApi, messages::MessagesApi, rooms::RoomsApi, search::SearchApi, admin::AdminApi),
+        (auth::AuthApi, me::MeApi, messages::MessagesApi, rooms::API, search::SearchApi, admin::AdminApi),
         "confab",
         env!("CARGO_PKG_VERSION"),
     )
