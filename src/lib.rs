@@ -36,7 +36,8 @@
 //! - [`cli`] the command line; [`config`] typed configuration; [`telemetry`] logs and metrics;
 //!   [`systemd`] readiness, watchdog and reload for the service manager.
 //! - [`app`] builds a node from a config and runs it until stopped.
-//! - [`domain`] validated newtypes (email, room name, content…).
+//! - [`domain`] validated newtypes (email, room name, content…) and the plain data of users,
+//!   rooms and messages that every layer passes around.
 //! - [`auth`] accounts, argon2 passwords, JWT access tokens, rotating refresh tokens.
 //! - [`store`] durable state on SQLite or PostgreSQL.
 //! - [`protocol`] the wire of docs/PROTOCOL.md, with no I/O.

@@ -7,8 +7,8 @@ use std::{collections::HashSet, sync::Arc};
 
 use chrono::{Duration, Utc};
 use confab::{
-    domain::{RoomName, UserId},
-    store::{Appended, NewMessage, NewRefreshToken, NewRoom, Refreshed, Role, RoomKind, Store, StoreError, User},
+    domain::{NewMessage, NewRoom, Role, RoomKind, RoomName, User, UserId},
+    store::{Appended, NewRefreshToken, Refreshed, Store, StoreError},
 };
 use uuid::Uuid;
 
@@ -40,9 +40,9 @@ fn message(room: &RoomName, sender: &User, content: &str, client_id: Option<&str
         content: content.to_owned(),
         client_id: client_id.map(str::to_owned),
         created_at: Utc::now(),
-        kind: confab::store::MessageKind::Message,
+        kind: confab::domain::MessageKind::Message,
         target_id: None,
-        mentions: confab::store::Mentions::default(),
+        mentions: confab::domain::Mentions::default(),
     }
 }
 
@@ -62,7 +62,7 @@ fn successor() -> NewRefreshToken {
     }
 }
 
-fn seqs(messages: &[confab::store::Message]) -> Vec<i64> {
+fn seqs(messages: &[confab::domain::Message]) -> Vec<i64> {
     messages.iter().map(|m| m.seq).collect()
 }
 
@@ -293,7 +293,7 @@ async fn a_client_id_reused_in_another_room_is_a_new_message_there(backend: Back
         assert!(again.duplicate);
         assert_eq!(again.message, original.message);
     }
-    let contents = |msgs: Vec<confab::store::Message>| msgs.into_iter().map(|m| m.content).collect::<Vec<_>>();
+    let contents = |msgs: Vec<confab::domain::Message>| msgs.into_iter().map(|m| m.content).collect::<Vec<_>>();
     assert_eq!(contents(store.messages_after(&general, 0, 10).await.expect("read")), ["in general"]);
     assert_eq!(contents(store.messages_after(&random, 0, 10).await.expect("read")), ["in random"]);
 }
@@ -685,7 +685,7 @@ async fn rooms_are_created_once_and_list_public_ones_and_mine(backend: Backend) 
         "the name is taken"
     );
     let names =
-        |rooms: Vec<confab::store::RoomListing>| rooms.into_iter().map(|r| (r.room.name, r.role)).collect::<Vec<_>>();
+        |rooms: Vec<confab::domain::RoomListing>| rooms.into_iter().map(|r| (r.room.name, r.role)).collect::<Vec<_>>();
     assert_eq!(
         names(store.rooms_for(owner.id).await.expect("rooms")),
         [("closed".to_owned(), Some("owner".to_owned())), ("open".to_owned(), Some("owner".to_owned()))]

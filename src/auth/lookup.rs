@@ -9,8 +9,8 @@ use std::sync::{Arc, OnceLock};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    domain::UserId,
-    store::{Store, StoreError, User},
+    domain::{User, UserId},
+    store::{Store, StoreError},
 };
 
 /// Most ids in one query.

@@ -16,8 +16,8 @@ pub use token::TokenKeys;
 
 use crate::{
     config::Registration,
-    domain::{DisplayName, Email, InvalidPassword, Password},
-    store::{NewRefreshToken, Refreshed, Store, StoreError, User},
+    domain::{DisplayName, Email, InvalidPassword, Password, User},
+    store::{NewRefreshToken, Refreshed, Store, StoreError},
 };
 
 /// What `POST /api/auth/register` was given besides email and password.

@@ -10,12 +10,12 @@ use super::{
     who,
 };
 use crate::{
+    domain::{NewRoom, Role, RoomKind, User},
     domain::{RoomName, Seq},
     protocol::{
         Codec, Reply, ReplyBody, Tag,
         events::{self, Presence},
     },
-    store::{NewRoom, Role, RoomKind, User},
     telemetry,
 };
 
@@ -125,7 +125,7 @@ impl ChatService {
         let found = match store.room(room).await? {
             Some(found) => found,
             // Direct rooms are made by `POST /api/dm/{userId}`, never by joining.
-            None if room.as_str().starts_with(crate::store::DIRECT_PREFIX) => return Err(ChatError::NoSuchRoom),
+            None if room.as_str().starts_with(crate::domain::DIRECT_PREFIX) => return Err(ChatError::NoSuchRoom),
             None if self.inner.settings.auto_create_rooms => {
                 let new =
                     NewRoom { name: room.clone(), kind: RoomKind::Public, title: None, topic: None, created_by: user };

@@ -2,7 +2,7 @@
 
 use uuid::Uuid;
 
-use crate::store::Mentions;
+use crate::domain::Mentions;
 
 /// Members a mention is looked for among (the oldest this many); also the most one message
 /// mentions.

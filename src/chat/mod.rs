@@ -46,9 +46,10 @@ use self::{hub::Hub, registry::SessionRegistry, session::SessionHandle};
 use crate::{
     bus::Bus,
     domain::RoomName,
+    domain::User,
     protocol::events,
     ratelimit::KeyedLimiter,
-    store::{Store, StoreError, User},
+    store::{Store, StoreError},
     telemetry,
 };
 
@@ -231,7 +232,7 @@ impl ChatService {
         &self,
         query: &crate::domain::SearchQuery,
         scope: &crate::store::SearchScope,
-    ) -> Result<Vec<crate::store::Message>, StoreError> {
+    ) -> Result<Vec<crate::domain::Message>, StoreError> {
         self.inner.indexer.catch_up().await;
         self.inner.store.search(query, scope).await
     }

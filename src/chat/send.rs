@@ -11,8 +11,8 @@ use super::{
 };
 use crate::{
     domain::{ClientId, Content, InvalidContent, RoomName, Seq, UserId},
+    domain::{Mentions, NewMessage, ReadMarker, User},
     protocol::{Tag, events},
-    store::{Mentions, NewMessage, ReadMarker, User},
     telemetry,
 };
 
@@ -69,7 +69,7 @@ impl ChatService {
                 client_id: client_id.map(|c| c.as_str().to_owned()),
                 // PostgreSQL keeps microseconds: truncate now so live frames and history agree.
                 created_at: Utc::now().trunc_subsecs(6),
-                kind: crate::store::MessageKind::Message,
+                kind: crate::domain::MessageKind::Message,
                 target_id: None,
                 mentions,
             };
@@ -94,7 +94,7 @@ impl ChatService {
     async fn mentions_in(&self, room: &RoomName, sender: &User, content: &str) -> Result<Mentions, ChatError> {
         let members = self.inner.store.members(room, MENTION_CANDIDATES).await?;
         let may_mention_all = sender.is_admin
-            || members.iter().any(|m| m.user_id == sender.id.0 && m.role >= crate::store::Role::Moderator);
+            || members.iter().any(|m| m.user_id == sender.id.0 && m.role >= crate::domain::Role::Moderator);
         let named: Vec<(Uuid, &str)> =
             members.iter().filter(|m| m.user_id != sender.id.0).map(|m| (m.user_id, m.display_name.as_str())).collect();
         Ok(resolve_mentions(content, &named, may_mention_all))
@@ -163,7 +163,7 @@ impl ChatService {
 
     /// Hands a row of `room`'s seq stream stored outside the room's writer (a deletion) to
     /// every node's members, in its seq order.
-    pub fn announce_stored(&self, room: &RoomName, stored: &crate::store::Message) {
+    pub fn announce_stored(&self, room: &RoomName, stored: &crate::domain::Message) {
         self.inner.indexer.stored(room);
         self.inner.bus.publish(vec![events::message(room, stored)]);
     }

@@ -14,7 +14,10 @@ use std::{
 use uuid::Uuid;
 
 use super::{hub::Room, outbox::Outbox, registry::SessionSlot};
-use crate::{domain::RoomName, store::User, sync::MutexExt as _};
+use crate::{
+    domain::{RoomName, User},
+    sync::MutexExt as _,
+};
 
 /// One connection's chat state, owned by its transport task (no locks).
 pub struct Session {

@@ -29,9 +29,10 @@ use super::{
 };
 use crate::{
     bus::Bus,
+    domain::NewMessage,
     domain::RoomName,
     protocol::{Reply, ReplyBody, Tag, events},
-    store::{NewMessage, Store},
+    store::Store,
     sync::MutexExt as _,
     telemetry,
 };

@@ -9,8 +9,8 @@ use super::{open_server_store, read_password};
 use crate::{
     auth::{self, PasswordHasher},
     config::{Config, HumanDuration},
-    domain::Email,
-    store::{NewAudit, Store},
+    domain::{Email, NewAudit},
+    store::Store,
 };
 
 #[derive(Debug, Subcommand)]

@@ -9,8 +9,8 @@ use uuid::Uuid;
 
 use super::frames::{Encoded, Event, EventKind};
 use crate::{
+    domain::{Message, MessageKind, ReadMarker},
     domain::{RoomName, Seq},
-    store::{Message, MessageKind, ReadMarker},
 };
 
 #[derive(Serialize)]
@@ -219,7 +219,7 @@ mod tests {
             deleted_at: None,
             edited_at: None,
             tally: None,
-            mentions: crate::store::Mentions::default(),
+            mentions: crate::domain::Mentions::default(),
         };
         let ev = message(&room, &msg);
         let v: serde_json::Value = serde_json::from_str(ev.frame.native.as_str()).unwrap();

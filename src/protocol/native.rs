@@ -5,7 +5,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
 use super::{Command, Reply, ReplyBody, Tag};
-use crate::{domain::Seq, store::User};
+use crate::{domain::Seq, domain::User};
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", rename_all_fields = "camelCase")]

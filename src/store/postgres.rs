@@ -13,8 +13,8 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use super::{Appended, IndexStep, Message, MessageKind, NewMessage, StoreError, plan_batch, sql::Backend};
-use crate::domain::{RoomName, SearchQuery, Seq};
+use super::{Appended, IndexStep, StoreError, messages::plan_batch, sql::Backend};
+use crate::domain::{Message, MessageKind, NewMessage, RoomName, SearchQuery, Seq};
 
 /// The stored copies of a batch's client ids in one room; `client_id IS NOT NULL` lets the
 /// planner use the partial unique index `messages_room_client_idx`.

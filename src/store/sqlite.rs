@@ -24,8 +24,8 @@ use sqlx::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Appended, IndexStep, Message, MessageKind, NewMessage, StoreError, plan_batch, sql::Backend};
-use crate::domain::{RoomName, SearchQuery, Seq};
+use super::{Appended, IndexStep, StoreError, messages::plan_batch, sql::Backend};
+use crate::domain::{Message, MessageKind, NewMessage, RoomName, SearchQuery, Seq};
 
 /// The stored copies of a batch's client ids in one room: `$2` is a JSON array of them, so
 /// the statement is the same text (and prepared once) for any batch size. `client_id IS NOT

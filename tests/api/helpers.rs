@@ -756,11 +756,11 @@ pub fn seqs_of(msgs: &[Msg]) -> Vec<i64> {
 }
 
 /// Every message of `room` in the store, oldest first (paged like a resuming client).
-pub async fn stored_messages(app: &TestApp, room: &str) -> Vec<confab::store::Message> {
+pub async fn stored_messages(app: &TestApp, room: &str) -> Vec<confab::domain::Message> {
     let room = confab::domain::RoomName::parse(room).expect("a valid room");
     let mut all = Vec::new();
     loop {
-        let after = all.last().map_or(0, |m: &confab::store::Message| m.seq);
+        let after = all.last().map_or(0, |m: &confab::domain::Message| m.seq);
         let page = tokio::time::timeout(TIMEOUT, app.state.store.messages_after(&room, after, 200))
             .await
             .expect("reading messages timed out")

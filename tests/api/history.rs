@@ -1,10 +1,7 @@
 //! `GET /api/messages/{room}` and `GET /api/rooms`: history pages oldest first, the wire shape
 //! of `Message`, room-name and limit validation, and authentication.
 
-use confab::{
-    domain::{RoomName, UserId},
-    store::NewMessage,
-};
+use confab::domain::{NewMessage, RoomName, UserId};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -34,9 +31,9 @@ async fn store_messages(app: &TestApp, sender: &Session, room: &str, n: usize) {
             content: format!("message {i}"),
             client_id: (i % 2 == 0).then(|| format!("{room}-client-{i}")),
             created_at: chrono::Utc::now(),
-            kind: confab::store::MessageKind::Message,
+            kind: confab::domain::MessageKind::Message,
             target_id: None,
-            mentions: confab::store::Mentions::default(),
+            mentions: confab::domain::Mentions::default(),
         })
         .collect();
     let stored = app.state.store.append_messages(&room, &batch).await.expect("append");

@@ -8,8 +8,8 @@ use uuid::Uuid;
 
 use super::{ApiTags, security::BearerAuth};
 use crate::{
+    domain::{AuditEntry, NewAudit, User},
     http::{AppState, client_ip, error::ApiError},
-    store::{AuditEntry, NewAudit, User},
 };
 
 /// Records that `actor` did `action` (to `target`, in `room`) from this request's client.

@@ -11,9 +11,8 @@ use uuid::Uuid;
 
 use super::{ApiTags, security::BearerAuth};
 use crate::{
-    domain::{RoomName, Seq},
+    domain::{Message, RoomName, Seq},
     http::{AppState, error::ApiError},
-    store::Message,
 };
 
 /// A stored chat message.

@@ -116,7 +116,7 @@ use chrono::{DateTime, Utc};
 use poem_openapi::{Object, OpenApiService, Tags};
 use uuid::Uuid;
 
-use crate::store::User;
+use crate::domain::User;
 
 #[derive(Tags)]
 enum ApiTags {
@@ -156,12 +156,12 @@ impl From<User> for UserView {
     }
 }
 
-pub type Api = (auth::AuthApi, me::MeApi, messages::MessagesApi, rooms::RoomsApi, search::SearchApi, admin::AdminApi);
+pub type Api = (auth::AuthApi, me::MeApi, messages::MessagesApi, rooms::Api, search::SearchApi, admin::AdminApi);
 
 /// The OpenAPI service, mounted at `/api`.
 pub fn service() -> OpenApiService<Api, ()> {
     OpenApiService::new(
-        (auth::AuthApi, me::MeApi, messages::MessagesApi, rooms::RoomsApi, search::SearchApi, admin::AdminApi),
+        (auth::AuthApi, me::MeApi, messages::MessagesApi, rooms::API, search::SearchApi, admin::AdminApi),
         "confab",
         env!("CARGO_PKG_VERSION"),
     )

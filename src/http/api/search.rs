@@ -7,9 +7,9 @@ use uuid::Uuid;
 
 use super::{ApiTags, security::BearerAuth};
 use crate::{
-    domain::{RoomName, SearchQuery, Seq},
+    domain::{Message, RoomName, SearchQuery, Seq},
     http::{AppState, error::ApiError},
-    store::{Message, SearchScope},
+    store::SearchScope,
     telemetry,
 };
 

@@ -4,7 +4,7 @@
 use poem::Request;
 use poem_openapi::{SecurityScheme, auth::Bearer};
 
-use crate::{http::AppState, http::error::ApiError, store::User};
+use crate::{domain::User, http::AppState, http::error::ApiError};
 
 /// A request authenticated with `Authorization: Bearer <access token>`.
 #[derive(SecurityScheme)]

@@ -27,8 +27,8 @@ use self::{
 };
 use super::{AppState, error, middleware::is_same_origin};
 use crate::{
+    domain::User,
     protocol::{Codec, native, socketio},
-    store::User,
 };
 
 /// Who a session runs as, and for how long: the user, and the claims of the token that

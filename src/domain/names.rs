@@ -5,20 +5,6 @@
 
 use std::{fmt, sync::Arc};
 
-use serde::{Deserialize, Serialize};
-use uuid::Uuid;
-
-/// A user's id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct UserId(pub Uuid);
-
-impl fmt::Display for UserId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
 /// Why an email was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("a valid email address is required")]
@@ -279,9 +265,6 @@ impl ClientId {
         &self.0
     }
 }
-
-/// A per-room message sequence number; the first message of a room has seq 1.
-pub type Seq = i64;
 
 /// A reaction: an emoji (or a short code like `:tada:`), 1 to 16 visible characters without
 /// white space (enough for the longest emoji sequences), so it stays one token wherever it is
