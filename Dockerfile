@@ -11,21 +11,25 @@
 # …; see the README) or a file mounted at /etc/confab/confab.toml.
 #
 # Needs no BuildKit features (no cache mounts), so the classic builder builds it too; that is
-# how .ci/docker builds it. Dependencies are built in a layer of their own from Cargo.toml and
+# how .ci/docker builds it. Dependencies are built in a layer of their own from the manifests and
 # Cargo.lock alone, so a change to the sources rebuilds confab and not its dependencies.
 
 FROM rust:1-slim-bookworm AS build
 WORKDIR /src
 
-# 1. Dependencies: the manifest, the lock file and the build script, with empty stand-ins for
-#    the crate's targets. This layer is reused until Cargo.toml or Cargo.lock change. The
+# 1. Dependencies: the manifests, the lock file and the build script, with empty stand-ins for
+#    the server's targets. This layer is reused until a manifest or Cargo.lock change. The
 #    stand-ins' fingerprints are removed afterwards, so the real sources are always compiled.
+#    Only the server (`-p confab`) is built, here and below; the load generator (bench/) is a
+#    member of the workspace, so cargo needs its manifest and a stand-in target to load the
+#    workspace, but neither it nor its crates are compiled or shipped.
 COPY Cargo.toml Cargo.lock build.rs ./
-RUN mkdir -p src/bin \
+COPY bench/Cargo.toml ./bench/
+RUN mkdir -p src bench/src \
     && echo 'fn main() {}' > src/main.rs \
-    && echo 'fn main() {}' > src/bin/confab-bench.rs \
     && touch src/lib.rs \
-    && cargo build --release --locked --bin confab \
+    && echo 'fn main() {}' > bench/src/main.rs \
+    && cargo build --release --locked -p confab \
     && rm -rf src target/release/.fingerprint/confab-* target/release/confab
 
 # 2. confab itself. The web client (assets/) and the migrations are embedded in the binary.
@@ -35,7 +39,7 @@ COPY assets ./assets
 COPY migrations ./migrations
 COPY src ./src
 ARG SOURCE_GIT_SHA=""
-RUN SOURCE_GIT_SHA="$SOURCE_GIT_SHA" cargo build --release --locked --bin confab \
+RUN SOURCE_GIT_SHA="$SOURCE_GIT_SHA" cargo build --release --locked -p confab \
     && install -m 0755 target/release/confab /usr/local/bin/confab
 
 FROM debian:bookworm-slim

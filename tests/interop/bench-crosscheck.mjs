@@ -1,4 +1,4 @@
-// An independent second client for tests/bench.rs: it shares no code with confab-bench, joins
+// An independent second client for bench/tests/bench.rs: it shares no code with confab-bench, joins
 // the same rooms on the same server as a fan-out run, and measures the delivery latency of the
 // same messages with its own clock, so the test can check that the bench measures what a client
 // sees.

@@ -3,20 +3,24 @@
 //! - A tiny fan-out run against a node it spawns itself (SQLite), with a preload and the floor
 //!   beside it, checked through its machine-readable line.
 //! - A cross-check: a fan-out run against a node this test starts, while an independent client
-//!   (tests/interop/bench-crosscheck.mjs: Node.js and the `ws` package, no code shared with the
+//!   (../tests/interop/bench-crosscheck.mjs: Node.js and the `ws` package, no code shared with the
 //!   bench) sits in the same rooms and measures the latency of the same messages with its own
 //!   clock. The two medians must agree.
 //!
 //! The tests take turns (see [`MACHINE`]), and nothing sleeps to synchronise: every wait is for
 //! a line, an exit or a readiness answer, bounded in time.
+//!
+//! Both run the server binary, which belongs to the other package of the workspace (see
+//! [`confab_bin`]): `cargo test` at the workspace root builds it; alone, run
+//! `cargo build -p confab && cargo test -p confab-bench`.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::TcpStream,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Mutex, PoisonError, mpsc},
-    time::{Duration, Instant},
+    sync::{Mutex, OnceLock, PoisonError, mpsc},
+    time::{Duration, Instant, SystemTime},
 };
 
 /// A whole bench run (spawn, provision, preload, traffic, drain, the floor, stop) takes seconds.
@@ -25,6 +29,53 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 /// Each test runs a generator and a server on the machine's cores: one at a time, or each would
 /// show up in the other's latency.
 static MACHINE: Mutex<()> = Mutex::new(());
+
+/// The workspace's root: the server's package, and its Node.js interop suite (tests/interop/).
+fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("bench/ is in the workspace root")
+}
+
+/// The `confab` binary the tests run: the one cargo built beside `confab-bench`, in the same
+/// profile directory (`target/debug`), where the bench itself looks for it.
+///
+/// It is the other package's binary, so cargo gives this test no `CARGO_BIN_EXE_confab`, and
+/// builds it only when that package's targets are built too: `cargo test` at the workspace root
+/// (both packages are default members) builds both binaries before any test runs, while
+/// `cargo test -p confab-bench` or `--test bench` builds only the bench. A missing binary, or one
+/// older than the server's sources, fails the test with the command to run, rather than
+/// measuring a server that is not the one in the tree.
+fn confab_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let bench = Path::new(env!("CARGO_BIN_EXE_confab-bench"));
+        let bin = bench.with_file_name(format!("confab{}", std::env::consts::EXE_SUFFIX));
+        let fix = "run `cargo build -p confab`, or `cargo test` at the workspace root (it builds both binaries)";
+        let built = std::fs::metadata(&bin)
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|e| panic!("no confab binary beside confab-bench, at {} ({e}): {fix}", bin.display()));
+        if let Some(source) = newer_source(built) {
+            panic!("{} was built before {} changed: {fix}", bin.display(), source.display());
+        }
+        bin
+    })
+}
+
+/// A source of the server modified after `built`, if any: what cargo rebuilds `confab` for when
+/// it changes (src/, the migrations it embeds, build.rs). Not assets/: a debug build reads those
+/// from the disk.
+fn newer_source(built: SystemTime) -> Option<PathBuf> {
+    let root = workspace_root();
+    let mut pending = vec![root.join("src"), root.join("migrations"), root.join("build.rs")];
+    while let Some(path) = pending.pop() {
+        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        if meta.is_dir() {
+            pending.extend(std::fs::read_dir(&path).into_iter().flatten().flatten().map(|entry| entry.path()));
+        } else if meta.modified().is_ok_and(|modified| modified > built) {
+            return Some(path);
+        }
+    }
+    None
+}
 
 /// Runs `confab-bench` with `args` to completion and returns its `BENCH_JSON` line.
 fn run_bench(args: &[&str]) -> serde_json::Value {
@@ -83,7 +134,7 @@ fn a_tiny_fanout_run_delivers_every_message_once_and_in_order() {
         "--spawn",
         "1",
         "--confab-bin",
-        env!("CARGO_BIN_EXE_confab"),
+        confab_bin().to_str().expect("a UTF-8 path"),
         "fanout",
         "--clients",
         "20",
@@ -155,7 +206,7 @@ impl Node {
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
         let addr = format!("127.0.0.1:{port}");
         let log = std::fs::File::create(dir.path().join("node.log")).expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab"));
+        let mut cmd = Command::new(confab_bin());
         cmd.arg("--config").arg(&config).args(["serve", "--listen", &addr]);
         cmd.current_dir(dir.path()).stdin(Stdio::null()).stdout(log.try_clone().expect("log")).stderr(log);
         for (key, _) in std::env::vars_os() {
@@ -285,10 +336,12 @@ fn the_tolerance_of_the_cross_check() {
 /// the same messages' latency (its receive time on the system clock minus the scheduled send
 /// time the bench put in the content as Unix time) and gets the same median. It also receives
 /// every message the bench sent in its window, once. Skipped (saying why) when `node` or
-/// `npm ci --prefix tests/interop` is missing, unless `CONFAB_TEST_REQUIRE_SERVICES=1`.
+/// `npm ci --prefix tests/interop` (at the workspace root) is missing, unless
+/// `CONFAB_TEST_REQUIRE_SERVICES=1`.
 #[test]
 fn an_independent_client_measures_the_same_latency_as_the_bench() {
-    let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    // The server's interop suite: tests/socketio.rs runs it too, and they share one `npm ci`.
+    let interop = workspace_root().join("tests/interop");
     let required = std::env::var("CONFAB_TEST_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
     let missing = match Command::new("node").arg("--version").output() {
         Err(e) => Some(format!("`node` cannot run: {e}")),

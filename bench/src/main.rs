@@ -12,31 +12,17 @@
 // (counts below 2^52, nanoseconds since start) are far from where these casts lose anything.
 #![allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 
-// A crate root looks for its modules next to itself; these live in the directory named after it.
-
-#[path = "confab-bench/cli.rs"]
 mod cli;
-#[path = "confab-bench/fanout.rs"]
 mod fanout;
-#[path = "confab-bench/floor.rs"]
 mod floor;
-#[path = "confab-bench/http.rs"]
 mod http;
-#[path = "confab-bench/nodes.rs"]
 mod nodes;
-#[path = "confab-bench/preload.rs"]
 mod preload;
-#[path = "confab-bench/procfs.rs"]
 mod procfs;
-#[path = "confab-bench/report.rs"]
 mod report;
-#[path = "confab-bench/scenario.rs"]
 mod scenario;
-#[path = "confab-bench/store.rs"]
 mod store;
-#[path = "confab-bench/users.rs"]
 mod users;
-#[path = "confab-bench/ws.rs"]
 mod ws;
 
 use std::process::ExitCode;
