@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    auth::{AuthService, PasswordHasher, TokenKeys, token},
+    auth::{AuthService, PasswordHasher, TokenKeys, password::HashLimits, token},
     bus::Bus,
     chat::{ChatService, ChatSettings, hub::Hub, registry::SessionRegistry},
     config::Config,
@@ -64,7 +64,7 @@ impl App {
                 .await
                 .context("cannot read or store the generated JWT key")?,
         };
-        let hasher = PasswordHasher::with_limits(&config.auth.argon2, config.auth.hash_limits())?;
+        let hasher = PasswordHasher::with_limits(&config.auth.argon2, HashLimits::from_config(&config.auth))?;
         let keys = TokenKeys::new(secret.as_bytes(), config.auth.access_token_ttl.0);
         let auth = AuthService::new(store.clone(), hasher, keys, config.auth.refresh_token_ttl.0);
 

@@ -12,7 +12,7 @@
 //!  │   ├─ bus           fan-out between nodes: in-process, Redis, Redis Cluster
 //!  │   │   └─ protocol  the wire: commands, replies, events, the two codecs (pure)
 //!  │   └─ store         SQLite or PostgreSQL
-//!  └─ auth              accounts, passwords, tokens
+//!  └─ auth              accounts, passwords, tokens (on the store)
 //! domain                validated values (room names, content, seq…)
 //! config, telemetry, ratelimit, sync, systemd: used by any layer
 //! ```

@@ -46,6 +46,17 @@ pub struct HashLimits {
     pub queue_timeout: Duration,
 }
 
+impl HashLimits {
+    /// The bounds `auth.hash_*` configure.
+    pub fn from_config(auth: &crate::config::AuthConfig) -> Self {
+        Self {
+            concurrency: auth.hash_concurrency as usize,
+            queue: auth.hash_queue as usize,
+            queue_timeout: auth.hash_queue_timeout.0,
+        }
+    }
+}
+
 impl Default for HashLimits {
     fn default() -> Self {
         Self { concurrency: 0, queue: 32, queue_timeout: Duration::from_secs(2) }

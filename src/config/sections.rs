@@ -331,14 +331,3 @@ pub enum DatabaseKind {
     Sqlite,
     Postgres,
 }
-
-impl AuthConfig {
-    /// The bounds on password hashing, as the hasher takes them.
-    pub fn hash_limits(&self) -> crate::auth::password::HashLimits {
-        crate::auth::password::HashLimits {
-            concurrency: self.hash_concurrency as usize,
-            queue: self.hash_queue as usize,
-            queue_timeout: self.hash_queue_timeout.0,
-        }
-    }
-}
