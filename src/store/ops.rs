@@ -6,8 +6,8 @@ use chrono::{DateTime, SubsecRound as _, Utc};
 use super::{Store, StoreError};
 use crate::domain::{AuditEntry, NewAudit};
 
-/// One node's open sessions, as it last published them (a JSON array of
-/// [`LiveSession`](crate::chat::registry::LiveSession)).
+/// One node's open sessions, as it last published them: a JSON array the chat core writes and
+/// `confab user sessions` reads; the store keeps it as text.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct NodeSessions {
     pub node: String,
