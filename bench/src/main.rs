@@ -6,7 +6,7 @@
 //! across a cluster. Each run prints a table and one `BENCH_JSON {...}` line.
 //!
 //! The generator runs on the same cores as the server it measures, so it is built to be cheap
-//! per received message (see `fanout.rs`) and reports its own CPU time next to the server's.
+//! per received message (see `fanout/`) and reports its own CPU time next to the server's.
 
 // Statistics mix integer counts and times with float rates and percentiles; the values involved
 // (counts below 2^52, nanoseconds since start) are far from where these casts lose anything.

@@ -1,0 +1,52 @@
+//! The five scenarios: set up, measure, report.
+//!
+//! One file per scenario: `fanout` (`fanout` and `cluster`, and the phase report that `step`
+//! prints too), `step`, `idle` and `store`; `floor` runs the floor of `--floor` beside confab.
+//! This file holds the [`Context`] every report describes, and what the reports share.
+
+mod fanout;
+mod floor;
+mod idle;
+mod step;
+mod store;
+
+use serde_json::{Value, json};
+
+use crate::{fanout::Phase, nodes::Targets, report::per};
+
+pub use fanout::fanout;
+pub use idle::idle;
+pub use step::step;
+pub use store::store;
+
+/// What every report says about the setup.
+pub struct Context<'a> {
+    pub targets: &'a Targets,
+    pub workers: usize,
+    pub provision_concurrency: usize,
+    /// Unique per run: room names and account emails carry it.
+    pub run: String,
+}
+
+impl Context<'_> {
+    fn describe(&self) -> String {
+        let n = self.targets.nodes.len();
+        let redis = if self.targets.redis { ", Redis" } else { "" };
+        format!("{n} node{} ({}{redis})", if n == 1 { "" } else { "s" }, self.targets.database)
+    }
+
+    fn json_base(&self, scenario: &str) -> serde_json::Map<String, Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("scenario".into(), json!(scenario));
+        m.insert("nodes".into(), json!(self.targets.nodes.len()));
+        m.insert("database".into(), json!(self.targets.database));
+        m.insert("redis".into(), json!(self.targets.redis));
+        m.insert("generator_workers".into(), json!(self.workers));
+        m.insert("cores".into(), json!(std::thread::available_parallelism().map_or(0, std::num::NonZero::get)));
+        m
+    }
+}
+
+fn us_per_delivery(p: &Phase) -> f64 {
+    per(p.cpu.servers_us as f64, p.delivered as f64)
+}
