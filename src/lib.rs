@@ -2,8 +2,8 @@
 //!
 //! # Layout
 //!
-//! Layers, each importing only the ones below it (checked by reading the `use` lines; see
-//! docs/ARCHITECTURE.md):
+//! Layers, each importing only the ones below it (docs/ARCHITECTURE.md; `tests/layers.rs` reads
+//! the sources and fails on an import against it):
 //!
 //! ```text
 //! cli, app              the command line; building and running a node
