@@ -54,14 +54,14 @@ pub async fn native_endpoint(req: &Request, state: Data<&AppState>) -> Response 
         return *resp;
     }
     let Some(token) = bearer_token(req) else {
-        return json_error(StatusCode::UNAUTHORIZED, "missing access token", "unauthorized");
+        return error::json(StatusCode::UNAUTHORIZED, "missing access token", "unauthorized");
     };
     let who = match state.auth.authenticate_session(&token).await {
         Ok((user, claims)) => Identity::new(user, &claims),
         Err(e) => {
             let status =
                 if e.code() == "unavailable" { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::UNAUTHORIZED };
-            return json_error(status, &e.to_string(), e.code());
+            return error::json(status, &e.to_string(), e.code());
         }
     };
     upgrade(req, &state, Codec::Native, move |socket, state| async move {
@@ -79,7 +79,7 @@ pub async fn socketio_endpoint(req: &Request, state: Data<&AppState>, body: poem
         req.uri().query().map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
     let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     if param("EIO") != Some("4") {
-        return json_error(
+        return error::json(
             StatusCode::BAD_REQUEST,
             "unsupported Engine.IO protocol version: use a Socket.IO v3/v4 client (EIO=4)",
             "unsupported_protocol",
@@ -91,13 +91,13 @@ pub async fn socketio_endpoint(req: &Request, state: Data<&AppState>, body: poem
         (Some("polling"), "GET", Some(sid)) => return polling::poll(&state, sid).await,
         (Some("polling"), "POST", Some(sid)) => {
             let Ok(body) = body.into_string().await else {
-                return json_error(StatusCode::BAD_REQUEST, "polling payloads are UTF-8 text", "invalid_payload");
+                return error::json(StatusCode::BAD_REQUEST, "polling payloads are UTF-8 text", "invalid_payload");
             };
             return polling::post(&state, sid, &body).await;
         }
         (Some("websocket"), _, _) => {}
         _ => {
-            return json_error(
+            return error::json(
                 StatusCode::BAD_REQUEST,
                 "unsupported transport: use websocket (or polling, upgraded to websocket)",
                 "transport_unsupported",
@@ -109,7 +109,7 @@ pub async fn socketio_endpoint(req: &Request, state: Data<&AppState>, body: poem
     }
     if let Some(sid) = sid {
         let Some(session) = state.polling.get(sid) else {
-            return json_error(StatusCode::BAD_REQUEST, "unknown or expired sid", "invalid_session");
+            return error::json(StatusCode::BAD_REQUEST, "unknown or expired sid", "invalid_session");
         };
         return upgrade(req, &state, Codec::SocketIo, move |mut socket, state| async move {
             let upgraded = engineio::finish_upgrade(&mut socket, &session, &state).await;
@@ -150,7 +150,7 @@ fn check_upgrade(req: &Request, state: &AppState) -> Result<(), Box<Response>> {
     }
     // RFC 6455 is version 13; anything else gets 426 and the version this server speaks.
     if req.headers().get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
-        let mut resp = json_error(
+        let mut resp = error::json(
             StatusCode::UPGRADE_REQUIRED,
             "unsupported WebSocket version: use version 13 (RFC 6455)",
             "unsupported_version",
@@ -159,13 +159,9 @@ fn check_upgrade(req: &Request, state: &AppState) -> Result<(), Box<Response>> {
         return Err(Box::new(resp));
     }
     if !origin_allowed(req, &state.config.http.cors_origins.0) {
-        return Err(Box::new(json_error(StatusCode::FORBIDDEN, "origin not allowed", "forbidden_origin")));
+        return Err(Box::new(error::json(StatusCode::FORBIDDEN, "origin not allowed", "forbidden_origin")));
     }
     Ok(())
-}
-
-fn json_error(status: StatusCode, message: &str, code: &str) -> Response {
-    error::json(status, message, code)
 }
 
 /// The token from `Authorization: Bearer` or `?access_token=` (browsers cannot set headers on

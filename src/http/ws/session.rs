@@ -92,7 +92,6 @@ struct Driver {
     chat: ChatService,
     session: Session,
     out: Arc<Outbox>,
-    codec: Codec,
     /// Binary frames still due as attachments of a refused Socket.IO binary packet: dropped
     /// quietly, since the packet itself was already answered.
     attachments_to_skip: usize,
@@ -111,23 +110,16 @@ pub(super) async fn run_session(
     greeting: Vec<Utf8Bytes>,
     replay: Vec<String>,
 ) {
-    let (out, codec) = (Arc::clone(&socket.out), socket.codec);
+    let (out, codec) = (Arc::clone(&socket.out), socket.out.codec());
     let chat = state.chat.clone();
     let expires_at = who.expires_at;
     let origin = crate::chat::registry::Origin { addr: socket.peer, transport: codec.label() };
     let session = match chat.open_session(who.user, who.epoch, Arc::clone(&out), origin) {
         Ok(session) => session,
-        Err(e) => return refuse(socket, codec, &e).await,
+        Err(e) => return refuse(socket, &e).await,
     };
-    let mut driver = Driver {
-        chat,
-        session,
-        out: Arc::clone(&out),
-        codec,
-        attachments_to_skip: 0,
-        expires_at,
-        state: state.clone(),
-    };
+    let mut driver =
+        Driver { chat, session, out: Arc::clone(&out), attachments_to_skip: 0, expires_at, state: state.clone() };
     metrics::gauge!(telemetry::WS_SESSIONS, "transport" => codec.label()).increment(1.0);
     metrics::counter!(telemetry::WS_SESSIONS_OPENED, "transport" => codec.label()).increment(1);
     let shutdown = state.shutdown.clone();
@@ -210,8 +202,8 @@ pub(super) async fn run_session(
 /// Refuses an authenticated connection that may not become a session (its account has too
 /// many): says why the transport's way (an `error` frame, or Socket.IO's CONNECT_ERROR), then
 /// closes with 1008 and the reason.
-async fn refuse(mut socket: Box<Socket>, codec: Codec, e: &ChatError) {
-    let why = match codec {
+async fn refuse(mut socket: Box<Socket>, e: &ChatError) {
+    let why = match socket.out.codec() {
         Codec::Native => native::reply(&Reply::error(Tag::default(), e.code(), e.client_message())),
         Codec::SocketIo => socketio::connect_error("/", e.code()),
     };
@@ -253,7 +245,7 @@ impl Driver {
             Some(Ok(Message::Binary(_))) => {
                 let message = "binary frames are not supported; send JSON text";
                 self.reply(&Reply::error(Tag::default(), "invalid_payload", message));
-                if self.codec == Codec::Native {
+                if self.out.codec() == Codec::Native {
                     return Some(End::Refused(CloseCode::Unsupported, "binary frames are not supported"));
                 }
             }
@@ -277,7 +269,7 @@ impl Driver {
     }
 
     fn decode(&mut self, text: &str) -> Inbound {
-        match self.codec {
+        match self.out.codec() {
             Codec::Native => match native::decode(text) {
                 Ok((cmd, tag)) => Inbound::Command(cmd, tag),
                 Err(e) => Inbound::Invalid(Tag { cmd_ref: e.cmd_ref, ack_id: None }, e.message),

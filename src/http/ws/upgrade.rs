@@ -52,7 +52,7 @@ where
         let out = Outbox::new(write, codec, state.config.ws.outbound_queue);
         let duplex = Duplex { read, out: Arc::clone(&out) };
         let ws = WebSocketStream::from_raw_socket(duplex, Role::Server, Some(ws_config(&state.config.ws))).await;
-        session(Box::new(Socket { ws, out, codec, peer }), state).await;
+        session(Box::new(Socket { ws, out, peer }), state).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -77,7 +77,6 @@ fn ws_config(ws: &WsConfig) -> WebSocketConfig {
 pub(super) struct Socket {
     pub ws: WebSocketStream<Duplex>,
     pub out: Arc<Outbox>,
-    pub codec: Codec,
     /// The client's address, for `confab user sessions`.
     pub peer: std::net::IpAddr,
 }
