@@ -87,6 +87,7 @@ both_backends!(
     concurrent_appends_with_one_client_id_store_one_message,
     a_database_of_the_previous_release_keeps_its_rooms_public_and_its_writers_members,
     rooms_are_created_once_and_list_public_ones_and_mine,
+    concurrent_joins_and_sends_each_get_their_own_answer,
     search_indexing_follows_each_rooms_stream_behind_the_commit,
 );
 
@@ -704,6 +705,85 @@ async fn rooms_are_created_once_and_list_public_ones_and_mine(backend: Backend) 
     );
     assert!(store.remove_member(&room("closed"), other.id).await.expect("remove"));
     assert!(!store.remove_member(&room("closed"), other.id).await.expect("remove again"));
+}
+
+/// Room creations, memberships and message batches all at once (on SQLite they share
+/// transactions when they wait for the write connection together): each creation of a name is
+/// answered true exactly once, each user becomes a member once, a membership that cannot be
+/// stored (an unknown user) fails alone, and the messages keep their gapless seqs.
+async fn concurrent_joins_and_sends_each_get_their_own_answer(backend: Backend) {
+    const ROOMS: usize = 6;
+    const USERS: usize = 24;
+    let (store, _db) = open(backend).await;
+    let mut users = Vec::new();
+    for u in 0..USERS {
+        users.push(store.create_user(&format!("joiner{u}@example.com"), "h").await.expect("create"));
+    }
+    let store = Arc::new(store);
+    let new_room = |r: usize, by: UserId| NewRoom {
+        name: room(&format!("lobby{r}")),
+        kind: RoomKind::Public,
+        title: None,
+        topic: None,
+        created_by: by,
+    };
+    // Every user creates every room (one of them wins each) and joins it twice.
+    let mut creations = Vec::new();
+    for r in 0..ROOMS {
+        for user in &users {
+            let (store, new) = (Arc::clone(&store), new_room(r, user.id));
+            creations.push(tokio::spawn(async move { (r, store.create_room(&new, None).await) }));
+        }
+    }
+    let mut created = [0; ROOMS];
+    for task in creations {
+        let (r, result) = tokio::time::timeout(SERVICE_TIMEOUT, task).await.expect("creations finish").expect("task");
+        created[r] += usize::from(result.expect("a creation is answered"));
+    }
+    assert_eq!(created, [1; ROOMS], "each room is created exactly once");
+    let mut tasks = Vec::new();
+    for r in 0..ROOMS {
+        for round in 0..2 {
+            for user in &users {
+                let (store, id) = (Arc::clone(&store), user.id);
+                tasks.push(tokio::spawn(async move {
+                    (r, round, Some(id), store.add_member(&room(&format!("lobby{r}")), id, Role::Member).await)
+                }));
+            }
+        }
+        // A user that does not exist cannot be a member: only this join fails.
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            (r, 0, None, store.add_member(&room(&format!("lobby{r}")), UserId(Uuid::now_v7()), Role::Member).await)
+        }));
+    }
+    let sends: Vec<_> = (0..ROOMS)
+        .map(|r| {
+            let (store, user) = (Arc::clone(&store), users[r].clone());
+            tokio::spawn(async move {
+                let name = room(&format!("lobby{r}"));
+                let batch = [message(&name, &user, "a", None), message(&name, &user, "b", None)];
+                store.append_messages(&name, &batch).await
+            })
+        })
+        .collect();
+    let mut added = [0; ROOMS];
+    for task in tasks {
+        let (r, _round, user, result) =
+            tokio::time::timeout(SERVICE_TIMEOUT, task).await.expect("joins finish").expect("task");
+        match user {
+            Some(_) => added[r] += usize::from(result.expect("a known user's join is answered")),
+            None => assert!(result.is_err(), "an unknown user is refused: {result:?}"),
+        }
+    }
+    assert_eq!(added, [USERS; ROOMS], "every user became a member of every room exactly once");
+    for (r, send) in sends.into_iter().enumerate() {
+        let appended = tokio::time::timeout(SERVICE_TIMEOUT, send).await.expect("sends finish").expect("task");
+        assert_eq!(appended.expect("the batch is stored").len(), 2);
+        let name = room(&format!("lobby{r}"));
+        assert_eq!(seqs(&store.messages_after(&name, 0, 10).await.expect("read")), [1, 2]);
+        assert_eq!(store.members(&name, 100).await.expect("members").len(), USERS);
+    }
 }
 
 /// A new SQLite database (and the directory made for it) is readable by its owner only: it

@@ -14,7 +14,7 @@ use sqlx::{
 };
 
 use super::{Appended, IndexStep, StoreError, messages::plan_batch, sql::Backend};
-use crate::domain::{Message, MessageKind, NewMessage, RoomName, SearchQuery, Seq};
+use crate::domain::{Message, MessageKind, NewMessage, NewRoom, Role, RoomName, SearchQuery, Seq, UserId};
 
 /// The stored copies of a batch's client ids in one room; `client_id IS NOT NULL` lets the
 /// planner use the partial unique index `messages_room_client_idx`.
@@ -59,6 +59,32 @@ impl PgStore {
 
     async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         Ok(self.write.begin().await?)
+    }
+
+    /// Creates `room` (with `owner` as its owner) in its own transaction; false when it exists.
+    pub async fn create_room(
+        &self,
+        room: &NewRoom,
+        owner: Option<UserId>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let created = Self::create_room_on(&mut tx, room, owner, now).await?;
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    /// Makes `user` a member of `room` (one statement: its own transaction, and PostgreSQL
+    /// flushes concurrent commits together).
+    pub async fn add_member(
+        &self,
+        room: &RoomName,
+        user: UserId,
+        role: Role,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.write.acquire().await?;
+        Self::add_member_on(&mut conn, room.as_str(), user.0, role.as_str(), now).await
     }
 
     /// Stores a batch in one statement, which is its own transaction: one round trip, two when a

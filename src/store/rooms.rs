@@ -86,7 +86,7 @@ impl Store {
     /// Makes `user` a member with `role` unless they already have a standing in the room
     /// (a role, or a ban). True if they were added.
     pub async fn add_member(&self, room: &RoomName, user: UserId, role: Role) -> Result<bool, StoreError> {
-        each_backend!(self, s => s.add_member(room.as_str(), user.0, role.as_str(), Utc::now()).await)
+        each_backend!(self, s => s.add_member(room, user, role, Utc::now()).await)
     }
 
     /// Moves `user`'s read marker in `room` forward to `seq`, clamped to the room's latest seq;

@@ -6,11 +6,13 @@
 //! `busy_timeout` instead of failing a read-to-write upgrade). Reads use their own pool and, thanks
 //! to WAL, never wait for the writer.
 //!
-//! Messages are the one write that comes in floods, from many rooms at once. Each room's writer
-//! already batches its own sends; here the batches of all rooms that are waiting for the write
-//! connection are stored in one transaction (one savepoint per room, so a room whose statements
-//! fail answers only its own senders), so the commits per second — and the fsyncs that
-//! `synchronous = FULL` makes of them — stop growing with the number of busy rooms.
+//! Three writes come in floods: messages (from many rooms at once), and rooms created and
+//! members added by joins (a reconnect storm, a client rejoining its rooms). Each room's writer
+//! already batches its own sends; here every such write waiting for the write connection —
+//! rooms' batches, new rooms, new memberships — is stored in one transaction (a savepoint for
+//! each write of several statements, so one whose statements fail answers only its own caller),
+//! so the commits per second, and the fsyncs that `synchronous = FULL` makes of them, stop
+//! growing with the number of busy rooms and joining clients.
 
 use std::{
     path::{Path, PathBuf},
@@ -25,7 +27,9 @@ use sqlx::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Appended, IndexStep, StoreError, messages::plan_batch, sql::Backend};
-use crate::domain::{Message, MessageKind, NewMessage, RoomName, SearchQuery, Seq};
+use chrono::{DateTime, Utc};
+
+use crate::domain::{Message, MessageKind, NewMessage, NewRoom, Role, RoomName, SearchQuery, Seq, UserId};
 
 /// The stored copies of a batch's client ids in one room: `$2` is a JSON array of them, so
 /// the statement is the same text (and prepared once) for any batch size. `client_id IS NOT
@@ -100,19 +104,78 @@ pub fn sqlite_path(url: &str) -> Option<PathBuf> {
 pub struct SqliteStore {
     read: SqlitePool,
     write: SqlitePool,
-    /// Room batches waiting to be stored together (see the module's docs).
-    commits: mpsc::Sender<Commit>,
+    /// Writes waiting to be stored together (see the module's docs).
+    commits: mpsc::Sender<Write>,
 }
 
-/// Rooms' batches stored in one transaction, at most.
-const ROOMS_PER_COMMIT: usize = 64;
+/// Writes stored in one transaction, at most.
+const WRITES_PER_COMMIT: usize = 64;
 
-/// One room's batch, and where its result goes.
+/// A write that shares a transaction with whatever else is waiting, and where its result goes.
 #[derive(Debug)]
-struct Commit {
-    room: RoomName,
-    batch: Vec<NewMessage>,
-    done: oneshot::Sender<Result<Vec<Appended>, StoreError>>,
+enum Write {
+    /// One room's batch of messages.
+    Messages { room: RoomName, batch: Vec<NewMessage>, done: oneshot::Sender<Result<Vec<Appended>, StoreError>> },
+    /// A new room (with its owner), for `create_room`.
+    Room { room: NewRoom, owner: Option<UserId>, now: DateTime<Utc>, done: oneshot::Sender<Result<bool, StoreError>> },
+    /// A new membership, for `add_member`.
+    Member {
+        room: RoomName,
+        user: UserId,
+        role: Role,
+        now: DateTime<Utc>,
+        done: oneshot::Sender<Result<bool, StoreError>>,
+    },
+}
+
+/// What a [`Write`] returns when its statements succeeded.
+enum Outcome {
+    Messages(Vec<Appended>),
+    Flag(bool),
+}
+
+impl Write {
+    /// Whether its statements need a savepoint of their own when it shares a transaction: a
+    /// single statement that fails changes nothing (SQLite undoes the statement), several
+    /// could leave half a write behind.
+    fn needs_savepoint(&self) -> bool {
+        !matches!(self, Self::Member { .. })
+    }
+
+    async fn apply(&self, tx: &mut Transaction<'static, Sqlite>) -> Result<Outcome, StoreError> {
+        match self {
+            Self::Messages { room, batch, .. } => SqliteStore::append_in(tx, room, batch).await.map(Outcome::Messages),
+            Self::Room { room, owner, now, .. } => {
+                SqliteStore::create_room_on(tx, room, *owner, *now).await.map(Outcome::Flag)
+            }
+            Self::Member { room, user, role, now, .. } => {
+                SqliteStore::add_member_on(tx, room.as_str(), user.0, role.as_str(), *now).await.map(Outcome::Flag)
+            }
+        }
+    }
+
+    /// Answers the caller (who may have stopped waiting).
+    fn finish(self, result: Result<Outcome, StoreError>) {
+        match self {
+            Self::Messages { done, .. } => {
+                let _ = done.send(result.and_then(|o| match o {
+                    Outcome::Messages(out) => Ok(out),
+                    Outcome::Flag(_) => Err(mismatch()),
+                }));
+            }
+            Self::Room { done, .. } | Self::Member { done, .. } => {
+                let _ = done.send(result.and_then(|o| match o {
+                    Outcome::Flag(flag) => Ok(flag),
+                    Outcome::Messages(_) => Err(mismatch()),
+                }));
+            }
+        }
+    }
+}
+
+/// An outcome of the wrong kind: cannot happen, as [`Write::apply`] returns each kind's own.
+fn mismatch() -> StoreError {
+    StoreError::Other(sqlx::Error::Protocol("a write's outcome did not match its kind".into()))
 }
 
 impl Backend for SqliteStore {
@@ -151,7 +214,7 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
-        let (commits, queue) = mpsc::channel(4 * ROOMS_PER_COMMIT);
+        let (commits, queue) = mpsc::channel(4 * WRITES_PER_COMMIT);
         tokio::spawn(run_commits(write.clone(), queue));
         Ok(Self { read, write, commits })
     }
@@ -172,12 +235,45 @@ impl SqliteStore {
         Ok(self.write.begin_with("BEGIN IMMEDIATE").await?)
     }
 
+    /// Queues `write` for the next shared transaction and waits for its answer.
+    async fn grouped<T>(
+        &self,
+        write: Write,
+        result: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let stopped = || StoreError::Unavailable(sqlx::Error::PoolClosed);
+        self.commits.send(write).await.map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
+    }
+
     pub async fn append_messages(&self, room: &RoomName, batch: &[NewMessage]) -> Result<Vec<Appended>, StoreError> {
         let (done, result) = oneshot::channel();
-        let commit = Commit { room: room.clone(), batch: batch.to_vec(), done };
-        let stopped = || StoreError::Unavailable(sqlx::Error::PoolClosed);
-        self.commits.send(commit).await.map_err(|_| stopped())?;
-        result.await.map_err(|_| stopped())?
+        self.grouped(Write::Messages { room: room.clone(), batch: batch.to_vec(), done }, result).await
+    }
+
+    /// Creates `room` (with `owner` as its owner), in a transaction shared with other writes;
+    /// false when it exists.
+    pub async fn create_room(
+        &self,
+        room: &NewRoom,
+        owner: Option<UserId>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let (done, result) = oneshot::channel();
+        self.grouped(Write::Room { room: room.clone(), owner, now, done }, result).await
+    }
+
+    /// Makes `user` a member of `room`, in a transaction shared with other writes; false when
+    /// they already have a standing there.
+    pub async fn add_member(
+        &self,
+        room: &RoomName,
+        user: UserId,
+        role: Role,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let (done, result) = oneshot::channel();
+        self.grouped(Write::Member { room: room.clone(), user, role, now, done }, result).await
     }
 
     /// Appends one room's batch inside `tx`.
@@ -331,25 +427,25 @@ impl SqliteStore {
 
 shared_queries!(SqliteStore);
 
-/// Stores what rooms queued for the write connection, all rooms waiting at once in one
+/// Stores what was queued for the write connection, everything waiting at once in one
 /// transaction, until every store handle is gone.
-async fn run_commits(write: SqlitePool, mut queue: mpsc::Receiver<Commit>) {
-    let mut commits = Vec::with_capacity(ROOMS_PER_COMMIT);
-    while queue.recv_many(&mut commits, ROOMS_PER_COMMIT).await > 0 {
-        match commit_together(&write, &commits).await {
+async fn run_commits(write: SqlitePool, mut queue: mpsc::Receiver<Write>) {
+    let mut writes = Vec::with_capacity(WRITES_PER_COMMIT);
+    while queue.recv_many(&mut writes, WRITES_PER_COMMIT).await > 0 {
+        match commit_together(&write, &writes).await {
             Ok(results) => {
-                for (commit, result) in commits.drain(..).zip(results) {
-                    let _ = commit.done.send(result);
+                for (write, result) in writes.drain(..).zip(results) {
+                    write.finish(result);
                 }
             }
             Err(e) => {
-                // Nothing of this transaction was stored: every room's senders hear why.
+                // Nothing of this transaction was stored: every caller hears why.
                 let unavailable = e.is_unavailable();
                 // The cause goes along in words (the error itself cannot be cloned).
                 let text = std::error::Error::source(&e).map_or_else(|| e.to_string(), |cause| format!("{e}: {cause}"));
-                for commit in commits.drain(..) {
+                for write in writes.drain(..) {
                     let error = sqlx::Error::Protocol(text.clone());
-                    let _ = commit.done.send(Err(if unavailable {
+                    write.finish(Err(if unavailable {
                         StoreError::Unavailable(error)
                     } else {
                         StoreError::Other(error)
@@ -360,36 +456,33 @@ async fn run_commits(write: SqlitePool, mut queue: mpsc::Receiver<Commit>) {
     }
 }
 
-/// One transaction for `commits`, a savepoint per room when there are several. `Err` only when
-/// the transaction itself failed; a room whose own statements failed gets its error in the list.
-async fn commit_together(
-    write: &SqlitePool,
-    commits: &[Commit],
-) -> Result<Vec<Result<Vec<Appended>, StoreError>>, StoreError> {
+/// One transaction for `writes`, a savepoint for each of several statements when there are
+/// several. `Err` only when the transaction itself failed; a write whose own statements failed
+/// gets its error in the list.
+async fn commit_together(write: &SqlitePool, writes: &[Write]) -> Result<Vec<Result<Outcome, StoreError>>, StoreError> {
     let mut tx = write.begin_with("BEGIN IMMEDIATE").await?;
-    if let [one] = commits {
+    if let [one] = writes {
         // Alone: its error is the transaction's (rolled back on drop), kept as it is so that
         // the caller can tell a conflict from an outage.
-        let result = SqliteStore::append_in(&mut tx, &one.room, &one.batch).await;
+        let result = one.apply(&mut tx).await;
         if result.is_ok() {
             tx.commit().await?;
         }
         return Ok(vec![result]);
     }
-    let mut results = Vec::with_capacity(commits.len());
-    for commit in commits {
-        sqlx::query("SAVEPOINT room").execute(&mut *tx).await?;
-        match SqliteStore::append_in(&mut tx, &commit.room, &commit.batch).await {
-            Ok(out) => {
-                sqlx::query("RELEASE room").execute(&mut *tx).await?;
-                results.push(Ok(out));
-            }
-            Err(e) => {
-                sqlx::query("ROLLBACK TO room").execute(&mut *tx).await?;
-                sqlx::query("RELEASE room").execute(&mut *tx).await?;
-                results.push(Err(e));
-            }
+    let mut results = Vec::with_capacity(writes.len());
+    for w in writes {
+        if !w.needs_savepoint() {
+            results.push(w.apply(&mut tx).await);
+            continue;
         }
+        sqlx::query("SAVEPOINT write").execute(&mut *tx).await?;
+        let result = w.apply(&mut tx).await;
+        if result.is_err() {
+            sqlx::query("ROLLBACK TO write").execute(&mut *tx).await?;
+        }
+        sqlx::query("RELEASE write").execute(&mut *tx).await?;
+        results.push(result);
     }
     tx.commit().await?;
     Ok(results)

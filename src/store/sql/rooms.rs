@@ -159,13 +159,15 @@ macro_rules! room_queries {
                 .await?)
             }
 
-            pub async fn create_room(
-                &self,
+            /// Creates `room` (with `owner` as its owner) on `conn`, inside the caller's
+            /// transaction; false when it exists. Each backend's `create_room` runs it: SQLite
+            /// in a transaction shared with other writes, PostgreSQL in its own.
+            pub(in $crate::store) async fn create_room_on(
+                conn: &mut <<Self as $crate::store::sql::Backend>::Db as sqlx::Database>::Connection,
                 room: &$crate::domain::NewRoom,
                 owner: Option<$crate::domain::UserId>,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<bool, $crate::store::StoreError> {
-                let mut tx = self.begin_write().await?;
                 let created = sqlx::query(
                     "INSERT INTO rooms (name, last_seq, created_at, kind, title, topic, created_by) \
                      VALUES ($1, 0, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
@@ -176,7 +178,7 @@ macro_rules! room_queries {
                 .bind(room.title.as_deref())
                 .bind(room.topic.as_deref())
                 .bind(room.created_by.0)
-                .execute(&mut *tx)
+                .execute(&mut *conn)
                 .await?
                 .rows_affected()
                     == 1;
@@ -185,10 +187,9 @@ macro_rules! room_queries {
                         .bind(room.name.as_str())
                         .bind(owner.0)
                         .bind(now)
-                        .execute(&mut *tx)
+                        .execute(&mut *conn)
                         .await?;
                 }
-                tx.commit().await?;
                 Ok(created)
             }
 
@@ -237,8 +238,11 @@ macro_rules! room_queries {
                 .await?)
             }
 
-            pub async fn add_member(
-                &self,
+            /// Makes `user` a member of `room` with `role` on `conn` (one statement, which
+            /// is its own transaction outside one); false when they already have a standing
+            /// there. Each backend's `add_member` runs it.
+            pub(in $crate::store) async fn add_member_on(
+                conn: &mut <<Self as $crate::store::sql::Backend>::Db as sqlx::Database>::Connection,
                 room: &str,
                 user: uuid::Uuid,
                 role: &str,
@@ -254,7 +258,7 @@ macro_rules! room_queries {
                 .bind(user)
                 .bind(role)
                 .bind(now)
-                .execute(&self.write)
+                .execute(&mut *conn)
                 .await?
                 .rows_affected()
                     == 1)
