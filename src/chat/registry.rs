@@ -111,7 +111,9 @@ impl SessionRegistry {
         origin: Origin,
     ) -> Result<SessionSlot, QuotaFull> {
         let mut shard = self.shard(&user);
-        let open = shard.entry(user).or_default();
+        // Room for one: most accounts have one session open (a Vec's first push makes room
+        // for four, which every idle connection would carry).
+        let open = shard.entry(user).or_insert_with(|| Vec::with_capacity(1));
         if self.max > 0 && open.len() >= self.max as usize {
             if open.is_empty() {
                 shard.remove(&user);

@@ -73,28 +73,30 @@ pub struct SessionHandle {
     pub id: u64,
     pub user: Uuid,
     pub outbox: Arc<Outbox>,
-    /// Rooms the user was removed from while this session was in them.
-    evicted: Arc<Evicted>,
-    /// Rooms the user may not send in, until when (Unix seconds).
-    muted: Arc<Mutex<Vec<(RoomName, i64)>>>,
+    /// What others changed about the session's standing in its rooms (one allocation: every
+    /// idle connection holds it).
+    standing: Arc<Standing>,
 }
 
-/// Rooms a session was removed from by someone else, until the session catches up with it.
+/// Rooms a session was removed from by someone else, until the session catches up with it,
+/// and the rooms it may not send in.
 #[derive(Default)]
-struct Evicted {
-    /// Whether `rooms` has anything: the check every send makes, without the lock.
-    any: AtomicBool,
-    rooms: Mutex<Vec<RoomName>>,
+struct Standing {
+    /// Whether `evicted` has anything: the check every send makes, without the lock.
+    any_evicted: AtomicBool,
+    evicted: Mutex<Vec<RoomName>>,
+    /// Rooms the user may not send in, until when (Unix seconds).
+    muted: Mutex<Vec<(RoomName, i64)>>,
 }
 
 impl SessionHandle {
     pub fn new(user: Uuid, outbox: Arc<Outbox>) -> Self {
-        Self { id: rand::random(), user, outbox, evicted: Arc::default(), muted: Arc::default() }
+        Self { id: rand::random(), user, outbox, standing: Arc::default() }
     }
 
     /// The user may not send in `room` until `until` (Unix seconds); 0 lifts it.
     pub fn mute(&self, room: &RoomName, until: i64) {
-        let mut muted = self.muted.lock_unpoisoned();
+        let mut muted = self.standing.muted.lock_unpoisoned();
         muted.retain(|(r, _)| r != room);
         if until > 0 {
             muted.push((room.clone(), until));
@@ -103,28 +105,28 @@ impl SessionHandle {
 
     /// Until when the user may not send in `room`, if they are muted there now.
     pub fn muted_until(&self, room: &RoomName, now: i64) -> Option<i64> {
-        let muted = self.muted.lock_unpoisoned();
+        let muted = self.standing.muted.lock_unpoisoned();
         muted.iter().find(|(r, until)| r == room && *until > now).map(|(_, until)| *until)
     }
 
     /// The user is no longer a member of `room`.
     pub fn evict(&self, room: &RoomName) {
-        let mut rooms = self.evicted.rooms.lock_unpoisoned();
+        let mut rooms = self.standing.evicted.lock_unpoisoned();
         if !rooms.contains(room) {
             rooms.push(room.clone());
         }
-        self.evicted.any.store(true, Ordering::Release);
+        self.standing.any_evicted.store(true, Ordering::Release);
     }
 
     pub fn is_evicted_from(&self, room: &RoomName) -> bool {
-        self.evicted.any.load(Ordering::Acquire) && self.evicted.rooms.lock_unpoisoned().contains(room)
+        self.standing.any_evicted.load(Ordering::Acquire) && self.standing.evicted.lock_unpoisoned().contains(room)
     }
 
     /// The rooms removed from since the last call.
     pub fn take_evicted(&self) -> Vec<RoomName> {
-        if !self.evicted.any.swap(false, Ordering::AcqRel) {
+        if !self.standing.any_evicted.swap(false, Ordering::AcqRel) {
             return Vec::new();
         }
-        std::mem::take(&mut *self.evicted.rooms.lock_unpoisoned())
+        std::mem::take(&mut *self.standing.evicted.lock_unpoisoned())
     }
 }

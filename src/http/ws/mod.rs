@@ -22,7 +22,7 @@ use poem::{
 };
 
 use self::{
-    session::run_session,
+    session::{Opening, run_session},
     upgrade::{abandon, upgrade},
 };
 use super::{AppState, error, middleware::is_same_origin};
@@ -64,9 +64,9 @@ pub async fn native_endpoint(req: &Request, state: Data<&AppState>) -> Response 
             return error::json(status, &e.to_string(), e.code());
         }
     };
-    upgrade(req, &state, Codec::Native, move |socket, state| async move {
+    upgrade(req, &state, Codec::Native, move |socket, state| {
         let hello = native::hello(&who.user, &state.node_id, state.config.chat.message_max_len);
-        run_session(socket, state, who, vec![hello], Vec::new()).await;
+        run_session(socket, state, Box::new(Opening { who, greeting: vec![hello], replay: Vec::new() }))
     })
 }
 
@@ -112,14 +112,18 @@ pub async fn socketio_endpoint(req: &Request, state: Data<&AppState>, body: poem
             return error::json(StatusCode::BAD_REQUEST, "unknown or expired sid", "invalid_session");
         };
         return upgrade(req, &state, Codec::SocketIo, move |mut socket, state| async move {
-            let upgraded = engineio::finish_upgrade(&mut socket, &session, &state).await;
+            // Boxed, like the handshake below: a session's future keeps room for its largest
+            // state all its life.
+            let upgraded = Box::pin(engineio::finish_upgrade(&mut socket, &session, &state)).await;
             if upgraded.is_some() {
                 state.polling.remove_upgraded(session.sid.clone());
             } else {
                 state.polling.remove(&session.sid);
             }
             match upgraded {
-                Some((user, greeting, replay)) => run_session(socket, state, user, greeting, replay).await,
+                Some((who, greeting, replay)) => {
+                    run_session(socket, state, Box::new(Opening { who, greeting, replay })).await;
+                }
                 None => abandon(socket).await,
             }
         });
@@ -127,8 +131,9 @@ pub async fn socketio_endpoint(req: &Request, state: Data<&AppState>, body: poem
     upgrade(req, &state, Codec::SocketIo, |mut socket, state| async move {
         let sid = uuid::Uuid::new_v4().simple().to_string();
         let opened = socket.send_now(engineio::open_packet(&state, &sid, false)).await.is_some();
-        if let Some(user) = if opened { engineio::handshake(&mut socket, &state).await } else { None } {
-            run_session(socket, state, user, vec![socketio::connected(&sid)], Vec::new()).await;
+        if let Some(who) = if opened { Box::pin(engineio::handshake(&mut socket, &state)).await } else { None } {
+            let greeting = vec![socketio::connected(&sid)];
+            run_session(socket, state, Box::new(Opening { who, greeting, replay: Vec::new() })).await;
         } else {
             abandon(socket).await;
         }

@@ -100,16 +100,20 @@ struct Driver {
     state: AppState,
 }
 
+/// What a session starts with: who it runs as, the frames that greet the client, and commands
+/// that came before the WebSocket did. Boxed, as it is gone once the session runs, while its
+/// room in the session's future would stay for the connection's life.
+pub(super) struct Opening {
+    pub who: Identity,
+    pub greeting: Vec<Utf8Bytes>,
+    pub replay: Vec<String>,
+}
+
 /// The session loop shared by both transports: frames in become chat commands; the chat core
 /// writes events and answers through the outbox, and this task finishes writes the socket
 /// could not take at once; heartbeats, a too-slow reader and shutdown end it.
-pub(super) async fn run_session(
-    mut socket: Box<Socket>,
-    state: AppState,
-    who: Identity,
-    greeting: Vec<Utf8Bytes>,
-    replay: Vec<String>,
-) {
+pub(super) async fn run_session(mut socket: Box<Socket>, state: AppState, opening: Box<Opening>) {
+    let Opening { who, greeting, replay } = *opening;
     let (out, codec) = (Arc::clone(&socket.out), socket.out.codec());
     let chat = state.chat.clone();
     let expires_at = who.expires_at;

@@ -46,13 +46,18 @@ where
     };
     let state = state.clone();
     let peer = crate::http::client_ip(req, &state.trusted_proxies);
-    state.sessions.clone().spawn(async move {
+    let sessions = state.sessions.clone();
+    // Two tasks: this one waits for the upgrade, then hands the connection to a task that runs
+    // only the session. A task's future is as large as its largest state, and every idle
+    // connection holds its session's for hours: it should not also hold room for the upgrade.
+    sessions.spawn(async move {
         let Ok(upgraded) = on_upgrade.await else { return };
         let (read, write) = tokio::io::split(upgraded);
         let out = Outbox::new(write, codec, state.config.ws.outbound_queue);
         let duplex = Duplex { read, out: Arc::clone(&out) };
         let ws = WebSocketStream::from_raw_socket(duplex, Role::Server, Some(ws_config(&state.config.ws))).await;
-        session(Box::new(Socket { ws, out, peer }), state).await;
+        let tracker = state.sessions.clone();
+        tracker.spawn(session(Box::new(Socket { ws, out, peer }), state));
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
