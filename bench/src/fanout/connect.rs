@@ -351,12 +351,12 @@ async fn run_client(mut s: ClientSetup, mut rx: Receiver) {
         let last = s.rounds.len() - 1;
         let mut acked = 0;
         for (round, within) in s.rounds.iter().enumerate() {
-            serve_until(&mut conn, &mut s.go, round + 1).await?;
+            serve_while(&mut conn, s.go.wait_for(|go| *go > round)).await?.context("setup abandoned")?;
             let rooms: Vec<usize> = s.plan.rooms_of(s.i, within.clone()).collect();
             acked = if rooms.is_empty() {
                 0
             } else {
-                let _permit = s.permits.acquire().await?;
+                let _permit = serve_while(&mut conn, s.permits.acquire()).await??;
                 let sending = &s.sending_rooms;
                 join_rooms(&mut conn, &s.plan, &rooms, s.window, |room, seq| {
                     if sending[room] {
@@ -389,9 +389,11 @@ async fn run_client(mut s: ClientSetup, mut rx: Receiver) {
     }
 }
 
-/// Keeps reading (answering pings, dropping events) until `go` reaches `round`: a connection
-/// that waits for the others must still look alive to the server.
-async fn serve_until(conn: &mut WsConn, go: &mut watch::Receiver<usize>, round: usize) -> anyhow::Result<()> {
+/// Awaits `wait` while reading the connection (answering pings, dropping events): a
+/// connection that waits for its turn, or for the others, must still look alive to the server,
+/// which closes one it has heard nothing from for `ws.idle_timeout`.
+async fn serve_while<F: Future>(conn: &mut WsConn, wait: F) -> anyhow::Result<F::Output> {
+    tokio::pin!(wait);
     loop {
         while let Some(frame) = conn.next_frame()? {
             conn.consume(&frame);
@@ -404,14 +406,32 @@ async fn serve_until(conn: &mut WsConn, go: &mut watch::Receiver<usize>, round: 
                 _ => {}
             }
         }
-        if *go.borrow_and_update() >= round {
-            return Ok(());
-        }
         tokio::select! {
+            done = &mut wait => return Ok(done),
             more = conn.fill() => if !more? {
                 bail!("connection closed by the server");
             },
-            changed = go.changed() => changed.context("setup abandoned")?,
+        }
+    }
+}
+
+/// The next text frame, answering pings; an error that says why if the connection ends.
+async fn next_text(conn: &mut WsConn) -> anyhow::Result<Vec<u8>> {
+    loop {
+        while let Some(frame) = conn.next_frame()? {
+            conn.consume(&frame);
+            match frame.opcode {
+                OP_TEXT => return Ok(conn.payload(&frame).to_vec()),
+                OP_PING => {
+                    let pong = conn.payload(&frame).to_vec();
+                    conn.send(OP_PONG, &pong).await?;
+                }
+                OP_CLOSE => bail!("closed by the server: {}", close_reason(conn.payload(&frame))),
+                _ => {}
+            }
+        }
+        if !conn.fill().await? {
+            bail!("connection closed by the server");
         }
     }
 }
@@ -464,9 +484,7 @@ pub async fn join_rooms(
         if !out.is_empty() {
             conn.write_all(&out).await?;
         }
-        let Some(p) = conn.next_text().await? else {
-            bail!("connection closed while joining rooms ({acked} of {} acked)", rooms.len())
-        };
+        let p = next_text(conn).await.with_context(|| format!("joining rooms ({acked} of {} acked)", rooms.len()))?;
         match kind(&p) {
             Kind::Ack => {
                 let (room, seq) = join_ack(&p)?;
