@@ -195,12 +195,13 @@ pub struct RoomsArgs {
     /// Rooms, created by the run (each by its first join).
     #[arg(long, default_value_t = 100_000)]
     pub rooms: usize,
-    /// Connected clients, each a distinct user.
-    #[arg(long, default_value_t = 30_000)]
+    /// Connected clients, each a distinct user. The default stays below 20,000 open files and
+    /// the 28,232 local ports Linux gives connections to one address by default.
+    #[arg(long, default_value_t = 15_000)]
     pub clients: usize,
     /// Rooms each client joins: client i joins rooms (i + k·clients) mod rooms, k < N; clients
     /// × N must be at least --rooms. The server takes at most chat.max_rooms_per_session (256).
-    #[arg(long, default_value_t = 10, value_name = "N")]
+    #[arg(long, default_value_t = 20, value_name = "N")]
     pub rooms_per_client: usize,
     /// Busy rooms: the first B rooms, whose members send the traffic and receive it.
     #[arg(long, default_value_t = 10, value_name = "B")]

@@ -120,6 +120,15 @@ async fn run(cli: Cli, workers: usize, nofile: u64) -> anyhow::Result<()> {
     }
     let spawn_default = if matches!(cli.scenario, Scenario::Cluster(_)) { 2 } else { 1 };
     let mut targets = Targets::start(&cli.target, spawn_default).await?;
+    // Connections to one address each need a local port of their own.
+    let per_node = clients.div_ceil(targets.nodes.len().max(1)) as u64;
+    if let Some(ports) = procfs::local_ports()
+        && per_node + 64 > ports
+    {
+        eprintln!(
+            "confab-bench: warning: {per_node} connections to one node but only {ports} local ports (net.ipv4.ip_local_port_range)"
+        );
+    }
     let ctx = Context {
         targets: &targets,
         workers,

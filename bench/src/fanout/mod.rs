@@ -242,10 +242,13 @@ mod tests {
 
     #[test]
     fn many_rooms_per_client_cover_every_room_once_per_membership() {
+        check_layout(&plan(15_000, 100_000, 20));
         check_layout(&plan(30_000, 100_000, 10));
         check_layout(&plan(60, 100, 5));
         check_layout(&plan(2000, 5000, 5));
         check_layout(&plan(7, 10, 3));
+        let p = plan(15_000, 100_000, 20);
+        assert_eq!((p.members(0), p.members(99_999)), (3, 3));
         let p = plan(30_000, 100_000, 10);
         assert_eq!((p.members(0), p.members(99_999)), (3, 3));
         let busy = p.clone().members_of_first_rooms_send(10);

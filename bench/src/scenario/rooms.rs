@@ -52,7 +52,7 @@ fn check(args: &RoomsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What the server's memory did, in KiB (all `None` without server pids).
+/// What the servers' memory did, in KiB (readings are 0 without server pids).
 struct Memory {
     before: u64,
     connected: u64,
@@ -123,9 +123,9 @@ pub async fn rooms(ctx: &Context<'_>, args: &RoomsArgs) -> anyhow::Result<()> {
         round_ends.push(memberships);
     }
     eprintln!(
-        "confab-bench: {} clients join {rooms} rooms ({memberships} memberships) in {} rounds, {} connections × {} joins in flight",
+        "confab-bench: {} clients join {rooms} rooms ({memberships} memberships) in {}, {} connections × {} joins in flight",
         args.clients,
-        round_ends.len(),
+        if round_ends.len() == 1 { "one round" } else { "two rounds" },
         args.connect_concurrency,
         args.join_window
     );
