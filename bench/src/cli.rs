@@ -71,6 +71,9 @@ pub enum Scenario {
     Store(StoreArgs),
     /// Fan-out over 2-3 nodes sharing PostgreSQL and Redis, with same-node vs cross-node latency.
     Cluster(FanoutArgs),
+    /// Many rooms with a few members each, most idle, a few busy: memory per room and per
+    /// membership, join rate, idle CPU, and the busy rooms' latency.
+    Rooms(RoomsArgs),
     /// The in-memory broadcaster that `--floor` measures beside confab (started by the bench
     /// itself; run it by hand to point other tools at it). Prints `FLOOR_LISTENING <addr>`.
     FloorServer(FloorServerArgs),
@@ -182,6 +185,51 @@ pub struct StoreArgs {
     /// Message content size, bytes.
     #[arg(long, default_value_t = 100)]
     pub size: usize,
+    /// Send without a `clientId` (by default every send has one, as the web client's do).
+    #[arg(long)]
+    pub no_client_id: bool,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct RoomsArgs {
+    /// Rooms, created by the run (each by its first join).
+    #[arg(long, default_value_t = 100_000)]
+    pub rooms: usize,
+    /// Connected clients, each a distinct user. The default stays below 20,000 open files and
+    /// the 28,232 local ports Linux gives connections to one address by default.
+    #[arg(long, default_value_t = 15_000)]
+    pub clients: usize,
+    /// Rooms each client joins: client i joins rooms (i + k·clients) mod rooms, k < N; clients
+    /// × N must be at least --rooms. The server takes at most chat.max_rooms_per_session (256).
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub rooms_per_client: usize,
+    /// Busy rooms: the first B rooms, whose members send the traffic and receive it.
+    #[arg(long, default_value_t = 10, value_name = "B")]
+    pub busy_rooms: usize,
+    /// Total send rate into the busy rooms, messages per second (open loop).
+    #[arg(long, default_value_t = 500.0)]
+    pub rate: f64,
+    /// Measured window of the busy phase.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Sending before the measured window starts (not counted).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// Message content size, bytes (at least 43: sender, sequence and send time are embedded).
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// How long to wait after the window for messages still in flight before counting them lost.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub drain: Duration,
+    /// Connections being opened at once, and connections joining at once.
+    #[arg(long, default_value_t = 64)]
+    pub connect_concurrency: usize,
+    /// `join_room`s a joining connection keeps unacknowledged.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub join_window: usize,
+    /// How long every room is held idle, after the joins, for the server's idle CPU.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub hold: Duration,
     /// Send without a `clientId` (by default every send has one, as the web client's do).
     #[arg(long)]
     pub no_client_id: bool,

@@ -2,8 +2,9 @@
 //!
 //! It speaks the native WebSocket protocol to one or several confab nodes (running ones, or
 //! nodes it starts itself), provisions one account per client over REST, and runs a scenario:
-//! open-loop fan-out, a rate step search, idle connections, acked durable stores, or fan-out
-//! across a cluster. Each run prints a table and one `BENCH_JSON {...}` line.
+//! open-loop fan-out, a rate step search, idle connections, acked durable stores, fan-out
+//! across a cluster, or many rooms, most of them idle. Each run prints a table and one
+//! `BENCH_JSON {...}` line.
 //!
 //! The generator runs on the same cores as the server it measures, so it is built to be cheap
 //! per received message (see `fanout/`) and reports its own CPU time next to the server's.
@@ -110,6 +111,7 @@ async fn run(cli: Cli, workers: usize, nofile: u64) -> anyhow::Result<()> {
         Scenario::Fanout(a) | Scenario::Cluster(a) => a.clients,
         Scenario::Step(a) => a.fanout.clients,
         Scenario::Idle(a) => a.clients,
+        Scenario::Rooms(a) => a.clients,
         Scenario::Store(a) => a.senders,
         Scenario::FloorServer(a) => return floor::serve(&a.listen).await,
     };
@@ -118,6 +120,15 @@ async fn run(cli: Cli, workers: usize, nofile: u64) -> anyhow::Result<()> {
     }
     let spawn_default = if matches!(cli.scenario, Scenario::Cluster(_)) { 2 } else { 1 };
     let mut targets = Targets::start(&cli.target, spawn_default).await?;
+    // Connections to one address each need a local port of their own.
+    let per_node = clients.div_ceil(targets.nodes.len().max(1)) as u64;
+    if let Some(ports) = procfs::local_ports()
+        && per_node + 64 > ports
+    {
+        eprintln!(
+            "confab-bench: warning: {per_node} connections to one node but only {ports} local ports (net.ipv4.ip_local_port_range)"
+        );
+    }
     let ctx = Context {
         targets: &targets,
         workers,
@@ -131,6 +142,7 @@ async fn run(cli: Cli, workers: usize, nofile: u64) -> anyhow::Result<()> {
                 Scenario::Cluster(a) => scenario::fanout(&ctx, a, "cluster").await,
                 Scenario::Step(a) => scenario::step(&ctx, a).await,
                 Scenario::Idle(a) => scenario::idle(&ctx, a).await,
+                Scenario::Rooms(a) => scenario::rooms(&ctx, a).await,
                 Scenario::Store(a) => scenario::store(&ctx, a).await,
                 Scenario::FloorServer(_) => unreachable!("served above"),
             }

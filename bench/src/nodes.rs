@@ -3,9 +3,10 @@
 //!
 //! Spawned nodes get a configuration that makes a run measurable rather than realistic: rate
 //! limits off (the generator registers thousands of users from one IP and sends far above a
-//! human's rate) and argon2 at its cheapest (registration is setup, not what is measured). The
-//! rest is confab's defaults. They run in a private temp directory with an empty config file, so
-//! no `confab.toml` of the caller's working directory leaks in.
+//! human's rate), argon2 at its cheapest (registration is setup, not what is measured), and
+//! access tokens that outlive the longest setup. The rest is confab's defaults. They run in a
+//! private temp directory with an empty config file, so no `confab.toml` of the caller's working
+//! directory leaks in.
 
 use std::{
     net::TcpListener,
@@ -195,6 +196,9 @@ impl Targets {
                 ("CONFAB_HTTP__MAX_CONNECTIONS_PER_IP", "0"),
                 ("CONFAB_AUTH__ARGON2__MEMORY_KIB", "64"),
                 ("CONFAB_AUTH__ARGON2__ITERATIONS", "1"),
+                // A session ends when its token expires (15 min by default); the joins of a
+                // big `rooms` run can take longer than that.
+                ("CONFAB_AUTH__ACCESS_TOKEN_TTL", "2h"),
                 ("CONFAB_LOG_LEVEL", "warn"),
                 ("CONFAB_SHUTDOWN__GRACE", "2s"),
                 ("NO_COLOR", "1"),

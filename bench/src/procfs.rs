@@ -80,6 +80,16 @@ pub fn servers_rss_kib(pids: &[i32]) -> u64 {
     pids.iter().filter_map(|p| rss_kib(&p.to_string()).ok()).sum()
 }
 
+/// How many local ports connections may take (`net.ipv4.ip_local_port_range`), if known.
+pub fn local_ports() -> Option<u64> {
+    let range = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut ends = range.split_whitespace().map(str::parse::<u64>);
+    match (ends.next(), ends.next()) {
+        (Some(Ok(low)), Some(Ok(high))) if high >= low => Some(high - low + 1),
+        _ => None,
+    }
+}
+
 /// Raises the open-files soft limit to the hard limit (children inherit it). Returns the new soft
 /// limit.
 pub fn raise_nofile_limit() -> u64 {
@@ -107,5 +117,6 @@ mod tests {
         assert!(rss_kib("self").unwrap() > 0);
         let (busy, total) = machine_ticks().unwrap();
         assert!(total >= busy && total > 0);
+        assert!(local_ports().is_some_and(|n| n > 0));
     }
 }

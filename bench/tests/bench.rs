@@ -2,6 +2,8 @@
 //!
 //! - A tiny fan-out run against a node it spawns itself (SQLite), with a preload and the floor
 //!   beside it, checked through its machine-readable line.
+//! - A tiny `rooms` run the same way: every join acked, every busy room's message delivered
+//!   once and in order.
 //! - A cross-check: a fan-out run against a node this test starts, while an independent client
 //!   (../tests/interop/bench-crosscheck.mjs: Node.js and the `ws` package, no code shared with the
 //!   bench) sits in the same rooms and measures the latency of the same messages with its own
@@ -177,6 +179,57 @@ fn a_tiny_fanout_run_delivers_every_message_once_and_in_order() {
     assert_eq!(faults(floor), [0; 5], "{run}");
     assert!(floor["latency_ms"]["p50"].as_f64().is_some(), "{run}");
     assert!(floor["server_cpu_us_per_delivery"].as_f64().is_some_and(|us| us > 0.0), "{run}");
+}
+
+/// `rooms`, tiny: 100 rooms, each with three of the 60 clients (five rooms each), 21 of them busy.
+/// Client i's rooms are those ≡ i (mod 20), so busy rooms 0 and 20 share their members: those
+/// connections receive two busy rooms' messages interleaved, and room seq order must be checked
+/// per room.
+#[test]
+fn a_tiny_rooms_run_joins_every_membership_and_delivers_every_message_once_and_in_order() {
+    let _machine = MACHINE.lock().unwrap_or_else(PoisonError::into_inner);
+    let run = run_bench(&[
+        "--spawn",
+        "1",
+        "--confab-bin",
+        confab_bin().to_str().expect("a UTF-8 path"),
+        "rooms",
+        "--rooms",
+        "100",
+        "--clients",
+        "60",
+        "--rooms-per-client",
+        "5",
+        "--busy-rooms",
+        "21",
+        "--rate",
+        "100",
+        "--duration",
+        "2s",
+        "--warmup",
+        "500ms",
+        "--hold",
+        "1s",
+        "--drain",
+        "5s",
+    ]);
+    assert_eq!(run["scenario"], "rooms", "{run}");
+    assert_eq!((count(&run, "memberships"), count(&run, "senders")), (300, 63), "{run}");
+    // Round A created every room with its first member; round B added the other two to each.
+    assert_eq!(count(&run["join_new_rooms"], "joins"), 100, "{run}");
+    assert_eq!(count(&run["join_existing_rooms"], "joins"), 200, "{run}");
+    for key in ["rss_per_connection_kib", "rss_per_membership_kib", "rss_per_room_kib", "server_cpu_idle_pct"] {
+        assert!(run[key].as_f64().is_some(), "{key} missing in {run}");
+    }
+    // 100 msg/s for 2 s into rooms of three members.
+    assert_eq!(count(&run, "sent"), 200, "{run}");
+    assert_eq!(count(&run, "expected"), 600, "{run}");
+    assert_eq!(count(&run, "delivered"), 600, "{run}");
+    let faults =
+        ["lost", "duplicated", "out_of_order", "errors", "closed", "closed_before_busy"].map(|k| count(&run, k));
+    assert_eq!(faults, [0; 6], "{run}");
+    assert_eq!(run["clean"], true, "{run}");
+    assert!(run["latency_ms"]["p99"].as_f64().is_some(), "{run}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -66,6 +66,8 @@ pub(super) struct Shared {
     pub(super) hists: Vec<Mutex<Hists>>,
     /// Node of each sender, to split same-node from cross-node latency.
     pub(super) sender_node: Vec<usize>,
+    /// Room of each sender: where a receiver in several rooms checks the seq order.
+    pub(super) sender_room: Vec<usize>,
     /// Connections the server closed (or that failed) since setup.
     pub(super) closed: AtomicU64,
     pub(super) first_close: Mutex<Option<String>>,
@@ -142,14 +144,29 @@ pub(super) struct Receiver {
     pub(super) shared: Arc<Shared>,
     pub(super) counters: Arc<Counters>,
     pub(super) writer: Option<Arc<SharedWriter>>,
+    /// Per sender, allocated with the first tagged message.
     pub(super) tracks: Vec<Track>,
-    pub(super) last_seq: u64,
+    /// The latest seq seen in each room with senders that this connection is in.
+    pub(super) seqs: Vec<(usize, u64)>,
     pub(super) batch: Batch,
     /// (latency µs, cross-node) of this read.
     pub(super) samples: Vec<(u64, bool)>,
 }
 
 impl Receiver {
+    /// The connection joined `room` (a room with senders) at `seq`.
+    pub(super) fn joined(&mut self, room: usize, seq: u64) {
+        *self.last_seq(room) = seq;
+    }
+
+    fn last_seq(&mut self, room: usize) -> &mut u64 {
+        let at = self.seqs.iter().position(|&(r, _)| r == room).unwrap_or_else(|| {
+            self.seqs.push((room, 0));
+            self.seqs.len() - 1
+        });
+        &mut self.seqs[at].1
+    }
+
     fn on_text(&mut self, p: &[u8], now: u64) {
         match kind(p) {
             Kind::Message => self.on_message(p, now),
@@ -165,22 +182,31 @@ impl Receiver {
 
     fn on_message(&mut self, p: &[u8], now: u64) {
         let seq = seq(p);
-        let tag = tag(p).filter(|t| t.sender < self.tracks.len());
+        let senders = self.shared.sender_room.len();
+        let tag = tag(p).filter(|t| t.sender < senders);
         let Some(tag) = tag else {
-            // Not one of ours (another client of a shared server): only its seq matters.
-            self.last_seq = self.last_seq.max(seq.unwrap_or(0));
+            // Not one of ours (another client of a shared server): only its seq matters, in
+            // the one room this connection watches (in several, which one is not scanned for).
+            if let ([(_, last)], Some(seq)) = (self.seqs.as_mut_slice(), seq) {
+                *last = (*last).max(seq);
+            }
             return;
         };
+        if self.tracks.is_empty() {
+            self.tracks = vec![Track::default(); senders];
+        }
         let verdict = self.tracks[tag.sender].accept(tag.k);
         let start = self.shared.window_start.load(Ordering::Relaxed);
         let end = self.shared.window_end.load(Ordering::Relaxed);
         let sched_ns = clock::from_unix(tag.sched_unix_ns);
         let counted = (start..end).contains(&sched_ns);
         if let Some(seq) = seq {
-            if seq <= self.last_seq && verdict != Verdict::Duplicate && counted {
+            let last = self.last_seq(self.shared.sender_room[tag.sender]);
+            let backwards = seq <= *last;
+            *last = (*last).max(seq);
+            if backwards && verdict != Verdict::Duplicate && counted {
                 self.batch.ooo_seq += 1;
             }
-            self.last_seq = self.last_seq.max(seq);
         }
         if !counted {
             return;

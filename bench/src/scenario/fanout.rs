@@ -45,12 +45,14 @@ pub(super) fn plan(args: &FanoutArgs, nodes: usize, room_prefix: String) -> Plan
     Plan {
         clients: args.clients,
         rooms: args.rooms,
-        senders: args.senders,
+        rooms_per_client: 1,
+        senders: Vec::new(),
         nodes,
         size: args.size,
         client_ids: !args.no_client_id,
         room_prefix,
     }
+    .first_clients_send(args.senders)
 }
 
 /// Provisions the users, preloads the rooms if asked, then connects and joins every client.
@@ -127,7 +129,7 @@ pub(super) fn report_phase(
                 "{} clients, {} rooms, {} senders, {:.0} msg/s, {} B, {:.1} s window after {:.1} s warm-up",
                 plan.clients,
                 plan.rooms,
-                plan.senders,
+                plan.senders.len(),
                 p.rate,
                 plan.size,
                 p.window_s,
@@ -303,7 +305,7 @@ fn phase_json(
     let v = json!({
         "clients": plan.clients,
         "rooms": plan.rooms,
-        "senders": plan.senders,
+        "senders": plan.senders.len(),
         "size": plan.size,
         "client_ids": plan.client_ids,
         "rate": p.rate,

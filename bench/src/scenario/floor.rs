@@ -48,7 +48,11 @@ pub(super) fn floor_rows(plan: &Plan, f: &Phase) -> Vec<(&'static str, String)> 
             "load",
             format!(
                 "{} clients, {} rooms, {} senders, {:.0} msg/s, {} B",
-                plan.clients, plan.rooms, plan.senders, f.rate, plan.size
+                plan.clients,
+                plan.rooms,
+                plan.senders.len(),
+                f.rate,
+                plan.size
             ),
         ),
         ("sent", format!("{} messages", f.sent)),

@@ -32,7 +32,8 @@ pub async fn idle(ctx: &Context<'_>, args: &IdleArgs) -> anyhow::Result<()> {
     let plan = Plan {
         clients: args.clients,
         rooms: args.rooms,
-        senders: 0,
+        rooms_per_client: 1,
+        senders: Vec::new(),
         nodes: ctx.targets.nodes.len(),
         size: MIN_SIZE,
         client_ids: false,

@@ -1,12 +1,13 @@
-//! The five scenarios: set up, measure, report.
+//! The six scenarios: set up, measure, report.
 //!
 //! One file per scenario: `fanout` (`fanout` and `cluster`, and the phase report that `step`
-//! prints too), `step`, `idle` and `store`; `floor` runs the floor of `--floor` beside confab.
-//! This file holds the [`Context`] every report describes, and what the reports share.
+//! prints too), `step`, `idle`, `rooms` and `store`; `floor` runs the floor of `--floor` beside
+//! confab. This file holds the [`Context`] every report describes, and what the reports share.
 
 mod fanout;
 mod floor;
 mod idle;
+mod rooms;
 mod step;
 mod store;
 
@@ -16,6 +17,7 @@ use crate::{fanout::Phase, nodes::Targets, report::per};
 
 pub use fanout::fanout;
 pub use idle::idle;
+pub use rooms::rooms;
 pub use step::step;
 pub use store::store;
 
