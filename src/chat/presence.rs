@@ -9,10 +9,13 @@
 //! theirs is unexpired. Without Redis the hub's users are the whole story.
 //!
 //! Each node then compares, for each room it hosts, who is online with what it last told its
-//! members there, and tells them the difference in one `presence {room, online, offline}`
-//! event. So changes are coalesced per interval (a socket that drops and reconnects within one
-//! says nothing), every node tells its own members (nothing crosses the bus), and the cost is
-//! per interval and per hosted room member, never per message.
+//! members there (kept in the room), and tells them the difference in one `presence {room,
+//! online, offline}` event. So changes are coalesced per interval (a socket that drops and
+//! reconnects within one says nothing), every node tells its own members (nothing crosses the
+//! bus), and the cost is never per message. Alone, a node looks only at the rooms whose members
+//! changed since the last round (rooms list themselves when their members change), so idle
+//! rooms cost nothing; with Redis a round costs per hosted room member, as the entries must be
+//! refreshed before they expire.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -35,15 +38,13 @@ pub struct Presence {
     hub: Arc<Hub>,
     backing: Backing,
     ttl: Duration,
-    /// Per hosted room: who its members here were last told is online.
-    announced: Mutex<HashMap<RoomName, HashSet<Uuid>>>,
     /// Per room: the users this node last wrote as present (Redis), so leavers are removed.
     written: Mutex<HashMap<RoomName, HashSet<Uuid>>>,
 }
 
 impl Presence {
     pub fn new(hub: Arc<Hub>, backing: Backing, ttl: Duration) -> Arc<Self> {
-        Arc::new(Self { hub, backing, ttl, announced: Mutex::default(), written: Mutex::default() })
+        Arc::new(Self { hub, backing, ttl, written: Mutex::default() })
     }
 
     fn key(prefix: &str, room: &RoomName) -> String {
@@ -52,7 +53,7 @@ impl Presence {
 
     /// Who the members of `room` here were last told is online (for a session that joins).
     pub fn announced(&self, room: &RoomName) -> Vec<Uuid> {
-        self.announced.lock_unpoisoned().get(room).map(|s| s.iter().copied().collect()).unwrap_or_default()
+        self.hub.get(room).map(|r| r.announced()).unwrap_or_default()
     }
 
     /// Who is online in `room` now, on any live node.
@@ -77,33 +78,37 @@ impl Presence {
         }
     }
 
-    /// One round: writes this node's users (Redis), reads who is online in each hosted room,
-    /// and tells each room's members here what changed.
+    /// One round: tells each room's members here what changed. Alone, a node knows everyone
+    /// online, and only the rooms whose members changed since the last round are looked at: a
+    /// room whose members stay put costs a round nothing. With Redis, the round writes this
+    /// node's users and reads who is online in each hosted room.
     pub async fn tick(&self) {
-        let local = self.hub.users_by_room();
-        let online = match &self.backing {
-            Backing::Local => local.clone(),
-            Backing::Redis { conn, prefix, node } => match self.sync(conn, prefix, node, &local).await {
-                Ok(online) => online,
-                Err(e) => {
-                    tracing::debug!(error = %e, "presence round failed; trying again next round");
-                    return;
-                }
-            },
-        };
         let mut events = Vec::new();
-        {
-            let mut announced = self.announced.lock_unpoisoned();
-            announced.retain(|room, _| local.contains_key(room));
-            for (room, now) in &online {
-                let before = announced.entry(room.clone()).or_default();
-                let came: Vec<Uuid> = now.difference(before).copied().collect();
-                let went: Vec<Uuid> = before.difference(now).copied().collect();
-                if came.is_empty() && went.is_empty() {
-                    continue;
+        let changed = self.hub.member_changes();
+        match &self.backing {
+            Backing::Local => {
+                for (name, found) in changed {
+                    let Some((room, users)) = found else { continue };
+                    if let Some((came, went)) = room.announce(&users) {
+                        events.push((name.clone(), presence(&name, came, went)));
+                    }
                 }
-                before.clone_from(now);
-                events.push((room.clone(), presence(room, came, went)));
+            }
+            Backing::Redis { conn, prefix, node } => {
+                let local = self.hub.users_by_room();
+                let online = match self.sync(conn, prefix, node, &local).await {
+                    Ok(online) => online,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "presence round failed; trying again next round");
+                        return;
+                    }
+                };
+                for (name, now) in &online {
+                    let Some(room) = self.hub.get(name) else { continue };
+                    if let Some((came, went)) = room.announce(now) {
+                        events.push((name.clone(), presence(name, came, went)));
+                    }
+                }
             }
         }
         for (room, frame) in events {

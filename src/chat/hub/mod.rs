@@ -21,8 +21,8 @@ use tokio::sync::{OnceCell, oneshot};
 
 mod room;
 
+use self::room::{MemberChanges, RoomInner, drain_pending};
 pub use self::room::{Room, RoomClosed, Start};
-use self::room::{RoomInner, drain_pending};
 use super::{
     cork::{Flusher, corked},
     registry::SessionRegistry,
@@ -43,6 +43,9 @@ pub const PAGE: u32 = 256;
 
 type Shard = Mutex<HashMap<RoomName, Arc<Room>>>;
 
+/// A room of this node and the users in it.
+pub type RoomUsers = (Arc<Room>, std::collections::HashSet<uuid::Uuid>);
+
 /// Rooms with members on this node.
 pub struct Hub {
     shards: Box<[Shard]>,
@@ -52,6 +55,8 @@ pub struct Hub {
     pub sessions: Arc<SessionRegistry>,
     /// Writes what deliveries corked (see [`corked`](crate::chat::cork::corked)).
     pub flusher: Arc<Flusher>,
+    /// Rooms whose members changed since the last presence round.
+    changes: Arc<MemberChanges>,
 }
 
 impl Hub {
@@ -62,6 +67,7 @@ impl Hub {
             store,
             sessions,
             flusher: Flusher::spawn(),
+            changes: Arc::default(),
         })
     }
 
@@ -94,10 +100,13 @@ impl Hub {
                 closed: false,
                 delivered_total: [Codec::Native, Codec::SocketIo]
                     .map(|f| metrics::counter!(telemetry::MESSAGES_DELIVERED, "transport" => f.label())),
+                announced: Vec::new(),
+                changes_listed: false,
             }),
             ready: OnceCell::new(),
             subscribed: Mutex::new(Some(subscribed)),
             writer: writer::Slot::default(),
+            changes: Arc::clone(&self.changes),
         });
         shard.insert(room.clone(), Arc::clone(&new));
         new
@@ -142,6 +151,9 @@ impl Hub {
             let mut inner = room.lock();
             let before = inner.members.len();
             inner.members.retain(|m| m.handle.id != session);
+            // Listed even when the session was gone already (kicked as too slow): presence
+            // rounds learn of kicked sessions this way.
+            room.members_changed(&mut inner);
             (inner.members.len() < before, inner.members.is_empty())
         };
         if empty {
@@ -222,7 +234,25 @@ impl Hub {
 
     /// The users with a session in each room here.
     pub fn users_by_room(&self) -> HashMap<RoomName, std::collections::HashSet<uuid::Uuid>> {
-        self.rooms().iter().map(|r| (r.name.clone(), r.users())).collect()
+        self.rooms().iter().map(|r| (r.name.clone(), r.users_for_round())).collect()
+    }
+
+    /// The rooms whose members changed since the last call, each with the users in it now
+    /// (`None`: it has none here any more).
+    pub fn member_changes(&self) -> Vec<(RoomName, Option<RoomUsers>)> {
+        let mut names = self.changes.take();
+        names.sort_unstable();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|name| {
+                let found = self.get(&name).map(|room| {
+                    let users = room.users_for_round();
+                    (room, users)
+                });
+                (name, found)
+            })
+            .collect()
     }
 
     /// The users with a session in `room` here.
@@ -304,5 +334,40 @@ impl EventHandler for Hub {
 
     fn local_counts(&self) -> Vec<(RoomName, usize)> {
         self.member_counts()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{chat::outbox::Outbox, chat::session::SessionHandle, config::DatabaseKind};
+
+    /// Idle rooms cost a presence round nothing: it is handed only the rooms whose members
+    /// changed since the last one.
+    #[tokio::test]
+    async fn presence_rounds_see_only_rooms_whose_members_changed() {
+        let store = Store::connect(DatabaseKind::Sqlite, "sqlite::memory:", 2).await.expect("store");
+        let hub = Hub::new(store, SessionRegistry::new(0));
+        let user = uuid::Uuid::now_v7();
+        let (wire, _peer) = tokio::io::duplex(1024);
+        let session = SessionHandle::new(user, Outbox::new(wire, Codec::Native, 16));
+        let rooms: Vec<_> = (0..50)
+            .map(|i| {
+                let name = RoomName::parse(&format!("r{i}")).expect("name");
+                let room = hub.room_or_insert(&name, || oneshot::channel().1);
+                room.add_member(session.clone(), None, |_| {}).expect("open room");
+                room
+            })
+            .collect();
+        let first = hub.member_changes();
+        assert_eq!(first.len(), 50, "every room got a member");
+        assert!(first.iter().all(|(_, found)| found.as_ref().is_some_and(|(_, users)| users.contains(&user))));
+        assert!(hub.member_changes().is_empty(), "nothing changed since");
+        hub.remove_member(&rooms[7], session.id, |_| {});
+        let after_leave = hub.member_changes();
+        assert_eq!(after_leave.len(), 1);
+        assert_eq!(after_leave[0].0.as_str(), "r7");
+        assert!(after_leave[0].1.is_none(), "the room left the hub with its last member");
+        assert!(hub.member_changes().is_empty());
     }
 }

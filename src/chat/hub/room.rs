@@ -2,11 +2,12 @@
 //! them (the invariant the [hub](super) keeps).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     sync::{Arc, Mutex, MutexGuard},
 };
 
 use tokio::sync::{OnceCell, oneshot};
+use uuid::Uuid;
 
 use super::super::{session::SessionHandle, writer};
 use crate::{
@@ -25,6 +26,19 @@ pub struct Room {
     pub(super) subscribed: Mutex<Option<oneshot::Receiver<()>>>,
     /// This room's group-commit writer on this node, while sends come.
     pub writer: writer::Slot,
+    /// Where the room lists itself when its members change, for the next presence round.
+    pub(super) changes: Arc<MemberChanges>,
+}
+
+/// Rooms whose members changed since the last presence round: the round looks at these only,
+/// so rooms whose members stay put cost it nothing.
+#[derive(Default)]
+pub(super) struct MemberChanges(Mutex<Vec<RoomName>>);
+
+impl MemberChanges {
+    pub(super) fn take(&self) -> Vec<RoomName> {
+        std::mem::take(&mut *self.0.lock_unpoisoned())
+    }
 }
 
 pub(super) struct RoomInner {
@@ -40,6 +54,10 @@ pub(super) struct RoomInner {
     pub(super) closed: bool,
     /// Messages written to members, by transport (native, Socket.IO).
     pub(super) delivered_total: [metrics::Counter; 2],
+    /// Who the members here were last told is online, sorted.
+    pub(super) announced: Vec<Uuid>,
+    /// Listed in [`MemberChanges`] and not yet looked at by a presence round.
+    pub(super) changes_listed: bool,
 }
 
 pub(super) struct Member {
@@ -97,7 +115,45 @@ impl Room {
         let (Start::Live { latest } | Start::CatchUp { latest, .. }) = start;
         joined(latest);
         inner.members.push(member);
+        self.members_changed(&mut inner);
         Ok(start)
+    }
+
+    /// Lists the room for the next presence round (once until that round looks at it). Every
+    /// change of `members` calls this: the rounds see no other way a member comes or goes.
+    pub(super) fn members_changed(&self, inner: &mut RoomInner) {
+        if !std::mem::replace(&mut inner.changes_listed, true) {
+            self.changes.0.lock_unpoisoned().push(self.name.clone());
+        }
+    }
+
+    /// For a presence round: the users here now (and the listing is cleared, so later changes
+    /// list the room again).
+    pub(super) fn users_for_round(&self) -> HashSet<Uuid> {
+        let mut inner = self.lock();
+        inner.changes_listed = false;
+        inner.members.iter().map(|m| m.handle.user).collect()
+    }
+
+    /// Records that the members here are told `online` is who is online; returns who came and
+    /// who went since they were last told, or `None` when nothing changed.
+    pub fn announce(&self, online: &HashSet<Uuid>) -> Option<(Vec<Uuid>, Vec<Uuid>)> {
+        let mut inner = self.lock();
+        let came: Vec<Uuid> = online.iter().filter(|u| inner.announced.binary_search(u).is_err()).copied().collect();
+        let went: Vec<Uuid> = inner.announced.iter().filter(|u| !online.contains(u)).copied().collect();
+        if came.is_empty() && went.is_empty() {
+            return None;
+        }
+        let mut now: Vec<Uuid> = online.iter().copied().collect();
+        now.sort_unstable();
+        now.shrink_to_fit();
+        inner.announced = now;
+        Some((came, went))
+    }
+
+    /// Who the members here were last told is online.
+    pub fn announced(&self) -> Vec<Uuid> {
+        self.lock().announced.clone()
     }
 
     /// Members on this node.
@@ -166,6 +222,7 @@ impl Room {
         if let EventKind::Removed { user } = kind {
             // The nil user stands for everyone: the room was archived.
             let everyone = user.is_nil();
+            let before = inner.members.len();
             inner.members.retain(|m| {
                 let stays = !everyone && m.handle.user != user;
                 if !stays {
@@ -173,6 +230,9 @@ impl Room {
                 }
                 stays
             });
+            if inner.members.len() < before {
+                self.members_changed(&mut inner);
+            }
         }
     }
 }
@@ -219,7 +279,8 @@ pub(super) fn drain_pending(inner: &mut RoomInner) {
     }
 }
 
-/// Drops members whose session was kicked (queue overflow) or has gone.
+/// Drops members whose session was kicked (queue overflow) or has gone. Not listed for
+/// presence here: a kicked session's task ends and leaves each of its rooms, which lists them.
 fn remove_kicked(inner: &mut RoomInner) {
     inner.members.retain(|m| m.handle.outbox.is_open());
 }
