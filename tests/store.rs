@@ -698,6 +698,21 @@ async fn rooms_are_created_once_and_list_public_ones_and_mine(backend: Backend) 
         "a standing is kept"
     );
     assert_eq!(names(store.rooms_for(other.id).await.expect("rooms")).len(), 2);
+    // What a join reads: the room and the user's standing in it, at once.
+    let standing = |name: &str, user: UserId| {
+        let store = &store;
+        let name = room(name);
+        async move { store.room_and_membership(&name, user).await.expect("read") }
+    };
+    let (closed, member) = standing("closed", other.id).await.expect("the room exists");
+    assert_eq!((closed.name.as_str(), member.map(|m| m.role)), ("closed", Some(Role::Member)));
+    let (open, none) = standing("open", other.id).await.expect("the room exists");
+    assert_eq!((open.kind, none), (RoomKind::Public, None), "not a member of the open room");
+    assert!(standing("nowhere", other.id).await.is_none(), "no such room");
+    store.ban_member(&room("open"), other.id).await.expect("ban");
+    let (_, banned) = standing("open", other.id).await.expect("the room exists");
+    assert!(banned.is_some_and(|m| m.banned_at.is_some()), "a ban is a standing");
+    store.unban_member(&room("open"), other.id).await.expect("unban");
     let members = store.members(&room("closed"), 10).await.expect("members");
     assert_eq!(
         members.iter().map(|m| (m.display_name.as_str(), m.role)).collect::<Vec<_>>(),

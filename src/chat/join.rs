@@ -122,23 +122,23 @@ impl ChatService {
     async fn admit(&self, room: &RoomName, who: &User) -> Result<Option<i64>, ChatError> {
         let user = who.id;
         let store = &self.inner.store;
-        let found = match store.room(room).await? {
+        let (found, standing) = match store.room_and_membership(room, user).await? {
             Some(found) => found,
             // Direct rooms are made by `POST /api/dm/{userId}`, never by joining.
             None if room.as_str().starts_with(crate::domain::DIRECT_PREFIX) => return Err(ChatError::NoSuchRoom),
             None if self.inner.settings.auto_create_rooms => {
                 let new =
                     NewRoom { name: room.clone(), kind: RoomKind::Public, title: None, topic: None, created_by: user };
-                // Lost races are fine: someone else created it.
+                // Lost races are fine: someone else created it (and may have banned us since).
                 store.create_room(&new, None).await?;
-                store.room(room).await?.ok_or(ChatError::NoSuchRoom)?
+                store.room_and_membership(room, user).await?.ok_or(ChatError::NoSuchRoom)?
             }
             None => return Err(ChatError::NoSuchRoom),
         };
         if found.archived_at.is_some() {
             return Err(ChatError::Forbidden("this room is archived"));
         }
-        match store.membership(room, user).await? {
+        match standing {
             Some(m) if m.banned_at.is_some() => Err(ChatError::Forbidden("you are banned from this room")),
             Some(m) => Ok(m.muted_until.map(|t| t.timestamp())),
             // Administrators enter any room without becoming members of it.

@@ -73,6 +73,17 @@ impl Store {
         each_backend!(self, s => s.room(name.as_str()).await)
     }
 
+    /// The room and `user`'s standing in it (`None`: not a member, not banned), in one read:
+    /// what every join needs to know.
+    pub async fn room_and_membership(
+        &self,
+        name: &RoomName,
+        user: UserId,
+    ) -> Result<Option<(Room, Option<Membership>)>, StoreError> {
+        let row = each_backend!(self, s => s.room_and_membership(name.as_str(), user.0).await)?;
+        Ok(row.map(StandingRow::split))
+    }
+
     /// Public rooms and the rooms `user` is a member of, without archived rooms and rooms
     /// `user` is banned from.
     pub async fn rooms_for(&self, user: UserId) -> Result<Vec<RoomListing>, StoreError> {
@@ -131,5 +142,32 @@ impl Store {
     /// The room's members (not the banned), oldest first, at most `limit`.
     pub async fn members(&self, room: &RoomName, limit: u32) -> Result<Vec<Member>, StoreError> {
         each_backend!(self, s => s.members(room.as_str(), i64::from(limit)).await)
+    }
+}
+
+/// A room and one user's standing in it, as `room_and_membership` reads them (the standing's
+/// columns are all NULL when the user has none).
+#[derive(sqlx::FromRow)]
+pub(super) struct StandingRow {
+    #[sqlx(flatten)]
+    room: Room,
+    role: Option<String>,
+    banned_at: Option<DateTime<Utc>>,
+    muted_until: Option<DateTime<Utc>>,
+    last_read_seq: Option<Seq>,
+    read_count: Option<i64>,
+}
+
+impl StandingRow {
+    fn split(self) -> (Room, Option<Membership>) {
+        // A role that does not parse is no standing at all (the schema allows only known ones).
+        let membership = self.role.and_then(|role| Role::try_from(role).ok()).map(|role| Membership {
+            role,
+            banned_at: self.banned_at,
+            muted_until: self.muted_until,
+            last_read_seq: self.last_read_seq.unwrap_or(0),
+            read_count: self.read_count.unwrap_or(0),
+        });
+        (self.room, membership)
     }
 }

@@ -203,6 +203,22 @@ macro_rules! room_queries {
                 .await?)
             }
 
+            pub(in $crate::store) async fn room_and_membership(
+                &self,
+                name: &str,
+                user: uuid::Uuid,
+            ) -> Result<Option<$crate::store::rooms::StandingRow>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT r.name, r.kind, r.title, r.topic, r.created_by, r.created_at, r.archived_at, r.last_seq, \
+                            r.message_count, m.role, m.banned_at, m.muted_until, m.last_read_seq, m.read_count \
+                     FROM rooms r LEFT JOIN room_members m ON m.room = r.name AND m.user_id = $2 WHERE r.name = $1",
+                )
+                .bind(name)
+                .bind(user)
+                .fetch_optional(&self.read)
+                .await?)
+            }
+
             pub async fn rooms_for(
                 &self,
                 user: uuid::Uuid,
