@@ -9,10 +9,10 @@
 //! Three writes come in floods: messages (from many rooms at once), and rooms created and
 //! members added by joins (a reconnect storm, a client rejoining its rooms). Each room's writer
 //! already batches its own sends; here every such write waiting for the write connection —
-//! rooms' batches, new rooms, new memberships — is stored in one transaction (a savepoint for
-//! each write of several statements, so one whose statements fail answers only its own caller),
-//! so the commits per second, and the fsyncs that `synchronous = FULL` makes of them, stop
-//! growing with the number of busy rooms and joining clients.
+//! rooms' batches, new rooms, new memberships — is stored in one transaction (should one fail,
+//! they are stored again with a savepoint each, so that it answers only its own caller), so the
+//! commits per second, and the fsyncs that `synchronous = FULL` makes of them, stop growing with
+//! the number of busy rooms and joining clients. That transaction runs on a thread of its own.
 
 use std::{
     path::{Path, PathBuf},
@@ -202,20 +202,24 @@ impl SqliteStore {
             }
             private_file(&path).map_err(|e| StoreError::Open(format!("cannot create {}: {e}", path.display())))?;
         }
+        // No test before each acquire: the connections are in this process, and the test is
+        // a round trip to the connection's thread before every transaction and every read.
         let write = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.clone())
             .await
             .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
         let read = SqlitePoolOptions::new()
             .max_connections(max_connections.max(2))
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await
             .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
         let (commits, queue) = mpsc::channel(4 * WRITES_PER_COMMIT);
-        tokio::spawn(run_commits(write.clone(), queue));
+        spawn_committer(write.clone(), queue)?;
         Ok(Self { read, write, commits })
     }
 
@@ -427,6 +431,23 @@ impl SqliteStore {
 
 shared_queries!(SqliteStore);
 
+/// Runs [`run_commits`] on a thread of its own. A transaction is a dozen statements or more,
+/// each a hand-off to SQLite's connection thread and back; on the node's shared runtime every
+/// hand-off back waited behind whatever fan-out the workers were doing, and under load a commit
+/// of ten rooms' batches took over 10 ms. Here the commit task is the only task its thread
+/// runs.
+fn spawn_committer(write: SqlitePool, queue: mpsc::Receiver<Write>) -> Result<(), StoreError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Open(format!("cannot start the SQLite commit thread: {e}")))?;
+    std::thread::Builder::new()
+        .name("confab-sqlite-commit".into())
+        .spawn(move || runtime.block_on(run_commits(write, queue)))
+        .map_err(|e| StoreError::Open(format!("cannot start the SQLite commit thread: {e}")))?;
+    Ok(())
+}
+
 /// Stores what was queued for the write connection, everything waiting at once in one
 /// transaction, until every store handle is gone.
 async fn run_commits(write: SqlitePool, mut queue: mpsc::Receiver<Write>) {
@@ -456,9 +477,13 @@ async fn run_commits(write: SqlitePool, mut queue: mpsc::Receiver<Write>) {
     }
 }
 
-/// One transaction for `writes`, a savepoint for each of several statements when there are
-/// several. `Err` only when the transaction itself failed; a write whose own statements failed
-/// gets its error in the list.
+/// One transaction for `writes`. `Err` only when the transaction itself failed; a write whose
+/// own statements failed gets its error in the list.
+///
+/// Every statement is a round trip to SQLite's connection thread, so the writes are first tried
+/// together without savepoints; only if one of them fails is that attempt rolled back and the
+/// writes done again, each of several statements in a savepoint of its own, so that a failing
+/// write answers only its own caller.
 async fn commit_together(write: &SqlitePool, writes: &[Write]) -> Result<Vec<Result<Outcome, StoreError>>, StoreError> {
     let mut tx = write.begin_with("BEGIN IMMEDIATE").await?;
     if let [one] = writes {
@@ -470,6 +495,22 @@ async fn commit_together(write: &SqlitePool, writes: &[Write]) -> Result<Vec<Res
         }
         return Ok(vec![result]);
     }
+    let mut results = Vec::with_capacity(writes.len());
+    for w in writes {
+        let Ok(outcome) = w.apply(&mut tx).await else {
+            tx.rollback().await?;
+            return isolated(write, writes).await;
+        };
+        results.push(Ok(outcome));
+    }
+    tx.commit().await?;
+    Ok(results)
+}
+
+/// [`commit_together`] after a write failed: one transaction again, each write of several
+/// statements in a savepoint, so the others are stored.
+async fn isolated(write: &SqlitePool, writes: &[Write]) -> Result<Vec<Result<Outcome, StoreError>>, StoreError> {
+    let mut tx = write.begin_with("BEGIN IMMEDIATE").await?;
     let mut results = Vec::with_capacity(writes.len());
     for w in writes {
         if !w.needs_savepoint() {
