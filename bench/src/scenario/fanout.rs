@@ -12,7 +12,6 @@ use super::{
 };
 use crate::{
     cli::FanoutArgs,
-    clock,
     fanout::{Clients, FANOUT_BUFFER, MIN_SIZE, Phase, Plan},
     preload::{self, Preloaded},
     report::{json_line, per, round1, round3, table},
@@ -311,43 +310,23 @@ fn phase_json(
         "rate": p.rate,
         "duration_s": p.window_s,
         "warmup_s": args.warmup.as_secs_f64(),
-        "sent": p.sent,
-        "expected": p.expected,
-        "delivered": p.delivered,
-        "lost": p.lost,
-        "duplicated": p.duplicates,
-        "out_of_order": p.out_of_order(),
-        "out_of_order_seq": p.ooo_seq,
-        "out_of_order_sender": p.ooo_sender,
-        "errors": p.errors + p.send_errors,
-        "first_error": p.first_error,
-        "closed": p.closed,
-        "first_close": p.first_close,
-        "unsent_bytes": p.unflushed_bytes,
-        "acks": p.acks,
-        "deliveries_per_s": round1(p.deliveries_per_s()),
-        "latency_ms": p.latency.json(),
         "latency_same_node_ms": if plan.nodes > 1 { p.same_node.json() } else { Value::Null },
         "latency_cross_node_ms": if plan.nodes > 1 { p.cross_node.json() } else { Value::Null },
         "cross_node_added_ms": if plan.nodes > 1 && p.cross_node.count > 0 && p.same_node.count > 0 {
             json!({ "p50": round3(p.cross_node.p50 - p.same_node.p50), "p99": round3(p.cross_node.p99 - p.same_node.p99) })
         } else { Value::Null },
-        "send_lag_ms": p.send_lag.json(),
-        "server_cpu_s": if known_pids { json!(round3(p.cpu.servers_us as f64 / 1e6)) } else { Value::Null },
-        "server_cpu_us_per_delivery": if known_pids { json!(round3(us_per_delivery(p))) } else { Value::Null },
-        "generator_cpu_s": round3(p.cpu.bench_us as f64 / 1e6),
         "generator_cpu_cores": round3(cores(p.cpu.bench_us)),
         "generator_cpu_us_per_delivery": round3(per(p.cpu.bench_us as f64, p.delivered as f64)),
-        "machine_busy_pct": round1(p.cpu.machine_busy_pct),
         "connect_per_s": round1(per(plan.clients as f64, clients.setup.connect_secs)),
         "clean": p.correct(),
         "room_prefix": plan.room_prefix,
-        "window_unix_ns": [clock::to_unix(p.window_ns.0), clock::to_unix(p.window_ns.1)],
         "preloaded": preloaded_json(extra.preloaded),
         "floor": extra.floor.map_or(Value::Null, floor_json),
     });
-    if let Value::Object(extra) = v {
-        m.extend(extra);
+    for part in [v, super::delivery_json(p, known_pids)] {
+        if let Value::Object(part) = part {
+            m.extend(part);
+        }
     }
     json_line(&Value::Object(m));
 }

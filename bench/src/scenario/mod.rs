@@ -52,3 +52,32 @@ impl Context<'_> {
 fn us_per_delivery(p: &Phase) -> f64 {
     per(p.cpu.servers_us as f64, p.delivered as f64)
 }
+
+/// What every load phase reports the same way (`fanout`, `step`, `cluster`, and the busy phase
+/// of `rooms`): what was sent and delivered, how late, and what it cost.
+fn delivery_json(p: &Phase, known_pids: bool) -> Value {
+    json!({
+        "sent": p.sent,
+        "expected": p.expected,
+        "delivered": p.delivered,
+        "lost": p.lost,
+        "duplicated": p.duplicates,
+        "out_of_order": p.out_of_order(),
+        "out_of_order_seq": p.ooo_seq,
+        "out_of_order_sender": p.ooo_sender,
+        "errors": p.errors + p.send_errors,
+        "first_error": p.first_error,
+        "closed": p.closed,
+        "first_close": p.first_close,
+        "unsent_bytes": p.unflushed_bytes,
+        "acks": p.acks,
+        "deliveries_per_s": crate::report::round1(p.deliveries_per_s()),
+        "latency_ms": p.latency.json(),
+        "send_lag_ms": p.send_lag.json(),
+        "server_cpu_s": known_pids.then(|| crate::report::round3(p.cpu.servers_us as f64 / 1e6)),
+        "server_cpu_us_per_delivery": known_pids.then(|| crate::report::round3(us_per_delivery(p))),
+        "generator_cpu_s": crate::report::round3(p.cpu.bench_us as f64 / 1e6),
+        "machine_busy_pct": crate::report::round1(p.cpu.machine_busy_pct),
+        "window_unix_ns": [crate::clock::to_unix(p.window_ns.0), crate::clock::to_unix(p.window_ns.1)],
+    })
+}

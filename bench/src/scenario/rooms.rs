@@ -396,32 +396,10 @@ impl Report<'_> {
         });
         // The busy phase, with the names `fanout` gives the same figures.
         let busy = json!({
-            "sent": p.sent,
-            "expected": p.expected,
-            "delivered": p.delivered,
-            "lost": p.lost,
-            "duplicated": p.duplicates,
-            "out_of_order": p.out_of_order(),
-            "out_of_order_seq": p.ooo_seq,
-            "out_of_order_sender": p.ooo_sender,
-            "errors": p.errors + p.send_errors,
-            "first_error": p.first_error,
-            "closed": p.closed,
-            "first_close": p.first_close,
-            "unsent_bytes": p.unflushed_bytes,
-            "acks": p.acks,
-            "deliveries_per_s": round1(p.deliveries_per_s()),
-            "latency_ms": p.latency.json(),
-            "send_lag_ms": p.send_lag.json(),
-            "server_cpu_s": known.then(|| round3(p.cpu.servers_us as f64 / 1e6)),
-            "server_cpu_us_per_delivery": known.then(|| round3(us_per_delivery(p))),
-            "generator_cpu_s": round3(p.cpu.bench_us as f64 / 1e6),
-            "machine_busy_pct": round1(p.cpu.machine_busy_pct),
             "clean": p.correct() && self.closed_before_busy == 0,
             "room_prefix": plan.room_prefix,
-            "window_unix_ns": [clock::to_unix(p.window_ns.0), clock::to_unix(p.window_ns.1)],
         });
-        for part in [setup, busy] {
+        for part in [setup, busy, super::delivery_json(p, known)] {
             if let Value::Object(part) = part {
                 out.extend(part);
             }
