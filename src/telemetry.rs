@@ -40,6 +40,7 @@ pub const BUS_PUBLISHED: &str = "confab_bus_published_total";
 pub const BUS_RECEIVED: &str = "confab_bus_received_total";
 pub const BUS_DROPPED: &str = "confab_bus_dropped_total";
 pub const ROOM_WRITERS: &str = "confab_room_writers";
+pub const PRESENCE_ROOMS: &str = "confab_presence_rooms_total";
 pub const REDIS_CONNECTED: &str = "confab_redis_connected";
 pub const GAP_REPAIRED: &str = "confab_gap_repaired_messages_total";
 pub const AUTH_REQUESTS: &str = "confab_auth_requests_total";
@@ -167,6 +168,8 @@ pub fn init_series(store_backend: &'static str, redis: bool) {
     }
     metrics::gauge!(HTTP_CONNECTIONS).increment(0.0);
     metrics::gauge!(ROOM_WRITERS).increment(0.0);
+    metrics::counter!(PRESENCE_ROOMS, "op" => "read").increment(0);
+    metrics::counter!(PRESENCE_ROOMS, "op" => "written").increment(0);
     metrics::gauge!(AUTH_HASH_RUNNING).increment(0.0);
     metrics::gauge!(AUTH_HASH_QUEUED).increment(0.0);
     metrics::counter!(BUS_PUBLISH_ERRORS, "bus" => "redis").increment(0);
@@ -213,6 +216,10 @@ fn describe() {
     metrics::describe_counter!(STORE_ERRORS, "store writes of the message path that failed, by query");
     metrics::describe_counter!(BUS_PUBLISHED, "events published to Redis for the other nodes");
     metrics::describe_gauge!(ROOM_WRITERS, "rooms with a running writer (sent to within chat.writer_idle)");
+    metrics::describe_counter!(
+        PRESENCE_ROOMS,
+        "rooms a presence round looked at (read) or wrote its users of to Redis (written): rooms whose members changed"
+    );
     metrics::describe_counter!(BUS_RECEIVED, "events received from the other nodes through Redis");
     metrics::describe_counter!(
         BUS_DROPPED,

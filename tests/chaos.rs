@@ -1075,12 +1075,20 @@ impl Watcher {
     }
 
     async fn join(&mut self, room: &str) {
-        let frame = json!({ "type": "join_room", "room": room, "ref": "j" });
+        self.command("join_room", room).await;
+    }
+
+    async fn leave(&mut self, room: &str) {
+        self.command("leave_room", room).await;
+    }
+
+    async fn command(&mut self, kind: &str, room: &str) {
+        let frame = json!({ "type": kind, "room": room, "ref": "j" });
         self.ws.send(Message::text(frame.to_string())).await.expect("send join");
         loop {
             let f = Self::next_json(&mut self.ws).await;
             if f["ref"] == "j" {
-                assert_eq!(f["type"], "ack", "join {room}: {f}");
+                assert_eq!(f["type"], "ack", "{kind} {room}: {f}");
                 return;
             }
         }
@@ -1145,4 +1153,85 @@ async fn the_users_of_a_killed_node_go_offline_within_the_presence_ttl() {
     assert!(took <= TTL + Duration::from_secs(2), "offline only after {took:?}");
     assert!(!seen.iter().any(|f| names(f, "offline", &both)), "still online through node 1: {seen:?}");
     drop((twice_on_doomed, twice_on_live));
+}
+
+/// `confab_presence_rooms_total{op}` of a node: rooms its presence rounds read and wrote.
+async fn presence_rooms(cluster: &Cluster, node: usize) -> (u64, u64) {
+    let url = format!("http://{}/metrics", cluster.nodes[node].addr);
+    let text = cluster.http.get(url).send().await.expect("metrics").text().await.expect("metrics body");
+    let count = |op: &str| {
+        let prefix = format!("confab_presence_rooms_total{{op=\"{op}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    };
+    (count("read"), count("written"))
+}
+
+async fn all_presence_rooms(cluster: &Cluster) -> [(u64, u64); NODES] {
+    [presence_rooms(cluster, 0).await, presence_rooms(cluster, 1).await, presence_rooms(cluster, 2).await]
+}
+
+/// With Redis, a presence round costs only the rooms whose members changed, on any node: three
+/// nodes sharing many rooms do nothing round after round while nobody comes or goes, and one
+/// leave is written once (by its node) and read once by each node hosting the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_rounds_cost_only_the_rooms_that_changed() {
+    const ROOMS: usize = 40;
+    let _serial = SERIAL.lock().await;
+    let Some(cluster) =
+        Cluster::start(&[("CONFAB_CHAT__PRESENCE_INTERVAL", "100ms"), ("CONFAB_CHAT__PRESENCE_TTL", "5s")]).await
+    else {
+        return;
+    };
+    let tokens = cluster.users(3).await;
+    let urls = cluster.ws_urls();
+    let mut watchers = Vec::new();
+    for (url, token) in urls.iter().zip(&tokens) {
+        watchers.push(Watcher::connect(url, token).await);
+    }
+    for w in &mut watchers {
+        for r in 0..ROOMS {
+            w.join(&format!("p{r}")).await;
+        }
+    }
+    // Settled: the watcher on node 0 was told the user of node 2 is online in the last room.
+    let last = format!("p{}", ROOMS - 1);
+    let far = watchers[2].user_id.clone();
+    watchers[0].presence_until(|f| f["room"] == last.as_str() && names(f, "online", &far)).await;
+
+    // Idle: let rounds pass (about 20 at 100 ms) and count what they did.
+
+    let mut before = all_presence_rooms(&cluster).await;
+    // A round in flight when the last join was told may still finish: wait until a whole
+    // second passes with no work on any node (at most a few tries).
+    let mut quiet = false;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = all_presence_rooms(&cluster).await;
+        if after == before {
+            quiet = true;
+            break;
+        }
+        before = after;
+    }
+    assert!(quiet, "presence rounds kept working on rooms nobody joined or left: {before:?}");
+
+    // One leave on node 2: written there once, read once by each node still hosting the room
+    // (node 2 hosts it no more).
+    watchers[2].leave("p7").await;
+    watchers[0].presence_until(|f| f["room"] == "p7" && names(f, "offline", &far)).await;
+    // The other nodes' rounds have read it by the time node 0 told it, or do within one more.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let after = loop {
+        let after = all_presence_rooms(&cluster).await;
+        if (after[1].0 > before[1].0 && after[0].0 > before[0].0) || Instant::now() > deadline {
+            break after;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let read: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a.0 - b.0).collect();
+    let written: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a.1 - b.1).collect();
+    println!("presence: one leave among {ROOMS} rooms: rooms read per node {read:?}, written {written:?}");
+    assert_eq!(written, [0, 0, 1], "only the leaver's node wrote, and one room");
+    assert_eq!(read, [1, 1, 0], "each node hosting the room read it, and nothing else");
+    drop(watchers);
 }

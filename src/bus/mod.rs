@@ -55,7 +55,7 @@ pub enum BusError {
 pub enum PresenceBacking {
     /// One node: its own rooms say it all.
     Local,
-    /// A cluster: sorted sets `<prefix>:online:<room>` in Redis (`prefix` carries a hash tag on a
+    /// A cluster: entries in Redis (see `chat::presence`; `prefix` carries a hash tag on a
     /// Redis Cluster, so that one round's pipeline stays on one slot).
     Redis { conn: RedisConn, prefix: String, node: String },
 }

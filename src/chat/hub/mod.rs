@@ -232,9 +232,9 @@ impl Hub {
         self.shards.iter().flat_map(|s| s.lock_unpoisoned().values().cloned().collect::<Vec<_>>()).collect()
     }
 
-    /// The users with a session in each room here.
-    pub fn users_by_room(&self) -> HashMap<RoomName, std::collections::HashSet<uuid::Uuid>> {
-        self.rooms().iter().map(|r| (r.name.clone(), r.users_for_round())).collect()
+    /// The rooms with members here.
+    pub fn room_names(&self) -> Vec<RoomName> {
+        self.shards.iter().flat_map(|s| s.lock_unpoisoned().keys().cloned().collect::<Vec<_>>()).collect()
     }
 
     /// The rooms whose members changed since the last call, each with the users in it now
