@@ -113,10 +113,55 @@ impl Shared {
     pub(super) async fn round(&self, hub: &Hub, changed: Vec<RoomName>) -> Result<Online, redis::RedisError> {
         let mut state = self.state.lock().await;
         state.pending.extend(changed);
-        let mut conn = self.conn.clone();
         let now = now_ms();
+        let (dirty, dead) = self.listen(&mut state, hub, now).await?;
+        let pending: Vec<RoomName> = state.pending.iter().cloned().collect();
+        let reads: Vec<RoomName> = if state.read_all {
+            hub.room_names()
+        } else {
+            dirty
+                .into_iter()
+                .chain(pending.iter().cloned())
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .filter(|r| hub.get(r).is_some())
+                .collect()
+        };
+        if pending.is_empty() && reads.is_empty() && dead.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (replies, has_field) = match self.exchange(hub, &pending, &reads, &dead, now).await {
+            Ok(done) => done,
+            Err(e) => {
+                // The changes heard above are consumed: read everything next time.
+                state.read_all = true;
+                return Err(e);
+            }
+        };
+        for (room, has) in pending.iter().zip(has_field) {
+            state.pending.remove(room);
+            if has {
+                state.written.insert(room.clone());
+            } else {
+                state.written.remove(room);
+            }
+        }
+        state.read_all = false;
+        drop(state);
+        metrics::counter!(telemetry::PRESENCE_ROOMS, "op" => "written").increment(pending.len() as u64);
+        Ok(self.found(hub, replies, reads, dead, now).await)
+    }
 
-        // Liveness, and what changed elsewhere.
+    /// Refreshes this node's liveness and hears what changed elsewhere since the last round:
+    /// the rooms other nodes changed, and the nodes that are gone. Sets `read_all` (and queues
+    /// every room here to be written) when something may have been missed.
+    async fn listen(
+        &self,
+        state: &mut State,
+        hub: &Hub,
+        now: i64,
+    ) -> Result<(HashSet<RoomName>, Vec<String>), redis::RedisError> {
+        type Heard = (Option<f64>, Vec<String>, Vec<StreamEntry>, Vec<StreamEntry>);
         let mut pipe = redis::pipe();
         pipe.zscore(&self.live_key, &self.node)
             .zadd(&self.live_key, &self.node, now + self.ttl_ms)
@@ -131,7 +176,7 @@ impl Shared {
         .arg("COUNT")
         .arg(if state.cursor.is_some() { READ_MAX } else { 1 });
         pipe.cmd("XRANGE").arg(&self.changes_key).arg("-").arg("+").arg("COUNT").arg(1);
-        type Heard = (Option<f64>, Vec<String>, Vec<StreamEntry>, Vec<StreamEntry>);
+        let mut conn = self.conn.clone();
         let (score, live, entries, first): Heard = pipe.query_async(&mut conn).await?;
 
         // Our entries may be gone (first round, Redis restarted, or we were counted dead).
@@ -166,23 +211,25 @@ impl Shared {
         } else if state.cursor.is_none() {
             state.cursor = Some("0-0".to_owned());
         }
+        Ok((dirty, dead))
+    }
 
-        // Our changes, then the rooms to read, then who is alive *after* those reads: a field
-        // seen in a read belongs to a node that was alive before it wrote, so a node missing
-        // from this later set really is gone.
-        let pending: Vec<RoomName> = state.pending.iter().cloned().collect();
-        let reads: Vec<RoomName> = if state.read_all {
-            hub.room_names()
-        } else {
-            dirty.extend(pending.iter().cloned());
-            dirty.into_iter().filter(|r| hub.get(r).is_some()).collect()
-        };
-        if pending.is_empty() && reads.is_empty() && dead.is_empty() {
-            return Ok(Vec::new());
-        }
+    /// Writes this node's users of the `pending` rooms and says they changed, then reads the
+    /// `reads` rooms, the rooms of the `dead` nodes, and who is alive *after* those reads: a
+    /// field seen in a read belongs to a node that was alive before it wrote, so a node missing
+    /// from that later set really is gone. Returns the replies, and for each pending room
+    /// whether this node now has a field there.
+    async fn exchange(
+        &self,
+        hub: &Hub,
+        pending: &[RoomName],
+        reads: &[RoomName],
+        dead: &[String],
+        now: i64,
+    ) -> Result<(Vec<redis::Value>, Vec<bool>), redis::RedisError> {
         let mut pipe = redis::pipe();
-        let mut now_written = Vec::with_capacity(pending.len());
-        for room in &pending {
+        let mut has_field = Vec::with_capacity(pending.len());
+        for room in pending {
             let users = hub.users_in(room);
             if users.is_empty() {
                 pipe.hdel(self.who(room), &self.node).ignore();
@@ -192,84 +239,75 @@ impl Shared {
                 pipe.hset(self.who(room), &self.node, list).ignore();
                 pipe.sadd(self.rooms_of(&self.node), room.as_str()).ignore();
             }
-            now_written.push((room.clone(), !users.is_empty()));
+            has_field.push(!users.is_empty());
         }
         if !pending.is_empty() {
-            let rooms = pending.iter().map(RoomName::as_str).collect::<Vec<_>>().join(" ");
-            pipe.cmd("XADD")
-                .arg(&self.changes_key)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(STREAM_LENGTH)
-                .arg("*")
-                .arg("node")
-                .arg(&self.node)
-                .arg("rooms")
-                .arg(rooms)
-                .ignore();
+            self.announce_change(&mut pipe, pending.iter());
         }
-        for room in &reads {
+        for room in reads {
             pipe.hgetall(self.who(room));
         }
-        for node in &dead {
+        for node in dead {
             pipe.smembers(self.rooms_of(node));
         }
         pipe.zrangebyscore(&self.live_key, now, "+inf");
-        let replies: Vec<redis::Value> = match pipe.query_async(&mut conn).await {
-            Ok(r) => r,
-            Err(e) => {
-                // The changes read above are consumed: read everything next time.
-                state.read_all = true;
-                return Err(e);
-            }
-        };
-        for (room, has_field) in now_written {
-            state.pending.remove(&room);
-            if has_field {
-                state.written.insert(room);
-            } else {
-                state.written.remove(&room);
-            }
-        }
-        state.read_all = false;
-        drop(state);
-        metrics::counter!(telemetry::PRESENCE_ROOMS, "op" => "written").increment(pending.len() as u64);
+        let mut conn = self.conn.clone();
+        Ok((pipe.query_async(&mut conn).await?, has_field))
+    }
 
+    /// Adds to `pipe` an entry of the changes stream naming `rooms`.
+    fn announce_change<'a>(&self, pipe: &mut redis::Pipeline, rooms: impl Iterator<Item = &'a RoomName>) {
+        let rooms = rooms.map(RoomName::as_str).collect::<Vec<_>>().join(" ");
+        pipe.cmd("XADD")
+            .arg(&self.changes_key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(STREAM_LENGTH)
+            .arg("*")
+            .arg("node")
+            .arg(&self.node)
+            .arg("rooms")
+            .arg(rooms)
+            .ignore();
+    }
+
+    /// Who is online in each room read, from [`Shared::exchange`]'s replies; removes what
+    /// nodes that are gone left behind.
+    async fn found(
+        &self,
+        hub: &Hub,
+        replies: Vec<redis::Value>,
+        reads: Vec<RoomName>,
+        dead: Vec<String>,
+        now: i64,
+    ) -> Online {
         let mut replies = replies.into_iter();
-        let mut read = Vec::with_capacity(reads.len());
-        for room in reads {
-            let fields: HashMap<String, String> =
-                redis::from_redis_value(replies.next().unwrap_or(redis::Value::Nil)).unwrap_or_default();
-            read.push((room, fields));
-        }
-        let mut rooms_of_dead = Vec::with_capacity(dead.len());
-        for node in dead {
-            let rooms: Vec<String> =
-                redis::from_redis_value(replies.next().unwrap_or(redis::Value::Nil)).unwrap_or_default();
-            rooms_of_dead.push((node, rooms));
-        }
-        let live: HashSet<String> = redis::from_redis_value::<Vec<String>>(replies.next().unwrap_or(redis::Value::Nil))
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+        let mut next = || replies.next().unwrap_or(redis::Value::Nil);
+        let fields: Vec<HashMap<String, String>> =
+            reads.iter().map(|_| redis::from_redis_value(next()).unwrap_or_default()).collect();
+        let rooms_of_dead: Vec<Vec<String>> =
+            dead.iter().map(|_| redis::from_redis_value(next()).unwrap_or_default()).collect();
+        let live: HashSet<String> =
+            redis::from_redis_value::<Vec<String>>(next()).unwrap_or_default().into_iter().collect();
 
-        let mut stale = Vec::new();
-        let online = read
+        let mut leftovers = Vec::new();
+        let online = reads
             .into_iter()
+            .zip(fields)
             .map(|(room, fields)| {
                 let (mut users, gone) = users_of_live(&fields, &live, &self.node);
-                stale.extend(gone.into_iter().map(|node| (self.who(&room), node)));
+                leftovers.extend(gone.into_iter().map(|node| (self.who(&room), node)));
                 users.extend(hub.users_in(&room));
                 (room, users)
             })
             .collect();
-        for (node, rooms) in rooms_of_dead {
+        for (node, rooms) in dead.into_iter().zip(rooms_of_dead) {
             let rooms = rooms.iter().filter_map(|r| RoomName::parse(r).ok());
-            stale.extend(rooms.map(|room| (self.who(&room), node.clone())));
+            leftovers.extend(rooms.map(|room| (self.who(&room), node.clone())));
             self.forget(&node, now).await;
         }
-        self.remove_stale(stale, now).await;
-        Ok(online)
+        self.remove_stale(leftovers, now).await;
+        online
     }
 
     fn rooms_of(&self, node: &str) -> String {
@@ -312,18 +350,7 @@ impl Shared {
             pipe.hdel(self.who(room), &self.node).ignore();
         }
         if !state.written.is_empty() {
-            let rooms = state.written.iter().map(RoomName::as_str).collect::<Vec<_>>().join(" ");
-            pipe.cmd("XADD")
-                .arg(&self.changes_key)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(STREAM_LENGTH)
-                .arg("*")
-                .arg("node")
-                .arg(&self.node)
-                .arg("rooms")
-                .arg(rooms)
-                .ignore();
+            self.announce_change(&mut pipe, state.written.iter());
         }
         pipe.del(self.rooms_of(&self.node)).ignore().zrem(&self.live_key, &self.node).ignore();
         let mut conn = self.conn.clone();
