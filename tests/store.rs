@@ -88,6 +88,7 @@ both_backends!(
     a_database_of_the_previous_release_keeps_its_rooms_public_and_its_writers_members,
     rooms_are_created_once_and_list_public_ones_and_mine,
     concurrent_joins_and_sends_each_get_their_own_answer,
+    rooms_stored_together_keep_their_own_seqs_and_client_ids,
     search_indexing_follows_each_rooms_stream_behind_the_commit,
 );
 
@@ -890,4 +891,57 @@ async fn search_indexing_follows_each_rooms_stream_behind_the_commit(backend: Ba
     assert_eq!(search("quiet").await, ["a quiet walrus"]);
     // A room never written to has nothing to index.
     assert_eq!(step(&room("empty"), 500).await, IndexStep::UpToDate);
+}
+
+/// Many rooms' batches at once (on SQLite they share a transaction and its statements): each
+/// room gets its own gapless seqs, a client id repeated in another room is a new message there,
+/// and a resend finds the copy of its own room.
+async fn rooms_stored_together_keep_their_own_seqs_and_client_ids(backend: Backend) {
+    const ROOMS: usize = 12;
+    let (store, _db) = open(backend).await;
+    let user = store.create_user("many@example.com", "h").await.expect("create");
+    let store = Arc::new(store);
+    let name = |r: usize| room(&format!("together{r}"));
+    let send_all = |first: bool| {
+        let (store, user) = (Arc::clone(&store), user.clone());
+        async move {
+            let tasks: Vec<_> = (0..ROOMS)
+                .map(|r| {
+                    let (store, user) = (Arc::clone(&store), user.clone());
+                    tokio::spawn(async move {
+                        let content = if first { format!("first in {r}") } else { format!("resent in {r}") };
+                        let mut batch = vec![message(&name(r), &user, &content, Some("same"))];
+                        // Room r sends r + 1 more, so the rooms' ranges differ in length.
+                        batch.extend((0..=r).map(|i| message(&name(r), &user, &format!("{i}"), None)));
+                        store.append_messages(&name(r), &batch).await
+                    })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for task in tasks {
+                out.push(tokio::time::timeout(SERVICE_TIMEOUT, task).await.expect("sends finish").expect("task"));
+            }
+            out
+        }
+    };
+    for (r, result) in send_all(true).await.into_iter().enumerate() {
+        let appended = result.expect("stored");
+        let got: Vec<(i64, bool)> = appended.iter().map(|a| (a.message.seq, a.duplicate)).collect();
+        let expected: Vec<(i64, bool)> = (1..=i64::try_from(r).expect("small") + 2).map(|s| (s, false)).collect();
+        assert_eq!(got, expected, "room {r}: its own range from 1");
+        assert_eq!(appended[0].message.content, format!("first in {r}"));
+    }
+    for (r, result) in send_all(false).await.into_iter().enumerate() {
+        let appended = result.expect("stored");
+        assert!(appended[0].duplicate, "room {r}: the resend is a duplicate");
+        assert_eq!(
+            (appended[0].message.seq, appended[0].message.content.as_str()),
+            (1, format!("first in {r}").as_str())
+        );
+        let next = i64::try_from(r).expect("small") + 3;
+        let fresh: Vec<i64> = appended[1..].iter().map(|a| a.message.seq).collect();
+        assert_eq!(fresh, (next..=next + i64::try_from(r).expect("small")).collect::<Vec<_>>(), "room {r}: gapless");
+        assert_eq!(seqs(&store.messages_after(&name(r), 0, 100).await.expect("read")).len(), 2 * r + 3);
+        assert_eq!(store.last_seq(&name(r)).await.expect("last seq"), 2 * i64::try_from(r).expect("small") + 3);
+    }
 }

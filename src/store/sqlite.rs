@@ -31,16 +31,18 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{Message, MessageKind, NewMessage, NewRoom, Role, RoomName, SearchQuery, Seq, UserId};
 
-/// The stored copies of a batch's client ids in one room: `$2` is a JSON array of them, so
-/// the statement is the same text (and prepared once) for any batch size. `client_id IS NOT
-/// NULL` lets SQLite use the partial unique index `messages_room_client_idx`.
+/// The stored copies of the client ids of several rooms' batches: `$1` is a JSON array of
+/// `[room, client id]` pairs, so the statement is the same text (and prepared once) for any
+/// number of rooms and messages. `client_id IS NOT NULL` lets SQLite use the partial unique
+/// index `messages_room_client_idx`, one index look-up per pair.
 macro_rules! stored_client_ids {
     () => {
         concat!(
             "SELECT ",
             message_columns!(),
-            " FROM messages WHERE room = $1 AND client_id IS NOT NULL \
-               AND client_id IN (SELECT value FROM json_each($2))"
+            " FROM messages WHERE client_id IS NOT NULL \
+               AND (room, client_id) IN \
+                   (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each($1))"
         )
     };
 }
@@ -87,10 +89,14 @@ fn private_file(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// The client ids of `batch` as a JSON array; `None` when no message has one.
-fn client_ids_json(batch: &[NewMessage]) -> Option<String> {
-    let ids: Vec<&str> = batch.iter().filter_map(|m| m.client_id.as_deref()).collect();
-    (!ids.is_empty()).then(|| serde_json::to_string(&ids).expect("a list of strings serializes"))
+/// The `[room, client id]` pairs of the batches' messages that have a client id, as a JSON
+/// array; `None` when none has one.
+fn client_ids_json(batches: &[(&RoomName, &[NewMessage])]) -> Option<String> {
+    let pairs: Vec<(&str, &str)> = batches
+        .iter()
+        .flat_map(|(room, batch)| batch.iter().filter_map(|m| Some((room.as_str(), m.client_id.as_deref()?))))
+        .collect();
+    (!pairs.is_empty()).then(|| serde_json::to_string(&pairs).expect("a list of string pairs serializes"))
 }
 
 /// The file a `sqlite:` URL names; `None` for an in-memory database or a URL that does not parse.
@@ -144,7 +150,10 @@ impl Write {
 
     async fn apply(&self, tx: &mut Transaction<'static, Sqlite>) -> Result<Outcome, StoreError> {
         match self {
-            Self::Messages { room, batch, .. } => SqliteStore::append_in(tx, room, batch).await.map(Outcome::Messages),
+            Self::Messages { room, batch, .. } => {
+                let mut out = SqliteStore::append_in(tx, &[(room, batch)]).await?;
+                Ok(Outcome::Messages(out.pop().unwrap_or_default()))
+            }
             Self::Room { room, owner, now, .. } => {
                 SqliteStore::create_room_on(tx, room, *owner, *now).await.map(Outcome::Flag)
             }
@@ -280,64 +289,85 @@ impl SqliteStore {
         self.grouped(Write::Member { room: room.clone(), user, role, now, done }, result).await
     }
 
-    /// Appends one room's batch inside `tx`.
+    /// Appends several rooms' batches (each room at most once) inside `tx`, in a fixed number
+    /// of statements however many rooms there are: one look-up of stored client ids, one
+    /// `rooms` update that hands out each room's seq range, one insert of the messages. Every
+    /// statement is a round trip to SQLite's connection thread, so statements per room were
+    /// most of a shared transaction's cost.
     async fn append_in(
         tx: &mut Transaction<'static, Sqlite>,
-        room: &RoomName,
-        batch: &[NewMessage],
-    ) -> Result<Vec<Appended>, StoreError> {
-        let now = chrono::Utc::now();
-        // The single write connection and `BEGIN IMMEDIATE` serialise writers: each sees the
-        // previous one's messages.
-        let (last_seq,): (Seq,) = sqlx::query_as(
-            "INSERT INTO rooms (name, last_seq, created_at) VALUES ($1, 0, $2) \
-             ON CONFLICT (name) DO UPDATE SET last_seq = rooms.last_seq RETURNING last_seq",
-        )
-        .bind(room.as_str())
-        .bind(now)
-        .fetch_one(&mut **tx)
-        .await?;
-        let existing = Self::stored_client_ids(tx, room, batch).await?;
-        let (fresh, out) = plan_batch(batch, &existing, last_seq + 1);
-        if let Some(last) = fresh.last() {
-            let messages = fresh.iter().filter(|m| m.kind == MessageKind::Message).count();
-            sqlx::query("UPDATE rooms SET last_seq = $2, message_count = message_count + $3 WHERE name = $1")
-                .bind(room.as_str())
-                .bind(last.seq)
-                .bind(i64::try_from(messages).unwrap_or(0))
-                .execute(&mut **tx)
-                .await?;
-            Self::insert_messages(tx, &fresh).await?;
+        batches: &[(&RoomName, &[NewMessage])],
+    ) -> Result<Vec<Vec<Appended>>, StoreError> {
+        let existing = Self::stored_client_ids(tx, batches).await?;
+        let stored: Vec<Vec<Message>> = batches
+            .iter()
+            .map(|(room, _)| existing.iter().filter(|e| e.room == room.as_str()).cloned().collect())
+            .collect();
+        // Planned once to count what is new, and again from where each room's range starts.
+        let mut plans: Vec<(Vec<Message>, Vec<Appended>)> =
+            batches.iter().zip(&stored).map(|((_, batch), mine)| plan_batch(batch, mine, 1)).collect();
+        let counts: Vec<(&str, Seq, i64)> = batches
+            .iter()
+            .zip(&plans)
+            .filter(|(_, (fresh, _))| !fresh.is_empty())
+            .map(|((room, _), (fresh, _))| {
+                let messages = fresh.iter().filter(|m| m.kind == MessageKind::Message).count();
+                (room.as_str(), Seq::try_from(fresh.len()).unwrap_or(Seq::MAX), i64::try_from(messages).unwrap_or(0))
+            })
+            .collect();
+        if counts.is_empty() {
+            return Ok(plans.into_iter().map(|(_, out)| out).collect());
         }
-        Ok(out)
+        // The single write connection and `BEGIN IMMEDIATE` serialise writers: each sees the
+        // previous one's messages. A room stored for the first time starts at seq 1.
+        let now = chrono::Utc::now();
+        let mut q = sqlx::QueryBuilder::new("INSERT INTO rooms (name, last_seq, message_count, created_at) ");
+        q.push_values(&counts, |mut b, (room, fresh, messages)| {
+            b.push_bind(*room).push_bind(*fresh).push_bind(*messages).push_bind(now);
+        });
+        q.push(
+            " ON CONFLICT (name) DO UPDATE SET last_seq = rooms.last_seq + excluded.last_seq, \
+               message_count = rooms.message_count + excluded.message_count RETURNING name, last_seq",
+        );
+        let last_seqs: Vec<(String, Seq)> = q.build_query_as().fetch_all(&mut **tx).await?;
+        for (((room, batch), mine), plan) in batches.iter().zip(&stored).zip(&mut plans) {
+            let Some(count) = Seq::try_from(plan.0.len()).ok().filter(|n| *n > 0) else { continue };
+            let last = last_seqs
+                .iter()
+                .find(|(name, _)| name == room.as_str())
+                .map(|(_, last)| *last)
+                .ok_or_else(|| StoreError::Other(sqlx::Error::RowNotFound))?;
+            *plan = plan_batch(batch, mine, last - count + 1);
+        }
+        let rows: Vec<Message> = plans.iter().flat_map(|(fresh, _)| fresh.iter().cloned()).collect();
+        Self::insert_messages(tx, &rows).await?;
+        Ok(plans.into_iter().map(|(_, out)| out).collect())
     }
 
-    /// Stored messages of `room` whose client id matches one in `batch` (callers match
-    /// senders). One statement for the whole batch, an index range per client id.
+    /// Stored messages whose room and client id match a message of `batches` (callers match
+    /// senders). One statement for all of them, an index look-up per client id.
     async fn stored_client_ids(
         tx: &mut Transaction<'static, Sqlite>,
-        room: &RoomName,
-        batch: &[NewMessage],
+        batches: &[(&RoomName, &[NewMessage])],
     ) -> Result<Vec<Message>, StoreError> {
-        let Some(ids) = client_ids_json(batch) else { return Ok(Vec::new()) };
-        Ok(sqlx::query_as(STORED_CLIENT_IDS).bind(room.as_str()).bind(ids).fetch_all(&mut **tx).await?)
+        let Some(pairs) = client_ids_json(batches) else { return Ok(Vec::new()) };
+        Ok(sqlx::query_as(STORED_CLIENT_IDS).bind(pairs).fetch_all(&mut **tx).await?)
     }
 
     /// SQLite's plan for the send path's duplicate look-up (`EXPLAIN QUERY PLAN`), one line per
     /// step: proof that it uses the index however large the table grows.
     pub async fn dedupe_plan(&self) -> Result<Vec<String>, StoreError> {
         let rows: Vec<(i64, i64, i64, String)> = sqlx::query_as(concat!("EXPLAIN QUERY PLAN ", stored_client_ids!()))
-            .bind("room")
-            .bind(r#"["a","b"]"#)
+            .bind(r#"[["room","a"],["room","b"]]"#)
             .fetch_all(&self.read)
             .await?;
         Ok(rows.into_iter().map(|(.., detail)| detail).collect())
     }
 
     async fn insert_messages(tx: &mut Transaction<'static, Sqlite>, rows: &[Message]) -> Result<(), StoreError> {
-        // SQLite has no arrays; a multi-row VALUES list stays far below its 32k-parameter limit
-        // for any batch the chat core builds (11 parameters a row).
-        for chunk in rows.chunks(512) {
+        // SQLite has no arrays; a multi-row VALUES list of 2,000 rows (12 parameters a row) stays
+        // below its 32,766-parameter limit.
+        for chunk in rows.chunks(2000) {
             let mut q = sqlx::QueryBuilder::new(
                 "INSERT INTO messages \
                  (id, room, seq, sender_id, sender_email, sender_name, content, created_at, client_id, kind, target_id, \
@@ -360,12 +390,12 @@ impl SqliteStore {
             q.build().execute(&mut **tx).await?;
         }
         // Who was mentioned where, for unread mention counts.
-        let mentioned: Vec<(uuid::Uuid, Seq)> =
-            rows.iter().flat_map(|m| m.mentions.targets().map(move |user| (user, m.seq))).collect();
+        let mentioned: Vec<(&str, uuid::Uuid, Seq)> =
+            rows.iter().flat_map(|m| m.mentions.targets().map(move |user| (m.room.as_str(), user, m.seq))).collect();
         for chunk in mentioned.chunks(1000) {
             let mut q = sqlx::QueryBuilder::new("INSERT INTO mentions (room, user_id, seq) ");
-            q.push_values(chunk, |mut b, (user, seq)| {
-                b.push_bind(rows[0].room.clone()).push_bind(*user).push_bind(*seq);
+            q.push_values(chunk, |mut b, (room, user, seq)| {
+                b.push_bind(*room).push_bind(*user).push_bind(*seq);
             });
             q.push(" ON CONFLICT DO NOTHING");
             q.build().execute(&mut **tx).await?;
@@ -481,9 +511,10 @@ async fn run_commits(write: SqlitePool, mut queue: mpsc::Receiver<Write>) {
 /// own statements failed gets its error in the list.
 ///
 /// Every statement is a round trip to SQLite's connection thread, so the writes are first tried
-/// together without savepoints; only if one of them fails is that attempt rolled back and the
-/// writes done again, each of several statements in a savepoint of its own, so that a failing
-/// write answers only its own caller.
+/// together without savepoints, new rooms and memberships first, then every room's messages in
+/// the same few statements; only if that fails is the attempt rolled back and the writes done
+/// again, each of several statements in a savepoint of its own, so that a failing write
+/// answers only its own caller.
 async fn commit_together(write: &SqlitePool, writes: &[Write]) -> Result<Vec<Result<Outcome, StoreError>>, StoreError> {
     let mut tx = write.begin_with("BEGIN IMMEDIATE").await?;
     if let [one] = writes {
@@ -495,14 +526,39 @@ async fn commit_together(write: &SqlitePool, writes: &[Write]) -> Result<Vec<Res
         }
         return Ok(vec![result]);
     }
-    let mut results = Vec::with_capacity(writes.len());
+    let mut results: Vec<Option<Outcome>> = Vec::with_capacity(writes.len());
+    let mut batches: Vec<(&RoomName, &[NewMessage])> = Vec::new();
     for w in writes {
+        if let Write::Messages { room, batch, .. } = w {
+            batches.push((room, batch));
+            results.push(None);
+            continue;
+        }
         let Ok(outcome) = w.apply(&mut tx).await else {
             tx.rollback().await?;
             return isolated(write, writes).await;
         };
-        results.push(Ok(outcome));
+        results.push(Some(outcome));
     }
+    let mut rooms: Vec<&str> = batches.iter().map(|(room, _)| room.as_str()).collect();
+    rooms.sort_unstable();
+    rooms.dedup();
+    // A room's writer waits for its commit, so a room has one batch here; two would need
+    // seq ranges one after the other, which the shared statements do not hand out.
+    let appended = if rooms.len() < batches.len() {
+        Err(StoreError::Other(sqlx::Error::Protocol("two batches of one room in a transaction".into())))
+    } else {
+        SqliteStore::append_in(&mut tx, &batches).await
+    };
+    let Ok(appended) = appended else {
+        tx.rollback().await?;
+        return isolated(write, writes).await;
+    };
+    let mut appended = appended.into_iter();
+    let results = results
+        .into_iter()
+        .map(|r| Ok(r.unwrap_or_else(|| Outcome::Messages(appended.next().unwrap_or_default()))))
+        .collect();
     tx.commit().await?;
     Ok(results)
 }
