@@ -13,7 +13,11 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use super::{Appended, IndexStep, StoreError, messages::plan_batch, sql::Backend};
+use super::{
+    Appended, IndexStep, StoreError,
+    messages::plan_batch,
+    sql::{self, Backend},
+};
 use crate::domain::{Message, MessageKind, NewMessage, NewRoom, Role, RoomName, SearchQuery, Seq, UserId};
 
 /// The stored copies of a batch's client ids in one room; `client_id IS NOT NULL` lets the
@@ -69,7 +73,25 @@ impl PgStore {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin_write().await?;
-        let created = Self::create_room_on(&mut tx, room, owner, now).await?;
+        let created = sqlx::query(sql::rooms::CREATE_ROOM)
+            .bind(room.name.as_str())
+            .bind(now)
+            .bind(room.kind.as_str())
+            .bind(room.title.as_deref())
+            .bind(room.topic.as_deref())
+            .bind(room.created_by.0)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if created && let Some(owner) = owner {
+            sqlx::query(sql::rooms::ADD_OWNER)
+                .bind(room.name.as_str())
+                .bind(owner.0)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(created)
     }
@@ -83,8 +105,15 @@ impl PgStore {
         role: Role,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.write.acquire().await?;
-        Self::add_member_on(&mut conn, room.as_str(), user.0, role.as_str(), now).await
+        let added = sqlx::query(sql::rooms::ADD_MEMBER)
+            .bind(room.as_str())
+            .bind(user.0)
+            .bind(role.as_str())
+            .bind(now)
+            .execute(&self.write)
+            .await?
+            .rows_affected();
+        Ok(added == 1)
     }
 
     /// Stores a batch in one statement, which is its own transaction: one round trip, two when a

@@ -15,7 +15,7 @@ mod messages;
 #[macro_use]
 mod ops;
 #[macro_use]
-mod rooms;
+pub(super) mod rooms;
 #[macro_use]
 mod users;
 

@@ -1,6 +1,20 @@
 //! The shared SQL of rooms and their members: roles, bans, mutes, direct rooms and read
 //! markers (see [`super`]).
 
+/// A new room: `$1` name, `$2` now, `$3` kind, `$4` title, `$5` topic, `$6` created by; nothing
+/// when it exists. (Parameters are numbered in order of first use, so SQLite binds them by
+/// position too.)
+pub(in crate::store) const CREATE_ROOM: &str = "INSERT INTO rooms (name, last_seq, created_at, kind, title, topic, created_by) \
+     VALUES ($1, 0, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING";
+/// The owner of a room just created: `$1` room, `$2` user, `$3` now.
+pub(in crate::store) const ADD_OWNER: &str =
+    "INSERT INTO room_members (room, user_id, role, joined_at) VALUES ($1, $2, 'owner', $3)";
+/// A new member (`$1` room, `$2` user, `$3` role, `$4` now), who has read what was there before
+/// them; nothing when they already have a standing there.
+pub(in crate::store) const ADD_MEMBER: &str = "INSERT INTO room_members (room, user_id, role, joined_at, last_read_seq, read_count) \
+     SELECT $1, $2, $3, $4, last_seq, message_count FROM rooms WHERE name = $1 \
+     ON CONFLICT (room, user_id) DO NOTHING";
+
 /// Rooms and their members, for a backend (see `shared_queries!`).
 macro_rules! room_queries {
     ($store:ty) => {
@@ -159,40 +173,6 @@ macro_rules! room_queries {
                 .await?)
             }
 
-            /// Creates `room` (with `owner` as its owner) on `conn`, inside the caller's
-            /// transaction; false when it exists. Each backend's `create_room` runs it: SQLite
-            /// in a transaction shared with other writes, PostgreSQL in its own.
-            pub(in $crate::store) async fn create_room_on(
-                conn: &mut <<Self as $crate::store::sql::Backend>::Db as sqlx::Database>::Connection,
-                room: &$crate::domain::NewRoom,
-                owner: Option<$crate::domain::UserId>,
-                now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<bool, $crate::store::StoreError> {
-                let created = sqlx::query(
-                    "INSERT INTO rooms (name, last_seq, created_at, kind, title, topic, created_by) \
-                     VALUES ($1, 0, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
-                )
-                .bind(room.name.as_str())
-                .bind(now)
-                .bind(room.kind.as_str())
-                .bind(room.title.as_deref())
-                .bind(room.topic.as_deref())
-                .bind(room.created_by.0)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected()
-                    == 1;
-                if created && let Some(owner) = owner {
-                    sqlx::query("INSERT INTO room_members (room, user_id, role, joined_at) VALUES ($1, $2, 'owner', $3)")
-                        .bind(room.name.as_str())
-                        .bind(owner.0)
-                        .bind(now)
-                        .execute(&mut *conn)
-                        .await?;
-                }
-                Ok(created)
-            }
-
             pub async fn room(&self, name: &str) -> Result<Option<$crate::domain::Room>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(
                     "SELECT name, kind, title, topic, created_by, created_at, archived_at, last_seq, message_count \
@@ -252,32 +232,6 @@ macro_rules! room_queries {
                 .bind(user)
                 .fetch_optional(&self.read)
                 .await?)
-            }
-
-            /// Makes `user` a member of `room` with `role` on `conn` (one statement, which
-            /// is its own transaction outside one); false when they already have a standing
-            /// there. Each backend's `add_member` runs it.
-            pub(in $crate::store) async fn add_member_on(
-                conn: &mut <<Self as $crate::store::sql::Backend>::Db as sqlx::Database>::Connection,
-                room: &str,
-                user: uuid::Uuid,
-                role: &str,
-                now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<bool, $crate::store::StoreError> {
-                // A new member has read what was there before them.
-                Ok(sqlx::query(
-                    "INSERT INTO room_members (room, user_id, role, joined_at, last_read_seq, read_count) \
-                     SELECT $1, $2, $3, $4, last_seq, message_count FROM rooms WHERE name = $1 \
-                     ON CONFLICT (room, user_id) DO NOTHING",
-                )
-                .bind(room)
-                .bind(user)
-                .bind(role)
-                .bind(now)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected()
-                    == 1)
             }
 
             /// Moves `user`'s read marker in `room` up to `seq` (never back, never past the
