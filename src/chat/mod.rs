@@ -124,7 +124,6 @@ impl ChatService {
             store: store.clone(),
             bus: bus.clone(),
             indexer: indexer.clone(),
-            flusher: Arc::clone(&hub.flusher),
             max_batch: writer::batch_limit(settings.outbound_queue),
             idle: settings.writer_idle,
             tasks: TaskTracker::new(),

@@ -8,9 +8,8 @@
 //! resumes later with `since`) rather than letting memory grow.
 //!
 //! Under load, writes are batched: a room writer delivers a whole committed batch (its acks and
-//! its messages) inside [`corked`](super::cork::corked), and the
-//! [`Flusher`](super::cork::Flusher) then gives each recipient everything for it in one write
-//! instead of one write per frame.
+//! its messages) inside [`corked`](super::cork::corked), which then gives each recipient
+//! everything for it in one write instead of one write per frame.
 
 use std::{
     collections::VecDeque,
@@ -437,7 +436,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        chat::cork::{Flusher, corked},
+        chat::cork::corked,
         protocol::{ReplyBody, Tag},
     };
 
@@ -505,8 +504,7 @@ mod tests {
         let (server_a, mut client_a) = tokio::io::duplex(4096);
         let (server_b, mut client_b) = tokio::io::duplex(4096);
         let (a, b) = (outbox(server_a, 100), outbox(server_b, 100));
-        let flusher = Flusher::spawn();
-        corked(&flusher, || {
+        corked(|| {
             for i in 0..3 {
                 assert!(a.send_text(format!("a{i}")));
                 assert!(b.send_text(format!("b{i}")));
@@ -517,7 +515,7 @@ mod tests {
                 "nothing is written while corked"
             );
         });
-        // Written by the flusher: nobody else drives these outboxes.
+        // Written when the cork came off: nobody else drives these outboxes.
         assert_eq!(read_frames(&mut client_a, 3).await, ["a0", "a1", "a2"]);
         assert_eq!(read_frames(&mut client_b, 3).await, ["b0", "b1", "b2"]);
         assert_eq!(a.stalled_for(), Duration::ZERO);

@@ -15,18 +15,14 @@
 //! batch with `unavailable`/`internal` and publishes nothing: no ack for anything not stored.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
-use super::{
-    cork::{Flusher, corked},
-    indexer::SearchIndexer,
-    session::SessionHandle,
-};
+use super::{cork::corked, indexer::SearchIndexer, session::SessionHandle};
 use crate::{
     bus::Bus,
     domain::NewMessage,
@@ -64,8 +60,6 @@ pub struct Writers {
     pub store: Store,
     pub bus: Bus,
     pub indexer: SearchIndexer,
-    /// Writes what a committed batch corked: each session's acks and messages in one write.
-    pub flusher: Arc<Flusher>,
     pub max_batch: usize,
     /// How long a writer waits for another send before it retires.
     pub idle: Duration,
@@ -134,7 +128,7 @@ async fn run(
     if let Some(previous) = previous {
         let _ = previous.await;
     }
-    let Writers { store, bus, indexer, flusher, max_batch, idle, .. } = writers;
+    let Writers { store, bus, indexer, max_batch, idle, .. } = writers;
     let gauge = metrics::gauge!(telemetry::ROOM_WRITERS);
     gauge.increment(1.0);
     // Grown by the batches that come, not reserved up front: most writers see small ones.
@@ -174,7 +168,7 @@ async fn run(
         commit_time.record(started.elapsed().as_secs_f64());
         match result {
             // Corked: each session gets its acks and the batch's messages in one write.
-            Ok(appended) => corked(&flusher, || {
+            Ok(appended) => corked(|| {
                 let mut published = Vec::with_capacity(appended.len());
                 for ((tag, reply_to, accepted), a) in replies.drain(..).zip(appended) {
                     let body = ReplyBody::Sent { id: a.message.id, seq: a.message.seq };
@@ -194,7 +188,7 @@ async fn run(
                 let code = if e.is_unavailable() { "unavailable" } else { "internal" };
                 tracing::warn!(room = %room, error = ?e, count = replies.len(), "storing messages failed");
                 failed.increment(1);
-                corked(&flusher, || {
+                corked(|| {
                     for (tag, reply_to, _) in replies.drain(..) {
                         let reply = Reply::error(tag, code, "the message could not be stored; try again");
                         reply_to.outbox.settle_send(&reply);

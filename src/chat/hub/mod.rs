@@ -23,11 +23,7 @@ mod room;
 
 use self::room::{MemberChanges, RoomInner, drain_pending};
 pub use self::room::{Room, RoomClosed, Start};
-use super::{
-    cork::{Flusher, corked},
-    registry::SessionRegistry,
-    writer,
-};
+use super::{cork::corked, registry::SessionRegistry, writer};
 use crate::{
     bus::EventHandler,
     domain::{RoomName, Seq},
@@ -54,7 +50,6 @@ pub struct Hub {
     /// This node's sessions by account, for events addressed to a user rather than a room.
     pub sessions: Arc<SessionRegistry>,
     /// Writes what deliveries corked (see [`corked`](crate::chat::cork::corked)).
-    pub flusher: Arc<Flusher>,
     /// Rooms whose members changed since the last presence round.
     changes: Arc<MemberChanges>,
 }
@@ -66,7 +61,6 @@ impl Hub {
             hasher: std::collections::hash_map::RandomState::new(),
             store,
             sessions,
-            flusher: Flusher::spawn(),
             changes: Arc::default(),
         })
     }
@@ -263,7 +257,7 @@ impl Hub {
     /// Gives `frame` (made on this node for this node) to the live members of `room` here.
     pub fn tell_local(&self, room: &RoomName, frame: &Arc<Encoded>) {
         if let Some(r) = self.get(room) {
-            corked(&self.flusher, || r.broadcast(EventKind::Presence, frame));
+            corked(|| r.broadcast(EventKind::Presence, frame));
         }
     }
 
@@ -325,7 +319,7 @@ impl EventHandler for Hub {
 
     /// A batch from another node: whatever has arrived goes out as one write per session.
     fn deliver_batch(&self, events: &[Event]) {
-        corked(&self.flusher, || events.iter().for_each(|event| self.dispatch(event)));
+        corked(|| events.iter().for_each(|event| self.dispatch(event)));
     }
 
     fn resync(&self) {
