@@ -39,9 +39,6 @@ pub const PAGE: u32 = 256;
 
 type Shard = Mutex<HashMap<RoomName, Arc<Room>>>;
 
-/// A room of this node and the users in it.
-pub type RoomUsers = (Arc<Room>, std::collections::HashSet<uuid::Uuid>);
-
 /// Rooms with members on this node.
 pub struct Hub {
     shards: Box<[Shard]>,
@@ -49,7 +46,6 @@ pub struct Hub {
     store: Store,
     /// This node's sessions by account, for events addressed to a user rather than a room.
     pub sessions: Arc<SessionRegistry>,
-    /// Writes what deliveries corked (see [`corked`](crate::chat::cork::corked)).
     /// Rooms whose members changed since the last presence round.
     changes: Arc<MemberChanges>,
 }
@@ -231,22 +227,18 @@ impl Hub {
         self.shards.iter().flat_map(|s| s.lock_unpoisoned().keys().cloned().collect::<Vec<_>>()).collect()
     }
 
-    /// The rooms whose members changed since the last call, each with the users in it now
-    /// (`None`: it has none here any more).
-    pub fn member_changes(&self) -> Vec<(RoomName, Option<RoomUsers>)> {
+    /// The rooms whose members changed since the last call (a room that had its last member
+    /// leave is among them, and no longer here).
+    pub fn member_changes(&self) -> Vec<RoomName> {
         let mut names = self.changes.take();
         names.sort_unstable();
         names.dedup();
+        for name in &names {
+            if let Some(room) = self.get(name) {
+                room.looked_at();
+            }
+        }
         names
-            .into_iter()
-            .map(|name| {
-                let found = self.get(&name).map(|room| {
-                    let users = room.users_for_round();
-                    (room, users)
-                });
-                (name, found)
-            })
-            .collect()
     }
 
     /// The users with a session in `room` here.
@@ -355,13 +347,13 @@ mod tests {
             .collect();
         let first = hub.member_changes();
         assert_eq!(first.len(), 50, "every room got a member");
-        assert!(first.iter().all(|(_, found)| found.as_ref().is_some_and(|(_, users)| users.contains(&user))));
+        assert!(first.iter().all(|name| hub.users_in(name).contains(&user)));
         assert!(hub.member_changes().is_empty(), "nothing changed since");
         hub.remove_member(&rooms[7], session.id, |_| {});
         let after_leave = hub.member_changes();
         assert_eq!(after_leave.len(), 1);
-        assert_eq!(after_leave[0].0.as_str(), "r7");
-        assert!(after_leave[0].1.is_none(), "the room left the hub with its last member");
+        assert_eq!(after_leave[0].as_str(), "r7");
+        assert!(hub.get(&after_leave[0]).is_none(), "the room left the hub with its last member");
         assert!(hub.member_changes().is_empty());
     }
 }

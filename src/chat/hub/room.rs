@@ -127,12 +127,9 @@ impl Room {
         }
     }
 
-    /// For a presence round: the users here now (and the listing is cleared, so later changes
-    /// list the room again).
-    pub(super) fn users_for_round(&self) -> HashSet<Uuid> {
-        let mut inner = self.lock();
-        inner.changes_listed = false;
-        inner.members.iter().map(|m| m.handle.user).collect()
+    /// A presence round took the listing: later changes list the room again.
+    pub(super) fn looked_at(&self) {
+        self.lock().changes_listed = false;
     }
 
     /// Records that the members here are told `online` is who is online; returns who came and

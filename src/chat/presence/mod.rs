@@ -61,9 +61,12 @@ impl Presence {
         let online: Vec<(RoomName, HashSet<Uuid>)> = match &self.shared {
             None => changed
                 .into_iter()
-                .map(|(name, found)| (name, found.map(|(_, users)| users).unwrap_or_default()))
+                .map(|name| {
+                    let users = self.hub.users_in(&name);
+                    (name, users)
+                })
                 .collect(),
-            Some(shared) => match shared.round(&self.hub, changed.into_iter().map(|(name, _)| name).collect()).await {
+            Some(shared) => match shared.round(&self.hub, changed).await {
                 Ok(online) => online,
                 Err(e) => {
                     tracing::debug!(error = %e, "presence round failed; trying again next round");

@@ -301,12 +301,17 @@ impl Shared {
                 (room, users)
             })
             .collect();
-        for (node, rooms) in dead.into_iter().zip(rooms_of_dead) {
+        for (node, rooms) in dead.iter().zip(rooms_of_dead) {
             let rooms = rooms.iter().filter_map(|r| RoomName::parse(r).ok());
             leftovers.extend(rooms.map(|room| (self.who(&room), node.clone())));
-            self.forget(&node, now).await;
         }
-        self.remove_stale(leftovers, now).await;
+        // The fields first, then the list of where they were: if removing them fails, the
+        // next node to notice still finds the list.
+        if self.remove_stale(leftovers, now).await {
+            for node in &dead {
+                self.forget(node, now).await;
+            }
+        }
         online
     }
 
@@ -314,18 +319,23 @@ impl Shared {
         format!("{}{node}", self.rooms_of_prefix)
     }
 
-    /// Removes the fields of nodes that are not alive (best effort: the next reader retries).
-    async fn remove_stale(&self, stale: Vec<(String, String)>, now: i64) {
+    /// Removes the fields of nodes that are not alive (best effort: the next reader retries);
+    /// false if that failed.
+    async fn remove_stale(&self, stale: Vec<(String, String)>, now: i64) -> bool {
         if stale.is_empty() {
-            return;
+            return true;
         }
         let mut pipe = redis::pipe();
         for (key, node) in &stale {
             pipe.cmd("EVAL").arg(REMOVE_IF_DEAD).arg(2).arg(&self.live_key).arg(key).arg(node).arg(now).ignore();
         }
         let mut conn = self.conn.clone();
-        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
-            tracing::debug!(error = %e, "removing a dead node's presence failed");
+        match pipe.query_async::<()>(&mut conn).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "removing a dead node's presence failed");
+                false
+            }
         }
     }
 
