@@ -85,7 +85,13 @@ fn private_file(path: &Path) -> std::io::Result<()> {
 pub fn sqlite_path(url: &str) -> Option<PathBuf> {
     let options = SqliteConnectOptions::from_str(url).ok()?;
     let path = options.get_filename();
-    (path != Path::new(":memory:")).then(|| path.to_owned())
+    (!in_memory(path)).then(|| path.to_owned())
+}
+
+/// Whether sqlx's `filename` is an in-memory database: `:memory:`, or the shared-cache name
+/// sqlx gives `sqlite::memory:` (which is not a file and must not be created as one).
+fn in_memory(filename: &Path) -> bool {
+    filename == Path::new(":memory:") || filename.to_string_lossy().starts_with("file:sqlx-in-memory-")
 }
 
 #[derive(Clone, Debug)]
@@ -111,7 +117,8 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
         let path = options.get_filename().to_owned();
-        if path != Path::new(":memory:") {
+        let in_memory = in_memory(&path);
+        if !in_memory {
             if let Some(dir) = path.parent()
                 && !dir.as_os_str().is_empty()
                 && !dir.exists()
@@ -138,7 +145,6 @@ impl SqliteStore {
             .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
         let (commits, queue) = mpsc::channel(4 * WRITES_PER_COMMIT);
         let filename = path.to_string_lossy().into_owned();
-        let in_memory = filename.starts_with("file:sqlx-in-memory-");
         commits::spawn(&filename, in_memory, write.clone(), queue)?;
         Ok(Self { read, write, commits })
     }
@@ -263,3 +269,15 @@ impl SqliteStore {
 }
 
 shared_queries!(SqliteStore);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_memory_urls_name_no_file() {
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+        assert_eq!(sqlite_path("sqlite://:memory:"), None);
+        assert_eq!(sqlite_path("sqlite://data/confab.db"), Some(PathBuf::from("data/confab.db")));
+    }
+}
