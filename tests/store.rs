@@ -89,6 +89,7 @@ both_backends!(
     rooms_are_created_once_and_list_public_ones_and_mine,
     concurrent_joins_and_sends_each_get_their_own_answer,
     rooms_stored_together_keep_their_own_seqs_and_client_ids,
+    two_nodes_storing_the_same_rooms_keep_each_rooms_seqs_gapless,
     search_indexing_follows_each_rooms_stream_behind_the_commit,
 );
 
@@ -368,13 +369,14 @@ async fn plant_messages(backend: Backend, db: &TestDb, sender: &User) {
 async fn the_duplicate_look_up_uses_the_index_among_a_million_messages(backend: Backend) {
     let (store, db) = open(backend).await;
     let user = store.create_user("big@example.com", "h").await.expect("create");
+    // A plan made while the table is small must probe the index too: PostgreSQL keeps a
+    // prepared statement's plan while the table grows.
+    assert_uses_the_index(backend, &store.dedupe_plan().await.expect("explain").join("\n"));
     let started = std::time::Instant::now();
     plant_messages(backend, &db, &user).await;
     eprintln!("{backend:?}: planted {PLANTED} messages in {:?}", started.elapsed());
 
-    let plan = store.dedupe_plan().await.expect("explain").join("\n");
-    assert!(plan.contains("messages_room_client_idx"), "{backend:?}: the look-up does not use the index:\n{plan}");
-    assert!(!plan.contains("SCAN messages") && !plan.contains("Seq Scan"), "{backend:?}: a table scan:\n{plan}");
+    assert_uses_the_index(backend, &store.dedupe_plan().await.expect("explain").join("\n"));
 
     let big = room("big");
     let started = std::time::Instant::now();
@@ -386,6 +388,18 @@ async fn the_duplicate_look_up_uses_the_index_among_a_million_messages(backend: 
     assert!(resent.duplicate, "a planted client id is found");
     assert_eq!((resent.message.seq, resent.message.content.as_str()), (777, "planted"));
     eprintln!("{backend:?}: 51 sends with a client id after {PLANTED} messages took {:?}", started.elapsed());
+}
+
+fn assert_uses_the_index(backend: Backend, plan: &str) {
+    assert!(plan.contains("messages_room_client_idx"), "{backend:?}: the look-up does not use the index:\n{plan}");
+    assert!(
+        !plan.contains("SCAN messages") && !plan.contains("Seq Scan on messages"),
+        "{backend:?}: a table scan:\n{plan}"
+    );
+    if backend == Backend::Postgres {
+        // The per-room look-up and the one in the statement shared by many rooms' batches.
+        assert_eq!(plan.matches("messages_room_client_idx").count(), 2, "both look-ups use the index:\n{plan}");
+    }
 }
 
 async fn a_client_id_repeated_within_one_batch_is_stored_once(backend: Backend) {
@@ -891,6 +905,71 @@ async fn search_indexing_follows_each_rooms_stream_behind_the_commit(backend: Ba
     assert_eq!(search("quiet").await, ["a quiet walrus"]);
     // A room never written to has nothing to index.
     assert_eq!(step(&room("empty"), 500).await, IndexStep::UpToDate);
+}
+
+/// Two nodes (two stores on one database) store batches to the same rooms at once, each
+/// batch's first message with a client id, and each writer resends one of them halfway: every
+/// batch is stored once, each writer's seqs rise, and each room's seqs are 1..n without a gap.
+/// On PostgreSQL the nodes' shared statements lock rooms in one order, so they never deadlock;
+/// here a deadlock is not broken after a second (and its statements stored alone, unseen), but
+/// hangs until the test's timeout fails it.
+async fn two_nodes_storing_the_same_rooms_keep_each_rooms_seqs_gapless(backend: Backend) {
+    const ROOMS: usize = 8;
+    const ROUNDS: usize = 100;
+    const PER_BATCH: usize = 3;
+    let db = TestDb::create(backend).await;
+    let url = if backend == Backend::Postgres {
+        let mut url = url::Url::parse(db.url()).expect("url");
+        let others: Vec<(String, String)> =
+            url.query_pairs().filter(|(k, _)| k != "options").map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+        url.query_pairs_mut()
+            .clear()
+            .extend_pairs(others)
+            .append_pair("options", "-c deadlock_timeout=600s -c statement_timeout=600000");
+        url.to_string()
+    } else {
+        db.url().to_owned()
+    };
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let store = tokio::time::timeout(SERVICE_TIMEOUT, Store::connect(backend.kind(), &url, 16))
+            .await
+            .expect("connect timed out")
+            .expect("connect");
+        store.migrate().await.expect("migrate");
+        nodes.push(Arc::new(store));
+    }
+    let user = nodes[0].create_user("two@example.com", "h").await.expect("create");
+    let name = |r: usize| room(&format!("shared{r}"));
+    let mut writers = Vec::new();
+    for (n, store) in nodes.iter().enumerate() {
+        for r in 0..ROOMS {
+            let (store, user) = (Arc::clone(store), user.clone());
+            writers.push(tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for i in 0..ROUNDS {
+                    // Halfway, the batch starts with the first batch's client id again.
+                    let cid = if i == ROUNDS / 2 { format!("n{n}-r{r}-0") } else { format!("n{n}-r{r}-{i}") };
+                    let mut batch = vec![message(&name(r), &user, &format!("n{n}-{i}"), Some(&cid))];
+                    batch.extend((1..PER_BATCH).map(|k| message(&name(r), &user, &format!("n{n}-{i}-{k}"), None)));
+                    let appended = store.append_messages(&name(r), &batch).await.expect("stored");
+                    assert_eq!(appended[0].duplicate, i == ROUNDS / 2, "node {n} room {r} batch {i}");
+                    seqs.extend(appended.iter().filter(|a| !a.duplicate).map(|a| a.message.seq));
+                }
+                seqs
+            }));
+        }
+    }
+    for writer in writers {
+        let seqs = tokio::time::timeout(SERVICE_TIMEOUT * 2, writer).await.expect("writers finish").expect("writer");
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "a writer's seqs rise: {seqs:?}");
+    }
+    let per_room = i64::try_from(2 * (ROUNDS * PER_BATCH - 1)).expect("small");
+    for r in 0..ROOMS {
+        let stored = nodes[1].messages_after(&name(r), 0, 1000).await.expect("read");
+        assert_eq!(seqs(&stored), (1..=per_room).collect::<Vec<_>>(), "room {r} is gapless");
+        assert_eq!(nodes[0].last_seq(&name(r)).await.expect("last seq"), per_room);
+    }
 }
 
 /// Many rooms' batches at once (on SQLite they share a transaction and its statements): each

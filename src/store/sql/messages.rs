@@ -77,31 +77,6 @@ macro_rules! message_queries {
                     .await?)
             }
 
-            /// Indexes `room`'s seqs after `from`, up to `last` and at most `max` of them, and
-            /// records how far it got, in `tx` (the backend's own statements: `INDEX_MESSAGES`
-            /// and `SET_INDEXED`). Nothing to do: the transaction is dropped, changing nothing.
-            async fn index_range(
-                mut tx: sqlx::Transaction<'static, <Self as $crate::store::sql::Backend>::Db>,
-                room: &$crate::domain::RoomName,
-                (from, last): ($crate::domain::Seq, $crate::domain::Seq),
-                max: $crate::domain::Seq,
-            ) -> Result<$crate::store::IndexStep, $crate::store::StoreError> {
-                if last <= from {
-                    return Ok($crate::store::IndexStep::UpToDate);
-                }
-                let to = last.min(from.saturating_add(max.max(1)));
-                let indexed = sqlx::query(Self::INDEX_MESSAGES)
-                    .bind(room.as_str())
-                    .bind(from)
-                    .bind(to)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                sqlx::query(Self::SET_INDEXED).bind(room.as_str()).bind(to).execute(&mut *tx).await?;
-                tx.commit().await?;
-                Ok($crate::store::IndexStep::Indexed(indexed))
-            }
-
             pub async fn rooms_behind_index(&self, limit: i64) -> Result<Vec<String>, $crate::store::StoreError> {
                 let rows: Vec<(String,)> = sqlx::query_as(
                     "SELECT r.name FROM rooms r LEFT JOIN search_progress p ON p.room = r.name \

@@ -246,6 +246,30 @@ impl SqliteStore {
         Self::index_range(tx, room, (from, last), max).await
     }
 
+    /// Indexes `room`'s seqs after `from`, up to `last` and at most `max` of them, and records
+    /// how far it got, in `tx`. Nothing to do: the transaction is dropped, changing nothing.
+    async fn index_range(
+        mut tx: Transaction<'static, Sqlite>,
+        room: &RoomName,
+        (from, last): (Seq, Seq),
+        max: Seq,
+    ) -> Result<IndexStep, StoreError> {
+        if last <= from {
+            return Ok(IndexStep::UpToDate);
+        }
+        let to = last.min(from.saturating_add(max.max(1)));
+        let indexed = sqlx::query(Self::INDEX_MESSAGES)
+            .bind(room.as_str())
+            .bind(from)
+            .bind(to)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query(Self::SET_INDEXED).bind(room.as_str()).bind(to).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(IndexStep::Indexed(indexed))
+    }
+
     /// The messages of a seq range (`$1` room, `$2` after, `$3` up to) into the search table;
     /// its trigger copies each one's content into `messages_fts`.
     const INDEX_MESSAGES: &'static str = "INSERT INTO message_search (message_id) SELECT id FROM messages \

@@ -1,9 +1,12 @@
 //! PostgreSQL backend, for clusters: every node shares it.
 //!
-//! Per-room seqs are serialised by the `rooms` row lock taken at the start of each append
-//! transaction, so concurrent writers to one room queue there while other rooms proceed. A batch
-//! is stored by one statement taking the batch as arrays (`UNNEST`), so it is prepared once
-//! whatever the batch size and costs one round trip.
+//! Per-room seqs are serialised by the `rooms` row lock taken by each statement that stores
+//! messages, so concurrent writers to one room queue there (on every node) while other rooms
+//! proceed. Batches are stored by statements taking them as arrays (`UNNEST`), prepared once
+//! whatever their size: the batches of many rooms in one (see [`commits`]), and one room's
+//! alone when it resends a stored client id or its shared statement failed.
+
+mod commits;
 
 use std::{str::FromStr, time::Duration};
 
@@ -12,6 +15,7 @@ use sqlx::{
     PgPool, Postgres, Transaction,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Appended, IndexStep, StoreError,
@@ -38,6 +42,10 @@ pub struct PgStore {
     read: PgPool,
     /// The same pool as `read`: PostgreSQL takes concurrent writers.
     write: PgPool,
+    /// The connections of the shared message statements (see [`commits`]).
+    shared: PgPool,
+    /// Batches waiting to be stored together (see [`commits`]).
+    commits: mpsc::Sender<commits::Pending>,
 }
 
 impl Backend for PgStore {
@@ -45,16 +53,23 @@ impl Backend for PgStore {
 }
 
 impl PgStore {
+    /// Opens `max_connections` connections at most: up to [`commits::IN_FLIGHT`] (a quarter)
+    /// for the shared message statements, the rest for everything else (at least one each).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         let options =
             PgConnectOptions::from_str(url).map_err(|e| StoreError::Open(format!("bad PostgreSQL URL: {e}")))?;
+        let shared = commits::IN_FLIGHT.min(max_connections / 4).max(1);
         let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
+            .max_connections(max_connections.saturating_sub(shared).max(1))
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| Box::pin(ping_if_idle(conn, meta)))
+            .connect_with(options.clone())
             .await
             .map_err(|e| StoreError::Open(e.to_string()))?;
-        Ok(Self { read: pool.clone(), write: pool })
+        let shared = commits::pool(options, shared);
+        let commits = commits::spawn(shared.clone(), pool.clone());
+        Ok(Self { read: pool.clone(), write: pool, shared, commits })
     }
 
     fn migrator() -> sqlx::migrate::Migrator {
@@ -116,31 +131,74 @@ impl PgStore {
         Ok(added == 1)
     }
 
-    /// Stores a batch in one statement, which is its own transaction: one round trip, two when a
-    /// message carries a client id (the look-up for earlier copies comes first). The room's row
-    /// lock is held only while PostgreSQL executes and commits, never across the network.
-    ///
-    /// Earlier copies are looked up before the room is locked, so a copy committed meanwhile
-    /// (another node storing the same `(sender, client_id)`) is not seen; the unique index then
-    /// refuses the insert, nothing is stored, and [`super::Store::append_messages`] retries,
-    /// this time finding it.
+    /// Stores a batch, in a statement shared with other rooms' batches (see [`commits`]), or
+    /// alone when it edits or deletes.
     pub async fn append_messages(&self, room: &RoomName, batch: &[NewMessage]) -> Result<Vec<Appended>, StoreError> {
-        let existing = self.stored_client_ids(room, batch).await?;
-        // Seqs relative to the room's last_seq, which only the write below learns.
-        let (fresh, mut out) = plan_batch(batch, &existing, 1);
-        if fresh.is_empty() {
-            return Ok(out);
+        if !commits::shareable(batch) {
+            return append_alone(&self.write, room, batch).await;
         }
-        let count = Seq::try_from(fresh.len()).unwrap_or(Seq::MAX);
-        let c = Columns::of(&fresh);
-        // Bumping last_seq by the batch's size takes the room's row lock (creating the row for a
-        // room's first message), so writers of one room queue there on every node; RETURNING
-        // gives the value before this batch, whatever committed while we waited. The insert runs
-        // after it, as it reads its result. Outside a transaction the statement commits before
-        // PostgreSQL reports it done, and sqlx returns only then (ReadyForQuery), even for
-        // `fetch_one`: a returned seq is a committed one.
-        let (base,): (Seq,) = sqlx::query_as(
-            "WITH room AS ( \
+        let (done, result) = oneshot::channel();
+        let stopped = || StoreError::Unavailable(sqlx::Error::PoolClosed);
+        let pending = commits::Pending { room: room.clone(), batch: batch.to_vec(), done };
+        self.commits.send(pending).await.map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
+    }
+
+    /// PostgreSQL's plans for the send path's duplicate look-ups (`EXPLAIN`), one line per
+    /// step: the per-room look-up's, then the shared statement's over 64 rooms; proof that they
+    /// use the index however large the table grows.
+    pub async fn dedupe_plan(&self) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(concat!("EXPLAIN ", stored_client_ids!()))
+            .bind("room")
+            .bind(vec!["a", "b"])
+            .fetch_all(&self.read)
+            .await?;
+        let mut plan: Vec<String> = rows.into_iter().map(|(line,)| line).collect();
+        plan.extend(commits::explain(&self.shared, 64).await?);
+        Ok(plan)
+    }
+}
+
+/// Checks a pooled connection before use only when it sat idle for a second or more: a ping
+/// before every query doubled the round trips of a busy node (each a wake-up of a PostgreSQL
+/// backend and of this process), while a connection in steady use is known to work. One that
+/// broke since it was last used fails its query, which is retried or answered as
+/// `unavailable`, and the pool replaces it.
+async fn ping_if_idle(
+    conn: &mut sqlx::PgConnection,
+    meta: sqlx::pool::PoolConnectionMetadata,
+) -> Result<bool, sqlx::Error> {
+    if meta.idle_for >= Duration::from_secs(1) {
+        sqlx::Connection::ping(conn).await?;
+    }
+    Ok(true)
+}
+
+/// Stores one room's batch in one statement, which is its own transaction: one round trip, two when a
+/// message carries a client id (the look-up for earlier copies comes first). The room's row
+/// lock is held only while PostgreSQL executes and commits, never across the network.
+///
+/// Earlier copies are looked up before the room is locked, so a copy committed meanwhile
+/// (another node storing the same `(sender, client_id)`) is not seen; the unique index then
+/// refuses the insert, nothing is stored, and [`super::Store::append_messages`] retries,
+/// this time finding it.
+async fn append_alone(pool: &PgPool, room: &RoomName, batch: &[NewMessage]) -> Result<Vec<Appended>, StoreError> {
+    let existing = stored_client_ids(pool, room, batch).await?;
+    // Seqs relative to the room's last_seq, which only the write below learns.
+    let (fresh, mut out) = plan_batch(batch, &existing, 1);
+    if fresh.is_empty() {
+        return Ok(out);
+    }
+    let count = Seq::try_from(fresh.len()).unwrap_or(Seq::MAX);
+    let c = Columns::of(&fresh);
+    // Bumping last_seq by the batch's size takes the room's row lock (creating the row for a
+    // room's first message), so writers of one room queue there on every node; RETURNING
+    // gives the value before this batch, whatever committed while we waited. The insert runs
+    // after it, as it reads its result. Outside a transaction the statement commits before
+    // PostgreSQL reports it done, and sqlx returns only then (ReadyForQuery), even for
+    // `fetch_one`: a returned seq is a committed one.
+    let (base,): (Seq,) = sqlx::query_as(
+        "WITH room AS ( \
                  INSERT INTO rooms AS r (name, last_seq, created_at, message_count) VALUES ($1, $2, $3, $16) \
                  ON CONFLICT (name) DO UPDATE SET last_seq = r.last_seq + excluded.last_seq, \
                      message_count = r.message_count + excluded.message_count \
@@ -169,57 +227,45 @@ impl PgStore {
                    AND messages.deleted_at IS NULL \
              ) \
              SELECT base FROM room",
-        )
-        .bind(room.as_str())
-        .bind(count)
-        .bind(Utc::now())
-        .bind(c.ids)
-        .bind(c.senders)
-        .bind(c.emails)
-        .bind(c.contents)
-        .bind(c.times)
-        .bind(c.client_ids)
-        .bind(c.names)
-        .bind(c.kinds)
-        .bind(c.targets)
-        .bind(c.deleted)
-        .bind(c.edited)
-        .bind(c.edits)
-        .bind(c.messages)
-        .bind(c.mentions)
-        .bind(c.mention_k)
-        .bind(c.mention_user)
-        .fetch_one(&self.write)
-        .await?;
-        // The k-th fresh message got seq k above, and now base + k; earlier copies keep theirs.
-        for a in &mut out {
-            if !existing.iter().any(|e| e.id == a.message.id) {
-                a.message.seq += base;
-            }
+    )
+    .bind(room.as_str())
+    .bind(count)
+    .bind(Utc::now())
+    .bind(c.ids)
+    .bind(c.senders)
+    .bind(c.emails)
+    .bind(c.contents)
+    .bind(c.times)
+    .bind(c.client_ids)
+    .bind(c.names)
+    .bind(c.kinds)
+    .bind(c.targets)
+    .bind(c.deleted)
+    .bind(c.edited)
+    .bind(c.edits)
+    .bind(c.messages)
+    .bind(c.mentions)
+    .bind(c.mention_k)
+    .bind(c.mention_user)
+    .fetch_one(pool)
+    .await?;
+    // The k-th fresh message got seq k above, and now base + k; earlier copies keep theirs.
+    for a in &mut out {
+        if !existing.iter().any(|e| e.id == a.message.id) {
+            a.message.seq += base;
         }
-        Ok(out)
     }
+    Ok(out)
+}
 
-    /// Stored messages of `room` whose client id matches one in `batch` (callers match
-    /// senders). No round trip when no message has a client id.
-    async fn stored_client_ids(&self, room: &RoomName, batch: &[NewMessage]) -> Result<Vec<Message>, StoreError> {
-        let client_ids: Vec<&str> = batch.iter().filter_map(|m| m.client_id.as_deref()).collect();
-        if client_ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        Ok(sqlx::query_as(STORED_CLIENT_IDS).bind(room.as_str()).bind(client_ids).fetch_all(&self.write).await?)
+/// Stored messages of `room` whose client id matches one in `batch` (callers match
+/// senders). No round trip when no message has a client id.
+async fn stored_client_ids(pool: &PgPool, room: &RoomName, batch: &[NewMessage]) -> Result<Vec<Message>, StoreError> {
+    let client_ids: Vec<&str> = batch.iter().filter_map(|m| m.client_id.as_deref()).collect();
+    if client_ids.is_empty() {
+        return Ok(Vec::new());
     }
-
-    /// PostgreSQL's plan for the send path's duplicate look-up (`EXPLAIN`), one line per step:
-    /// proof that it uses the index however large the table grows.
-    pub async fn dedupe_plan(&self) -> Result<Vec<String>, StoreError> {
-        let rows: Vec<(String,)> = sqlx::query_as(concat!("EXPLAIN ", stored_client_ids!()))
-            .bind("room")
-            .bind(vec!["a", "b"])
-            .fetch_all(&self.read)
-            .await?;
-        Ok(rows.into_iter().map(|(line,)| line).collect())
-    }
+    Ok(sqlx::query_as(STORED_CLIENT_IDS).bind(room.as_str()).bind(client_ids).fetch_all(pool).await?)
 }
 
 /// A batch as the column arrays the insert statement unnests.
@@ -295,49 +341,55 @@ impl<'a> Columns<'a> {
 }
 
 impl PgStore {
-    /// See [`super::Store::index_room`]. A room's `search_progress` row, locked for the
-    /// transaction, makes one indexer at a time work on it across nodes; the others skip it.
+    /// See [`super::Store::index_room`]. A room's `search_progress` row, locked by the
+    /// statement, makes one indexer at a time work on it across nodes; the others skip it.
     /// Everything up to the room's committed `last_seq` is committed, as a batch's messages
-    /// and its `last_seq` commit together.
+    /// and its `last_seq` commit together. One statement (one round trip, its own
+    /// transaction) finds the range, indexes it and records how far it got; a second creates
+    /// the room's progress row the first time.
     pub async fn index_room(&self, room: &RoomName, max: Seq) -> Result<IndexStep, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let locked: Option<(Seq, Seq)> = sqlx::query_as(
-            "SELECT p.indexed_seq, COALESCE(r.last_seq, 0) FROM search_progress p \
-             LEFT JOIN rooms r ON r.name = p.room WHERE p.room = $1 FOR UPDATE OF p SKIP LOCKED",
-        )
-        .bind(room.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let (from, last) = if let Some(row) = locked {
-            row
-        } else {
+        for _ in 0..2 {
+            let (locked, indexed, to): (bool, i64, Option<Seq>) =
+                sqlx::query_as(Self::INDEX_STEP).bind(room.as_str()).bind(max.max(1)).fetch_one(&self.write).await?;
+            if locked {
+                return Ok(match to {
+                    Some(_) => IndexStep::Indexed(u64::try_from(indexed).unwrap_or_default()),
+                    None => IndexStep::UpToDate,
+                });
+            }
             // No row yet (the room's first indexing), or another node holds it.
             let created = sqlx::query(
                 "INSERT INTO search_progress (room, indexed_seq) VALUES ($1, 0) ON CONFLICT (room) DO NOTHING",
             )
             .bind(room.as_str())
-            .execute(&mut *tx)
+            .execute(&self.write)
             .await?
             .rows_affected();
             if created == 0 {
                 return Ok(IndexStep::Busy);
             }
-            let (last,): (Seq,) = sqlx::query_as("SELECT COALESCE((SELECT last_seq FROM rooms WHERE name = $1), 0)")
-                .bind(room.as_str())
-                .fetch_one(&mut *tx)
-                .await?;
-            (0, last)
-        };
-        Self::index_range(tx, room, (from, last), max).await
+        }
+        Ok(IndexStep::Busy)
     }
 
-    /// The messages of a seq range (`$1` room, `$2` after, `$3` up to) into the search table.
-    const INDEX_MESSAGES: &'static str = "INSERT INTO message_search (message_id, search) \
-         SELECT id, to_tsvector('simple', content) FROM messages \
-         WHERE room = $1 AND seq > $2 AND seq <= $3 AND kind = 'message' AND content <> '' \
-         ON CONFLICT (message_id) DO NOTHING";
-    /// How far the room is indexed; its row exists and is locked.
-    const SET_INDEXED: &'static str = "UPDATE search_progress SET indexed_seq = $2 WHERE room = $1";
+    /// One indexing step of room `$1`, at most `$2` seqs: (whether its progress row was ours to
+    /// lock, messages indexed, the seq indexed up to now or NULL when it was up to date).
+    const INDEX_STEP: &'static str = "WITH progress AS ( \
+             SELECT indexed_seq FROM search_progress WHERE room = $1 FOR UPDATE SKIP LOCKED \
+         ), span AS ( \
+             SELECT p.indexed_seq AS after, LEAST(r.last_seq, p.indexed_seq + $2) AS upto \
+             FROM progress p JOIN rooms r ON r.name = $1 WHERE r.last_seq > p.indexed_seq \
+         ), indexed AS ( \
+             INSERT INTO message_search (message_id, search) \
+             SELECT m.id, to_tsvector('simple', m.content) FROM messages m, span \
+             WHERE m.room = $1 AND m.seq > span.after AND m.seq <= span.upto AND m.kind = 'message' \
+               AND m.content <> '' \
+             ON CONFLICT (message_id) DO NOTHING \
+             RETURNING 1 \
+         ), moved AS ( \
+             UPDATE search_progress SET indexed_seq = span.upto FROM span WHERE search_progress.room = $1 \
+         ) \
+         SELECT EXISTS (SELECT 1 FROM progress), (SELECT count(*) FROM indexed), (SELECT upto FROM span)";
 
     /// Full-text search through `message_search` (see [`search_messages!`]).
     const SEARCH: &'static str =
