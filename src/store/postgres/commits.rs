@@ -26,15 +26,15 @@
 
 use std::{sync::Arc, time::Duration};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use sqlx::{
-    PgPool, Postgres,
-    postgres::{PgArguments, PgConnectOptions, PgPoolOptions},
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
 };
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::super::{Appended, StoreError, messages::plan_batch};
-use super::append_alone;
+use super::{MessageColumns, PgQueryAs, append_alone};
 use crate::domain::{Message, MessageKind, NewMessage, RoomName, Seq};
 
 /// Statements running at once, per node, at most (each on a connection of its own).
@@ -111,7 +111,8 @@ async fn gather(shared: PgPool, alone: PgPool, mut queue: mpsc::Receiver<Pending
     }
 }
 
-/// Stores `group` in one statement, the batches it leaves out alone, and answers each.
+/// Stores `group` in one statement, the batches it leaves out alone, and answers each: the
+/// stored ones first, so none waits for another's batch stored alone.
 async fn store(shared: &PgPool, alone: &PgPool, group: Vec<Pending>) {
     let mut planned: Vec<Planned> = group.into_iter().map(Planned::of).collect();
     // Row locks in one order on every node.
@@ -119,18 +120,29 @@ async fn store(shared: &PgPool, alone: &PgPool, group: Vec<Pending>) {
     let stored = match together(shared, &planned).await {
         Ok(rows) => rows,
         Err(e) => {
-            tracing::debug!(error = %e, rooms = planned.len(), "a shared statement failed; storing its batches alone");
+            // Another node stored one of the client ids meanwhile (the alone path answers with
+            // its copy), or the statement itself failed: say so, as every batch now costs two.
+            if matches!(e, StoreError::Conflict) {
+                tracing::debug!(rooms = planned.len(), "a shared statement met a client id stored meanwhile");
+            } else {
+                tracing::warn!(error = %e, rooms = planned.len(), "a shared statement failed; storing its batches alone");
+            }
             Vec::new()
         }
     };
+    let mut left = Vec::new();
     for p in planned {
-        let last = stored.iter().find(|(name, _)| name == p.pending.room.as_str()).map(|&(_, last)| last);
         let Planned { pending, fresh, out } = p;
-        let result = match last {
-            Some(last) => Ok(answer(out, fresh.len(), last)),
-            // Left out (a client id stored before) or the statement failed: the room alone.
-            None => append_alone(alone, &pending.room, &pending.batch).await,
-        };
+        match stored.iter().find(|(name, _)| name == pending.room.as_str()) {
+            Some(&(_, last)) => {
+                let _ = pending.done.send(Ok(answer(out, fresh.len(), last)));
+            }
+            // Left out (a client id stored before) or the statement failed.
+            None => left.push(pending),
+        }
+    }
+    for pending in left {
+        let result = append_alone(alone, &pending.room, &pending.batch).await;
         let _ = pending.done.send(result);
     }
 }
@@ -220,7 +232,7 @@ const STATEMENT: &str = shared_statement!();
 
 /// `query` (of [`STATEMENT`]) with `c` bound to its parameters.
 fn bind<'q, O>(query: PgQueryAs<'q, O>, c: Columns<'q>) -> PgQueryAs<'q, O> {
-    query
+    let query = query
         .bind(c.client_rooms)
         .bind(c.client_ids_only)
         .bind(Utc::now())
@@ -228,23 +240,9 @@ fn bind<'q, O>(query: PgQueryAs<'q, O>, c: Columns<'q>) -> PgQueryAs<'q, O> {
         .bind(c.counts)
         .bind(c.message_counts)
         .bind(c.room)
-        .bind(c.offset)
-        .bind(c.ids)
-        .bind(c.senders)
-        .bind(c.emails)
-        .bind(c.names)
-        .bind(c.contents)
-        .bind(c.times)
-        .bind(c.client_ids)
-        .bind(c.kinds)
-        .bind(c.targets)
-        .bind(c.mentions)
-        .bind(c.mention_room)
-        .bind(c.mention_offset)
-        .bind(c.mention_user)
+        .bind(c.offset);
+    c.rows.bind(query).bind(c.mention_room).bind(c.mention_offset).bind(c.mention_user)
 }
-
-type PgQueryAs<'q, O> = sqlx::query::QueryAs<'q, Postgres, O, PgArguments>;
 
 /// PostgreSQL's plan for the shared statement over `rooms` rooms of a few messages with client
 /// ids each (`EXPLAIN`, nothing runs): proof that its look-up uses the index.
@@ -288,16 +286,7 @@ struct Columns<'a> {
     /// Per fresh message.
     room: Vec<&'a str>,
     offset: Vec<Seq>,
-    ids: Vec<uuid::Uuid>,
-    senders: Vec<uuid::Uuid>,
-    emails: Vec<&'a str>,
-    names: Vec<&'a str>,
-    contents: Vec<&'a str>,
-    times: Vec<DateTime<Utc>>,
-    client_ids: Vec<Option<&'a str>>,
-    kinds: Vec<&'static str>,
-    targets: Vec<Option<uuid::Uuid>>,
-    mentions: Vec<Option<String>>,
+    rows: MessageColumns<'a>,
     /// (room, offset, user): the message at offset mentions user (nil: everyone).
     mention_room: Vec<&'a str>,
     mention_offset: Vec<Seq>,
@@ -320,16 +309,7 @@ impl<'a> Columns<'a> {
                 }
                 c.room.push(room);
                 c.offset.push(offset);
-                c.ids.push(m.id);
-                c.senders.push(m.sender_id);
-                c.emails.push(m.sender_email.as_str());
-                c.names.push(m.sender_name.as_str());
-                c.contents.push(m.content.as_str());
-                c.times.push(m.created_at);
-                c.client_ids.push(m.client_id.as_deref());
-                c.kinds.push(m.kind.as_str());
-                c.targets.push(m.target_id);
-                c.mentions.push(m.mentions.to_db());
+                c.rows.push(m);
                 for user in m.mentions.targets() {
                     c.mention_room.push(room);
                     c.mention_offset.push(offset);

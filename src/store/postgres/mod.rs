@@ -197,9 +197,9 @@ async fn append_alone(pool: &PgPool, room: &RoomName, batch: &[NewMessage]) -> R
     // after it, as it reads its result. Outside a transaction the statement commits before
     // PostgreSQL reports it done, and sqlx returns only then (ReadyForQuery), even for
     // `fetch_one`: a returned seq is a committed one.
-    let (base,): (Seq,) = sqlx::query_as(
+    let query = sqlx::query_as(
         "WITH room AS ( \
-                 INSERT INTO rooms AS r (name, last_seq, created_at, message_count) VALUES ($1, $2, $3, $16) \
+                 INSERT INTO rooms AS r (name, last_seq, created_at, message_count) VALUES ($1, $2, $3, $17) \
                  ON CONFLICT (name) DO UPDATE SET last_seq = r.last_seq + excluded.last_seq, \
                      message_count = r.message_count + excluded.message_count \
                  RETURNING r.last_seq - $2 AS base \
@@ -209,8 +209,8 @@ async fn append_alone(pool: &PgPool, room: &RoomName, batch: &[NewMessage]) -> R
                       kind, target_id, mentions) \
                  SELECT m.id, $1, room.base + m.k, m.sender_id, m.sender_email, m.sender_name, m.content, \
                         m.created_at, m.client_id, m.kind, m.target_id, m.mentions \
-                 FROM room, UNNEST($4::uuid[], $5::uuid[], $6::text[], $10::text[], $7::text[], \
-                                   $8::timestamptz[], $9::text[], $11::text[], $12::uuid[], $17::text[]) \
+                 FROM room, UNNEST($4::uuid[], $5::uuid[], $6::text[], $7::text[], $8::text[], \
+                                   $9::timestamptz[], $10::text[], $11::text[], $12::uuid[], $13::text[]) \
                      WITH ORDINALITY AS m (id, sender_id, sender_email, sender_name, content, created_at, client_id, \
                                            kind, target_id, mentions, k) \
              ), mentioned AS ( \
@@ -219,10 +219,10 @@ async fn append_alone(pool: &PgPool, room: &RoomName, batch: &[NewMessage]) -> R
                  ON CONFLICT DO NOTHING \
              ), deleted AS ( \
                  UPDATE messages SET content = '', deleted_at = $3 \
-                 WHERE room = $1 AND kind = 'message' AND id = ANY($13::uuid[]) AND deleted_at IS NULL \
+                 WHERE room = $1 AND kind = 'message' AND id = ANY($14::uuid[]) AND deleted_at IS NULL \
              ), edited AS ( \
                  UPDATE messages SET content = e.content, edited_at = $3 \
-                 FROM UNNEST($14::uuid[], $15::text[]) AS e (id, content) \
+                 FROM UNNEST($15::uuid[], $16::text[]) AS e (id, content) \
                  WHERE messages.room = $1 AND messages.kind = 'message' AND messages.id = e.id \
                    AND messages.deleted_at IS NULL \
              ) \
@@ -230,25 +230,18 @@ async fn append_alone(pool: &PgPool, room: &RoomName, batch: &[NewMessage]) -> R
     )
     .bind(room.as_str())
     .bind(count)
-    .bind(Utc::now())
-    .bind(c.ids)
-    .bind(c.senders)
-    .bind(c.emails)
-    .bind(c.contents)
-    .bind(c.times)
-    .bind(c.client_ids)
-    .bind(c.names)
-    .bind(c.kinds)
-    .bind(c.targets)
-    .bind(c.deleted)
-    .bind(c.edited)
-    .bind(c.edits)
-    .bind(c.messages)
-    .bind(c.mentions)
-    .bind(c.mention_k)
-    .bind(c.mention_user)
-    .fetch_one(pool)
-    .await?;
+    .bind(Utc::now());
+    let (base,): (Seq,) = c
+        .rows
+        .bind(query)
+        .bind(c.deleted)
+        .bind(c.edited)
+        .bind(c.edits)
+        .bind(c.messages)
+        .bind(c.mention_k)
+        .bind(c.mention_user)
+        .fetch_one(pool)
+        .await?;
     // The k-th fresh message got seq k above, and now base + k; earlier copies keep theirs.
     for a in &mut out {
         if !existing.iter().any(|e| e.id == a.message.id) {
@@ -268,8 +261,10 @@ async fn stored_client_ids(pool: &PgPool, room: &RoomName, batch: &[NewMessage])
     Ok(sqlx::query_as(STORED_CLIENT_IDS).bind(room.as_str()).bind(client_ids).fetch_all(pool).await?)
 }
 
-/// A batch as the column arrays the insert statement unnests.
-struct Columns<'a> {
+/// The stored columns of a list of messages, one array each, as the insert statements unnest
+/// them (the per-room one here and the shared one in [`commits`]).
+#[derive(Default)]
+struct MessageColumns<'a> {
     ids: Vec<uuid::Uuid>,
     senders: Vec<uuid::Uuid>,
     emails: Vec<&'a str>,
@@ -280,6 +275,43 @@ struct Columns<'a> {
     kinds: Vec<&'static str>,
     targets: Vec<Option<uuid::Uuid>>,
     mentions: Vec<Option<String>>,
+}
+
+impl<'a> MessageColumns<'a> {
+    /// `query` with these arrays bound to its next ten parameters, in the order of the fields.
+    fn bind<O>(self, query: PgQueryAs<'a, O>) -> PgQueryAs<'a, O> {
+        query
+            .bind(self.ids)
+            .bind(self.senders)
+            .bind(self.emails)
+            .bind(self.names)
+            .bind(self.contents)
+            .bind(self.times)
+            .bind(self.client_ids)
+            .bind(self.kinds)
+            .bind(self.targets)
+            .bind(self.mentions)
+    }
+
+    fn push(&mut self, m: &'a Message) {
+        self.ids.push(m.id);
+        self.senders.push(m.sender_id);
+        self.emails.push(m.sender_email.as_str());
+        self.names.push(m.sender_name.as_str());
+        self.contents.push(m.content.as_str());
+        self.times.push(m.created_at);
+        self.client_ids.push(m.client_id.as_deref());
+        self.kinds.push(m.kind.as_str());
+        self.targets.push(m.target_id);
+        self.mentions.push(m.mentions.to_db());
+    }
+}
+
+type PgQueryAs<'q, O> = sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments>;
+
+/// A batch as the column arrays the insert statement unnests.
+struct Columns<'a> {
+    rows: MessageColumns<'a>,
     /// (k, user): the k-th fresh message mentions user (nil: everyone).
     mention_k: Vec<Seq>,
     mention_user: Vec<uuid::Uuid>,
@@ -292,18 +324,8 @@ struct Columns<'a> {
 
 impl<'a> Columns<'a> {
     fn of(fresh: &'a [Message]) -> Self {
-        let n = fresh.len();
         let mut c = Columns {
-            ids: Vec::with_capacity(n),
-            senders: Vec::with_capacity(n),
-            emails: Vec::with_capacity(n),
-            names: Vec::with_capacity(n),
-            contents: Vec::with_capacity(n),
-            times: Vec::with_capacity(n),
-            client_ids: Vec::with_capacity(n),
-            kinds: Vec::with_capacity(n),
-            targets: Vec::with_capacity(n),
-            mentions: Vec::with_capacity(n),
+            rows: MessageColumns::default(),
             mention_k: Vec::new(),
             mention_user: Vec::new(),
             deleted: Vec::new(),
@@ -312,16 +334,7 @@ impl<'a> Columns<'a> {
             messages: 0,
         };
         for m in fresh {
-            c.ids.push(m.id);
-            c.senders.push(m.sender_id);
-            c.emails.push(m.sender_email.as_str());
-            c.names.push(m.sender_name.as_str());
-            c.contents.push(m.content.as_str());
-            c.times.push(m.created_at);
-            c.client_ids.push(m.client_id.as_deref());
-            c.kinds.push(m.kind.as_str());
-            c.targets.push(m.target_id);
-            c.mentions.push(m.mentions.to_db());
+            c.rows.push(m);
             for user in m.mentions.targets() {
                 c.mention_k.push(m.seq);
                 c.mention_user.push(user);
