@@ -23,6 +23,7 @@ mod common;
 use std::{
     borrow::Cow,
     collections::{HashMap, HashSet},
+    fmt::Write as _,
     net::SocketAddr,
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -48,10 +49,12 @@ use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode
 const NODES: usize = 3;
 /// Bound on starting a node or Redis.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bound on a whole scenario after its traffic ends: every client caught up and gone. A bound
-/// on a hang, not a speed target: the storm takes ~40-50 s of a quiet machine's debug build, and
-/// twice that with a release build running beside it.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(180);
+/// A scenario fails when its clients make no progress (no client joins, receives a seq it had
+/// not seen, or finishes) for this long: a hang, told apart from a busy machine, on which the
+/// storm takes ~40-50 s of a quiet machine's debug build and two or three times that under load.
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// And a backstop on a whole scenario that progresses too slowly to be believed.
+const SCENARIO_CAP: Duration = Duration::from_secs(600);
 /// Clients that connect at once when a scenario starts.
 const JOIN_WAVE: usize = 250;
 const PASSWORD: &str = "chaos suite password";
@@ -377,6 +380,57 @@ struct Shared {
     peak_sessions: Vec<AtomicUsize>,
     /// Each room's final seq, once the senders are done: the clients read up to it.
     targets: watch::Receiver<Option<HashMap<String, i64>>>,
+    /// Where each client is, for the report of a scenario whose clients do not catch up.
+    status: Vec<std::sync::Mutex<Status>>,
+    /// Steps forward of all clients: joins, seqs received for the first time, finishes.
+    progress: AtomicUsize,
+}
+
+impl Shared {
+    fn advanced(&self) {
+        self.progress.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Waits for `until` while the clients make progress; None when they stalled for
+    /// [`STALL_TIMEOUT`] or the scenario ran past `cap`.
+    async fn progressing<T>(&self, cap: Instant, until: impl Future<Output = T>) -> Option<T> {
+        tokio::pin!(until);
+        let mut seen = self.progress.load(Ordering::Relaxed);
+        let mut still_since = Instant::now();
+        let mut check = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                out = &mut until => return Some(out),
+                _ = check.tick() => {
+                    let now = self.progress.load(Ordering::Relaxed);
+                    if now != seen {
+                        seen = now;
+                        still_since = Instant::now();
+                    } else if still_since.elapsed() > STALL_TIMEOUT {
+                        return None;
+                    }
+                    if Instant::now() > cap {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One client's state as last seen, for the failure report.
+#[derive(Debug, Default)]
+struct Status {
+    /// The node of its open session, if one is open.
+    node: Option<usize>,
+    sessions: usize,
+    /// Rooms whose join is not answered yet in the open session.
+    unjoined: usize,
+    /// The highest seq received per room.
+    last_seq: Vec<(String, i64)>,
+    pending_send: bool,
+    errors: usize,
+    done: bool,
 }
 
 #[derive(Default)]
@@ -421,6 +475,8 @@ struct Pending {
 struct Client {
     spec: ClientSpec,
     shared: Arc<Shared>,
+    /// This client's place in `shared.status`.
+    index: usize,
     out: Outcome,
     last_seq: HashMap<String, i64>,
     pending: Option<Pending>,
@@ -438,12 +494,13 @@ enum SessionEnd {
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 impl Client {
-    async fn run(spec: ClientSpec, shared: Arc<Shared>) -> Outcome {
+    async fn run(spec: ClientSpec, shared: Arc<Shared>, index: usize) -> Outcome {
         let mut client = Self {
             last_seq: spec.rooms.iter().map(|r| (r.clone(), 0)).collect(),
             out: Outcome { rooms: spec.rooms.clone(), ..Outcome::default() },
             spec,
             shared,
+            index,
             pending: None,
             next_message: 0,
             attempts: 0,
@@ -466,10 +523,19 @@ impl Client {
             failures = 0;
             let open = client.shared.sessions[node].fetch_add(1, Ordering::SeqCst) + 1;
             client.shared.peak_sessions[node].fetch_max(open, Ordering::SeqCst);
+            client.update_status(|st| {
+                st.node = Some(node);
+                st.sessions += 1;
+            });
             let end = client.session(ws).await;
             client.shared.sessions[node].fetch_sub(1, Ordering::SeqCst);
+            client.update_status(|st| st.node = None);
             match end {
-                SessionEnd::Done => return client.out,
+                SessionEnd::Done => {
+                    client.update_status(|st| st.done = true);
+                    client.shared.advanced();
+                    return client.out;
+                }
                 SessionEnd::Dropped => {
                     client.out.reconnects += 1;
                     backoff(1).await;
@@ -482,6 +548,21 @@ impl Client {
         self.spec.messages > 0
     }
 
+    fn update_status(&self, f: impl FnOnce(&mut Status)) {
+        let mut st = self.shared.status[self.index].lock().expect("status");
+        f(&mut st);
+    }
+
+    /// Records what the failure report shows of this client.
+    fn record(&self, unjoined: &HashSet<String>) {
+        self.update_status(|st| {
+            st.unjoined = unjoined.len();
+            st.last_seq = self.spec.rooms.iter().map(|r| (r.clone(), self.last_seq[r])).collect();
+            st.pending_send = self.pending.is_some();
+            st.errors = self.out.errors;
+        });
+    }
+
     async fn session(&mut self, mut ws: Ws) -> SessionEnd {
         // Rejoin every room from where this client stopped.
         let mut unjoined: HashSet<String> = HashSet::new();
@@ -491,6 +572,7 @@ impl Client {
             }
             unjoined.insert(room);
         }
+        self.record(&unjoined);
         let mut rejoin_at: Vec<(tokio::time::Instant, String)> = Vec::new();
         let mut tick = tokio::time::interval(self.spec.every.max(Duration::from_millis(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -511,8 +593,11 @@ impl Client {
             tokio::select! {
                 frame = ws.next() => match frame {
                     Some(Ok(Message::Text(text))) => {
-                        match self.on_frame(&text, &mut unjoined, &mut rejoin_at) {
+                        let handled = self.on_frame(&text, &mut unjoined, &mut rejoin_at);
+                        self.record(&unjoined);
+                        match handled {
                             Ok(true) => {
+                                self.shared.advanced();
                                 if !self.joined_once {
                                     self.joined_once = true;
                                     self.shared.joined.send_modify(|n| *n += 1);
@@ -574,7 +659,10 @@ impl Client {
                 let content = frame.content.expect("message content");
                 let client_id = content.split(' ').next().unwrap_or_default().to_owned();
                 let last = self.last_seq.get_mut(&room).expect("a room of this client");
-                *last = (*last).max(seq);
+                if seq > *last {
+                    *last = seq;
+                    self.shared.advanced();
+                }
                 self.out.received.entry(room).or_default().push((seq, client_id));
             }
             "ack" => {
@@ -848,22 +936,28 @@ where
         sessions: (0..NODES).map(|_| AtomicUsize::new(0)).collect(),
         peak_sessions: (0..NODES).map(|_| AtomicUsize::new(0)).collect(),
         targets,
+        status: (0..total).map(|_| std::sync::Mutex::default()).collect(),
+        progress: AtomicUsize::new(0),
     });
     let token = specs[0].token.clone();
     // Everyone is in before anything breaks (and before the senders start). They come in
     // waves, so that the start is not a storm of its own.
-    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    let cap = Instant::now() + SCENARIO_CAP;
     let mut clients = tokio::task::JoinSet::new();
     let mut joined = shared.joined.subscribe();
-    let mut specs = specs.into_iter().peekable();
+    let mut specs = specs.into_iter().enumerate().peekable();
     while specs.peek().is_some() {
-        for spec in specs.by_ref().take(JOIN_WAVE) {
-            clients.spawn(Client::run(spec, shared.clone()));
+        for (index, spec) in specs.by_ref().take(JOIN_WAVE) {
+            clients.spawn(Client::run(spec, shared.clone(), index));
         }
         let wave = clients.len();
-        tokio::time::timeout_at(deadline.into(), joined.wait_for(|n| *n == wave))
+        shared
+            .progressing(cap, joined.wait_for(|n| *n == wave))
             .await
-            .unwrap_or_else(|_| panic!("{name}: only {} of {total} clients joined", *shared.joined.borrow()))
+            .unwrap_or_else(|| {
+                let report = stuck(cluster, &shared, &HashMap::new());
+                panic!("{name}: only {} of {total} clients joined\n{report}", *shared.joined.borrow())
+            })
             .expect("joined");
     }
     let connected = started.elapsed();
@@ -871,18 +965,21 @@ where
     disrupt(cluster, &shared).await;
     // Bounded: the senders finish, whatever was broken is back.
     let mut sending = shared.senders.subscribe();
-    tokio::time::timeout_at(deadline.into(), sending.wait_for(|n| *n == 0))
+    shared
+        .progressing(cap, sending.wait_for(|n| *n == 0))
         .await
-        .unwrap_or_else(|_| panic!("{name}: {} senders did not finish", *shared.senders.borrow()))
+        .unwrap_or_else(|| {
+            let report = stuck(cluster, &shared, &HashMap::new());
+            panic!("{name}: {} senders did not finish\n{report}", *shared.senders.borrow())
+        })
         .expect("senders");
     let latest = cluster.latest_seqs(&token).await;
     set_targets.send_replace(Some(latest.clone()));
 
     let mut outcomes = Vec::new();
-    while let Some(res) = tokio::time::timeout_at(deadline.into(), clients.join_next())
-        .await
-        .unwrap_or_else(|_| panic!("{name}: {} clients did not catch up in time", clients.len()))
-    {
+    while let Some(res) = shared.progressing(cap, clients.join_next()).await.unwrap_or_else(|| {
+        panic!("{name}: {} clients did not catch up\n{}", clients.len(), stuck(cluster, &shared, &latest))
+    }) {
         outcomes.push(res.expect("client task"));
     }
     let elapsed = started.elapsed();
@@ -907,6 +1004,27 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     report.print();
+    report
+}
+
+/// What the clients that did not finish were doing, the rooms' targets and the nodes' logs.
+fn stuck(cluster: &Cluster, shared: &Shared, targets: &HashMap<String, i64>) -> String {
+    let mut report = format!("targets: {targets:?}\n");
+    let waiting: Vec<(usize, String)> = shared
+        .status
+        .iter()
+        .enumerate()
+        .filter_map(|(i, st)| {
+            let st = st.lock().expect("status");
+            (!st.done).then(|| (i, format!("{st:?}")))
+        })
+        .collect();
+    for (i, st) in waiting.iter().take(40) {
+        let _ = writeln!(report, "client {i}: {st}");
+    }
+    for node in &cluster.nodes {
+        let _ = writeln!(report, "--- node {} log (last lines):\n{}", node.index, node.log_tail());
+    }
     report
 }
 
