@@ -36,6 +36,7 @@ pub const MESSAGES_RECEIVED: &str = "confab_messages_received_total";
 pub const MESSAGES_REJECTED: &str = "confab_messages_rejected_total";
 pub const MESSAGE_ACK_DURATION: &str = "confab_message_ack_duration_seconds";
 pub const STORE_ERRORS: &str = "confab_store_errors_total";
+pub const STORE_SHARED_BATCHES: &str = "confab_store_shared_batches_total";
 pub const BUS_PUBLISHED: &str = "confab_bus_published_total";
 pub const BUS_RECEIVED: &str = "confab_bus_received_total";
 pub const BUS_DROPPED: &str = "confab_bus_dropped_total";
@@ -148,6 +149,11 @@ pub fn init_series(store_backend: &'static str, redis: bool) {
     for query in ["append_messages", "index_messages"] {
         metrics::counter!(STORE_ERRORS, "query" => query).increment(0);
     }
+    if store_backend == "postgres" {
+        for outcome in ["shared", "resend", "conflict", "failed"] {
+            metrics::counter!(STORE_SHARED_BATCHES, "outcome" => outcome).increment(0);
+        }
+    }
     for reason in ["per_ip", "accept_error", "engineio_pending"] {
         metrics::counter!(HTTP_CONNECTIONS_REFUSED, "reason" => reason).increment(0);
     }
@@ -214,6 +220,11 @@ fn describe() {
         "from a send passing validation to its ack (queue, durable commit, fan-out hand-off)"
     );
     metrics::describe_counter!(STORE_ERRORS, "store writes of the message path that failed, by query");
+    metrics::describe_counter!(
+        STORE_SHARED_BATCHES,
+        "PostgreSQL: rooms' batches offered to a shared statement, by outcome: stored by it (shared), or stored alone \
+         because they resent a stored client id (resend), met one stored meanwhile (conflict) or the statement failed"
+    );
     metrics::describe_counter!(BUS_PUBLISHED, "events published to Redis for the other nodes");
     metrics::describe_gauge!(ROOM_WRITERS, "rooms with a running writer (sent to within chat.writer_idle)");
     metrics::describe_counter!(

@@ -43,6 +43,9 @@ async fn metric(app: &TestApp, series: &str) -> f64 {
 
 async fn a_client_id_reused_in_another_room_is_a_new_message_there_not_a_false_ack(backend: Backend) {
     let app = spawn_chat_node(backend, |_| {}).await;
+    let shared = r#"confab_store_shared_batches_total{outcome="shared"}"#;
+    let resent = r#"confab_store_shared_batches_total{outcome="resend"}"#;
+    let before = (metric(&app, shared).await, metric(&app, resent).await);
     let (_, mut alice) = connect_user(&app, "alice@example.com").await;
     let (b, mut bob) = connect_user(&app, "bob@example.com").await;
     alice.join("general").await;
@@ -62,6 +65,13 @@ async fn a_client_id_reused_in_another_room_is_a_new_message_there_not_a_false_a
     // And resending it in random is a duplicate of random's copy.
     let again = alice.send_with_client_id("random", "in random", "cid-1").await;
     assert_eq!((again.id.as_str(), again.seq), (second.id.as_str(), 1));
+    if backend == Backend::Postgres {
+        // The first two went through shared statements; the resend was left out of one and
+        // stored alone (other tests' apps share the counters, which only adds to both).
+        let after = (metric(&app, shared).await, metric(&app, resent).await);
+        assert!(after.0 >= before.0 + 2.0, "shared batches {before:?} -> {after:?}");
+        assert!(after.1 > before.1, "resent batches {before:?} -> {after:?}");
+    }
 }
 
 async fn one_account_cannot_open_more_sessions_than_its_cap(backend: Backend) {

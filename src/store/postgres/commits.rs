@@ -35,7 +35,10 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::super::{Appended, StoreError, messages::plan_batch};
 use super::{MessageColumns, PgQueryAs, append_alone};
-use crate::domain::{Message, MessageKind, NewMessage, RoomName, Seq};
+use crate::{
+    domain::{Message, MessageKind, NewMessage, RoomName, Seq},
+    telemetry,
+};
 
 /// Statements running at once, per node, at most (each on a connection of its own).
 pub(super) const IN_FLIGHT: u32 = 4;
@@ -117,19 +120,25 @@ async fn store(shared: &PgPool, alone: &PgPool, group: Vec<Pending>) {
     let mut planned: Vec<Planned> = group.into_iter().map(Planned::of).collect();
     // Row locks in one order on every node.
     planned.sort_by(|a, b| a.pending.room.as_str().cmp(b.pending.room.as_str()));
-    let stored = match together(shared, &planned).await {
-        Ok(rows) => rows,
+    let (stored, left_out) = match together(shared, &planned).await {
+        // The rooms it left out resent a client id stored before.
+        Ok(rows) => (rows, "resend"),
         Err(e) => {
             // Another node stored one of the client ids meanwhile (the alone path answers with
             // its copy), or the statement itself failed: say so, as every batch now costs two.
             if matches!(e, StoreError::Conflict) {
                 tracing::debug!(rooms = planned.len(), "a shared statement met a client id stored meanwhile");
+                (Vec::new(), "conflict")
             } else {
                 tracing::warn!(error = %e, rooms = planned.len(), "a shared statement failed; storing its batches alone");
+                (Vec::new(), "failed")
             }
-            Vec::new()
         }
     };
+    let shared_count = stored.len() as u64;
+    metrics::counter!(telemetry::STORE_SHARED_BATCHES, "outcome" => "shared").increment(shared_count);
+    metrics::counter!(telemetry::STORE_SHARED_BATCHES, "outcome" => left_out)
+        .increment(planned.len() as u64 - shared_count);
     let mut left = Vec::new();
     for p in planned {
         let Planned { pending, fresh, out } = p;
