@@ -42,6 +42,9 @@ pub const PAGE: u32 = 256;
 /// few milliseconds behind. Reading it from the store at once cost a read and a re-encoded copy
 /// per gap (7,000 messages a second read back at 400,000 deliveries/s over two nodes).
 const REORDER_GRACE: Duration = Duration::from_millis(10);
+/// How long a gap waits for this node's own commits that were under way when it appeared (see
+/// [`writer::Slot::published`]) before the store is read anyway.
+const OWN_COMMITS_BOUND: Duration = Duration::from_secs(1);
 
 type Shard = Mutex<HashMap<RoomName, Arc<Room>>>;
 
@@ -131,7 +134,7 @@ impl Hub {
                     }
                 };
                 if gap {
-                    spawn_repair(self.store.clone(), Arc::clone(room), Duration::ZERO);
+                    spawn_repair(self.store.clone(), Arc::clone(room), Wait::None);
                 }
                 Ok::<(), StoreError>(())
             })
@@ -192,7 +195,10 @@ impl Hub {
             | EventKind::Edited { seq }
             | EventKind::Reacted { seq } => {
                 if room.accept(seq, &event.frame) {
-                    spawn_repair(self.store.clone(), room, REORDER_GRACE);
+                    // What this node was committing may be what is missing: it is published
+                    // the moment its commit returns.
+                    let own = room.writer.commits_started();
+                    spawn_repair(self.store.clone(), room, Wait::Reorder { own });
                 }
             }
             kind => room.broadcast(kind, &event.frame),
@@ -217,7 +223,7 @@ impl Hub {
                     }
                 };
                 if start {
-                    spawn_repair(store, room, Duration::ZERO);
+                    spawn_repair(store, room, Wait::None);
                 }
             });
         }
@@ -270,13 +276,33 @@ impl Hub {
     }
 }
 
+/// What a repair waits for before it reads the store.
+#[derive(Clone, Copy)]
+enum Wait {
+    /// Nothing: a member is catching up, or the bus may have lost events.
+    None,
+    /// A gap seen on the bus: [`REORDER_GRACE`] for the bus to fill it, and this node's own
+    /// commits started before it (the first `own` of the room's writer), which fill it as
+    /// they are published.
+    Reorder { own: u64 },
+}
+
+/// Whether `room` still waits for seqs below its fill target.
+fn gap_open(room: &Room) -> bool {
+    let inner = room.lock();
+    inner.delivered.is_some_and(|d| d < inner.fill_target)
+}
+
 /// Fetches missing seqs from the store until the room has delivered up to its fill target,
-/// after `grace` (the bus may fill the gap meanwhile, and then nothing is read). Runs until
-/// done; only one per room at a time (`filling`).
-fn spawn_repair(store: Store, room: Arc<Room>, grace: Duration) {
+/// after `first` (the bus or this node's own commits may fill the gap meanwhile, and then
+/// nothing is read). Runs until done; only one per room at a time (`filling`).
+fn spawn_repair(store: Store, room: Arc<Room>, first: Wait) {
     tokio::spawn(async move {
-        if !grace.is_zero() {
-            tokio::time::sleep(grace).await;
+        if let Wait::Reorder { own } = first {
+            tokio::time::sleep(REORDER_GRACE).await;
+            if gap_open(&room) && !room.writer.published(own, OWN_COMMITS_BOUND).await {
+                tracing::debug!(room = %room.name, "own commits not published within a second; repairing from the store");
+            }
         }
         let mut backoff = Duration::from_millis(10);
         loop {
