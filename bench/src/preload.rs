@@ -192,13 +192,19 @@ pub fn encode_preload(out: &mut Vec<u8>, room: &str, c: usize, k: u64, size: usi
 
 /// Messages indexed so far by all nodes together, or `None` if a node's `/metrics` cannot tell.
 async fn indexed_total(targets: &Targets) -> Option<f64> {
+    nodes_metric(targets, INDEXED_METRIC).await
+}
+
+/// The sum of metric `name` over every node's `/metrics`, or `None` if a node's cannot tell
+/// (metrics served elsewhere, or not at all).
+pub async fn nodes_metric(targets: &Targets, name: &str) -> Option<f64> {
     let mut total = 0.0;
     for node in &targets.nodes {
         let resp = HttpConn::new(&node.addr).request("GET", "/metrics", None).await.ok()?;
         if resp.status != 200 || !resp.body.contains("# TYPE") {
             return None;
         }
-        total += metric_sum(&resp.body, INDEXED_METRIC);
+        total += metric_sum(&resp.body, name);
     }
     Some(total)
 }

@@ -84,7 +84,12 @@ pub async fn fanout(ctx: &Context<'_>, args: &FanoutArgs, scenario: &str) -> any
         bail!("--floor is one process: use it with fanout or step");
     }
     let (mut clients, preloaded) = open_fanout(ctx, args).await?;
+    let repaired_before = preload::nodes_metric(ctx.targets, REPAIRED_METRIC).await;
     let phase = clients.phase(args.rate, args.warmup, args.duration, args.drain).await?;
+    let repaired = match (repaired_before, preload::nodes_metric(ctx.targets, REPAIRED_METRIC).await) {
+        (Some(before), Some(after)) => Some(after - before),
+        _ => None,
+    };
     let floor_phase = if args.floor {
         // confab's clients stay connected, idle, so the floor runs beside the same idle load.
         let mut floor = Floor::open(args).await?;
@@ -94,7 +99,7 @@ pub async fn fanout(ctx: &Context<'_>, args: &FanoutArgs, scenario: &str) -> any
     } else {
         None
     };
-    let extra = Extra { preloaded: preloaded.as_ref(), floor: floor_phase.as_ref() };
+    let extra = Extra { preloaded: preloaded.as_ref(), floor: floor_phase.as_ref(), repaired };
     report_phase(ctx, scenario, args, &clients, &phase, None, &extra);
     Ok(())
 }
@@ -105,7 +110,13 @@ pub(super) struct Extra<'a> {
     pub(super) preloaded: Option<&'a Preloaded>,
     /// The floor's phase at the same rate, if `--floor`.
     pub(super) floor: Option<&'a Phase>,
+    /// Messages the nodes read back from the store to fill gaps in what the bus brought them,
+    /// during the phase (warm-up and drain included), if their `/metrics` said.
+    pub(super) repaired: Option<f64>,
 }
+
+/// The nodes' count of messages read back from the store for gap repair.
+const REPAIRED_METRIC: &str = "confab_gap_repaired_messages_total";
 
 pub(super) fn report_phase(
     ctx: &Context<'_>,
@@ -179,6 +190,9 @@ pub(super) fn report_phase(
         ),
     ));
     rows.push(("machine busy", format!("{:.0}% of all cores", p.cpu.machine_busy_pct)));
+    if let Some(n) = extra.repaired {
+        rows.push(("read back for gap repair", format!("{n:.0} messages (over warm-up, window and drain)")));
+    }
     rows.push(("acks / errors (with warm-up)", format!("{} / {}", p.acks, p.errors + p.send_errors)));
     if let Some(e) = &p.first_error {
         rows.push(("first error", e.clone()));
@@ -322,6 +336,7 @@ fn phase_json(
         "room_prefix": plan.room_prefix,
         "preloaded": preloaded_json(extra.preloaded),
         "floor": extra.floor.map_or(Value::Null, floor_json),
+        "gap_repaired": extra.repaired,
     });
     for part in [v, super::delivery_json(p, known_pids)] {
         if let Value::Object(part) = part {

@@ -94,7 +94,7 @@ pub async fn step(ctx: &Context<'_>, args: &StepArgs) -> anyhow::Result<()> {
         args.rates.clone()
     };
     let (mut clients, preloaded) = open_fanout(ctx, f).await?;
-    let extra = Extra { preloaded: preloaded.as_ref(), floor: None };
+    let extra = Extra { preloaded: preloaded.as_ref(), ..Extra::default() };
     let confab = search(&mut clients, &rates, f, args.p99_limit_ms, |clients, phase, n| {
         report_phase(ctx, "step", f, clients, phase, Some(n), &extra);
     })
