@@ -15,14 +15,11 @@
 //! batch with `unavailable`/`internal` and publishes nothing: no ack for anything not stored.
 
 use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
 use super::{cork::corked, indexer::SearchIndexer, session::SessionHandle};
@@ -79,29 +76,7 @@ impl Writers {
 
 /// One room's writer on this node, while one runs.
 #[derive(Default)]
-pub struct Slot {
-    running: Mutex<Option<Running>>,
-    commits: Arc<Commits>,
-}
-
-/// A room's commits on this node: how many started, and how many have been published since.
-/// A gap in the room's seqs that this node's own commits may fill is left to them (the hub
-/// waits for [`Slot::published`] of the commits started before it saw the gap) rather than
-/// read back from the store: with two nodes writing one room, seqs reach each node out of
-/// order all the time, and most gaps are a commit of its own a moment from being published.
-#[derive(Default)]
-struct Commits {
-    started: AtomicU64,
-    published: AtomicU64,
-    progress: Notify,
-}
-
-impl Commits {
-    fn finished(&self) {
-        self.published.fetch_add(1, Ordering::Release);
-        self.progress.notify_waiters();
-    }
-}
+pub struct Slot(Mutex<Option<Running>>);
 
 struct Running {
     tx: mpsc::Sender<WriteRequest>,
@@ -126,32 +101,8 @@ impl Slot {
         Err(request)
     }
 
-    /// The commits started so far: what [`Slot::published`] waits for.
-    pub fn commits_started(&self) -> u64 {
-        self.commits.started.load(Ordering::Acquire)
-    }
-
-    /// Waits until the first `started` commits are published (or failed), at most `bound`;
-    /// false when the bound passed first.
-    pub async fn published(&self, started: u64, bound: Duration) -> bool {
-        let commits = &self.commits;
-        let wait = async {
-            loop {
-                let progress = commits.progress.notified();
-                tokio::pin!(progress);
-                // Registered before the check, so a commit finishing in between still wakes us.
-                progress.as_mut().enable();
-                if commits.published.load(Ordering::Acquire) >= started {
-                    return;
-                }
-                progress.await;
-            }
-        };
-        tokio::time::timeout(bound, wait).await.is_ok()
-    }
-
     fn sender(&self, room: &RoomName, writers: &Writers) -> mpsc::Sender<WriteRequest> {
-        let mut slot = self.running.lock_unpoisoned();
+        let mut slot = self.0.lock_unpoisoned();
         if let Some(running) = slot.as_ref()
             && !running.tx.is_closed()
         {
@@ -160,7 +111,7 @@ impl Slot {
         let previous = slot.take().map(|r| r.finished);
         let (tx, rx) = mpsc::channel(QUEUE);
         let (finished_tx, finished) = oneshot::channel();
-        writers.tasks.spawn(run(room.clone(), rx, writers.clone(), Arc::clone(&self.commits), previous, finished_tx));
+        writers.tasks.spawn(run(room.clone(), rx, writers.clone(), previous, finished_tx));
         *slot = Some(Running { tx: tx.clone(), finished });
         tx
     }
@@ -170,7 +121,6 @@ async fn run(
     room: RoomName,
     mut rx: mpsc::Receiver<WriteRequest>,
     writers: Writers,
-    commits: Arc<Commits>,
     previous: Option<oneshot::Receiver<()>>,
     finished: oneshot::Sender<()>,
 ) {
@@ -214,7 +164,6 @@ async fn run(
             replies.push((tag, reply_to, accepted));
         }
         let started = Instant::now();
-        commits.started.fetch_add(1, Ordering::Release);
         let result = store.append_messages(&room, &batch).await;
         commit_time.record(started.elapsed().as_secs_f64());
         match result {
@@ -247,8 +196,6 @@ async fn run(
                 });
             }
         }
-        // Published (delivered here by `bus.publish`) or failed: a gap waiting for it goes on.
-        commits.finished();
         batch.clear();
     }
     gauge.decrement(1.0);
@@ -258,29 +205,6 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A gap waits for the commits under way when it appeared, not for later ones, and not
-    /// past its bound.
-    #[tokio::test]
-    async fn published_waits_for_the_commits_started_before_and_no_longer() {
-        let slot = Slot::default();
-        assert!(slot.published(slot.commits_started(), Duration::ZERO).await, "nothing under way");
-        slot.commits.started.fetch_add(2, Ordering::Release);
-        let started = slot.commits_started();
-        assert_eq!(started, 2);
-        assert!(!slot.published(started, Duration::from_millis(20)).await, "two commits under way");
-        let commits = Arc::clone(&slot.commits);
-        let finish = tokio::spawn(async move {
-            commits.finished();
-            tokio::task::yield_now().await;
-            commits.finished();
-            // A later commit, started after the wait began, is not waited for.
-            commits.started.fetch_add(1, Ordering::Release);
-        });
-        assert!(slot.published(started, Duration::from_secs(10)).await, "both published");
-        finish.await.expect("finisher");
-        assert!(!slot.published(slot.commits_started(), Duration::from_millis(20)).await, "the later one");
-    }
 
     #[test]
     fn a_batch_fits_a_quarter_of_a_session_queue() {
