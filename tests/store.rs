@@ -372,11 +372,13 @@ async fn the_duplicate_look_up_uses_the_index_among_a_million_messages(backend: 
     // A plan made while the table is small must probe the index too: PostgreSQL keeps a
     // prepared statement's plan while the table grows.
     assert_uses_the_index(backend, &store.dedupe_plan().await.expect("explain").join("\n"));
+    assert_indexes_a_range(backend, &store.index_plan().await.expect("explain").join("\n"));
     let started = std::time::Instant::now();
     plant_messages(backend, &db, &user).await;
     eprintln!("{backend:?}: planted {PLANTED} messages in {:?}", started.elapsed());
 
     assert_uses_the_index(backend, &store.dedupe_plan().await.expect("explain").join("\n"));
+    assert_indexes_a_range(backend, &store.index_plan().await.expect("explain").join("\n"));
 
     let big = room("big");
     let started = std::time::Instant::now();
@@ -388,6 +390,22 @@ async fn the_duplicate_look_up_uses_the_index_among_a_million_messages(backend: 
     assert!(resent.duplicate, "a planted client id is found");
     assert_eq!((resent.message.seq, resent.message.content.as_str()), (777, "planted"));
     eprintln!("{backend:?}: 51 sends with a client id after {PLANTED} messages took {:?}", started.elapsed());
+}
+
+/// The search indexer reads the room's unindexed seqs as an index range, never the room from
+/// its first message filtered by seq (which grows with the table at every step).
+fn assert_indexes_a_range(backend: Backend, plan: &str) {
+    let range = match backend {
+        Backend::Sqlite => plan.contains("(room=? AND seq>? AND seq<?)"),
+        Backend::Postgres => {
+            plan.lines().any(|l| l.contains("Index Cond") && l.contains("seq >") && l.contains("seq <="))
+        }
+    };
+    assert!(range, "{backend:?}: the indexer's read is not a seq range of the index:\n{plan}");
+    assert!(
+        !plan.contains("SCAN messages") && !plan.contains("Seq Scan on messages"),
+        "{backend:?}: a table scan:\n{plan}"
+    );
 }
 
 fn assert_uses_the_index(backend: Backend, plan: &str) {

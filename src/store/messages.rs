@@ -183,6 +183,11 @@ impl Store {
         Ok(names.iter().filter_map(|n| RoomName::parse(n).ok()).collect())
     }
 
+    /// How the search indexer reads a room's unindexed range: `EXPLAIN` output, for tests.
+    pub async fn index_plan(&self) -> Result<Vec<String>, StoreError> {
+        each_backend!(self, s => s.index_plan().await)
+    }
+
     /// The database's plan for the send path's duplicate look-up, one line per step, as its
     /// `EXPLAIN` prints it: for tests and diagnostics.
     pub async fn dedupe_plan(&self) -> Result<Vec<String>, StoreError> {

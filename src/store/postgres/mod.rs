@@ -157,6 +157,20 @@ impl PgStore {
         plan.extend(commits::explain(&self.shared, 64).await?);
         Ok(plan)
     }
+
+    /// The search indexer's step as PostgreSQL plans it generically (the plan a connection keeps
+    /// once the table has grown): `EXPLAIN`, nothing runs.
+    pub async fn index_plan(&self) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.read.begin().await?;
+        sqlx::query("SET LOCAL plan_cache_mode = force_generic_plan").execute(&mut *tx).await?;
+        let rows: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN {}", Self::INDEX_STEP)))
+            .bind("room")
+            .bind(256_i64)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.rollback().await?;
+        Ok(rows.into_iter().map(|(line,)| line).collect())
+    }
 }
 
 /// Checks a pooled connection before use only when it sat idle for a second or more: a ping
@@ -387,6 +401,12 @@ impl PgStore {
 
     /// One indexing step of room `$1`, at most `$2` seqs: (whether its progress row was ours to
     /// lock, messages indexed, the seq indexed up to now or NULL when it was up to date).
+    ///
+    /// The messages are read by a lateral subquery bounded by `LIMIT` (which PostgreSQL does not
+    /// flatten), so the seq range is always the index scan's condition. Written as a plain join,
+    /// a plan made while the table was small scanned the room from its first message and
+    /// filtered by seq at every step: a million-message preload read 1.5 billion index entries
+    /// and slowed from 35,000 to 7,400 stored messages a second.
     const INDEX_STEP: &'static str = "WITH progress AS ( \
              SELECT indexed_seq FROM search_progress WHERE room = $1 FOR UPDATE SKIP LOCKED \
          ), span AS ( \
@@ -394,9 +414,12 @@ impl PgStore {
              FROM progress p JOIN rooms r ON r.name = $1 WHERE r.last_seq > p.indexed_seq \
          ), indexed AS ( \
              INSERT INTO message_search (message_id, search) \
-             SELECT m.id, to_tsvector('simple', m.content) FROM messages m, span \
-             WHERE m.room = $1 AND m.seq > span.after AND m.seq <= span.upto AND m.kind = 'message' \
-               AND m.content <> '' \
+             SELECT m.id, to_tsvector('simple', m.content) FROM span CROSS JOIN LATERAL ( \
+                 SELECT id, content FROM messages \
+                 WHERE room = $1 AND seq > span.after AND seq <= span.upto AND kind = 'message' \
+                   AND content <> '' \
+                 ORDER BY seq LIMIT $2 \
+             ) AS m \
              ON CONFLICT (message_id) DO NOTHING \
              RETURNING 1 \
          ), moved AS ( \

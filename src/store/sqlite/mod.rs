@@ -219,6 +219,18 @@ impl SqliteStore {
         self.grouped(Write::Member { room: room.clone(), user, role, now, done }, result).await
     }
 
+    /// The search indexer's range query as SQLite plans it (`EXPLAIN QUERY PLAN`).
+    pub async fn index_plan(&self) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {}", Self::INDEX_MESSAGES)))
+                .bind("room")
+                .bind(0_i64)
+                .bind(256_i64)
+                .fetch_all(&self.read)
+                .await?;
+        Ok(rows.into_iter().map(|(_, _, _, detail)| detail).collect())
+    }
+
     /// SQLite's plan for the send path's duplicate look-up (`EXPLAIN QUERY PLAN`), one line per
     /// step: proof that it uses the index however large the table grows.
     pub async fn dedupe_plan(&self) -> Result<Vec<String>, StoreError> {
