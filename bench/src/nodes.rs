@@ -56,6 +56,21 @@ pub struct Targets {
 }
 
 impl Targets {
+    /// `VACUUM ANALYZE` of the run's scratch PostgreSQL database, if it has one: what autovacuum
+    /// would have done after a preload on a real server (a server whose autovacuum is off, as
+    /// on some CI machines, would otherwise measure a database no deployment runs). Returns the
+    /// seconds it took, or `None` without a scratch database.
+    pub async fn vacuum_analyze(&self) -> anyhow::Result<Option<f64>> {
+        let Some((admin, name)) = &self.scratch_db else { return Ok(None) };
+        let mut url = url::Url::parse(admin)?;
+        url.set_path(&format!("/{name}"));
+        let started = std::time::Instant::now();
+        let mut conn = PgConnection::connect(url.as_str()).await.context("connecting to the scratch database")?;
+        sqlx::query("VACUUM ANALYZE").execute(&mut conn).await.context("VACUUM ANALYZE")?;
+        let _ = conn.close().await;
+        Ok(Some(started.elapsed().as_secs_f64()))
+    }
+
     /// Running nodes, or `spawn_default` new ones when neither `--url` nor `--spawn` is given.
     pub async fn start(args: &TargetArgs, spawn_default: usize) -> anyhow::Result<Self> {
         if !args.urls.is_empty() {

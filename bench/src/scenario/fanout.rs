@@ -60,7 +60,11 @@ pub(super) async fn open_fanout(ctx: &Context<'_>, args: &FanoutArgs) -> anyhow:
     let prefix = args.room_prefix.clone().unwrap_or_else(|| format!("b{}", ctx.run));
     let plan = plan(args, ctx.targets.nodes.len(), prefix);
     let preloaded = if args.preload > 0 {
-        Some(preload::run(ctx.targets, &tokens, &plan, args.preload, args.preload_window).await?)
+        let preloaded = preload::run(ctx.targets, &tokens, &plan, args.preload, args.preload_window).await?;
+        if let Some(secs) = ctx.targets.vacuum_analyze().await? {
+            eprintln!("confab-bench: vacuumed and analyzed the scratch database in {secs:.1} s, as autovacuum would");
+        }
+        Some(preloaded)
     } else {
         None
     };
