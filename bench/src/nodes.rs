@@ -52,7 +52,8 @@ pub struct Targets {
     /// `--server-pid`: the processes behind `--url` nodes, for CPU and RSS figures.
     external_pids: Vec<i32>,
     tmp: Option<PathBuf>,
-    scratch_db: Option<(String, String)>,
+    /// The admin URL, the scratch database's name and its URL.
+    scratch_db: Option<(String, String, String)>,
 }
 
 impl Targets {
@@ -61,11 +62,9 @@ impl Targets {
     /// on some CI machines, would otherwise measure a database no deployment runs). Returns the
     /// seconds it took, or `None` without a scratch database.
     pub async fn vacuum_analyze(&self) -> anyhow::Result<Option<f64>> {
-        let Some((admin, name)) = &self.scratch_db else { return Ok(None) };
-        let mut url = url::Url::parse(admin)?;
-        url.set_path(&format!("/{name}"));
+        let Some((_, _, scratch)) = &self.scratch_db else { return Ok(None) };
         let started = std::time::Instant::now();
-        let mut conn = PgConnection::connect(url.as_str()).await.context("connecting to the scratch database")?;
+        let mut conn = PgConnection::connect(scratch).await.context("connecting to the scratch database")?;
         sqlx::query("VACUUM ANALYZE").execute(&mut conn).await.context("VACUUM ANALYZE")?;
         let _ = conn.close().await;
         Ok(Some(started.elapsed().as_secs_f64()))
@@ -172,7 +171,7 @@ impl Targets {
             Some(url) if url.starts_with("postgres") => {
                 self.database = "postgres".into();
                 let (scratch, name) = create_scratch_database(url).await?;
-                self.scratch_db = Some((url.to_owned(), name));
+                self.scratch_db = Some((url.to_owned(), name, scratch.clone()));
                 scratch
             }
             Some(url) if count > 1 => bail!("--spawn {count} needs PostgreSQL, not {url}"),
@@ -258,7 +257,7 @@ impl Targets {
                 }
             }
         }
-        if let Some((admin, name)) = self.scratch_db.take()
+        if let Some((admin, name, _)) = self.scratch_db.take()
             && let Err(e) = drop_scratch_database(&admin, &name).await
         {
             eprintln!("confab-bench: could not drop scratch database {name}: {e:#}");
