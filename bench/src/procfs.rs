@@ -6,8 +6,20 @@ use std::{fs, io};
 /// /proc reports CPU times in USER_HZ ticks, which Linux fixes at 100 for user space.
 const TICK_US: u64 = 10_000;
 
-/// User + system CPU time of a process (all its threads), in microseconds.
-pub fn cpu_us(pid: &str) -> io::Result<u64> {
+/// User + system CPU time of a process (all its threads, the exited ones included), in
+/// microseconds: from the process's CPU-time clock, which counts nanoseconds, or where that cannot
+/// be read, from /proc in 10 ms ticks (a light load's window can fall inside one tick).
+pub fn cpu_us(pid: i32) -> io::Result<u64> {
+    use nix::{time::clock_getcpuclockid, unistd::Pid};
+    match clock_getcpuclockid(Pid::from_raw(pid)).and_then(nix::time::clock_gettime) {
+        Ok(t) => {
+            Ok(u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000 + u64::try_from(t.tv_nsec()).unwrap_or(0) / 1000)
+        }
+        Err(_) => cpu_us_ticks(pid),
+    }
+}
+
+fn cpu_us_ticks(pid: i32) -> io::Result<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name may contain spaces and parentheses: fields are counted after the last ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
@@ -49,8 +61,8 @@ pub struct CpuSample {
 
 impl CpuSample {
     pub fn take(server_pids: &[i32]) -> Self {
-        let servers_us = server_pids.iter().filter_map(|p| cpu_us(&p.to_string()).ok()).sum();
-        let bench_us = cpu_us("self").unwrap_or(0);
+        let servers_us = server_pids.iter().filter_map(|&p| cpu_us(p).ok()).sum();
+        let bench_us = cpu_us(nix::unistd::getpid().as_raw()).unwrap_or(0);
         let (machine_busy, machine_total) = machine_ticks().unwrap_or((0, 0));
         Self { servers_us, bench_us, machine_busy, machine_total }
     }
@@ -113,7 +125,10 @@ mod tests {
 
     #[test]
     fn own_cpu_and_rss_are_readable() {
-        assert!(cpu_us("self").is_ok());
+        let me = nix::unistd::getpid().as_raw();
+        let (exact, ticks) = (cpu_us(me).unwrap(), cpu_us_ticks(me).unwrap());
+        // The clock counts what the ticks do, to the microsecond rather than to 10 ms.
+        assert!(exact + 2 * TICK_US >= ticks && ticks + 2 * TICK_US >= exact, "{exact} µs vs {ticks} µs in ticks");
         assert!(rss_kib("self").unwrap() > 0);
         let (busy, total) = machine_ticks().unwrap();
         assert!(total >= busy && total > 0);

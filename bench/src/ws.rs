@@ -7,20 +7,30 @@
 //! slices. Server frames are never masked or fragmented by confab (tungstenite writes whole
 //! messages); a fragmented frame is reported as an error rather than reassembled.
 //!
+//! Reads ask the kernel for the time the data arrived in the socket (`SO_TIMESTAMPNS`): the bench
+//! shares two cores with the server, and when it is busy its tasks can read a delivery
+//! milliseconds after it arrived. Latency is taken at arrival, so that the bench's own queueing
+//! is not counted as the server's; how long the bench took to read is reported beside it.
+//!
 //! Senders write through [`SharedWriter`]: a non-blocking duplicate of the socket that the pacer
 //! thread writes to directly, so sends leave on schedule without a trip through the runtime.
 
 use std::{
-    io::{self, Write as _},
+    io::{self, IoSliceMut, Write as _},
     net::TcpStream as StdTcpStream,
     ops::Range,
+    os::fd::{AsRawFd as _, RawFd},
     sync::Mutex,
 };
 
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
+use nix::sys::{
+    socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt::ReceiveTimestampns},
+    time::TimeSpec,
+};
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncReadExt as _, AsyncWriteExt as _, Interest},
     net::TcpStream,
 };
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -41,6 +51,8 @@ pub struct WsConn {
     start: usize,
     end: usize,
     mask: Masker,
+    /// When the data of the last [`Self::fill`] arrived, as the kernel saw it (Unix ns).
+    arrived: Option<u64>,
 }
 
 /// A complete frame found in the read buffer: its opcode and where its payload is.
@@ -56,13 +68,16 @@ impl WsConn {
     pub async fn connect(addr: &str, path: &str, token: &str, buf_size: usize) -> anyhow::Result<Self> {
         let stream = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
+        // Without it reads carry no arrival time, and latency falls back to the time of the read.
+        let _ = setsockopt(&stream, ReceiveTimestampns, &true);
         let key_bytes: [u8; 16] = rand::random();
         let key = base64::engine::general_purpose::STANDARD.encode(key_bytes);
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n"
         );
-        let mut conn = Self { stream, buf: vec![0; buf_size.max(1024)], start: 0, end: 0, mask: Masker::new() };
+        let mut conn =
+            Self { stream, buf: vec![0; buf_size.max(1024)], start: 0, end: 0, mask: Masker::new(), arrived: None };
         conn.stream.write_all(request.as_bytes()).await?;
         let head_len = loop {
             if let Some(pos) = memchr::memmem::find(&conn.buf[..conn.end], b"\r\n\r\n") {
@@ -137,6 +152,12 @@ impl WsConn {
         self.start = frame.payload.end;
     }
 
+    /// When the bytes of the last [`Self::fill`] arrived in the socket, as Unix ns (the arrival of
+    /// the last segment the read took, so never earlier than any frame in it), if the kernel said.
+    pub fn arrived(&self) -> Option<u64> {
+        self.arrived
+    }
+
     /// Reads more bytes from the socket (after the buffered frames were consumed). Returns false
     /// on end of stream.
     pub async fn fill(&mut self) -> anyhow::Result<bool> {
@@ -153,8 +174,11 @@ impl WsConn {
             let len = self.buf.len() * 2;
             self.buf.resize(len, 0);
         }
-        let n = self.stream.read(&mut self.buf[self.end..]).await?;
+        let Self { stream, buf, end, .. } = self;
+        let fd = stream.as_raw_fd();
+        let (n, arrived) = stream.async_io(Interest::READABLE, || recv_stamped(fd, &mut buf[*end..])).await?;
         self.end += n;
+        self.arrived = arrived;
         Ok(n > 0)
     }
 
@@ -199,13 +223,27 @@ impl WsConn {
     /// reading; from now on every write (pongs included) must go through the returned writer so
     /// that frames never interleave.
     pub fn share_writer(self) -> anyhow::Result<(Self, SharedWriter)> {
-        let Self { stream, buf, start, end, mask } = self;
+        let Self { stream, buf, start, end, mask, arrived } = self;
         let std = stream.into_std()?;
         let dup = std.try_clone()?; // shares the file description, so it is non-blocking too
         let stream = TcpStream::from_std(std)?;
         let writer = SharedWriter { inner: Mutex::new(WriterInner { stream: dup, pending: Vec::new(), mask }) };
-        Ok((Self { stream, buf, start, end, mask: Masker::new() }, writer))
+        Ok((Self { stream, buf, start, end, mask: Masker::new(), arrived }, writer))
     }
+}
+
+/// One non-blocking read into `buf`, with the arrival time the kernel attached (Unix ns).
+fn recv_stamped(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!(TimeSpec);
+    let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_DONTWAIT).map_err(io::Error::from)?;
+    let arrived = msg.cmsgs().ok().into_iter().flatten().find_map(|c| match c {
+        ControlMessageOwned::ScmTimestampns(t) => {
+            Some(u64::try_from(t.tv_sec()).ok()? * 1_000_000_000 + u64::try_from(t.tv_nsec()).ok()?)
+        }
+        _ => None,
+    });
+    Ok((msg.bytes, arrived))
 }
 
 /// Appends a client frame (always masked, RFC 6455 §5.3) to `out`.

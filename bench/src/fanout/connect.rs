@@ -241,6 +241,8 @@ impl Clients {
                 batch: Batch::default(),
                 // Connections in no room with a sender carry no latency samples.
                 samples: Vec::with_capacity(if receives { 256 } else { 0 }),
+                read_delay_us: 0,
+                stamped: false,
             };
             let setup = ClientSetup {
                 i,

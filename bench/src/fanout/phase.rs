@@ -45,6 +45,7 @@ impl Clients {
             h.all.reset();
             h.same.reset();
             h.cross.reset();
+            h.read_delay.reset();
         }
         *self.shared.first_error.lock().expect("no panics") = None;
         let closed_before = self.shared.closed.load(Ordering::Relaxed);
@@ -84,11 +85,13 @@ impl Clients {
         let mut all = histogram();
         let mut same = histogram();
         let mut cross = histogram();
+        let mut read_delay = histogram();
         for h in &self.shared.hists {
             let h = h.lock().expect("no panics under this lock");
             all.add(&h.all).expect("same bounds");
             same.add(&h.same).expect("same bounds");
             cross.add(&h.cross).expect("same bounds");
+            read_delay.add(&h.read_delay).expect("same bounds");
         }
         let cpu = cpu_start.until(&cpu_end);
         let window_s = duration.as_secs_f64();
@@ -106,6 +109,7 @@ impl Clients {
             ooo_sender: self.sum(|c| &c.ooo_sender),
             acks: self.sum(|c| &c.acks),
             errors: self.sum(|c| &c.errors),
+            unstamped: self.sum(|c| &c.unstamped),
             first_error: self.shared.first_error.lock().expect("no panics").clone(),
             send_errors: report.send_errors,
             unflushed_bytes: report.unflushed_bytes,
@@ -114,6 +118,7 @@ impl Clients {
             latency: Summary::of(&all),
             same_node: Summary::of(&same),
             cross_node: Summary::of(&cross),
+            read_delay: Summary::of(&read_delay),
             send_lag: Summary::of(&report.lag),
             cpu,
         })
@@ -144,6 +149,8 @@ pub struct Phase {
     pub ooo_sender: u64,
     pub acks: u64,
     pub errors: u64,
+    /// Deliveries whose latency runs to the read, the kernel having given no arrival time.
+    pub unstamped: u64,
     pub first_error: Option<String>,
     pub send_errors: u64,
     pub unflushed_bytes: usize,
@@ -152,6 +159,9 @@ pub struct Phase {
     pub latency: Summary,
     pub same_node: Summary,
     pub cross_node: Summary,
+    /// From a delivery's arrival in the socket to the bench's read of it: the generator's own
+    /// queueing, left out of `latency`.
+    pub read_delay: Summary,
     pub send_lag: Summary,
     pub cpu: CpuDelta,
 }
@@ -159,6 +169,17 @@ pub struct Phase {
 impl Phase {
     pub fn deliveries_per_s(&self) -> f64 {
         self.delivered as f64 / self.window_s
+    }
+
+    /// The read delay, and whether any latency ran to the read instead.
+    pub fn read_delay_line(&self) -> String {
+        match self.unstamped {
+            0 => self.read_delay.line(),
+            n => format!(
+                "{} ({n} deliveries had no arrival time: their latency runs to the read)",
+                self.read_delay.line()
+            ),
+        }
     }
 
     pub fn out_of_order(&self) -> u64 {

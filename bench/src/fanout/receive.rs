@@ -2,6 +2,11 @@
 //! tells fresh, late and duplicate deliveries apart; counters and latency samples are gathered
 //! per read and handed to the state every receiver shares once per read (atomics, and one of
 //! several sharded histograms).
+//!
+//! A delivery's latency runs from its scheduled send time to its arrival in the socket (the
+//! kernel's receive timestamp, see [`crate::ws`]); the wait from arrival to the bench's read of
+//! it is recorded on its own, so a busy generator shows as its own figure instead of as the
+//! server's latency.
 
 use std::sync::{
     Arc, Mutex,
@@ -31,13 +36,22 @@ pub(super) struct Counters {
     pub(super) acks: AtomicU64,
     pub(super) errors: AtomicU64,
     pub(super) other: AtomicU64,
+    /// Deliveries read without an arrival time from the kernel (their latency runs to the read).
+    pub(super) unstamped: AtomicU64,
 }
 
 impl Counters {
     pub(super) fn reset(&self) {
-        for c in
-            [&self.delivered, &self.duplicates, &self.ooo_seq, &self.ooo_sender, &self.acks, &self.errors, &self.other]
-        {
+        for c in [
+            &self.delivered,
+            &self.duplicates,
+            &self.ooo_seq,
+            &self.ooo_sender,
+            &self.acks,
+            &self.errors,
+            &self.other,
+            &self.unstamped,
+        ] {
             c.store(0, Ordering::Relaxed);
         }
     }
@@ -47,6 +61,8 @@ pub(super) struct Hists {
     pub(super) all: Histogram<u64>,
     pub(super) same: Histogram<u64>,
     pub(super) cross: Histogram<u64>,
+    /// From arrival in the socket to the bench's read, per delivery.
+    pub(super) read_delay: Histogram<u64>,
 }
 
 pub(super) fn histogram() -> Histogram<u64> {
@@ -55,7 +71,7 @@ pub(super) fn histogram() -> Histogram<u64> {
 
 impl Hists {
     pub(super) fn new() -> Self {
-        Self { all: histogram(), same: histogram(), cross: histogram() }
+        Self { all: histogram(), same: histogram(), cross: histogram(), read_delay: histogram() }
     }
 }
 
@@ -151,6 +167,10 @@ pub(super) struct Receiver {
     pub(super) batch: Batch,
     /// (latency µs, cross-node) of this read.
     pub(super) samples: Vec<(u64, bool)>,
+    /// From arrival to read of this read's data (µs).
+    pub(super) read_delay_us: u64,
+    /// Whether the kernel gave this read's arrival time.
+    pub(super) stamped: bool,
 }
 
 impl Receiver {
@@ -242,7 +262,11 @@ impl Receiver {
             }
         }
         if !self.samples.is_empty() {
+            if !self.stamped {
+                c.unstamped.fetch_add(self.samples.len() as u64, Ordering::Relaxed);
+            }
             let mut h = self.shared.hists[self.shard].lock().expect("no panics under this lock");
+            h.read_delay.saturating_record_n(self.read_delay_us, self.samples.len() as u64);
             for &(us, cross) in &self.samples {
                 h.all.saturating_record(us);
                 if cross { h.cross.saturating_record(us) } else { h.same.saturating_record(us) }
@@ -254,6 +278,7 @@ impl Receiver {
 
 /// Reads until the connection ends.
 pub(super) async fn receive(mut conn: WsConn, mut rx: Receiver) {
+    // Arrival time of the bytes being handled (bench clock, ns).
     let mut now = clock::now_ns();
     loop {
         loop {
@@ -293,7 +318,12 @@ pub(super) async fn receive(mut conn: WsConn, mut rx: Receiver) {
         }
         rx.flush();
         match conn.fill().await {
-            Ok(true) => now = clock::now_ns(),
+            Ok(true) => {
+                let read = clock::now_ns();
+                now = conn.arrived().map_or(read, |unix| clock::from_unix(unix).min(read));
+                rx.stamped = conn.arrived().is_some();
+                rx.read_delay_us = (read - now) / 1000;
+            }
             Ok(false) => return rx.shared.note_closed("connection closed by the server".into()),
             Err(e) => return rx.shared.note_closed(format!("read failed: {e}")),
         }

@@ -162,6 +162,7 @@ pub(super) fn report_phase(
         ),
         ("deliveries/s", format!("{:.0}", p.deliveries_per_s())),
         ("latency", p.latency.line()),
+        ("read delay (generator)", p.read_delay_line()),
     ];
     if plan.nodes > 1 {
         rows.extend(cross_node_rows(p));

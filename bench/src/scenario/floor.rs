@@ -68,6 +68,7 @@ pub(super) fn floor_rows(plan: &Plan, f: &Phase) -> Vec<(&'static str, String)> 
             ),
         ),
         ("latency", f.latency.line()),
+        ("read delay (generator)", f.read_delay_line()),
         ("send lag (generator)", f.send_lag.line()),
         (
             "server CPU",
@@ -110,6 +111,7 @@ pub(super) fn floor_json(f: &Phase) -> Value {
         "closed": f.closed,
         "deliveries_per_s": round1(f.deliveries_per_s()),
         "latency_ms": f.latency.json(),
+        "read_delay_ms": f.read_delay.json(),
         "send_lag_ms": f.send_lag.json(),
         "server_cpu_s": round3(f.cpu.servers_us as f64 / 1e6),
         "server_cpu_us_per_delivery": round3(us_per_delivery(f)),

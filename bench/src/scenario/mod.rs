@@ -73,6 +73,8 @@ fn delivery_json(p: &Phase, known_pids: bool) -> Value {
         "acks": p.acks,
         "deliveries_per_s": crate::report::round1(p.deliveries_per_s()),
         "latency_ms": p.latency.json(),
+        "read_delay_ms": p.read_delay.json(),
+        "unstamped_deliveries": p.unstamped,
         "send_lag_ms": p.send_lag.json(),
         "server_cpu_s": known_pids.then(|| crate::report::round3(p.cpu.servers_us as f64 / 1e6)),
         "server_cpu_us_per_delivery": known_pids.then(|| crate::report::round3(us_per_delivery(p))),

@@ -298,6 +298,7 @@ impl Report<'_> {
                 format!("{} (by room seq {}, by sender sequence {})", p.out_of_order(), p.ooo_seq, p.ooo_sender),
             ),
             ("latency", p.latency.line()),
+            ("read delay (generator)", p.read_delay_line()),
             ("send lag (generator)", p.send_lag.line()),
             (
                 "server CPU",
