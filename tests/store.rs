@@ -80,6 +80,7 @@ both_backends!(
     a_client_id_repeated_within_one_batch_is_stored_once,
     a_client_id_reused_in_another_room_is_a_new_message_there,
     the_duplicate_look_up_uses_the_index_among_a_million_messages,
+    the_planner_gets_statistics_as_the_messages_table_grows,
     history_pages_oldest_first_and_resumes_after_a_seq,
     rooms_are_listed_with_their_last_seq,
     concurrent_appends_to_one_room_get_seqs_one_to_n,
@@ -299,6 +300,52 @@ async fn a_client_id_reused_in_another_room_is_a_new_message_there(backend: Back
     let contents = |msgs: Vec<confab::domain::Message>| msgs.into_iter().map(|m| m.content).collect::<Vec<_>>();
     assert_eq!(contents(store.messages_after(&general, 0, 10).await.expect("read")), ["in general"]);
     assert_eq!(contents(store.messages_after(&random, 0, 10).await.expect("read")), ["in random"]);
+}
+
+/// PostgreSQL keeps the shared statement's generic plan for as long as the connection lives; one
+/// made while the table held a hundred rows and no statistics probed the room's seq index instead
+/// of the client-id index, and kept doing so at a million rows (a whole room read per client id).
+/// The store runs ANALYZE itself as the messages it stores double (from 1,000), which replaces
+/// such plans, whether or not the server's autovacuum does (this machine's is off). SQLite plans
+/// each statement when it is prepared, from its own heuristics: nothing to check there.
+async fn the_planner_gets_statistics_as_the_messages_table_grows(backend: Backend) {
+    if backend != Backend::Postgres {
+        return;
+    }
+    use sqlx::{Connection as _, PgConnection};
+    let (store, db) = open(backend).await;
+    let user = store.create_user("stats@example.com", "h").await.expect("create");
+    let mut conn = PgConnection::connect(db.url()).await.expect("connect to the test database");
+    // Manual (and the store's) ANALYZEs only: autovacuum's are counted apart.
+    let analyzed = "SELECT analyze_count FROM pg_stat_user_tables WHERE relname = 'messages'";
+    let before: i64 = sqlx::query_scalar(analyzed).fetch_one(&mut conn).await.expect("stats");
+    assert_eq!(before, 0, "a fresh table was never analyzed");
+
+    // 1,200 messages with client ids in ten rooms, through the shared statements.
+    let rooms: Vec<RoomName> = (0..10).map(|r| room(&format!("grow-{r}"))).collect();
+    for round in 0..12 {
+        let sends = rooms.iter().map(|r| {
+            let batch: Vec<NewMessage> =
+                (0..10).map(|i| message(r, &user, "x", Some(&format!("c-{round}-{i}")))).collect();
+            let store = &store;
+            async move { store.append_messages(r, &batch).await.expect("append") }
+        });
+        futures_util::future::join_all(sends).await;
+    }
+    // The ANALYZE runs in the background; PostgreSQL publishes its count within a second or so.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        sqlx::query("SELECT pg_stat_clear_snapshot()").execute(&mut conn).await.expect("fresh stats");
+        let count: i64 = sqlx::query_scalar(analyzed).fetch_one(&mut conn).await.expect("stats");
+        if count >= 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no ANALYZE of messages after 1,200 stored");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The plan the shared connections make now probes the client-id index.
+    assert_uses_the_index(backend, &store.dedupe_plan().await.expect("explain").join("\n"));
+    let _ = conn.close().await;
 }
 
 /// Messages planted straight into the database, to make the table big.

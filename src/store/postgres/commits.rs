@@ -17,14 +17,26 @@
 //! running it (0.86 ms a statement). A generic plan made while the table is small must not scan
 //! it once it has grown: `enable_seqscan = off` on these connections (which run nothing else)
 //! keeps the look-up an index probe per client id, whatever the statistics said when the plan
-//! was made; everything else joins the statement's own arrays.
+//! was made; everything else joins the statement's own arrays. *Which* index it probes is the
+//! planner's choice, though: with no statistics yet, a table of a hundred or so rows makes the
+//! probe of `messages_room_client_idx` and a walk of the room in `messages_room_seq_key` (the
+//! client id checked row by row) cost the same, and a plan that took the second, kept while the
+//! table grew to a million rows, read a whole room per client id (the statement went from
+//! milliseconds to seconds). Autovacuum's ANALYZE would have replaced the plan: a server with
+//! autovacuum turned off never does. So the statistics are kept here too (see [`Analyzer`]).
 //!
 //! A room whose batch has a client id already stored (a resend) is left out of the statement
 //! and stored alone by the per-room path, which answers with the stored copy; so is every
 //! batch of a statement that failed, so one bad batch answers only its own writer. Batches
 //! with edits or deletions (which update stored messages) always go alone.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use chrono::Utc;
 use sqlx::{
@@ -46,6 +58,56 @@ pub(super) const IN_FLIGHT: u32 = 4;
 const ROOMS_PER_STATEMENT: usize = 64;
 /// Messages in one statement, at most (a statement takes at least one batch, whatever its size).
 const MESSAGES_PER_STATEMENT: usize = 2048;
+
+/// Messages this node stores through shared statements before it first runs `ANALYZE messages`.
+const FIRST_ANALYZE: u64 = 1_000;
+
+/// Runs `ANALYZE messages` each time the messages this node stored through shared statements have
+/// doubled, from [`FIRST_ANALYZE`] on: what autovacuum does as a table grows, done whether or not
+/// autovacuum runs. New statistics invalidate every cached plan on the table, so a plan made while
+/// the table was tiny (see the module's note) is replaced once the table has grown; after the
+/// first ANALYZE the statistics say a room holds many messages and a client id few, and the probe
+/// takes the client-id index. One at a time, in the background; about ten over a node's first
+/// million messages, each sampling at most 30,000 rows. If ANALYZE is refused (a role that does
+/// not own the table), it says so once and stops.
+pub(super) struct Analyzer {
+    pool: PgPool,
+    stored: AtomicU64,
+    next: AtomicU64,
+    running: AtomicBool,
+}
+
+impl Analyzer {
+    pub(super) fn new(pool: PgPool) -> Arc<Self> {
+        Arc::new(Self {
+            pool,
+            stored: AtomicU64::new(0),
+            next: AtomicU64::new(FIRST_ANALYZE),
+            running: AtomicBool::new(false),
+        })
+    }
+
+    /// `n` more messages were stored.
+    fn stored(self: &Arc<Self>, n: u64) {
+        let total = self.stored.fetch_add(n, Ordering::Relaxed) + n;
+        if total < self.next.load(Ordering::Relaxed) || self.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.next.store(total.saturating_mul(2), Ordering::Relaxed);
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            match sqlx::query("ANALYZE messages").execute(&this.pool).await {
+                Ok(_) => tracing::debug!(stored = total, took = ?started.elapsed(), "analyzed the messages table"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "ANALYZE messages failed; the planner's statistics are left to autovacuum");
+                    this.next.store(u64::MAX, Ordering::Relaxed);
+                }
+            }
+            this.running.store(false, Ordering::Release);
+        });
+    }
+}
 
 /// One room's batch, and where its result goes.
 #[derive(Debug)]
@@ -76,11 +138,12 @@ pub(super) fn pool(options: PgConnectOptions, connections: u32) -> PgPool {
 /// are stored alone through `alone`); it ends when every sender is dropped.
 pub(super) fn spawn(shared: PgPool, alone: PgPool) -> mpsc::Sender<Pending> {
     let (tx, rx) = mpsc::channel(4 * ROOMS_PER_STATEMENT);
-    tokio::spawn(gather(shared, alone, rx));
+    let analyzer = Analyzer::new(alone.clone());
+    tokio::spawn(gather(shared, alone, analyzer, rx));
     tx
 }
 
-async fn gather(shared: PgPool, alone: PgPool, mut queue: mpsc::Receiver<Pending>) {
+async fn gather(shared: PgPool, alone: PgPool, analyzer: Arc<Analyzer>, mut queue: mpsc::Receiver<Pending>) {
     let slots = Arc::new(Semaphore::new(shared.options().get_max_connections() as usize));
     // A second batch of a room already in the statement being gathered waits for the next (one
     // statement locks and bumps a room once).
@@ -106,9 +169,9 @@ async fn gather(shared: PgPool, alone: PgPool, mut queue: mpsc::Receiver<Pending
             messages += next.batch.len();
             group.push(next);
         }
-        let (shared, alone) = (shared.clone(), alone.clone());
+        let (shared, alone, analyzer) = (shared.clone(), alone.clone(), Arc::clone(&analyzer));
         tokio::spawn(async move {
-            store(&shared, &alone, group).await;
+            store(&shared, &alone, &analyzer, group).await;
             drop(slot);
         });
     }
@@ -116,7 +179,7 @@ async fn gather(shared: PgPool, alone: PgPool, mut queue: mpsc::Receiver<Pending
 
 /// Stores `group` in one statement, the batches it leaves out alone, and answers each: the
 /// stored ones first, so none waits for another's batch stored alone.
-async fn store(shared: &PgPool, alone: &PgPool, group: Vec<Pending>) {
+async fn store(shared: &PgPool, alone: &PgPool, analyzer: &Arc<Analyzer>, group: Vec<Pending>) {
     let mut planned: Vec<Planned> = group.into_iter().map(Planned::of).collect();
     // Row locks in one order on every node.
     planned.sort_by(|a, b| a.pending.room.as_str().cmp(b.pending.room.as_str()));
@@ -140,16 +203,19 @@ async fn store(shared: &PgPool, alone: &PgPool, group: Vec<Pending>) {
     metrics::counter!(telemetry::STORE_SHARED_BATCHES, "outcome" => left_out)
         .increment(planned.len() as u64 - shared_count);
     let mut left = Vec::new();
+    let mut messages = 0;
     for p in planned {
         let Planned { pending, fresh, out } = p;
         match stored.iter().find(|(name, _)| name == pending.room.as_str()) {
             Some(&(_, last)) => {
+                messages += fresh.len() as u64;
                 let _ = pending.done.send(Ok(answer(out, fresh.len(), last)));
             }
             // Left out (a client id stored before) or the statement failed.
             None => left.push(pending),
         }
     }
+    analyzer.stored(messages);
     for pending in left {
         let result = append_alone(alone, &pending.room, &pending.batch).await;
         let _ = pending.done.send(result);
