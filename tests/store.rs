@@ -309,10 +309,10 @@ async fn a_client_id_reused_in_another_room_is_a_new_message_there(backend: Back
 /// such plans, whether or not the server's autovacuum does (this machine's is off). SQLite plans
 /// each statement when it is prepared, from its own heuristics: nothing to check there.
 async fn the_planner_gets_statistics_as_the_messages_table_grows(backend: Backend) {
+    use sqlx::{Connection as _, PgConnection};
     if backend != Backend::Postgres {
         return;
     }
-    use sqlx::{Connection as _, PgConnection};
     let (store, db) = open(backend).await;
     let user = store.create_user("stats@example.com", "h").await.expect("create");
     let mut conn = PgConnection::connect(db.url()).await.expect("connect to the test database");
