@@ -37,6 +37,7 @@ pub const MESSAGES_REJECTED: &str = "confab_messages_rejected_total";
 pub const MESSAGE_ACK_DURATION: &str = "confab_message_ack_duration_seconds";
 pub const STORE_ERRORS: &str = "confab_store_errors_total";
 pub const STORE_SHARED_BATCHES: &str = "confab_store_shared_batches_total";
+pub const SQLITE_WAL_PAGES: &str = "confab_store_sqlite_wal_pages";
 pub const BUS_PUBLISHED: &str = "confab_bus_published_total";
 pub const BUS_RECEIVED: &str = "confab_bus_received_total";
 pub const BUS_DROPPED: &str = "confab_bus_dropped_total";
@@ -154,6 +155,9 @@ pub fn init_series(store_backend: &'static str, redis: bool) {
             metrics::counter!(STORE_SHARED_BATCHES, "outcome" => outcome).increment(0);
         }
     }
+    if store_backend == "sqlite" {
+        metrics::gauge!(SQLITE_WAL_PAGES).set(0.0);
+    }
     for reason in ["per_ip", "accept_error", "engineio_pending"] {
         metrics::counter!(HTTP_CONNECTIONS_REFUSED, "reason" => reason).increment(0);
     }
@@ -224,6 +228,10 @@ fn describe() {
         STORE_SHARED_BATCHES,
         "PostgreSQL: rooms' batches offered to a shared statement, by outcome: stored by it (shared), or stored alone \
          because they resent a stored client id (resend), met one stored meanwhile (conflict) or the statement failed"
+    );
+    metrics::describe_gauge!(
+        SQLITE_WAL_PAGES,
+        "SQLite: pages in the write-ahead log at the last checkpoint (the log starts over once they are all in the file)"
     );
     metrics::describe_counter!(BUS_PUBLISHED, "events published to Redis for the other nodes");
     metrics::describe_gauge!(ROOM_WRITERS, "rooms with a running writer (sent to within chat.writer_idle)");

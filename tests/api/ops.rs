@@ -100,6 +100,7 @@ async fn metrics_exist_from_the_first_scrape_with_process_build_and_readiness() 
         "confab_messages_received_total",
         "confab_gap_repaired_messages_total",
         "confab_message_ack_duration_seconds_count",
+        "confab_store_sqlite_wal_pages",
     ] {
         // Present (at zero in a process of its own; other tests' apps share this recorder).
         assert!(value(series) >= 0.0, "{series}");

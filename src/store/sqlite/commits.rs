@@ -12,8 +12,16 @@
 //! this thread holds that connection (checked out of its pool, unused), so writers in this
 //! process take turns in the pool's queue and never meet as `SQLITE_BUSY`; another process
 //! (`confab create-user` beside a running server) is waited for on the busy handler.
+//!
+//! The WAL is checkpointed by a thread of its own (see [`checkpointer`]), not by whichever
+//! connection commits when it passes SQLite's default 1,000 pages: that checkpoint ran inside a
+//! commit, on this thread or on the write connection this thread waits for, copying and
+//! fsyncing megabytes while every room's messages waited behind it.
 
-use std::time::Duration;
+use std::{
+    sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
+    time::Duration,
+};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
@@ -22,7 +30,17 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::super::{Appended, StoreError, messages::plan_batch, sql::rooms};
-use crate::domain::{Mentions, Message, MessageKind, NewMessage, NewRoom, Role, RoomName, UserId};
+use crate::{
+    domain::{Mentions, Message, MessageKind, NewMessage, NewRoom, Role, RoomName, UserId},
+    telemetry,
+};
+
+/// The WAL pages after which a committing connection checkpoints by itself: only when the
+/// checkpointer thread has fallen this far behind (about 64 MiB with 4 KiB pages). SQLite's
+/// default, on every connection, is 1,000.
+pub(super) const WAL_AUTOCHECKPOINT: u32 = 16_384;
+/// How long the checkpointer lets commits gather after one is made, before it copies them.
+const CHECKPOINT_AFTER: Duration = Duration::from_millis(100);
 
 /// Writes stored in one transaction, at most.
 pub(super) const WRITES_PER_COMMIT: usize = 64;
@@ -117,6 +135,7 @@ fn open(filename: &str, in_memory: bool) -> rusqlite::Result<Connection> {
     };
     // FULL: a message acked to a client survives a power cut, not only a crash.
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT)?;
     // Another process holding the write lock is waited for in short steps, up to 5 s.
     conn.busy_handler(Some(|tries| {
         std::thread::sleep(Duration::from_micros(200));
@@ -140,14 +159,52 @@ pub(super) fn spawn(
         .enable_all()
         .build()
         .map_err(|e| StoreError::Open(format!("cannot start the SQLite commit thread: {e}")))?;
+    // An in-memory database has no WAL to checkpoint.
+    let checkpoints = if in_memory { None } else { Some(checkpointer(filename)?) };
     std::thread::Builder::new()
         .name("confab-sqlite-commit".into())
-        .spawn(move || run(conn, &runtime, &write, queue))
+        .spawn(move || run(conn, &runtime, &write, queue, checkpoints.as_ref()))
         .map_err(|e| StoreError::Open(format!("cannot start the SQLite commit thread: {e}")))?;
     Ok(())
 }
 
-fn run(mut conn: Connection, runtime: &tokio::runtime::Runtime, write: &SqlitePool, mut queue: mpsc::Receiver<Write>) {
+/// Starts the thread that checkpoints the WAL of `filename` into the database file, PASSIVE (it
+/// never blocks a writer or a reader), 100 ms after a commit is made (so a checkpoint takes
+/// everything committed meanwhile); returns how the commit thread says it made one. It ends
+/// with the commit thread. A commit does not wait for it: SQLite lets one connection
+/// checkpoint while another writes, and the writer starts the WAL over once all of it is in the
+/// file. Were it to fall behind by [`WAL_AUTOCHECKPOINT`] pages, committing connections
+/// checkpoint by themselves again.
+fn checkpointer(filename: &str) -> Result<SyncSender<()>, StoreError> {
+    let conn = open(filename, false).map_err(|e| StoreError::Open(format!("{filename}: {e}")))?;
+    let (made, commits) = sync_channel(1);
+    std::thread::Builder::new()
+        .name("confab-sqlite-checkpoint".into())
+        .spawn(move || checkpoint(&conn, &commits))
+        .map_err(|e| StoreError::Open(format!("cannot start the SQLite checkpoint thread: {e}")))?;
+    Ok(made)
+}
+
+fn checkpoint(conn: &Connection, commits: &Receiver<()>) {
+    while commits.recv().is_ok() {
+        std::thread::sleep(CHECKPOINT_AFTER);
+        // Commits made meanwhile are in this checkpoint too.
+        while commits.try_recv().is_ok() {}
+        let pages = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(1));
+        match pages {
+            Ok(pages) => metrics::gauge!(telemetry::SQLITE_WAL_PAGES).set(f64::from(u32::try_from(pages).unwrap_or(0))),
+            Err(e) => tracing::warn!(error = %e, "a WAL checkpoint failed; the next commit tries again"),
+        }
+    }
+}
+
+fn run(
+    mut conn: Connection,
+    runtime: &tokio::runtime::Runtime,
+    write: &SqlitePool,
+    mut queue: mpsc::Receiver<Write>,
+    checkpoints: Option<&SyncSender<()>>,
+) {
     // The held connection goes back to its pool (a Tokio task) outside `block_on` too.
     let _context = runtime.enter();
     let mut writes = Vec::with_capacity(WRITES_PER_COMMIT);
@@ -162,6 +219,10 @@ fn run(mut conn: Connection, runtime: &tokio::runtime::Runtime, write: &SqlitePo
             Ok(results) => {
                 for (write, result) in writes.drain(..).zip(results) {
                     write.finish(result);
+                }
+                // Full: a checkpoint is due already, and takes this commit too.
+                if let Some(Err(TrySendError::Disconnected(()))) = checkpoints.map(|c| c.try_send(())) {
+                    tracing::warn!("the SQLite checkpoint thread stopped; commits checkpoint by themselves");
                 }
             }
             Err(e) => {

@@ -115,7 +115,9 @@ impl SqliteStore {
             // FULL: a message acked to a client survives a power cut, not only a crash.
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
+            .busy_timeout(Duration::from_secs(5))
+            // The commit thread's checkpointer copies the WAL into the file (see `commits`).
+            .pragma("wal_autocheckpoint", commits::WAL_AUTOCHECKPOINT.to_string());
         let path = options.get_filename().to_owned();
         let in_memory = in_memory(&path);
         if !in_memory {
