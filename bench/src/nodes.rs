@@ -70,6 +70,23 @@ impl Targets {
         Ok(Some(started.elapsed().as_secs_f64()))
     }
 
+    /// Writes the preload left in memory to the disk: a `CHECKPOINT` of the scratch PostgreSQL
+    /// database, if there is one, then `sync()`. A preload dirties hundreds of megabytes of page
+    /// cache (data files, indexes); left alone, the kernel writes them back half a minute later,
+    /// in the middle of a measured window, and commits' fsyncs wait behind that for 100–300 ms.
+    /// A server whose million messages came in over days has no such backlog. Returns the
+    /// seconds it took.
+    pub async fn settle_disk(&self) -> anyhow::Result<f64> {
+        let started = std::time::Instant::now();
+        if let Some((_, _, scratch)) = &self.scratch_db {
+            let mut conn = PgConnection::connect(scratch).await.context("connecting to the scratch database")?;
+            sqlx::query("CHECKPOINT").execute(&mut conn).await.context("CHECKPOINT")?;
+            let _ = conn.close().await;
+        }
+        tokio::task::spawn_blocking(nix::unistd::sync).await.context("sync() panicked")?;
+        Ok(started.elapsed().as_secs_f64())
+    }
+
     /// Running nodes, or `spawn_default` new ones when neither `--url` nor `--spawn` is given.
     pub async fn start(args: &TargetArgs, spawn_default: usize) -> anyhow::Result<Self> {
         if !args.urls.is_empty() {

@@ -64,6 +64,8 @@ pub(super) async fn open_fanout(ctx: &Context<'_>, args: &FanoutArgs) -> anyhow:
         if let Some(secs) = ctx.targets.vacuum_analyze().await? {
             eprintln!("confab-bench: vacuumed and analyzed the scratch database in {secs:.1} s, as autovacuum would");
         }
+        let secs = ctx.targets.settle_disk().await?;
+        eprintln!("confab-bench: wrote the preload's dirty pages to disk in {secs:.1} s");
         Some(preloaded)
     } else {
         None
