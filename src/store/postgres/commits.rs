@@ -69,7 +69,7 @@ const FIRST_ANALYZE: u64 = 1_000;
 /// first ANALYZE the statistics say a room holds many messages and a client id few, and the probe
 /// takes the client-id index. One at a time, in the background; about ten over a node's first
 /// million messages, each sampling at most 30,000 rows. If ANALYZE is refused (a role that does
-/// not own the table), it says so once and stops.
+/// not own the table), it says so once and stops; another failure waits for the next doubling.
 pub(super) struct Analyzer {
     pool: PgPool,
     stored: AtomicU64,
@@ -99,10 +99,15 @@ impl Analyzer {
             let started = std::time::Instant::now();
             match sqlx::query("ANALYZE messages").execute(&this.pool).await {
                 Ok(_) => tracing::debug!(stored = total, took = ?started.elapsed(), "analyzed the messages table"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "ANALYZE messages failed; the planner's statistics are left to autovacuum");
+                // insufficient_privilege: this role may not; it will not later either.
+                Err(e)
+                    if e.as_database_error().and_then(sqlx::error::DatabaseError::code).as_deref() == Some("42501") =>
+                {
+                    tracing::warn!(error = %e, "ANALYZE messages is refused; the planner's statistics are left to autovacuum");
                     this.next.store(u64::MAX, Ordering::Relaxed);
                 }
+                // Anything else (a lost connection): tried again when the messages stored double.
+                Err(e) => tracing::warn!(error = %e, "ANALYZE messages failed"),
             }
             this.running.store(false, Ordering::Release);
         });
