@@ -53,6 +53,8 @@ pub struct WsConn {
     mask: Masker,
     /// When the data of the last [`Self::fill`] arrived, as the kernel saw it (Unix ns).
     arrived: Option<u64>,
+    /// Room for the arrival time's control message, kept so that a read allocates nothing.
+    control: Vec<u8>,
 }
 
 /// A complete frame found in the read buffer: its opcode and where its payload is.
@@ -76,8 +78,15 @@ impl WsConn {
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n"
         );
-        let mut conn =
-            Self { stream, buf: vec![0; buf_size.max(1024)], start: 0, end: 0, mask: Masker::new(), arrived: None };
+        let mut conn = Self {
+            stream,
+            buf: vec![0; buf_size.max(1024)],
+            start: 0,
+            end: 0,
+            mask: Masker::new(),
+            arrived: None,
+            control: nix::cmsg_space!(TimeSpec),
+        };
         conn.stream.write_all(request.as_bytes()).await?;
         let head_len = loop {
             if let Some(pos) = memchr::memmem::find(&conn.buf[..conn.end], b"\r\n\r\n") {
@@ -174,9 +183,9 @@ impl WsConn {
             let len = self.buf.len() * 2;
             self.buf.resize(len, 0);
         }
-        let Self { stream, buf, end, .. } = self;
+        let Self { stream, buf, end, control, .. } = self;
         let fd = stream.as_raw_fd();
-        let (n, arrived) = stream.async_io(Interest::READABLE, || recv_stamped(fd, &mut buf[*end..])).await?;
+        let (n, arrived) = stream.async_io(Interest::READABLE, || recv_stamped(fd, &mut buf[*end..], control)).await?;
         self.end += n;
         self.arrived = arrived;
         Ok(n > 0)
@@ -223,20 +232,19 @@ impl WsConn {
     /// reading; from now on every write (pongs included) must go through the returned writer so
     /// that frames never interleave.
     pub fn share_writer(self) -> anyhow::Result<(Self, SharedWriter)> {
-        let Self { stream, buf, start, end, mask, arrived } = self;
+        let Self { stream, buf, start, end, mask, arrived, control } = self;
         let std = stream.into_std()?;
         let dup = std.try_clone()?; // shares the file description, so it is non-blocking too
         let stream = TcpStream::from_std(std)?;
         let writer = SharedWriter { inner: Mutex::new(WriterInner { stream: dup, pending: Vec::new(), mask }) };
-        Ok((Self { stream, buf, start, end, mask: Masker::new(), arrived }, writer))
+        Ok((Self { stream, buf, start, end, mask: Masker::new(), arrived, control }, writer))
     }
 }
 
 /// One non-blocking read into `buf`, with the arrival time the kernel attached (Unix ns).
-fn recv_stamped(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
+fn recv_stamped(fd: RawFd, buf: &mut [u8], control: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
     let mut iov = [IoSliceMut::new(buf)];
-    let mut space = nix::cmsg_space!(TimeSpec);
-    let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_DONTWAIT).map_err(io::Error::from)?;
+    let msg = recvmsg::<()>(fd, &mut iov, Some(control), MsgFlags::MSG_DONTWAIT).map_err(io::Error::from)?;
     let arrived = msg.cmsgs().ok().into_iter().flatten().find_map(|c| match c {
         ControlMessageOwned::ScmTimestampns(t) => {
             Some(u64::try_from(t.tv_sec()).ok()? * 1_000_000_000 + u64::try_from(t.tv_nsec()).ok()?)
